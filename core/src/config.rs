@@ -1,0 +1,281 @@
+//! Experiment configuration types shared by every crate.
+//!
+//! Every struct rejects unknown fields and has a default for every field but the experiment
+//! name, so an experiment file states only what differs from the reference recipe. The resolved
+//! config (defaults filled in) is written next to every run, and its hash is the run id.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_yaml::{Mapping, Value};
+
+/// One run's complete configuration, and the top level of an experiment file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Experiment name; results go to `results/<name>/`.
+    pub name: String,
+    /// Free text shown in listings.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// Dataset and preprocessing.
+    #[serde(default)]
+    pub data: DataConfig,
+    /// Network shape.
+    #[serde(default)]
+    pub model: ModelConfig,
+    /// Weight quantizer of every layer.
+    #[serde(default = "PluginSpec::float")]
+    pub quantizer: PluginSpec,
+    /// Optimisation recipe.
+    #[serde(default)]
+    pub train: TrainConfig,
+    /// Parameter sweep over this config (expanded by the runner); absent in a resolved run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<Value>,
+}
+
+/// The datasets the runner can load.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Dataset {
+    /// Handwritten digits.
+    #[default]
+    Mnist,
+    /// Zalando's clothing images in MNIST's format.
+    FashionMnist,
+}
+
+impl Dataset {
+    /// Folder name under the data directory.
+    pub fn dir_name(self) -> &'static str {
+        match self {
+            Dataset::Mnist => "mnist",
+            Dataset::FashionMnist => "fashion-mnist",
+        }
+    }
+}
+
+/// Dataset and preprocessing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Which dataset.
+    pub dataset: Dataset,
+    /// Side of the square input after the antialiased resize (28 keeps the original).
+    pub image_size: usize,
+    /// Add a freshly augmented copy of the training set to every epoch.
+    pub augment: bool,
+    /// Also apply an elastic deformation to the augmented copy.
+    pub elastic: bool,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self { dataset: Dataset::Mnist, image_size: 16, augment: false, elastic: false }
+    }
+}
+
+/// Normalisation applied to each layer's input.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Norm {
+    /// x / sqrt(mean(x²)), no gain (the reference's choice).
+    #[default]
+    Rms,
+    /// (x − mean) / std, no affine.
+    Layer,
+    /// Identity.
+    None,
+}
+
+/// The fully connected network: input → hidden widths → classes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Hidden layer widths.
+    pub hidden: Vec<usize>,
+    /// Input normalisation of every layer.
+    pub norm: Norm,
+    /// Bits of the per-sample absmax fake-quantization of every layer's input; `null` disables.
+    pub activation_bits: Option<u32>,
+    /// Activation after every layer but the last.
+    pub activation: PluginSpec,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            hidden: vec![64, 64, 64],
+            norm: Norm::Rms,
+            activation_bits: Some(8),
+            activation: PluginSpec::named("relu"),
+        }
+    }
+}
+
+/// Optimisation recipe.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Samples per optimizer step.
+    pub batch_size: usize,
+    /// Optimizer and its hyper-parameters.
+    pub optimizer: OptimizerConfig,
+    /// Learning-rate multiplier over training, stepped per epoch.
+    pub schedule: PluginSpec,
+    /// Seed of data order, augmentation, initialisation and stochastic strategies.
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 30,
+            batch_size: 128,
+            optimizer: OptimizerConfig::default(),
+            schedule: PluginSpec::named("cosine"),
+            seed: 0,
+        }
+    }
+}
+
+/// Optimizers the engine implements.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OptimizerKind {
+    /// Adam (Kingma & Ba 2015) with L2 weight decay added to the gradient.
+    #[default]
+    Adam,
+}
+
+/// Optimizer hyper-parameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimizerConfig {
+    /// Which optimizer.
+    pub name: OptimizerKind,
+    /// Base learning rate (the schedule multiplies it).
+    pub lr: f64,
+    /// Adam's β₁ and β₂.
+    pub betas: [f64; 2],
+    /// Adam's ε.
+    pub eps: f64,
+    /// Weight decay on weights (never on quantizer scales or norms).
+    pub weight_decay: f64,
+}
+
+impl Default for OptimizerConfig {
+    fn default() -> Self {
+        Self {
+            name: OptimizerKind::Adam,
+            lr: 1e-3,
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            weight_decay: 0.0,
+        }
+    }
+}
+
+/// A strategy by registered name with its parameters. In YAML either a bare name
+/// (`quantizer: ternary`) or a mapping (`quantizer: {name: int, bits: 4}`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PluginSpec {
+    /// Registered name.
+    pub name: String,
+    /// Every key but `name`.
+    pub params: Mapping,
+}
+
+impl PluginSpec {
+    /// A spec with no parameters.
+    pub fn named(name: &str) -> Self {
+        Self { name: name.to_string(), params: Mapping::new() }
+    }
+    /// The float "quantizer".
+    pub fn float() -> Self {
+        Self::named("none")
+    }
+}
+
+impl Default for PluginSpec {
+    fn default() -> Self {
+        Self::float()
+    }
+}
+
+impl Serialize for PluginSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = Mapping::new();
+        map.insert("name".into(), self.name.clone().into());
+        for (k, v) in &self.params {
+            map.insert(k.clone(), v.clone());
+        }
+        map.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for PluginSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match Value::deserialize(d)? {
+            Value::String(name) => Ok(Self::named(&name)),
+            Value::Mapping(mut params) => match params.remove("name") {
+                Some(Value::String(name)) => Ok(Self { name, params }),
+                Some(other) => Err(D::Error::custom(format!(
+                    "`name` must be a string, found {other:?}"
+                ))),
+                None => Err(D::Error::custom(
+                    "a strategy needs a `name` key, e.g. `{name: ternary}`",
+                )),
+            },
+            other => Err(D::Error::custom(format!(
+                "expected a strategy name or a mapping with `name`, found {other:?}"
+            ))),
+        }
+    }
+}
+
+impl RunConfig {
+    /// Range checks that serde's types cannot express. Returns `key: problem (fix)`.
+    pub fn validate(&self) -> Result<(), String> {
+        let t = &self.train;
+        let o = &t.optimizer;
+        let checks: [(bool, &str, String); 9] = [
+            (self.name.trim().is_empty(), "name", "must not be empty".into()),
+            (t.epochs == 0, "train.epochs", "must be at least 1".into()),
+            (t.batch_size == 0, "train.batch_size", "must be at least 1".into()),
+            (!(o.lr > 0.0 && o.lr.is_finite()), "train.optimizer.lr", format!("must be > 0, got {}", o.lr)),
+            (
+                !o.betas.iter().all(|b| (0.0..1.0).contains(b)),
+                "train.optimizer.betas",
+                format!("must lie in [0, 1), got {:?}", o.betas),
+            ),
+            (!(o.eps > 0.0), "train.optimizer.eps", format!("must be > 0, got {}", o.eps)),
+            (o.weight_decay < 0.0, "train.optimizer.weight_decay", "must be >= 0".into()),
+            (
+                self.model.hidden.contains(&0),
+                "model.hidden",
+                format!("widths must be at least 1, got {:?}", self.model.hidden),
+            ),
+            (
+                !matches!(self.model.activation_bits, None | Some(2..=16)),
+                "model.activation_bits",
+                "must be between 2 and 16, or null to disable".into(),
+            ),
+        ];
+        let mut problems: Vec<String> =
+            checks.into_iter().filter(|c| c.0).map(|(_, k, m)| format!("{k}: {m}")).collect();
+        if !(4..=28).contains(&self.data.image_size) {
+            problems.push(format!(
+                "data.image_size: must be between 4 and 28, got {}",
+                self.data.image_size
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! Datasets: the original gzipped IDX files, checked against known SHA-256 sums, and the
+//! reference project's preprocessing (antialiased resize, normalisation, seeded augmentation).
+
+pub mod augment;
+pub mod idx;
+pub mod resize;
+
+use std::path::{Path, PathBuf};
+
+use qatlab_core::config::{DataConfig, Dataset};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// MNIST's normalisation mean (of pixels scaled to [0, 1]).
+pub const MEAN: f32 = 0.1307;
+/// MNIST's normalisation standard deviation.
+pub const STD: f32 = 0.3081;
+
+/// The four files of a dataset with their published SHA-256 sums (of the `.gz` files).
+fn files(dataset: Dataset) -> [(&'static str, &'static str); 4] {
+    match dataset {
+        Dataset::Mnist => [
+            ("train-images-idx3-ubyte.gz", "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
+            ("train-labels-idx1-ubyte.gz", "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"),
+            ("t10k-images-idx3-ubyte.gz", "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
+            ("t10k-labels-idx1-ubyte.gz", "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
+        ],
+        Dataset::FashionMnist => [
+            ("train-images-idx3-ubyte.gz", "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84"),
+            ("train-labels-idx1-ubyte.gz", "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845"),
+            ("t10k-images-idx3-ubyte.gz", "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073"),
+            ("t10k-labels-idx1-ubyte.gz", "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"),
+        ],
+    }
+}
+
+/// Raw images (u8, row-major, one after another) with their labels.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Split {
+    /// Pixels, `len × rows × cols`.
+    pub images: Vec<u8>,
+    /// One label per image.
+    pub labels: Vec<u8>,
+    /// Image height.
+    pub rows: usize,
+    /// Image width.
+    pub cols: usize,
+}
+
+impl Split {
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+    /// True when the split holds no image.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+    /// Pixels of image `i`.
+    pub fn image(&self, i: usize) -> &[u8] {
+        let n = self.rows * self.cols;
+        &self.images[i * n..(i + 1) * n]
+    }
+}
+
+/// Network-ready samples: normalised floats, row-major `len × features`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Samples {
+    /// Inputs.
+    pub x: Vec<f32>,
+    /// Labels.
+    pub labels: Vec<u8>,
+    /// Inputs per sample.
+    pub features: usize,
+}
+
+impl Samples {
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+    /// True when there is no sample.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+    /// Append another set of samples of the same width.
+    pub fn extend(&mut self, other: Samples) {
+        self.x.extend(other.x);
+        self.labels.extend(other.labels);
+    }
+}
+
+/// Train and test splits of one dataset.
+pub struct DatasetFiles {
+    /// 60,000 training images.
+    pub train: Split,
+    /// 10,000 test images.
+    pub test: Split,
+}
+
+/// Where datasets are looked for, in order: `$QAT_DATA_DIR`, `./data`, then `shared/datasets`
+/// beside the current directory or any of its parents (`../shared/datasets` from the repo root).
+pub fn search_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(dir) = std::env::var_os("QAT_DATA_DIR") {
+        dirs.push(PathBuf::from(dir));
+    }
+    dirs.push(PathBuf::from("data"));
+    if let Ok(cwd) = std::env::current_dir() {
+        dirs.extend(cwd.ancestors().skip(1).map(|a| a.join("shared").join("datasets")));
+    }
+    dirs
+}
+
+/// The first search directory that holds `dataset`'s folder.
+pub fn find_dir(dataset: Dataset) -> Result<PathBuf> {
+    let dirs = search_dirs();
+    dirs.iter().find(|d| d.join(dataset.dir_name()).is_dir()).cloned().ok_or_else(|| {
+        let looked: Vec<String> = dirs.iter().map(|d| d.join(dataset.dir_name()).display().to_string()).collect();
+        Error::Data(format!(
+            "{} not found; looked in: {}. Put the four original .gz IDX files in one of these \
+             folders, or point QAT_DATA_DIR at a folder that holds `{}/`",
+            dataset.dir_name(),
+            looked.join(", "),
+            dataset.dir_name()
+        ))
+    })
+}
+
+/// Load and verify both splits of `dataset` from `root/<dataset dir>/`.
+pub fn load(dataset: Dataset, root: &Path) -> Result<DatasetFiles> {
+    let dir = root.join(dataset.dir_name());
+    let [train_x, train_y, test_x, test_y] = files(dataset).map(|(name, sum)| read_verified(&dir.join(name), sum));
+    Ok(DatasetFiles { train: split(train_x?, train_y?)?, test: split(test_x?, test_y?)? })
+}
+
+fn split(images: (PathBuf, Vec<u8>), labels: (PathBuf, Vec<u8>)) -> Result<Split> {
+    let (n, rows, cols, pixels) = idx::parse_images(&images.1).map_err(|e| Error::Data(format!("{}: {e}", images.0.display())))?;
+    let labels_v = idx::parse_labels(&labels.1).map_err(|e| Error::Data(format!("{}: {e}", labels.0.display())))?;
+    if labels_v.len() != n {
+        return Err(Error::Data(format!(
+            "{} holds {n} images but {} holds {} labels",
+            images.0.display(),
+            labels.0.display(),
+            labels_v.len()
+        )));
+    }
+    Ok(Split { images: pixels, labels: labels_v, rows, cols })
+}
+
+/// Read a `.gz` file, check its SHA-256 against `expected`, and decompress it.
+pub fn read_verified(path: &Path, expected: &str) -> Result<(PathBuf, Vec<u8>)> {
+    let raw = std::fs::read(path).map_err(|e| {
+        Error::Data(format!("cannot read {}: {e}; the dataset needs the four original .gz IDX files", path.display()))
+    })?;
+    let actual = sha256_hex(&raw);
+    if actual != expected {
+        return Err(Error::Data(format!(
+            "{} is corrupt: SHA-256 is {actual}, expected {expected}; replace it with the original file",
+            path.display()
+        )));
+    }
+    let bytes = idx::gunzip(&raw).map_err(|e| Error::Data(format!("{}: {e}", path.display())))?;
+    Ok((path.to_path_buf(), bytes))
+}
+
+/// Lower-case hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The reference preprocessing of every image of `split`: resize to `size`×`size`, scale to
+/// [0, 1], normalise with [`MEAN`] and [`STD`].
+pub fn preprocess(split: &Split, size: usize) -> Samples {
+    let mut x = Vec::with_capacity(split.len() * size * size);
+    for i in 0..split.len() {
+        push_normalised(split.image(i), split.rows, split.cols, size, &mut x);
+    }
+    Samples { x, labels: split.labels.clone(), features: size * size }
+}
+
+/// Resize one u8 image and append its normalised pixels to `out`.
+pub fn push_normalised(image: &[u8], rows: usize, cols: usize, size: usize, out: &mut Vec<f32>) {
+    let small = resize::resize_u8(image, rows, cols, size, size);
+    out.extend(small.iter().map(|&p| normalise(p)));
+}
+
+/// (p/255 − mean)/std.
+pub fn normalise(pixel: u8) -> f32 {
+    (pixel as f32 / 255.0 - MEAN) / STD
+}
+
+/// Everything a run needs: clean train and test samples, and the raw training images for
+/// per-epoch augmentation.
+pub struct RunData {
+    /// Clean, preprocessed training samples.
+    pub train: Samples,
+    /// Preprocessed test samples (all 10,000).
+    pub test: Samples,
+    /// Raw training images (for augmentation).
+    pub raw_train: Split,
+    /// The data config they were made with.
+    pub config: DataConfig,
+}
+
+impl RunData {
+    /// Find, verify, decode and preprocess the dataset named in `config`.
+    pub fn load(config: &DataConfig) -> Result<Self> {
+        let root = find_dir(config.dataset)?;
+        let files = load(config.dataset, &root)?;
+        Ok(Self {
+            train: preprocess(&files.train, config.image_size),
+            test: preprocess(&files.test, config.image_size),
+            raw_train: files.train,
+            config: config.clone(),
+        })
+    }
+
+    /// The training samples of `epoch`: the clean set, plus a freshly augmented copy when
+    /// augmentation is on (so an augmented epoch of MNIST is 120,000 images).
+    pub fn epoch_train(&self, seed: u64, epoch: usize) -> std::borrow::Cow<'_, Samples> {
+        if !self.config.augment {
+            return std::borrow::Cow::Borrowed(&self.train);
+        }
+        let mut all = self.train.clone();
+        all.extend(augment::augmented_copy(&self.raw_train, self.config.image_size, seed, epoch, self.config.elastic));
+        std::borrow::Cow::Owned(all)
+    }
+}

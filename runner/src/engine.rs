@@ -1,0 +1,187 @@
+//! The only module that knows dfdx: it runs the network's forward pass on dfdx tensors and
+//! returns plain gradients on the fake-quantized weights.
+//!
+//! How plain-slice plugins enter the autodiff graph without a custom-op API:
+//! - weights: each layer's fake-quantized weights ŵ (computed on the host by its quantizer)
+//!   become a *leaf* of the graph; the backward pass yields ∂L/∂ŵ, which the host hands to the
+//!   quantizer's straight-through backward. The quantizer never sees the tape.
+//! - activation fake-quantization: `x + (q(x) − x)` with the difference a constant, exactly
+//!   PyTorch's `x + (q − x).detach()`; the gradient is the identity.
+//! - plugin activations: `z·f′(z) + (f(z) − z·f′(z))` with both factors constants computed by the
+//!   plugin, so the value is f(z) and the gradient f′(z). ReLU uses dfdx's own kernel.
+//! - the loss: computed on the host (cross-entropy or a distiller) with its gradient G on the
+//!   logits; the graph is closed by Σ logits·G, whose gradient is G.
+//! The first layer's input is a constant, so its norm and quantization run on the host and its
+//! output is a leaf; ∂L/∂ŵ₁ = Gᵀ·x₁ is one more matmul. This spares the unused ∂L/∂x.
+
+use dfdx::prelude::*;
+use qatlab_core::config::Norm;
+
+use crate::model::{layer_norm_rows, quantize_activations, rms_norm_rows, Network, Stage, LAYER_NORM_EPS, RMS_EPS};
+
+type Mat<T = NoneTape> = Tensor<(usize, usize), f32, Cpu, T>;
+
+/// A tape mode: either recording (training) or not (evaluation).
+trait Mode: Tape<f32, Cpu> + Merge<NoneTape> + 'static {
+    /// Turn a constant into a graph leaf (or leave it as is when not recording).
+    fn leaf(t: Mat) -> Mat<Self>;
+}
+
+impl Mode for NoneTape {
+    fn leaf(t: Mat) -> Mat {
+        t
+    }
+}
+
+impl Mode for OwnedTape<f32, Cpu> {
+    fn leaf(t: Mat) -> Mat<Self> {
+        t.leaky_traced()
+    }
+}
+
+/// What one forward pass produced.
+struct Forward<T: Mode> {
+    logits: Mat<T>,
+    /// First layer's host-prepared input.
+    x1: Mat,
+    /// First layer's output, a leaf.
+    z1: Mat,
+    /// Leaves of the fake-quantized weights of layers 2.. (same ids as in the graph).
+    weights: Vec<Mat>,
+    /// Positive activations counted and the number of activations seen (when tracked).
+    positive: (u64, u64),
+}
+
+/// Runs forward and backward passes on a dfdx CPU device.
+pub struct Engine {
+    dev: Cpu,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Engine {
+    /// A CPU engine with dfdx's allocation cache on (the default allocator page-faults badly on
+    /// the many short-lived buffers of a small network).
+    pub fn new() -> Self {
+        let dev = Cpu::default();
+        dev.enable_cache();
+        Self { dev }
+    }
+
+    /// Logits for `batch` samples of `x` (row-major `batch × inputs`), without recording a
+    /// tape. Also returns (positive activations, activations) over the hidden layers.
+    pub fn logits(&self, net: &Network, x: &[f32], batch: usize) -> (Vec<f32>, (u64, u64)) {
+        let f = self.forward::<NoneTape>(net, x, batch, true);
+        (f.logits.as_vec(), f.positive)
+    }
+
+    /// One training forward and backward pass. `loss_grad` receives the logits and writes
+    /// ∂L/∂logits, returning the loss; afterwards each layer's `grad_values` holds ∂L/∂ŵ.
+    pub fn backward(
+        &self,
+        net: &mut Network,
+        x: &[f32],
+        batch: usize,
+        loss_grad: &mut dyn FnMut(&[f32], &mut [f32]) -> f32,
+    ) -> f32 {
+        let f = self.forward::<OwnedTape<f32, Cpu>>(net, x, batch, false);
+        let logits = f.logits.as_vec();
+        let mut grad = vec![0.0; logits.len()];
+        let loss = loss_grad(&logits, &mut grad);
+        let shape = *f.logits.shape();
+        let surrogate = (f.logits * self.dev.tensor_from_vec(grad, shape)).sum::<Rank0, _>();
+        let grads = surrogate.backward();
+        let g1 = grads.get(&f.z1);
+        let dw1 = g1.permute::<_, Axes2<1, 0>>().matmul(f.x1);
+        net.layers[0].grad_values = dw1.as_vec();
+        for (layer, leaf) in net.layers[1..].iter_mut().zip(&f.weights) {
+            layer.grad_values = grads.get(leaf).as_vec();
+        }
+        loss
+    }
+
+    fn forward<T: Mode>(&self, net: &Network, x: &[f32], batch: usize, track: bool) -> Forward<T> {
+        let first = &net.layers[0];
+        let mut input = x.to_vec();
+        prepare_input_on_host(&net.stage, &mut input, first.shape.cols);
+        let x1 = self.dev.tensor_from_vec(input, (batch, first.shape.cols));
+        let w1 = self.weight(first);
+        let z1 = x1.clone().matmul(w1.permute::<_, Axes2<1, 0>>());
+        let mut h: Mat<T> = T::leaf(z1.clone());
+        let mut weights = Vec::new();
+        let mut positive = (0, 0);
+        for layer in &net.layers[1..] {
+            h = self.activate(h, &net.stage, track.then_some(&mut positive));
+            h = normalize(h, net.stage.norm);
+            h = self.quantize_input(h, net.stage.activation_bits);
+            let w = self.weight(layer);
+            weights.push(w.clone());
+            h = h.matmul(T::leaf(w).permute::<_, Axes2<1, 0>>());
+        }
+        Forward { logits: h, x1, z1, weights, positive }
+    }
+
+    fn weight(&self, layer: &crate::model::Layer) -> Mat {
+        let s = layer.shape;
+        self.dev.tensor_from_vec(layer.quantized.values.clone(), (s.rows, s.cols))
+    }
+
+    fn activate<T: Mode>(&self, z: Mat<T>, stage: &Stage, positive: Option<&mut (u64, u64)>) -> Mat<T> {
+        let out = if stage.activation.is_relu() {
+            z.relu()
+        } else {
+            let shape = *z.shape();
+            let zv = z.as_vec();
+            let (mut y, mut dy) = (vec![0.0; zv.len()], vec![0.0; zv.len()]);
+            stage.activation.apply(&zv, &mut y, &mut dy);
+            let offset: Vec<f32> = y.iter().zip(&dy).zip(&zv).map(|((y, d), z)| y - z * d).collect();
+            z * self.dev.tensor_from_vec(dy, shape) + self.dev.tensor_from_vec(offset, shape)
+        };
+        if let Some(count) = positive {
+            let values = out.as_vec();
+            count.0 += values.iter().filter(|v| **v > 0.0).count() as u64;
+            count.1 += values.len() as u64;
+        }
+        out
+    }
+
+    fn quantize_input<T: Mode>(&self, h: Mat<T>, bits: Option<u32>) -> Mat<T> {
+        let Some(bits) = bits else { return h };
+        let shape = *h.shape();
+        let values = h.as_vec();
+        let mut delta = vec![0.0; values.len()];
+        quantize_activations(&values, shape.1, bits, &mut delta);
+        delta.iter_mut().zip(&values).for_each(|(q, v)| *q -= v);
+        h + self.dev.tensor_from_vec(delta, shape)
+    }
+}
+
+/// Norm and activation quantization of the (constant) network input, on the host.
+fn prepare_input_on_host(stage: &Stage, x: &mut [f32], features: usize) {
+    match stage.norm {
+        Norm::Rms => rms_norm_rows(x, features),
+        Norm::Layer => layer_norm_rows(x, features),
+        Norm::None => {}
+    }
+    if let Some(bits) = stage.activation_bits {
+        let copy = x.to_vec();
+        quantize_activations(&copy, features, bits, x);
+    }
+}
+
+fn normalize<T: Mode>(h: Mat<T>, norm: Norm) -> Mat<T> {
+    let shape = *h.shape();
+    match norm {
+        Norm::None => h,
+        Norm::Layer => h.normalize::<Axis<1>>(LAYER_NORM_EPS),
+        Norm::Rms => {
+            let mean_square = h.retaped::<T>().square().mean::<(usize,), Axis<1>>();
+            let inv_rms = (mean_square + RMS_EPS).sqrt().recip();
+            h * inv_rms.broadcast_like::<_, Axis<1>>(&shape)
+        }
+    }
+}

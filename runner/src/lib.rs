@@ -1,0 +1,13 @@
+//! # qatlab-runner: engine, experiments and the `qat` command line
+//!
+//! Design decision: dfdx is confined to [`engine`], which turns plain-slice plugins into graph
+//! pieces and returns plain gradients; everything else (model state, optimizer, data, logging,
+//! sweeps) works on `Vec<f32>`, so the training backend could be swapped without touching it.
+
+pub mod data;
+pub mod engine;
+pub mod error;
+pub mod loss;
+pub mod model;
+pub mod optim;
+pub mod train;

@@ -1,0 +1,179 @@
+//! The network's host-side state: latent weights, quantizers and their outputs, gradients.
+//! Plain `Vec<f32>`s, so checkpoints, export and analysis never touch the training backend.
+
+use qatlab_core::{config::Norm, Activation, QuantCtx, Quantized, Quantizer, Registry, Shape};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::{Error, Result};
+
+/// One fully connected layer without bias: `rows` outputs × `cols` inputs.
+pub struct Layer {
+    /// Parameter path prefix, `fc1`, `fc2`, ...
+    pub name: String,
+    /// Weight shape.
+    pub shape: Shape,
+    /// Latent full-precision weights, row-major (rows = output channels).
+    pub weight: Vec<f32>,
+    /// The layer's weight quantizer.
+    pub quantizer: Box<dyn Quantizer>,
+    /// Output of the last quantizer forward pass.
+    pub quantized: Quantized,
+    /// ∂L/∂ŵ from the last backward pass (on the fake-quantized weights).
+    pub grad_values: Vec<f32>,
+    /// ∂L/∂w on the latent weights, after the quantizer's straight-through backward.
+    pub grad_weight: Vec<f32>,
+    /// ∂L/∂θ for the quantizer's learnable parameters.
+    pub grad_params: Vec<f32>,
+}
+
+impl Layer {
+    /// Refresh `quantized` from the latent weights.
+    pub fn quantize(&mut self, ctx: QuantCtx) -> Result<()> {
+        self.quantizer
+            .quantize(&self.weight, self.shape, ctx, &mut self.quantized)
+            .map_err(|e| Error::Plugin(format!("{}: {e}", self.name)))
+    }
+
+    /// Map `grad_values` through the quantizer's backward into `grad_weight` and `grad_params`.
+    pub fn backward_quantizer(&mut self) {
+        self.grad_weight.resize(self.weight.len(), 0.0);
+        self.grad_params.clear();
+        self.grad_params.resize(self.quantizer.params().len(), 0.0);
+        self.quantizer.backward(
+            &self.weight,
+            self.shape,
+            &self.quantized,
+            &self.grad_values,
+            &mut self.grad_weight,
+            &mut self.grad_params,
+        );
+    }
+}
+
+/// What happens between layers: normalisation, activation fake-quantization, activation.
+pub struct Stage {
+    /// Input normalisation of every layer.
+    pub norm: Norm,
+    /// Bits of the per-sample absmax input quantization (None: off).
+    pub activation_bits: Option<u32>,
+    /// Activation after every hidden layer.
+    pub activation: Box<dyn Activation>,
+}
+
+/// The fully connected network.
+pub struct Network {
+    /// Layers from input to logits.
+    pub layers: Vec<Layer>,
+    /// Shared between-layer behaviour.
+    pub stage: Stage,
+}
+
+impl Network {
+    /// Build the network `inputs → hidden... → classes` with PyTorch's default `nn.Linear`
+    /// initialisation (U(−1/√fan_in, 1/√fan_in)), seeded.
+    pub fn new(
+        registry: &Registry,
+        config: &qatlab_core::config::RunConfig,
+        inputs: usize,
+        classes: usize,
+    ) -> Result<Self> {
+        let spec = &config.quantizer;
+        let act = &config.model.activation;
+        let activation = registry
+            .activations
+            .build(&act.name, &act.params)
+            .map_err(|e| Error::Config(format!("model.activation: {e}")))?;
+        let mut rng = ChaCha8Rng::seed_from_u64(config.train.seed ^ 0x1417_7e11);
+        let mut widths = vec![inputs];
+        widths.extend(&config.model.hidden);
+        widths.push(classes);
+        let mut layers = Vec::new();
+        for (i, pair) in widths.windows(2).enumerate() {
+            let shape = Shape::new(pair[1], pair[0]);
+            let bound = 1.0 / (shape.cols as f32).sqrt();
+            let weight = (0..shape.len()).map(|_| rng.gen_range(-bound..bound)).collect();
+            let quantizer = registry
+                .quantizers
+                .build(&spec.name, &spec.params)
+                .map_err(|e| Error::Config(format!("quantizer: {e}")))?;
+            layers.push(Layer {
+                name: format!("fc{}", i + 1),
+                shape,
+                weight,
+                quantizer,
+                quantized: Quantized::default(),
+                grad_values: vec![0.0; shape.len()],
+                grad_weight: vec![0.0; shape.len()],
+                grad_params: Vec::new(),
+            });
+        }
+        let stage = Stage {
+            norm: config.model.norm,
+            activation_bits: config.model.activation_bits,
+            activation,
+        };
+        Ok(Self { layers, stage })
+    }
+
+    /// Σ weights × bits per weight over all layers.
+    pub fn total_weight_bits(&self) -> f64 {
+        self.layers
+            .iter()
+            .map(|l| l.shape.len() as f64 * l.quantizer.bits_per_weight() as f64)
+            .sum()
+    }
+
+    /// Number of weights.
+    pub fn weight_count(&self) -> usize {
+        self.layers.iter().map(|l| l.shape.len()).sum()
+    }
+
+    /// Quantize every layer's weights for a forward pass.
+    pub fn quantize_all(&mut self, training: bool, step: u64, seed: u64) -> Result<()> {
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let ctx = QuantCtx { training, step, seed: seed.wrapping_add(i as u64) };
+            layer.quantize(ctx)?;
+        }
+        Ok(())
+    }
+}
+
+/// Per-sample absmax fake-quantization to `bits` (the reference's `activation_quant`):
+/// s = (2^(b−1) − 1) / max(max|x|, 1e-5); q = clamp(round(x·s), −2^(b−1), 2^(b−1) − 1) / s.
+pub fn quantize_activations(x: &[f32], features: usize, bits: u32, out: &mut [f32]) {
+    let qp = ((1u32 << (bits - 1)) - 1) as f32;
+    let qn = -((1u32 << (bits - 1)) as f32);
+    for (row, out_row) in x.chunks_exact(features).zip(out.chunks_exact_mut(features)) {
+        let max = row.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-5);
+        let scale = qp / max;
+        for (o, v) in out_row.iter_mut().zip(row) {
+            *o = (v * scale).round_ties_even().clamp(qn, qp) / scale;
+        }
+    }
+}
+
+/// RMS normalisation of each row without gain: x / sqrt(mean(x²) + ε). ε = 1e-12 only guards an
+/// all-zero row (the reference uses none).
+pub fn rms_norm_rows(x: &mut [f32], features: usize) {
+    for row in x.chunks_exact_mut(features) {
+        let ms = row.iter().map(|v| v * v).sum::<f32>() / features as f32;
+        let inv = 1.0 / (ms + RMS_EPS).sqrt();
+        row.iter_mut().for_each(|v| *v *= inv);
+    }
+}
+
+/// Layer normalisation of each row without affine: (x − mean) / sqrt(var + ε).
+pub fn layer_norm_rows(x: &mut [f32], features: usize) {
+    for row in x.chunks_exact_mut(features) {
+        let mean = row.iter().sum::<f32>() / features as f32;
+        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / features as f32;
+        let inv = 1.0 / (var + LAYER_NORM_EPS).sqrt();
+        row.iter_mut().for_each(|v| *v = (*v - mean) * inv);
+    }
+}
+
+/// ε of the RMS norm.
+pub const RMS_EPS: f32 = 1e-12;
+/// ε of the layer norm (PyTorch's default).
+pub const LAYER_NORM_EPS: f32 = 1e-5;

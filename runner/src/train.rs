@@ -1,0 +1,257 @@
+//! One training run: the epoch loop around the engine, the optimizer and the per-epoch metrics.
+//! Knows nothing of files or terminals; it reports through an [`Observer`].
+
+use std::time::Instant;
+
+use qatlab_core::{config::RunConfig, Progress, Registry, Schedule};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::data::{RunData, Samples};
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::loss::{cross_entropy, cross_entropy_sum};
+use crate::model::{Layer, Network};
+use crate::optim::{AdamConfig, AdamState};
+
+/// Number of classes of the supported datasets.
+pub const CLASSES: usize = 10;
+/// Test-set evaluation batch size (any size gives the same numbers).
+const EVAL_BATCH: usize = 1000;
+
+/// Statistics of one layer's quantized weights.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LayerStats {
+    /// Parameter path prefix (`fc1`).
+    pub name: String,
+    /// Mean of the layer's scales (clip value / γ).
+    pub scale: f32,
+    /// Share of weights on the zero level (0 when the level set has no zero).
+    pub sparsity: f32,
+    /// Entropy of the level histogram in bits.
+    pub entropy: f32,
+}
+
+/// What one epoch measured.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// Epoch, from 1.
+    pub epoch: usize,
+    /// Mean training loss over the epoch's batches.
+    pub train_loss: f64,
+    /// Training accuracy over the epoch (running, as the batches went).
+    pub train_acc: f64,
+    /// Mean test loss.
+    pub test_loss: f64,
+    /// Test accuracy on the whole test set.
+    pub test_acc: f64,
+    /// Learning rate used in this epoch.
+    pub lr: f64,
+    /// Share of positive hidden activations on the test set.
+    pub positive_fraction: f64,
+    /// Training samples per second in this epoch (training only, not evaluation).
+    pub samples_per_s: f64,
+    /// Per-layer quantization statistics.
+    pub layers: Vec<LayerStats>,
+}
+
+/// Receives progress while a run trains.
+pub trait Observer {
+    /// After each optimizer step: samples done in this epoch and the epoch's size.
+    fn on_step(&mut self, _epoch: usize, _done: usize, _total: usize) {}
+    /// After each epoch's evaluation.
+    fn on_epoch(&mut self, _metrics: &EpochMetrics) {}
+}
+
+/// An observer that ignores everything.
+pub struct Silent;
+impl Observer for Silent {}
+
+/// A run in progress: network, optimizer state and the run's randomness.
+pub struct Trainer {
+    /// The network being trained.
+    pub net: Network,
+    engine: Engine,
+    schedule: Box<dyn Schedule>,
+    adam: AdamConfig,
+    base_lr: f64,
+    weight_state: Vec<AdamState>,
+    param_state: Vec<AdamState>,
+    config: RunConfig,
+    step: u64,
+}
+
+impl Trainer {
+    /// Build the network and optimizer for `config`.
+    pub fn new(config: &RunConfig, registry: &Registry, features: usize) -> Result<Self> {
+        let net = Network::new(registry, config, features, CLASSES)?;
+        let spec = &config.train.schedule;
+        let schedule = registry
+            .schedules
+            .build(&spec.name, &spec.params)
+            .map_err(|e| Error::Config(format!("train.schedule: {e}")))?;
+        let o = &config.train.optimizer;
+        let layers = net.layers.len();
+        Ok(Self {
+            net,
+            engine: Engine::new(),
+            schedule,
+            adam: AdamConfig {
+                betas: [o.betas[0] as f32, o.betas[1] as f32],
+                eps: o.eps as f32,
+                weight_decay: o.weight_decay as f32,
+            },
+            base_lr: o.lr,
+            weight_state: vec![AdamState::default(); layers],
+            param_state: vec![AdamState::default(); layers],
+            config: config.clone(),
+            step: 0,
+        })
+    }
+
+    /// Learning rate of `epoch`.
+    pub fn lr(&self, epoch: usize, steps: usize) -> f64 {
+        let epochs = self.config.train.epochs;
+        let p = Progress { epoch, step: self.step as usize, epochs, steps };
+        self.base_lr * self.schedule.value(p)
+    }
+
+    /// One optimizer step on a batch; returns (loss, correct).
+    pub fn train_batch(&mut self, x: &[f32], labels: &[u8], lr: f32) -> Result<(f32, usize)> {
+        let seed = self.config.train.seed;
+        self.net.quantize_all(true, self.step, seed)?;
+        let mut correct = 0;
+        let loss = self.engine.backward(&mut self.net, x, labels.len(), &mut |logits, grad| {
+            let (loss, c) = cross_entropy(logits, labels, CLASSES, grad);
+            correct = c;
+            loss
+        });
+        if !loss.is_finite() {
+            return Err(Error::Diverged(format!("loss is {loss} at step {}", self.step)));
+        }
+        for (i, layer) in self.net.layers.iter_mut().enumerate() {
+            layer.backward_quantizer();
+            self.weight_state[i].step(&self.adam, lr, &mut layer.weight, &layer.grad_weight, true);
+            if !layer.grad_params.is_empty() {
+                let grads = std::mem::take(&mut layer.grad_params);
+                self.param_state[i].step(&self.adam, lr, layer.quantizer.params_mut(), &grads, false);
+                layer.grad_params = grads;
+            }
+        }
+        self.step += 1;
+        Ok((loss, correct))
+    }
+
+    /// Test loss, accuracy and positive-activation share with the evaluation quantization.
+    pub fn evaluate(&mut self, test: &Samples) -> Result<(f64, f64, f64)> {
+        self.net.quantize_all(false, self.step, self.config.train.seed)?;
+        let (mut loss, mut correct, mut positive, mut seen) = (0.0, 0, 0, 0);
+        let f = test.features;
+        for start in (0..test.len()).step_by(EVAL_BATCH) {
+            let end = (start + EVAL_BATCH).min(test.len());
+            let (logits, (pos, count)) = self.engine.logits(&self.net, &test.x[start * f..end * f], end - start);
+            let (l, c) = cross_entropy_sum(&logits, &test.labels[start..end], CLASSES);
+            loss += l;
+            correct += c;
+            positive += pos;
+            seen += count;
+        }
+        let n = test.len().max(1) as f64;
+        Ok((loss / n, correct as f64 / n, positive as f64 / seen.max(1) as f64))
+    }
+
+    /// Let each quantizer refit its state at the end of `epoch`.
+    pub fn end_epoch(&mut self, epoch: usize) -> Result<()> {
+        for layer in &mut self.net.layers {
+            layer
+                .quantizer
+                .end_epoch(&layer.weight, layer.shape, epoch)
+                .map_err(|e| Error::Plugin(format!("{}: {e}", layer.name)))?;
+        }
+        Ok(())
+    }
+}
+
+/// Level statistics of a layer's last quantization.
+pub fn layer_stats(layer: &Layer) -> LayerStats {
+    let q = &layer.quantized;
+    let scale = q.scales.iter().sum::<f32>() / q.scales.len().max(1) as f32;
+    if q.levels.is_empty() || q.codes.is_empty() {
+        return LayerStats { name: layer.name.clone(), scale, sparsity: 0.0, entropy: 32.0 };
+    }
+    let mut histogram = vec![0usize; q.levels.len()];
+    q.codes.iter().for_each(|&c| histogram[c as usize] += 1);
+    let n = q.codes.len() as f32;
+    let zero = q.levels.iter().position(|&l| l == 0.0).map_or(0, |z| histogram[z]);
+    let entropy = histogram.iter().filter(|&&h| h > 0).map(|&h| -(h as f32 / n) * (h as f32 / n).log2()).sum();
+    LayerStats { name: layer.name.clone(), scale, sparsity: zero as f32 / n, entropy }
+}
+
+/// The order of the training samples in `epoch`.
+pub fn epoch_order(len: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..len).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(crate::data::augment::stream_seed(seed, epoch, usize::MAX));
+    order.shuffle(&mut rng);
+    order
+}
+
+/// The result of a finished run.
+pub struct Finished {
+    /// One entry per epoch.
+    pub epochs: Vec<EpochMetrics>,
+    /// Σ weights × bits per weight.
+    pub total_bits: f64,
+    /// The trained network.
+    pub trainer: Trainer,
+}
+
+/// Train `config` on `data` from scratch, reporting to `observer`.
+pub fn train(config: &RunConfig, registry: &Registry, data: &RunData, observer: &mut dyn Observer) -> Result<Finished> {
+    let mut trainer = Trainer::new(config, registry, data.train.features)?;
+    let (epochs, batch) = (config.train.epochs, config.train.batch_size);
+    let mut history = Vec::new();
+    let mut x = Vec::new();
+    let mut labels = Vec::new();
+    for epoch in 0..epochs {
+        let samples = data.epoch_train(config.train.seed, epoch);
+        let f = samples.features;
+        let order = epoch_order(samples.len(), config.train.seed, epoch);
+        let steps = epochs * samples.len().div_ceil(batch);
+        let lr = trainer.lr(epoch, steps);
+        let (mut loss_sum, mut correct, mut batches) = (0.0f64, 0usize, 0usize);
+        let started = Instant::now();
+        for (b, chunk) in order.chunks(batch).enumerate() {
+            x.clear();
+            labels.clear();
+            for &i in chunk {
+                x.extend_from_slice(&samples.x[i * f..(i + 1) * f]);
+                labels.push(samples.labels[i]);
+            }
+            let (loss, c) = trainer.train_batch(&x, &labels, lr as f32)?;
+            loss_sum += loss as f64;
+            correct += c;
+            batches += 1;
+            observer.on_step(epoch, ((b + 1) * batch).min(samples.len()), samples.len());
+        }
+        let samples_per_s = samples.len() as f64 / started.elapsed().as_secs_f64();
+        trainer.end_epoch(epoch)?;
+        let (test_loss, test_acc, positive_fraction) = trainer.evaluate(&data.test)?;
+        let metrics = EpochMetrics {
+            epoch: epoch + 1,
+            train_loss: loss_sum / batches.max(1) as f64,
+            train_acc: correct as f64 / samples.len().max(1) as f64,
+            test_loss,
+            test_acc,
+            lr,
+            positive_fraction,
+            samples_per_s,
+            layers: trainer.net.layers.iter().map(layer_stats).collect(),
+        };
+        observer.on_epoch(&metrics);
+        history.push(metrics);
+    }
+    let total_bits = trainer.net.total_weight_bits();
+    Ok(Finished { epochs: history, total_bits, trainer })
+}
