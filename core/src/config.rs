@@ -70,7 +70,12 @@ pub struct DataConfig {
 
 impl Default for DataConfig {
     fn default() -> Self {
-        Self { dataset: Dataset::Mnist, image_size: 16, augment: false, elastic: false }
+        Self {
+            dataset: Dataset::Mnist,
+            image_size: 16,
+            augment: false,
+            elastic: false,
+        }
     }
 }
 
@@ -190,7 +195,10 @@ pub struct PluginSpec {
 impl PluginSpec {
     /// A spec with no parameters.
     pub fn named(name: &str) -> Self {
-        Self { name: name.to_string(), params: Mapping::new() }
+        Self {
+            name: name.to_string(),
+            params: Mapping::new(),
+        }
     }
     /// The float "quantizer".
     pub fn float() -> Self {
@@ -242,17 +250,37 @@ impl RunConfig {
         let t = &self.train;
         let o = &t.optimizer;
         let checks: [(bool, &str, String); 9] = [
-            (self.name.trim().is_empty(), "name", "must not be empty".into()),
+            (
+                self.name.trim().is_empty(),
+                "name",
+                "must not be empty".into(),
+            ),
             (t.epochs == 0, "train.epochs", "must be at least 1".into()),
-            (t.batch_size == 0, "train.batch_size", "must be at least 1".into()),
-            (!(o.lr > 0.0 && o.lr.is_finite()), "train.optimizer.lr", format!("must be > 0, got {}", o.lr)),
+            (
+                t.batch_size == 0,
+                "train.batch_size",
+                "must be at least 1".into(),
+            ),
+            (
+                !(o.lr > 0.0 && o.lr.is_finite()),
+                "train.optimizer.lr",
+                format!("must be > 0, got {}", o.lr),
+            ),
             (
                 !o.betas.iter().all(|b| (0.0..1.0).contains(b)),
                 "train.optimizer.betas",
                 format!("must lie in [0, 1), got {:?}", o.betas),
             ),
-            (!(o.eps > 0.0), "train.optimizer.eps", format!("must be > 0, got {}", o.eps)),
-            (o.weight_decay < 0.0, "train.optimizer.weight_decay", "must be >= 0".into()),
+            (
+                !(o.eps > 0.0),
+                "train.optimizer.eps",
+                format!("must be > 0, got {}", o.eps),
+            ),
+            (
+                o.weight_decay < 0.0,
+                "train.optimizer.weight_decay",
+                "must be >= 0".into(),
+            ),
             (
                 self.model.hidden.contains(&0),
                 "model.hidden",
@@ -264,8 +292,11 @@ impl RunConfig {
                 "must be between 2 and 16, or null to disable".into(),
             ),
         ];
-        let mut problems: Vec<String> =
-            checks.into_iter().filter(|c| c.0).map(|(_, k, m)| format!("{k}: {m}")).collect();
+        let mut problems: Vec<String> = checks
+            .into_iter()
+            .filter(|c| c.0)
+            .map(|(_, k, m)| format!("{k}: {m}"))
+            .collect();
         if !(4..=28).contains(&self.data.image_size) {
             problems.push(format!(
                 "data.image_size: must be between 4 and 28, got {}",

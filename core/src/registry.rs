@@ -58,12 +58,21 @@ pub struct Catalog<T: ?Sized> {
 impl<T: ?Sized> Catalog<T> {
     /// An empty catalog of `kind`.
     pub fn new(kind: Kind) -> Self {
-        Self { kind, entries: BTreeMap::new() }
+        Self {
+            kind,
+            entries: BTreeMap::new(),
+        }
     }
 
     /// Register a strategy whose parameters are the serde struct `C`. `build` may reject values
     /// that parse but are out of range, with a message saying which and why.
-    pub fn register<C, F>(&mut self, name: &str, summary: &str, source: &str, build: F) -> Result<()>
+    pub fn register<C, F>(
+        &mut self,
+        name: &str,
+        summary: &str,
+        source: &str,
+        build: F,
+    ) -> Result<()>
     where
         C: DeserializeOwned + Serialize + Default + 'static,
         F: Fn(C) -> std::result::Result<Box<T>, String> + Send + Sync + 'static,
@@ -75,7 +84,11 @@ impl<T: ?Sized> Catalog<T> {
         let kind = self.kind.as_str();
         let owned = name.to_string();
         let factory: Factory<T> = Box::new(move |params: &Mapping| {
-            let bad = |message: String| PluginError::BadParams { kind, name: owned.clone(), message };
+            let bad = |message: String| PluginError::BadParams {
+                kind,
+                name: owned.clone(),
+                message,
+            };
             let config: C = serde_yaml::from_value(Value::Mapping(params.clone()))
                 .map_err(|e| bad(e.to_string()))?;
             build(config).map_err(bad)
@@ -92,7 +105,10 @@ impl<T: ?Sized> Catalog<T> {
     /// Register with a ready-made factory (used by the dynamic-plugin loader).
     pub fn insert(&mut self, info: PluginInfo, factory: Factory<T>) -> Result<()> {
         if self.entries.contains_key(&info.name) {
-            return Err(PluginError::Duplicate { kind: self.kind.as_str(), name: info.name });
+            return Err(PluginError::Duplicate {
+                kind: self.kind.as_str(),
+                name: info.name,
+            });
         }
         self.entries.insert(info.name.clone(), (info, factory));
         Ok(())
@@ -171,7 +187,10 @@ impl Registry {
     pub fn listing(&self) -> Vec<(Kind, Vec<PluginInfo>)> {
         vec![
             (Kind::Quantizer, self.quantizers.infos().cloned().collect()),
-            (Kind::Activation, self.activations.infos().cloned().collect()),
+            (
+                Kind::Activation,
+                self.activations.infos().cloned().collect(),
+            ),
             (Kind::Schedule, self.schedules.infos().cloned().collect()),
             (Kind::Distiller, self.distillers.infos().cloned().collect()),
         ]

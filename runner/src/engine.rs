@@ -17,7 +17,9 @@
 use dfdx::prelude::*;
 use qatlab_core::config::Norm;
 
-use crate::model::{layer_norm_rows, quantize_activations, rms_norm_rows, Network, Stage, LAYER_NORM_EPS, RMS_EPS};
+use crate::model::{
+    layer_norm_rows, quantize_activations, rms_norm_rows, Network, Stage, LAYER_NORM_EPS, RMS_EPS,
+};
 
 type Mat<T = NoneTape> = Tensor<(usize, usize), f32, Cpu, T>;
 
@@ -68,7 +70,7 @@ impl Engine {
     /// the many short-lived buffers of a small network).
     pub fn new() -> Self {
         let dev = Cpu::default();
-        dev.enable_cache();
+        // dev.enable_cache();
         Self { dev }
     }
 
@@ -76,7 +78,7 @@ impl Engine {
     /// tape. Also returns (positive activations, activations) over the hidden layers.
     pub fn logits(&self, net: &Network, x: &[f32], batch: usize) -> (Vec<f32>, (u64, u64)) {
         let f = self.forward::<NoneTape>(net, x, batch, true);
-        (f.logits.as_vec(), f.positive)
+        (host(&f.logits), f.positive)
     }
 
     /// One training forward and backward pass. `loss_grad` receives the logits and writes
@@ -89,7 +91,7 @@ impl Engine {
         loss_grad: &mut dyn FnMut(&[f32], &mut [f32]) -> f32,
     ) -> f32 {
         let f = self.forward::<OwnedTape<f32, Cpu>>(net, x, batch, false);
-        let logits = f.logits.as_vec();
+        let logits = host(&f.logits);
         let mut grad = vec![0.0; logits.len()];
         let loss = loss_grad(&logits, &mut grad);
         let shape = *f.logits.shape();
@@ -97,9 +99,9 @@ impl Engine {
         let grads = surrogate.backward();
         let g1 = grads.get(&f.z1);
         let dw1 = g1.permute::<_, Axes2<1, 0>>().matmul(f.x1);
-        net.layers[0].grad_values = dw1.as_vec();
+        net.layers[0].grad_values = host(&dw1);
         for (layer, leaf) in net.layers[1..].iter_mut().zip(&f.weights) {
-            layer.grad_values = grads.get(leaf).as_vec();
+            layer.grad_values = host(&grads.get(leaf));
         }
         loss
     }
@@ -122,27 +124,44 @@ impl Engine {
             weights.push(w.clone());
             h = h.matmul(T::leaf(w).permute::<_, Axes2<1, 0>>());
         }
-        Forward { logits: h, x1, z1, weights, positive }
+        Forward {
+            logits: h,
+            x1,
+            z1,
+            weights,
+            positive,
+        }
     }
 
     fn weight(&self, layer: &crate::model::Layer) -> Mat {
         let s = layer.shape;
-        self.dev.tensor_from_vec(layer.quantized.values.clone(), (s.rows, s.cols))
+        self.dev
+            .tensor_from_vec(layer.quantized.values.clone(), (s.rows, s.cols))
     }
 
-    fn activate<T: Mode>(&self, z: Mat<T>, stage: &Stage, positive: Option<&mut (u64, u64)>) -> Mat<T> {
+    fn activate<T: Mode>(
+        &self,
+        z: Mat<T>,
+        stage: &Stage,
+        positive: Option<&mut (u64, u64)>,
+    ) -> Mat<T> {
         let out = if stage.activation.is_relu() {
             z.relu()
         } else {
             let shape = *z.shape();
-            let zv = z.as_vec();
+            let zv = host(&z);
             let (mut y, mut dy) = (vec![0.0; zv.len()], vec![0.0; zv.len()]);
             stage.activation.apply(&zv, &mut y, &mut dy);
-            let offset: Vec<f32> = y.iter().zip(&dy).zip(&zv).map(|((y, d), z)| y - z * d).collect();
+            let offset: Vec<f32> = y
+                .iter()
+                .zip(&dy)
+                .zip(&zv)
+                .map(|((y, d), z)| y - z * d)
+                .collect();
             z * self.dev.tensor_from_vec(dy, shape) + self.dev.tensor_from_vec(offset, shape)
         };
         if let Some(count) = positive {
-            let values = out.as_vec();
+            let values = host(&out);
             count.0 += values.iter().filter(|v| **v > 0.0).count() as u64;
             count.1 += values.len() as u64;
         }
@@ -152,12 +171,20 @@ impl Engine {
     fn quantize_input<T: Mode>(&self, h: Mat<T>, bits: Option<u32>) -> Mat<T> {
         let Some(bits) = bits else { return h };
         let shape = *h.shape();
-        let values = h.as_vec();
+        let values = host(&h);
         let mut delta = vec![0.0; values.len()];
         quantize_activations(&values, shape.1, bits, &mut delta);
         delta.iter_mut().zip(&values).for_each(|(q, v)| *q -= v);
         h + self.dev.tensor_from_vec(delta, shape)
     }
+}
+
+/// The values of a contiguous tensor (every op output and gradient buffer here is one) as a
+/// plain vector. `copy_into` is a memcpy, where `as_vec` walks a strided index per element.
+fn host<T>(t: &Tensor<(usize, usize), f32, Cpu, T>) -> Vec<f32> {
+    let mut out = vec![0.0; t.shape().0 * t.shape().1];
+    t.copy_into(&mut out);
+    out
 }
 
 /// Norm and activation quantization of the (constant) network input, on the host.

@@ -4,6 +4,7 @@
 //! pieces and returns plain gradients; everything else (model state, optimizer, data, logging,
 //! sweeps) works on `Vec<f32>`, so the training backend could be swapped without touching it.
 
+pub mod alloc;
 pub mod data;
 pub mod engine;
 pub mod error;

@@ -2,6 +2,7 @@
 //! Plain `Vec<f32>`s, so checkpoints, export and analysis never touch the training backend.
 
 use qatlab_core::{config::Norm, Activation, QuantCtx, Quantized, Quantizer, Registry, Shape};
+use qatlab_plugins::ste::round_even;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -92,7 +93,9 @@ impl Network {
         for (i, pair) in widths.windows(2).enumerate() {
             let shape = Shape::new(pair[1], pair[0]);
             let bound = 1.0 / (shape.cols as f32).sqrt();
-            let weight = (0..shape.len()).map(|_| rng.gen_range(-bound..bound)).collect();
+            let weight = (0..shape.len())
+                .map(|_| rng.gen_range(-bound..bound))
+                .collect();
             let quantizer = registry
                 .quantizers
                 .build(&spec.name, &spec.params)
@@ -132,7 +135,11 @@ impl Network {
     /// Quantize every layer's weights for a forward pass.
     pub fn quantize_all(&mut self, training: bool, step: u64, seed: u64) -> Result<()> {
         for (i, layer) in self.layers.iter_mut().enumerate() {
-            let ctx = QuantCtx { training, step, seed: seed.wrapping_add(i as u64) };
+            let ctx = QuantCtx {
+                training,
+                step,
+                seed: seed.wrapping_add(i as u64),
+            };
             layer.quantize(ctx)?;
         }
         Ok(())
@@ -145,10 +152,12 @@ pub fn quantize_activations(x: &[f32], features: usize, bits: u32, out: &mut [f3
     let qp = ((1u32 << (bits - 1)) - 1) as f32;
     let qn = -((1u32 << (bits - 1)) as f32);
     for (row, out_row) in x.chunks_exact(features).zip(out.chunks_exact_mut(features)) {
-        let max = row.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-5);
+        let max = row
+            .iter()
+            .fold(1e-5f32, |m, v| if v.abs() > m { v.abs() } else { m });
         let scale = qp / max;
         for (o, v) in out_row.iter_mut().zip(row) {
-            *o = (v * scale).round_ties_even().clamp(qn, qp) / scale;
+            *o = round_even(v * scale).clamp(qn, qp) / scale;
         }
     }
 }

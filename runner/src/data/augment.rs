@@ -14,7 +14,9 @@ type Inverse = [[f32; 3]; 2];
 
 /// Mix (seed, epoch, index) into one 64-bit stream seed (SplitMix64 finaliser).
 pub fn stream_seed(seed: u64, epoch: usize, index: usize) -> u64 {
-    let mut z = seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (index as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+    let mut z = seed
+        ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (index as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
@@ -48,15 +50,30 @@ fn warp_nearest(image: &[u8], rows: usize, cols: usize, m: &Inverse) -> Vec<u8> 
 }
 
 /// Rotation ±10°, then affine (±10°, translate ±10 %, scale 0.9–1.1), nearest neighbour.
-pub fn augment_image(image: &[u8], rows: usize, cols: usize, rng: &mut ChaCha8Rng, elastic: bool) -> Vec<u8> {
+pub fn augment_image(
+    image: &[u8],
+    rows: usize,
+    cols: usize,
+    rng: &mut ChaCha8Rng,
+    elastic: bool,
+) -> Vec<u8> {
     let rotation = inverse_affine(rng.gen_range(-10.0..=10.0), 1.0, 0.0, 0.0, rows, cols);
     let rotated = warp_nearest(image, rows, cols, &rotation);
     let degrees = rng.gen_range(-10.0..=10.0);
     // torchvision draws translations in pixels and rounds them
-    let tx = rng.gen_range(-0.1 * cols as f32..=0.1 * cols as f32).round();
-    let ty = rng.gen_range(-0.1 * rows as f32..=0.1 * rows as f32).round();
+    let tx = rng
+        .gen_range(-0.1 * cols as f32..=0.1 * cols as f32)
+        .round();
+    let ty = rng
+        .gen_range(-0.1 * rows as f32..=0.1 * rows as f32)
+        .round();
     let scale = rng.gen_range(0.9..=1.1);
-    let affine = warp_nearest(&rotated, rows, cols, &inverse_affine(degrees, scale, tx, ty, rows, cols));
+    let affine = warp_nearest(
+        &rotated,
+        rows,
+        cols,
+        &inverse_affine(degrees, scale, tx, ty, rows, cols),
+    );
     if elastic {
         elastic_deform(&affine, rows, cols, rng, ELASTIC_ALPHA, ELASTIC_SIGMA)
     } else {
@@ -71,9 +88,18 @@ pub const ELASTIC_SIGMA: f32 = 4.0;
 
 /// Elastic deformation: uniform random displacements, Gaussian-smoothed, scaled by `alpha`,
 /// sampled bilinearly.
-pub fn elastic_deform(image: &[u8], rows: usize, cols: usize, rng: &mut ChaCha8Rng, alpha: f32, sigma: f32) -> Vec<u8> {
+pub fn elastic_deform(
+    image: &[u8],
+    rows: usize,
+    cols: usize,
+    rng: &mut ChaCha8Rng,
+    alpha: f32,
+    sigma: f32,
+) -> Vec<u8> {
     let field = |rng: &mut ChaCha8Rng| {
-        let raw: Vec<f32> = (0..rows * cols).map(|_| rng.gen_range(-1.0..=1.0)).collect();
+        let raw: Vec<f32> = (0..rows * cols)
+            .map(|_| rng.gen_range(-1.0..=1.0))
+            .collect();
         let mut smooth = gaussian_blur(&raw, rows, cols, sigma);
         smooth.iter_mut().for_each(|v| *v *= alpha);
         smooth
@@ -83,7 +109,9 @@ pub fn elastic_deform(image: &[u8], rows: usize, cols: usize, rng: &mut ChaCha8R
     for y in 0..rows {
         for x in 0..cols {
             let i = y * cols + x;
-            out[i] = bilinear(image, rows, cols, x as f32 + dx[i], y as f32 + dy[i]).round().clamp(0.0, 255.0) as u8;
+            out[i] = bilinear(image, rows, cols, x as f32 + dx[i], y as f32 + dy[i])
+                .round()
+                .clamp(0.0, 255.0) as u8;
         }
     }
     out
@@ -106,7 +134,9 @@ fn bilinear(image: &[u8], rows: usize, cols: usize, x: f32, y: f32) -> f32 {
 
 fn gaussian_blur(x: &[f32], rows: usize, cols: usize, sigma: f32) -> Vec<f32> {
     let radius = (3.0 * sigma).ceil() as isize;
-    let kernel: Vec<f32> = (-radius..=radius).map(|k| (-(k * k) as f32 / (2.0 * sigma * sigma)).exp()).collect();
+    let kernel: Vec<f32> = (-radius..=radius)
+        .map(|k| (-(k * k) as f32 / (2.0 * sigma * sigma)).exp())
+        .collect();
     let norm: f32 = kernel.iter().sum();
     let pass = |src: &[f32], along_rows: bool| -> Vec<f32> {
         let mut dst = vec![0.0; src.len()];
@@ -128,12 +158,23 @@ fn gaussian_blur(x: &[f32], rows: usize, cols: usize, sigma: f32) -> Vec<f32> {
 }
 
 /// A freshly augmented, preprocessed copy of every image of `split` for `epoch`.
-pub fn augmented_copy(split: &Split, size: usize, seed: u64, epoch: usize, elastic: bool) -> Samples {
+pub fn augmented_copy(
+    split: &Split,
+    size: usize,
+    seed: u64,
+    epoch: usize,
+    elastic: bool,
+) -> Samples {
+    let resizer = super::resize::Resizer::new(split.rows, split.cols, size, size);
     let mut x = Vec::with_capacity(split.len() * size * size);
     for i in 0..split.len() {
         let mut rng = ChaCha8Rng::seed_from_u64(stream_seed(seed, epoch, i));
         let image = augment_image(split.image(i), split.rows, split.cols, &mut rng, elastic);
-        push_normalised(&image, split.rows, split.cols, size, &mut x);
+        push_normalised(&image, &resizer, &mut x);
     }
-    Samples { x, labels: split.labels.clone(), features: size * size }
+    Samples {
+        x,
+        labels: split.labels.clone(),
+        features: size * size,
+    }
 }

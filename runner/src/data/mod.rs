@@ -21,16 +21,40 @@ pub const STD: f32 = 0.3081;
 fn files(dataset: Dataset) -> [(&'static str, &'static str); 4] {
     match dataset {
         Dataset::Mnist => [
-            ("train-images-idx3-ubyte.gz", "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
-            ("train-labels-idx1-ubyte.gz", "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"),
-            ("t10k-images-idx3-ubyte.gz", "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
-            ("t10k-labels-idx1-ubyte.gz", "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
+            (
+                "train-images-idx3-ubyte.gz",
+                "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+            ),
+            (
+                "train-labels-idx1-ubyte.gz",
+                "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+            ),
+            (
+                "t10k-images-idx3-ubyte.gz",
+                "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+            ),
+            (
+                "t10k-labels-idx1-ubyte.gz",
+                "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+            ),
         ],
         Dataset::FashionMnist => [
-            ("train-images-idx3-ubyte.gz", "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84"),
-            ("train-labels-idx1-ubyte.gz", "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845"),
-            ("t10k-images-idx3-ubyte.gz", "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073"),
-            ("t10k-labels-idx1-ubyte.gz", "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"),
+            (
+                "train-images-idx3-ubyte.gz",
+                "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+            ),
+            (
+                "train-labels-idx1-ubyte.gz",
+                "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+            ),
+            (
+                "t10k-images-idx3-ubyte.gz",
+                "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+            ),
+            (
+                "t10k-labels-idx1-ubyte.gz",
+                "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+            ),
         ],
     }
 }
@@ -108,7 +132,11 @@ pub fn search_dirs() -> Vec<PathBuf> {
     }
     dirs.push(PathBuf::from("data"));
     if let Ok(cwd) = std::env::current_dir() {
-        dirs.extend(cwd.ancestors().skip(1).map(|a| a.join("shared").join("datasets")));
+        dirs.extend(
+            cwd.ancestors()
+                .skip(1)
+                .map(|a| a.join("shared").join("datasets")),
+        );
     }
     dirs
 }
@@ -116,28 +144,40 @@ pub fn search_dirs() -> Vec<PathBuf> {
 /// The first search directory that holds `dataset`'s folder.
 pub fn find_dir(dataset: Dataset) -> Result<PathBuf> {
     let dirs = search_dirs();
-    dirs.iter().find(|d| d.join(dataset.dir_name()).is_dir()).cloned().ok_or_else(|| {
-        let looked: Vec<String> = dirs.iter().map(|d| d.join(dataset.dir_name()).display().to_string()).collect();
-        Error::Data(format!(
-            "{} not found; looked in: {}. Put the four original .gz IDX files in one of these \
+    dirs.iter()
+        .find(|d| d.join(dataset.dir_name()).is_dir())
+        .cloned()
+        .ok_or_else(|| {
+            let looked: Vec<String> = dirs
+                .iter()
+                .map(|d| d.join(dataset.dir_name()).display().to_string())
+                .collect();
+            Error::Data(format!(
+                "{} not found; looked in: {}. Put the four original .gz IDX files in one of these \
              folders, or point QAT_DATA_DIR at a folder that holds `{}/`",
-            dataset.dir_name(),
-            looked.join(", "),
-            dataset.dir_name()
-        ))
-    })
+                dataset.dir_name(),
+                looked.join(", "),
+                dataset.dir_name()
+            ))
+        })
 }
 
 /// Load and verify both splits of `dataset` from `root/<dataset dir>/`.
 pub fn load(dataset: Dataset, root: &Path) -> Result<DatasetFiles> {
     let dir = root.join(dataset.dir_name());
-    let [train_x, train_y, test_x, test_y] = files(dataset).map(|(name, sum)| read_verified(&dir.join(name), sum));
-    Ok(DatasetFiles { train: split(train_x?, train_y?)?, test: split(test_x?, test_y?)? })
+    let [train_x, train_y, test_x, test_y] =
+        files(dataset).map(|(name, sum)| read_verified(&dir.join(name), sum));
+    Ok(DatasetFiles {
+        train: split(train_x?, train_y?)?,
+        test: split(test_x?, test_y?)?,
+    })
 }
 
 fn split(images: (PathBuf, Vec<u8>), labels: (PathBuf, Vec<u8>)) -> Result<Split> {
-    let (n, rows, cols, pixels) = idx::parse_images(&images.1).map_err(|e| Error::Data(format!("{}: {e}", images.0.display())))?;
-    let labels_v = idx::parse_labels(&labels.1).map_err(|e| Error::Data(format!("{}: {e}", labels.0.display())))?;
+    let (n, rows, cols, pixels) = idx::parse_images(&images.1)
+        .map_err(|e| Error::Data(format!("{}: {e}", images.0.display())))?;
+    let labels_v = idx::parse_labels(&labels.1)
+        .map_err(|e| Error::Data(format!("{}: {e}", labels.0.display())))?;
     if labels_v.len() != n {
         return Err(Error::Data(format!(
             "{} holds {n} images but {} holds {} labels",
@@ -146,13 +186,21 @@ fn split(images: (PathBuf, Vec<u8>), labels: (PathBuf, Vec<u8>)) -> Result<Split
             labels_v.len()
         )));
     }
-    Ok(Split { images: pixels, labels: labels_v, rows, cols })
+    Ok(Split {
+        images: pixels,
+        labels: labels_v,
+        rows,
+        cols,
+    })
 }
 
 /// Read a `.gz` file, check its SHA-256 against `expected`, and decompress it.
 pub fn read_verified(path: &Path, expected: &str) -> Result<(PathBuf, Vec<u8>)> {
     let raw = std::fs::read(path).map_err(|e| {
-        Error::Data(format!("cannot read {}: {e}; the dataset needs the four original .gz IDX files", path.display()))
+        Error::Data(format!(
+            "cannot read {}: {e}; the dataset needs the four original .gz IDX files",
+            path.display()
+        ))
     })?;
     let actual = sha256_hex(&raw);
     if actual != expected {
@@ -167,22 +215,30 @@ pub fn read_verified(path: &Path, expected: &str) -> Result<(PathBuf, Vec<u8>)> 
 
 /// Lower-case hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The reference preprocessing of every image of `split`: resize to `size`×`size`, scale to
 /// [0, 1], normalise with [`MEAN`] and [`STD`].
 pub fn preprocess(split: &Split, size: usize) -> Samples {
+    let resizer = resize::Resizer::new(split.rows, split.cols, size, size);
     let mut x = Vec::with_capacity(split.len() * size * size);
     for i in 0..split.len() {
-        push_normalised(split.image(i), split.rows, split.cols, size, &mut x);
+        push_normalised(split.image(i), &resizer, &mut x);
     }
-    Samples { x, labels: split.labels.clone(), features: size * size }
+    Samples {
+        x,
+        labels: split.labels.clone(),
+        features: size * size,
+    }
 }
 
 /// Resize one u8 image and append its normalised pixels to `out`.
-pub fn push_normalised(image: &[u8], rows: usize, cols: usize, size: usize, out: &mut Vec<f32>) {
-    let small = resize::resize_u8(image, rows, cols, size, size);
+pub fn push_normalised(image: &[u8], resizer: &resize::Resizer, out: &mut Vec<f32>) {
+    let small = resizer.apply(image);
     out.extend(small.iter().map(|&p| normalise(p)));
 }
 
@@ -224,7 +280,13 @@ impl RunData {
             return std::borrow::Cow::Borrowed(&self.train);
         }
         let mut all = self.train.clone();
-        all.extend(augment::augmented_copy(&self.raw_train, self.config.image_size, seed, epoch, self.config.elastic));
+        all.extend(augment::augmented_copy(
+            &self.raw_train,
+            self.config.image_size,
+            seed,
+            epoch,
+            self.config.elastic,
+        ));
         std::borrow::Cow::Owned(all)
     }
 }

@@ -23,28 +23,66 @@ fn coefficients(input: usize, output: usize) -> Vec<(usize, Vec<f32>)> {
         .collect()
 }
 
+/// Round half up to u8, as PIL's fixed-point resampler does.
 fn to_u8(v: f32) -> u8 {
-    v.round().clamp(0.0, 255.0) as u8
+    (v.clamp(0.0, 255.0) + 0.5) as u8
 }
 
-/// Resize a `rows × cols` u8 image to `out_rows × out_cols`.
-pub fn resize_u8(image: &[u8], rows: usize, cols: usize, out_rows: usize, out_cols: usize) -> Vec<u8> {
-    let horizontal = coefficients(cols, out_cols);
-    let mut mid = vec![0u8; rows * out_cols];
-    for r in 0..rows {
-        let row = &image[r * cols..(r + 1) * cols];
-        for (c, (lo, w)) in horizontal.iter().enumerate() {
-            let v: f32 = w.iter().enumerate().map(|(k, w)| w * row[lo + k] as f32).sum();
-            mid[r * out_cols + c] = to_u8(v);
+/// A resize from one image size to another, with its filter coefficients computed once.
+pub struct Resizer {
+    rows: usize,
+    cols: usize,
+    out_rows: usize,
+    out_cols: usize,
+    horizontal: Vec<(usize, Vec<f32>)>,
+    vertical: Vec<(usize, Vec<f32>)>,
+}
+
+impl Resizer {
+    /// A resize from `rows × cols` to `out_rows × out_cols`.
+    pub fn new(rows: usize, cols: usize, out_rows: usize, out_cols: usize) -> Self {
+        Self {
+            rows,
+            cols,
+            out_rows,
+            out_cols,
+            horizontal: coefficients(cols, out_cols),
+            vertical: coefficients(rows, out_rows),
         }
     }
-    let vertical = coefficients(rows, out_rows);
-    let mut out = vec![0u8; out_rows * out_cols];
-    for (r, (lo, w)) in vertical.iter().enumerate() {
-        for c in 0..out_cols {
-            let v: f32 = w.iter().enumerate().map(|(k, w)| w * mid[(lo + k) * out_cols + c] as f32).sum();
-            out[r * out_cols + c] = to_u8(v);
+
+    /// Resize one image.
+    pub fn apply(&self, image: &[u8]) -> Vec<u8> {
+        let (cols, out_cols) = (self.cols, self.out_cols);
+        let mut mid = vec![0u8; self.rows * out_cols];
+        for (r, row) in image.chunks_exact(cols).enumerate() {
+            for (c, (lo, w)) in self.horizontal.iter().enumerate() {
+                let v: f32 = w.iter().zip(&row[*lo..]).map(|(w, &p)| w * p as f32).sum();
+                mid[r * out_cols + c] = to_u8(v);
+            }
         }
+        let mut out = vec![0u8; self.out_rows * out_cols];
+        for (r, (lo, w)) in self.vertical.iter().enumerate() {
+            for c in 0..out_cols {
+                let v: f32 = w
+                    .iter()
+                    .enumerate()
+                    .map(|(k, w)| w * mid[(lo + k) * out_cols + c] as f32)
+                    .sum();
+                out[r * out_cols + c] = to_u8(v);
+            }
+        }
+        out
     }
-    out
+}
+
+/// Resize a `rows × cols` u8 image to `out_rows × out_cols` (one-off; use [`Resizer`] in loops).
+pub fn resize_u8(
+    image: &[u8],
+    rows: usize,
+    cols: usize,
+    out_rows: usize,
+    out_cols: usize,
+) -> Vec<u8> {
+    Resizer::new(rows, cols, out_rows, out_cols).apply(image)
 }
