@@ -310,3 +310,65 @@ impl RunConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_alone_gives_the_reference_recipe() {
+        let c: RunConfig = serde_yaml::from_str("name: x").unwrap();
+        assert_eq!(c.model.hidden, vec![64, 64, 64]);
+        assert_eq!(c.model.activation_bits, Some(8));
+        assert_eq!(
+            (c.train.epochs, c.train.batch_size, c.train.optimizer.lr),
+            (30, 128, 1e-3)
+        );
+        assert_eq!(c.quantizer, PluginSpec::float());
+        assert_eq!(c.train.schedule.name, "cosine");
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn strategies_are_a_name_or_a_mapping() {
+        let c: RunConfig = serde_yaml::from_str("name: x\nquantizer: ternary").unwrap();
+        assert_eq!(c.quantizer, PluginSpec::named("ternary"));
+        let c: RunConfig =
+            serde_yaml::from_str("name: x\nquantizer: {name: ternary, granularity: channel}")
+                .unwrap();
+        assert_eq!(c.quantizer.name, "ternary");
+        assert_eq!(c.quantizer.params.get("granularity").unwrap(), "channel");
+        let err = serde_yaml::from_str::<RunConfig>("name: x\nquantizer: {bits: 2}")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("needs a `name` key"), "{err}");
+    }
+
+    #[test]
+    fn resolved_config_round_trips_through_yaml() {
+        let c: RunConfig =
+            serde_yaml::from_str("name: x\nquantizer: {name: ternary, learn_scale: true}").unwrap();
+        let back: RunConfig = serde_yaml::from_str(&serde_yaml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_line() {
+        let err = serde_yaml::from_str::<RunConfig>("name: x\ntrain:\n  epocs: 3\n").unwrap_err();
+        assert!(err.to_string().contains("unknown field `epocs`"), "{err}");
+        assert_eq!(err.location().unwrap().line(), 3);
+    }
+
+    #[test]
+    fn range_problems_name_their_key_and_all_are_reported() {
+        let mut c: RunConfig = serde_yaml::from_str("name: x").unwrap();
+        c.train.optimizer.lr = -1.0;
+        c.train.epochs = 0;
+        let err = c.validate().unwrap_err();
+        assert!(
+            err.contains("train.optimizer.lr: must be > 0, got -1"),
+            "{err}"
+        );
+        assert!(err.contains("train.epochs: must be at least 1"), "{err}");
+    }
+}

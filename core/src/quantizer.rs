@@ -89,7 +89,7 @@ pub trait Quantizer: Send {
     ) -> Result<()>;
 
     /// Storage cost of one weight in bits (1.6 for ternary packed 5 trits per byte, 32 for float).
-    fn bits_per_weight(&self) -> f32;
+    fn bits_per_weight(&self) -> f64;
 
     /// Backward pass. Given ∂L/∂ŵ in `grad_values`, write ∂L/∂w into `grad_w` and add ∂L/∂θ for
     /// each learnable parameter θ into `grad_params` (same order as [`Quantizer::params`]).

@@ -196,3 +196,119 @@ impl Registry {
         ]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Schedule;
+    use serde::Deserialize;
+
+    #[derive(Default, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    struct Params {
+        value: f64,
+    }
+
+    struct Fixed(f64);
+    impl Schedule for Fixed {
+        fn value(&self, _: crate::Progress) -> f64 {
+            self.0
+        }
+    }
+
+    fn catalog() -> Catalog<dyn Schedule> {
+        let mut c: Catalog<dyn Schedule> = Catalog::new(Kind::Schedule);
+        c.register("constant", "fixed", "test", |p: Params| {
+            if p.value < 0.0 {
+                return Err(format!("value must be >= 0, got {}", p.value));
+            }
+            Ok(Box::new(Fixed(p.value)) as Box<dyn Schedule>)
+        })
+        .unwrap();
+        c.register("cosine", "curve", "test", |p: Params| {
+            Ok(Box::new(Fixed(p.value)) as Box<dyn Schedule>)
+        })
+        .unwrap();
+        c
+    }
+
+    fn params(yaml: &str) -> Mapping {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn unknown_name_lists_the_registered_ones_and_suggests_the_closest() {
+        let err = catalog()
+            .build("cosin", &Mapping::new())
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(err, "unknown schedule `cosin` (did you mean `cosine`?); registered schedules: constant, cosine");
+    }
+
+    #[test]
+    fn unknown_parameter_names_the_strategy_and_the_valid_keys() {
+        let err = catalog()
+            .build("constant", &params("valu: 1.0"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.starts_with("schedule `constant`: unknown field `valu`"),
+            "{err}"
+        );
+        assert!(err.contains("expected `value`"), "{err}");
+    }
+
+    #[test]
+    fn ill_typed_and_out_of_range_parameters_are_rejected() {
+        let err = catalog()
+            .build("constant", &params("value: fast"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("invalid type"), "{err}");
+        let err = catalog()
+            .build("constant", &params("value: -1"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(err, "schedule `constant`: value must be >= 0, got -1");
+    }
+
+    #[test]
+    fn builds_with_parameters_and_lists_defaults() {
+        let c = catalog();
+        let s = c.build("constant", &params("value: 0.25")).unwrap();
+        let p = crate::Progress {
+            epoch: 0,
+            step: 0,
+            epochs: 1,
+            steps: 1,
+        };
+        assert_eq!(s.value(p), 0.25);
+        let info = c.infos().next().unwrap();
+        assert_eq!(info.defaults, params("value: 0.0"));
+    }
+
+    #[test]
+    fn a_name_registers_once() {
+        let mut c = catalog();
+        let err = c.register("cosine", "again", "test", |p: Params| {
+            Ok(Box::new(Fixed(p.value)) as Box<dyn Schedule>)
+        });
+        assert_eq!(
+            err.err().unwrap().to_string(),
+            "schedule `cosine` is registered twice; pick another name for the second one"
+        );
+    }
+
+    #[test]
+    fn did_you_mean_stays_quiet_for_distant_names() {
+        assert_eq!(did_you_mean("zzzzzz", &["ternary", "none"]), "");
+        assert_eq!(
+            did_you_mean("ternry", &["ternary", "none"]),
+            " (did you mean `ternary`?)"
+        );
+    }
+}

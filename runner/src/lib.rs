@@ -5,10 +5,16 @@
 //! sweeps) works on `Vec<f32>`, so the training backend could be swapped without touching it.
 
 pub mod alloc;
+pub mod bench;
+pub mod cli;
 pub mod data;
 pub mod engine;
 pub mod error;
+pub mod execute;
+pub mod experiment;
 pub mod loss;
 pub mod model;
 pub mod optim;
+pub mod outputs;
+pub mod report;
 pub mod train;

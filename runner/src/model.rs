@@ -123,7 +123,7 @@ impl Network {
     pub fn total_weight_bits(&self) -> f64 {
         self.layers
             .iter()
-            .map(|l| l.shape.len() as f64 * l.quantizer.bits_per_weight() as f64)
+            .map(|l| l.shape.len() as f64 * l.quantizer.bits_per_weight())
             .sum()
     }
 

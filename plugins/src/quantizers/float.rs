@@ -35,7 +35,7 @@ impl Quantizer for Float {
         Ok(())
     }
 
-    fn bits_per_weight(&self) -> f32 {
+    fn bits_per_weight(&self) -> f64 {
         32.0
     }
 }

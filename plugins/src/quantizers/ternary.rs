@@ -94,7 +94,7 @@ impl Quantizer for Ternary {
         Ok(())
     }
 
-    fn bits_per_weight(&self) -> f32 {
+    fn bits_per_weight(&self) -> f64 {
         1.6
     }
 

@@ -1,0 +1,91 @@
+//! Text for the terminal: the run summary and the plugin listing.
+
+use std::fmt::Write;
+
+use qatlab_core::Registry;
+
+use crate::execute::Outcome;
+
+/// The quickstart recipe used by `qat bench train` when no file is given.
+pub const QUICKSTART_BENCH_YAML: &str =
+    "name: bench-quickstart\nquantizer: ternary\nmodel: {hidden: [64, 64, 64]}\n";
+
+/// One line per run: status, final and best test accuracy, train accuracy, size, time.
+pub fn summary(outcomes: &[Outcome]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<28} {:<9} {:>9} {:>14} {:>9} {:>10} {:>8} {:>8}",
+        "run", "status", "test acc", "best (epoch)", "train acc", "bits", "kB", "wall s"
+    );
+    for o in outcomes {
+        let r = &o.record;
+        let pct = |v: f64| format!("{:.2}%", 100.0 * v);
+        let (test, train) = r
+            .final_scores
+            .as_ref()
+            .map_or(("-".into(), "-".into()), |s| {
+                (pct(s.test_acc), pct(s.train_acc))
+            });
+        let best = r
+            .best
+            .as_ref()
+            .map_or("-".into(), |s| format!("{} ({})", pct(s.test_acc), s.epoch));
+        let status = if o.skipped {
+            "done".to_string()
+        } else {
+            format!("{:?}", r.status).to_lowercase()
+        };
+        let _ = writeln!(
+            out,
+            "{:<28} {:<9} {:>9} {:>14} {:>9} {:>10.0} {:>8.2} {:>8.1}",
+            format!("{}/{}", r.experiment, r.run_id),
+            status,
+            test,
+            best,
+            train,
+            r.total_bits,
+            r.total_bits / 8.0 / 1024.0,
+            r.wall_s
+        );
+        if let Some(e) = &r.error {
+            let _ = writeln!(out, "  error: {e}");
+        }
+    }
+    out
+}
+
+/// Every registered strategy with its one-line definition and default parameters.
+pub fn plugin_listing(registry: &Registry) -> String {
+    let mut out = String::new();
+    for (kind, infos) in registry.listing() {
+        let _ = writeln!(out, "{}s:", kind.as_str());
+        if infos.is_empty() {
+            let _ = writeln!(out, "  (none registered)");
+        }
+        for info in infos {
+            let params: Vec<String> = info
+                .defaults
+                .iter()
+                .map(|(k, v)| format!("{}: {}", yaml_inline(k), yaml_inline(v)))
+                .collect();
+            let params = if params.is_empty() {
+                "no parameters".to_string()
+            } else {
+                params.join(", ")
+            };
+            let _ = writeln!(
+                out,
+                "  {:<12} {}  [{}] ({})",
+                info.name, info.summary, params, info.source
+            );
+        }
+    }
+    out
+}
+
+fn yaml_inline(v: &serde_yaml::Value) -> String {
+    serde_yaml::to_string(v)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
