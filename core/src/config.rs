@@ -272,7 +272,7 @@ impl RunConfig {
                 format!("must lie in [0, 1), got {:?}", o.betas),
             ),
             (
-                !(o.eps > 0.0),
+                o.eps.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater),
                 "train.optimizer.eps",
                 format!("must be > 0, got {}", o.eps),
             ),

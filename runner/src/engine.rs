@@ -11,6 +11,7 @@
 //!   plugin, so the value is f(z) and the gradient f′(z). ReLU uses dfdx's own kernel.
 //! - the loss: computed on the host (cross-entropy or a distiller) with its gradient G on the
 //!   logits; the graph is closed by Σ logits·G, whose gradient is G.
+//!
 //! The first layer's input is a constant, so its norm and quantization run on the host and its
 //! output is a leaf; ∂L/∂ŵ₁ = Gᵀ·x₁ is one more matmul. This spares the unused ∂L/∂x.
 

@@ -23,7 +23,7 @@ impl Granularity {
     /// The row ranges that share one scale: the whole matrix, or each row.
     pub fn groups(self, rows: usize, cols: usize) -> Vec<std::ops::Range<usize>> {
         match self {
-            Granularity::Tensor => vec![0..rows * cols],
+            Granularity::Tensor => std::iter::once(0..rows * cols).collect(),
             Granularity::Channel => (0..rows).map(|r| r * cols..(r + 1) * cols).collect(),
         }
     }

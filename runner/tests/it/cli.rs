@@ -1,0 +1,165 @@
+//! The `qat` binary end to end: files written, resume, exit codes and error messages.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn qat(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_qat"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A temp dir inside the crate, so the data search (`shared/datasets` beside an ancestor)
+/// finds the datasets as it does from the repository root.
+fn workdir() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+}
+
+#[test]
+fn run_writes_config_record_and_metrics_then_skips_on_rerun() {
+    let dir = workdir();
+    let file = dir.path().join("tiny.yaml");
+    std::fs::write(
+        &file,
+        "name: tiny\nquantizer: ternary\nmodel: {hidden: [16]}\ntrain: {epochs: 1}\n",
+    )
+    .unwrap();
+    let out = qat(&["run", "tiny.yaml", "-q"], dir.path());
+    assert!(out.status.success(), "{}", text(&out));
+    let runs: Vec<_> = std::fs::read_dir(dir.path().join("results/tiny"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(runs.len(), 1);
+    let run = &runs[0];
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("run.json")).unwrap()).unwrap();
+    assert_eq!(record["status"], "success");
+    assert_eq!(record["weights"], 256 * 16 + 16 * 10);
+    assert!((record["total_bits"].as_f64().unwrap() - 1.6 * 4256.0).abs() < 1e-6);
+    let acc = record["final_scores"]["test_acc"].as_f64().unwrap();
+    assert!(acc > 0.7, "{acc}");
+    let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    assert_eq!(metrics.lines().count(), 2, "header and one epoch");
+    assert!(metrics.starts_with("epoch,train_loss,train_acc,test_loss,test_acc,lr,positive_fraction,samples_per_s,fc1.scale"));
+    let config = std::fs::read_to_string(run.join("config.yaml")).unwrap();
+    assert!(
+        config.contains("name: ternary") && config.contains("batch_size: 128"),
+        "resolved defaults: {config}"
+    );
+    assert!(text(&out).contains("tiny/"), "{}", text(&out));
+
+    let again = qat(&["run", "tiny.yaml", "-q"], dir.path());
+    assert!(again.status.success());
+    assert!(
+        text(&again).contains(" done "),
+        "finished runs are skipped: {}",
+        text(&again)
+    );
+    assert!(
+        !text(&again).contains("epoch   1"),
+        "nothing retrained: {}",
+        text(&again)
+    );
+}
+
+fn assert_config_error(yaml: &str, expected: &[&str]) {
+    let dir = workdir();
+    std::fs::write(dir.path().join("bad.yaml"), yaml).unwrap();
+    let out = qat(&["run", "bad.yaml"], dir.path());
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let message = text(&out);
+    for e in expected {
+        assert!(message.contains(e), "expected `{e}` in: {message}");
+    }
+    assert!(
+        !dir.path().join("results").exists(),
+        "nothing may start on a config error"
+    );
+}
+
+#[test]
+fn yaml_syntax_error_gives_file_line_and_column() {
+    assert_config_error("name: x\nmodel: {hidden: [64, 64\n", &["qat: bad.yaml:"]);
+}
+
+#[test]
+fn unknown_key_gives_line_and_suggestion() {
+    assert_config_error(
+        "name: x\ntrain:\n  epocs: 3\n",
+        &[
+            "bad.yaml:3:3",
+            "unknown field `epocs`",
+            "did you mean `epochs`?",
+        ],
+    );
+}
+
+#[test]
+fn unknown_quantizer_lists_the_registered_ones() {
+    assert_config_error(
+        "name: x\nquantizer: ternry\n",
+        &[
+            "quantizer: unknown quantizer `ternry` (did you mean `ternary`?)",
+            "registered quantizers: none, ternary",
+        ],
+    );
+}
+
+#[test]
+fn unknown_quantizer_parameter_is_an_error() {
+    assert_config_error(
+        "name: x\nquantizer: {name: ternary, bitz: 2}\n",
+        &["quantizer `ternary`: unknown field `bitz`"],
+    );
+}
+
+#[test]
+fn out_of_range_values_are_errors() {
+    assert_config_error(
+        "name: x\ntrain: {optimizer: {lr: -0.1}}\n",
+        &["train.optimizer.lr: must be > 0, got -0.1"],
+    );
+}
+
+#[test]
+fn a_missing_file_is_an_error() {
+    let dir = workdir();
+    let out = qat(&["run", "nope.yaml"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains("cannot read experiment file nope.yaml"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn plugins_lists_every_kind_with_defaults() {
+    let out = qat(&["plugins"], Path::new("."));
+    assert!(out.status.success());
+    let t = text(&out);
+    for want in [
+        "quantizers:",
+        "ternary",
+        "granularity: tensor",
+        "learn_scale: false",
+        "activations:",
+        "relu",
+        "schedules:",
+        "cosine",
+        "from: 1.0",
+    ] {
+        assert!(t.contains(want), "`{want}` missing from:\n{t}");
+    }
+}

@@ -1,0 +1,11 @@
+//! Integration tests of the runner, one module per topic.
+
+mod cli;
+mod data;
+mod engine;
+mod runs;
+
+/// Parse a YAML run config for a test.
+pub fn config(yaml: &str) -> qatlab_core::config::RunConfig {
+    serde_yaml::from_str(yaml).unwrap()
+}
