@@ -70,12 +70,7 @@ pub struct DataConfig {
 
 impl Default for DataConfig {
     fn default() -> Self {
-        Self {
-            dataset: Dataset::Mnist,
-            image_size: 16,
-            augment: false,
-            elastic: false,
-        }
+        Self { dataset: Dataset::Mnist, image_size: 16, augment: false, elastic: false }
     }
 }
 
@@ -172,13 +167,7 @@ pub struct OptimizerConfig {
 
 impl Default for OptimizerConfig {
     fn default() -> Self {
-        Self {
-            name: OptimizerKind::Adam,
-            lr: 1e-3,
-            betas: [0.9, 0.999],
-            eps: 1e-8,
-            weight_decay: 0.0,
-        }
+        Self { name: OptimizerKind::Adam, lr: 1e-3, betas: [0.9, 0.999], eps: 1e-8, weight_decay: 0.0 }
     }
 }
 
@@ -195,10 +184,7 @@ pub struct PluginSpec {
 impl PluginSpec {
     /// A spec with no parameters.
     pub fn named(name: &str) -> Self {
-        Self {
-            name: name.to_string(),
-            params: Mapping::new(),
-        }
+        Self { name: name.to_string(), params: Mapping::new() }
     }
     /// The float "quantizer".
     pub fn float() -> Self {
@@ -230,12 +216,8 @@ impl<'de> Deserialize<'de> for PluginSpec {
             Value::String(name) => Ok(Self::named(&name)),
             Value::Mapping(mut params) => match params.remove("name") {
                 Some(Value::String(name)) => Ok(Self { name, params }),
-                Some(other) => Err(D::Error::custom(format!(
-                    "`name` must be a string, found {other:?}"
-                ))),
-                None => Err(D::Error::custom(
-                    "a strategy needs a `name` key, e.g. `{name: ternary}`",
-                )),
+                Some(other) => Err(D::Error::custom(format!("`name` must be a string, found {other:?}"))),
+                None => Err(D::Error::custom("a strategy needs a `name` key, e.g. `{name: ternary}`")),
             },
             other => Err(D::Error::custom(format!(
                 "expected a strategy name or a mapping with `name`, found {other:?}"
@@ -250,22 +232,10 @@ impl RunConfig {
         let t = &self.train;
         let o = &t.optimizer;
         let checks: [(bool, &str, String); 9] = [
-            (
-                self.name.trim().is_empty(),
-                "name",
-                "must not be empty".into(),
-            ),
+            (self.name.trim().is_empty(), "name", "must not be empty".into()),
             (t.epochs == 0, "train.epochs", "must be at least 1".into()),
-            (
-                t.batch_size == 0,
-                "train.batch_size",
-                "must be at least 1".into(),
-            ),
-            (
-                !(o.lr > 0.0 && o.lr.is_finite()),
-                "train.optimizer.lr",
-                format!("must be > 0, got {}", o.lr),
-            ),
+            (t.batch_size == 0, "train.batch_size", "must be at least 1".into()),
+            (!(o.lr > 0.0 && o.lr.is_finite()), "train.optimizer.lr", format!("must be > 0, got {}", o.lr)),
             (
                 !o.betas.iter().all(|b| (0.0..1.0).contains(b)),
                 "train.optimizer.betas",
@@ -276,11 +246,7 @@ impl RunConfig {
                 "train.optimizer.eps",
                 format!("must be > 0, got {}", o.eps),
             ),
-            (
-                o.weight_decay < 0.0,
-                "train.optimizer.weight_decay",
-                "must be >= 0".into(),
-            ),
+            (o.weight_decay < 0.0, "train.optimizer.weight_decay", "must be >= 0".into()),
             (
                 self.model.hidden.contains(&0),
                 "model.hidden",
@@ -292,16 +258,10 @@ impl RunConfig {
                 "must be between 2 and 16, or null to disable".into(),
             ),
         ];
-        let mut problems: Vec<String> = checks
-            .into_iter()
-            .filter(|c| c.0)
-            .map(|(_, k, m)| format!("{k}: {m}"))
-            .collect();
+        let mut problems: Vec<String> =
+            checks.into_iter().filter(|c| c.0).map(|(_, k, m)| format!("{k}: {m}")).collect();
         if !(4..=28).contains(&self.data.image_size) {
-            problems.push(format!(
-                "data.image_size: must be between 4 and 28, got {}",
-                self.data.image_size
-            ));
+            problems.push(format!("data.image_size: must be between 4 and 28, got {}", self.data.image_size));
         }
         if problems.is_empty() {
             Ok(())
@@ -320,10 +280,7 @@ mod tests {
         let c: RunConfig = serde_yaml::from_str("name: x").unwrap();
         assert_eq!(c.model.hidden, vec![64, 64, 64]);
         assert_eq!(c.model.activation_bits, Some(8));
-        assert_eq!(
-            (c.train.epochs, c.train.batch_size, c.train.optimizer.lr),
-            (30, 128, 1e-3)
-        );
+        assert_eq!((c.train.epochs, c.train.batch_size, c.train.optimizer.lr), (30, 128, 1e-3));
         assert_eq!(c.quantizer, PluginSpec::float());
         assert_eq!(c.train.schedule.name, "cosine");
         c.validate().unwrap();
@@ -334,13 +291,10 @@ mod tests {
         let c: RunConfig = serde_yaml::from_str("name: x\nquantizer: ternary").unwrap();
         assert_eq!(c.quantizer, PluginSpec::named("ternary"));
         let c: RunConfig =
-            serde_yaml::from_str("name: x\nquantizer: {name: ternary, granularity: channel}")
-                .unwrap();
+            serde_yaml::from_str("name: x\nquantizer: {name: ternary, granularity: channel}").unwrap();
         assert_eq!(c.quantizer.name, "ternary");
         assert_eq!(c.quantizer.params.get("granularity").unwrap(), "channel");
-        let err = serde_yaml::from_str::<RunConfig>("name: x\nquantizer: {bits: 2}")
-            .unwrap_err()
-            .to_string();
+        let err = serde_yaml::from_str::<RunConfig>("name: x\nquantizer: {bits: 2}").unwrap_err().to_string();
         assert!(err.contains("needs a `name` key"), "{err}");
     }
 
@@ -365,10 +319,7 @@ mod tests {
         c.train.optimizer.lr = -1.0;
         c.train.epochs = 0;
         let err = c.validate().unwrap_err();
-        assert!(
-            err.contains("train.optimizer.lr: must be > 0, got -1"),
-            "{err}"
-        );
+        assert!(err.contains("train.optimizer.lr: must be > 0, got -1"), "{err}");
         assert!(err.contains("train.epochs: must be at least 1"), "{err}");
     }
 }

@@ -70,8 +70,7 @@ impl Quantized {
     /// Resize the buffers for `shape`, keeping their allocations.
     pub fn prepare(&mut self, shape: Shape, with_codes: bool) {
         self.values.resize(shape.len(), 0.0);
-        self.codes
-            .resize(if with_codes { shape.len() } else { 0 }, 0);
+        self.codes.resize(if with_codes { shape.len() } else { 0 }, 0);
     }
 }
 
@@ -80,13 +79,7 @@ impl Quantized {
 /// straight-through gradient and no learnable parameters.
 pub trait Quantizer: Send {
     /// Forward pass: fake-quantize `w` (shape `shape`) into `out` (values, codes, scales, levels).
-    fn quantize(
-        &mut self,
-        w: &[f32],
-        shape: Shape,
-        ctx: QuantCtx,
-        out: &mut Quantized,
-    ) -> Result<()>;
+    fn quantize(&mut self, w: &[f32], shape: Shape, ctx: QuantCtx, out: &mut Quantized) -> Result<()>;
 
     /// Storage cost of one weight in bits (1.6 for ternary packed 5 trits per byte, 32 for float).
     fn bits_per_weight(&self) -> f64;

@@ -58,21 +58,12 @@ pub struct Catalog<T: ?Sized> {
 impl<T: ?Sized> Catalog<T> {
     /// An empty catalog of `kind`.
     pub fn new(kind: Kind) -> Self {
-        Self {
-            kind,
-            entries: BTreeMap::new(),
-        }
+        Self { kind, entries: BTreeMap::new() }
     }
 
     /// Register a strategy whose parameters are the serde struct `C`. `build` may reject values
     /// that parse but are out of range, with a message saying which and why.
-    pub fn register<C, F>(
-        &mut self,
-        name: &str,
-        summary: &str,
-        source: &str,
-        build: F,
-    ) -> Result<()>
+    pub fn register<C, F>(&mut self, name: &str, summary: &str, source: &str, build: F) -> Result<()>
     where
         C: DeserializeOwned + Serialize + Default + 'static,
         F: Fn(C) -> std::result::Result<Box<T>, String> + Send + Sync + 'static,
@@ -84,13 +75,9 @@ impl<T: ?Sized> Catalog<T> {
         let kind = self.kind.as_str();
         let owned = name.to_string();
         let factory: Factory<T> = Box::new(move |params: &Mapping| {
-            let bad = |message: String| PluginError::BadParams {
-                kind,
-                name: owned.clone(),
-                message,
-            };
-            let config: C = serde_yaml::from_value(Value::Mapping(params.clone()))
-                .map_err(|e| bad(e.to_string()))?;
+            let bad = |message: String| PluginError::BadParams { kind, name: owned.clone(), message };
+            let config: C =
+                serde_yaml::from_value(Value::Mapping(params.clone())).map_err(|e| bad(e.to_string()))?;
             build(config).map_err(bad)
         });
         let info = PluginInfo {
@@ -105,10 +92,7 @@ impl<T: ?Sized> Catalog<T> {
     /// Register with a ready-made factory (used by the dynamic-plugin loader).
     pub fn insert(&mut self, info: PluginInfo, factory: Factory<T>) -> Result<()> {
         if self.entries.contains_key(&info.name) {
-            return Err(PluginError::Duplicate {
-                kind: self.kind.as_str(),
-                name: info.name,
-            });
+            return Err(PluginError::Duplicate { kind: self.kind.as_str(), name: info.name });
         }
         self.entries.insert(info.name.clone(), (info, factory));
         Ok(())
@@ -187,10 +171,7 @@ impl Registry {
     pub fn listing(&self) -> Vec<(Kind, Vec<PluginInfo>)> {
         vec![
             (Kind::Quantizer, self.quantizers.infos().cloned().collect()),
-            (
-                Kind::Activation,
-                self.activations.infos().cloned().collect(),
-            ),
+            (Kind::Activation, self.activations.infos().cloned().collect()),
             (Kind::Schedule, self.schedules.infos().cloned().collect()),
             (Kind::Distiller, self.distillers.infos().cloned().collect()),
         ]
@@ -225,10 +206,8 @@ mod tests {
             Ok(Box::new(Fixed(p.value)) as Box<dyn Schedule>)
         })
         .unwrap();
-        c.register("cosine", "curve", "test", |p: Params| {
-            Ok(Box::new(Fixed(p.value)) as Box<dyn Schedule>)
-        })
-        .unwrap();
+        c.register("cosine", "curve", "test", |p: Params| Ok(Box::new(Fixed(p.value)) as Box<dyn Schedule>))
+            .unwrap();
         c
     }
 
@@ -238,41 +217,25 @@ mod tests {
 
     #[test]
     fn unknown_name_lists_the_registered_ones_and_suggests_the_closest() {
-        let err = catalog()
-            .build("cosin", &Mapping::new())
-            .err()
-            .unwrap()
-            .to_string();
-        assert_eq!(err, "unknown schedule `cosin` (did you mean `cosine`?); registered schedules: constant, cosine");
+        let err = catalog().build("cosin", &Mapping::new()).err().unwrap().to_string();
+        assert_eq!(
+            err,
+            "unknown schedule `cosin` (did you mean `cosine`?); registered schedules: constant, cosine"
+        );
     }
 
     #[test]
     fn unknown_parameter_names_the_strategy_and_the_valid_keys() {
-        let err = catalog()
-            .build("constant", &params("valu: 1.0"))
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(
-            err.starts_with("schedule `constant`: unknown field `valu`"),
-            "{err}"
-        );
+        let err = catalog().build("constant", &params("valu: 1.0")).err().unwrap().to_string();
+        assert!(err.starts_with("schedule `constant`: unknown field `valu`"), "{err}");
         assert!(err.contains("expected `value`"), "{err}");
     }
 
     #[test]
     fn ill_typed_and_out_of_range_parameters_are_rejected() {
-        let err = catalog()
-            .build("constant", &params("value: fast"))
-            .err()
-            .unwrap()
-            .to_string();
+        let err = catalog().build("constant", &params("value: fast")).err().unwrap().to_string();
         assert!(err.contains("invalid type"), "{err}");
-        let err = catalog()
-            .build("constant", &params("value: -1"))
-            .err()
-            .unwrap()
-            .to_string();
+        let err = catalog().build("constant", &params("value: -1")).err().unwrap().to_string();
         assert_eq!(err, "schedule `constant`: value must be >= 0, got -1");
     }
 
@@ -280,12 +243,7 @@ mod tests {
     fn builds_with_parameters_and_lists_defaults() {
         let c = catalog();
         let s = c.build("constant", &params("value: 0.25")).unwrap();
-        let p = crate::Progress {
-            epoch: 0,
-            step: 0,
-            epochs: 1,
-            steps: 1,
-        };
+        let p = crate::Progress { epoch: 0, step: 0, epochs: 1, steps: 1 };
         assert_eq!(s.value(p), 0.25);
         let info = c.infos().next().unwrap();
         assert_eq!(info.defaults, params("value: 0.0"));
@@ -306,9 +264,6 @@ mod tests {
     #[test]
     fn did_you_mean_stays_quiet_for_distant_names() {
         assert_eq!(did_you_mean("zzzzzz", &["ternary", "none"]), "");
-        assert_eq!(
-            did_you_mean("ternry", &["ternary", "none"]),
-            " (did you mean `ternary`?)"
-        );
+        assert_eq!(did_you_mean("ternry", &["ternary", "none"]), " (did you mean `ternary`?)");
     }
 }

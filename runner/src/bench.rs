@@ -45,7 +45,5 @@ pub fn bench_train(
     config.train.epochs = epochs.max(1);
     let mut collect = Collect(Vec::new());
     single_threaded(|| train(&config, registry, data, &mut collect))?;
-    Ok(TrainBench {
-        per_epoch: collect.0,
-    })
+    Ok(TrainBench { per_epoch: collect.0 })
 }

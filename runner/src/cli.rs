@@ -69,9 +69,7 @@ mod tests {
 
     #[test]
     fn run_takes_a_file_and_flags() {
-        let Command::Run(a) =
-            parse(&["run", "x.yaml", "--force", "-q", "--results", "out"]).command
-        else {
+        let Command::Run(a) = parse(&["run", "x.yaml", "--force", "-q", "--results", "out"]).command else {
             panic!("not run")
         };
         assert_eq!(a.file, PathBuf::from("x.yaml"));
@@ -81,9 +79,7 @@ mod tests {
 
     #[test]
     fn run_defaults_results_to_results() {
-        let Command::Run(a) = parse(&["run", "x.yaml"]).command else {
-            panic!("not run")
-        };
+        let Command::Run(a) = parse(&["run", "x.yaml"]).command else { panic!("not run") };
         assert_eq!(a.results, PathBuf::from("results"));
         assert!(!a.force && !a.quiet);
     }

@@ -125,27 +125,15 @@ impl Engine {
             weights.push(w.clone());
             h = h.matmul(T::leaf(w).permute::<_, Axes2<1, 0>>());
         }
-        Forward {
-            logits: h,
-            x1,
-            z1,
-            weights,
-            positive,
-        }
+        Forward { logits: h, x1, z1, weights, positive }
     }
 
     fn weight(&self, layer: &crate::model::Layer) -> Mat {
         let s = layer.shape;
-        self.dev
-            .tensor_from_vec(layer.quantized.values.clone(), (s.rows, s.cols))
+        self.dev.tensor_from_vec(layer.quantized.values.clone(), (s.rows, s.cols))
     }
 
-    fn activate<T: Mode>(
-        &self,
-        z: Mat<T>,
-        stage: &Stage,
-        positive: Option<&mut (u64, u64)>,
-    ) -> Mat<T> {
+    fn activate<T: Mode>(&self, z: Mat<T>, stage: &Stage, positive: Option<&mut (u64, u64)>) -> Mat<T> {
         let out = if stage.activation.is_relu() {
             z.relu()
         } else {
@@ -153,12 +141,7 @@ impl Engine {
             let zv = host(&z);
             let (mut y, mut dy) = (vec![0.0; zv.len()], vec![0.0; zv.len()]);
             stage.activation.apply(&zv, &mut y, &mut dy);
-            let offset: Vec<f32> = y
-                .iter()
-                .zip(&dy)
-                .zip(&zv)
-                .map(|((y, d), z)| y - z * d)
-                .collect();
+            let offset: Vec<f32> = y.iter().zip(&dy).zip(&zv).map(|((y, d), z)| y - z * d).collect();
             z * self.dev.tensor_from_vec(dy, shape) + self.dev.tensor_from_vec(offset, shape)
         };
         if let Some(count) = positive {

@@ -41,32 +41,15 @@ pub fn execute(plan: &RunPlan, registry: &Registry, options: &ExecOptions) -> Re
     let mut data: Option<RunData> = None;
     for config in &plan.runs {
         let dir = RunDir::new(&options.results, config);
-        if let Some(record) = dir
-            .read_record()
-            .filter(|r| r.status == Status::Success && !options.force)
-        {
-            outcomes.push(Outcome {
-                dir: dir.path,
-                record,
-                skipped: true,
-            });
+        if let Some(record) = dir.read_record().filter(|r| r.status == Status::Success && !options.force) {
+            outcomes.push(Outcome { dir: dir.path, record, skipped: true });
             continue;
         }
         if data.as_ref().is_none_or(|d| d.config != config.data) {
             data = Some(RunData::load(&config.data)?);
         }
-        let record = run_one(
-            config,
-            registry,
-            data.as_ref().expect("loaded above"),
-            &dir,
-            options.quiet,
-        )?;
-        outcomes.push(Outcome {
-            dir: dir.path,
-            record,
-            skipped: false,
-        });
+        let record = run_one(config, registry, data.as_ref().expect("loaded above"), &dir, options.quiet)?;
+        outcomes.push(Outcome { dir: dir.path, record, skipped: false });
     }
     Ok(outcomes)
 }
@@ -108,12 +91,8 @@ pub fn run_one(
     record.ended = Some(now());
     let history = &observer.history;
     record.final_scores = history.last().map(Scores::of);
-    record.best = history
-        .iter()
-        .max_by(|a, b| a.test_acc.total_cmp(&b.test_acc))
-        .map(Scores::of);
-    record.samples_per_s =
-        history.iter().map(|m| m.samples_per_s).sum::<f64>() / history.len().max(1) as f64;
+    record.best = history.iter().max_by(|a, b| a.test_acc.total_cmp(&b.test_acc)).map(Scores::of);
+    record.samples_per_s = history.iter().map(|m| m.samples_per_s).sum::<f64>() / history.len().max(1) as f64;
     match result {
         Ok(finished) => {
             record.status = Status::Success;
@@ -159,23 +138,14 @@ impl<'a> Progress<'a> {
         let bar = (!quiet).then(|| {
             let bar = ProgressBar::new(epoch_size * config.train.epochs as u64);
             bar.set_style(
-                ProgressStyle::with_template(
-                    "{prefix} [{bar:30}] {percent:>3}% {elapsed}<{eta} {msg}",
-                )
-                .expect("valid template")
-                .progress_chars("=> "),
+                ProgressStyle::with_template("{prefix} [{bar:30}] {percent:>3}% {elapsed}<{eta} {msg}")
+                    .expect("valid template")
+                    .progress_chars("=> "),
             );
             bar.set_prefix(label.clone());
             bar
         });
-        Self {
-            bar,
-            dir,
-            history: Vec::new(),
-            write_error: None,
-            epoch_size,
-            label,
-        }
+        Self { bar, dir, history: Vec::new(), write_error: None, epoch_size, label }
     }
 
     fn finish(&mut self) {

@@ -20,24 +20,12 @@ pub struct RunPlan {
 }
 
 /// Top-level keys of an experiment file, for did-you-mean suggestions.
-const TOP_KEYS: &[&str] = &[
-    "name",
-    "description",
-    "data",
-    "model",
-    "quantizer",
-    "train",
-    "sweep",
-];
+const TOP_KEYS: &[&str] = &["name", "description", "data", "model", "quantizer", "train", "sweep"];
 
 /// Parse and validate `file`.
 pub fn load(file: &Path, registry: &Registry) -> Result<RunPlan> {
-    let text = std::fs::read_to_string(file).map_err(|e| {
-        Error::Config(format!(
-            "cannot read experiment file {}: {e}",
-            file.display()
-        ))
-    })?;
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| Error::Config(format!("cannot read experiment file {}: {e}", file.display())))?;
     let config = parse(&text, &file.display().to_string())?;
     if config.sweep.is_some() {
         return Err(Error::Config(format!(
@@ -46,20 +34,13 @@ pub fn load(file: &Path, registry: &Registry) -> Result<RunPlan> {
         )));
     }
     check(&config, registry).map_err(|e| Error::Config(format!("{}: {e}", file.display())))?;
-    Ok(RunPlan {
-        file: file.to_path_buf(),
-        experiment: config.name.clone(),
-        runs: vec![config],
-    })
+    Ok(RunPlan { file: file.to_path_buf(), experiment: config.name.clone(), runs: vec![config] })
 }
 
 /// Parse YAML text into a config; `origin` names the source in messages.
 pub fn parse(text: &str, origin: &str) -> Result<RunConfig> {
     serde_yaml::from_str::<RunConfig>(text).map_err(|e| {
-        let location = e
-            .location()
-            .map(|l| format!(":{}:{}", l.line(), l.column()))
-            .unwrap_or_default();
+        let location = e.location().map(|l| format!(":{}:{}", l.line(), l.column())).unwrap_or_default();
         let mut message = e.to_string();
         if let Some(hint) = unknown_field_hint(&message) {
             message.push_str(&hint);
@@ -70,9 +51,7 @@ pub fn parse(text: &str, origin: &str) -> Result<RunConfig> {
 
 /// For serde's "unknown field `x`, expected one of `a`, `b`" add a did-you-mean.
 fn unknown_field_hint(message: &str) -> Option<String> {
-    let rest = message
-        .strip_prefix("unknown field `")
-        .or_else(|| message.split("unknown field `").nth(1))?;
+    let rest = message.strip_prefix("unknown field `").or_else(|| message.split("unknown field `").nth(1))?;
     let wrong = rest.split('`').next()?;
     let expected: Vec<&str> = match rest.split_once("expected") {
         Some((_, list)) => list.split('`').skip(1).step_by(2).collect(),
@@ -86,19 +65,10 @@ fn unknown_field_hint(message: &str) -> Option<String> {
 pub fn check(config: &RunConfig, registry: &Registry) -> Result<(), String> {
     config.validate()?;
     let q = &config.quantizer;
-    registry
-        .quantizers
-        .validate(&q.name, &q.params)
-        .map_err(|e| format!("quantizer: {e}"))?;
+    registry.quantizers.validate(&q.name, &q.params).map_err(|e| format!("quantizer: {e}"))?;
     let a = &config.model.activation;
-    registry
-        .activations
-        .validate(&a.name, &a.params)
-        .map_err(|e| format!("model.activation: {e}"))?;
+    registry.activations.validate(&a.name, &a.params).map_err(|e| format!("model.activation: {e}"))?;
     let s = &config.train.schedule;
-    registry
-        .schedules
-        .validate(&s.name, &s.params)
-        .map_err(|e| format!("train.schedule: {e}"))?;
+    registry.schedules.validate(&s.name, &s.params).map_err(|e| format!("train.schedule: {e}"))?;
     Ok(())
 }

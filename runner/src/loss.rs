@@ -2,20 +2,11 @@
 
 /// Mean softmax cross-entropy of `logits` (row-major `batch × classes`) against `labels`.
 /// Writes ∂loss/∂logits = (softmax − onehot)/batch into `grad`; returns (mean loss, correct).
-pub fn cross_entropy(
-    logits: &[f32],
-    labels: &[u8],
-    classes: usize,
-    grad: &mut [f32],
-) -> (f32, usize) {
+pub fn cross_entropy(logits: &[f32], labels: &[u8], classes: usize, grad: &mut [f32]) -> (f32, usize) {
     let batch = labels.len();
     let mut total = 0.0f64;
     let mut correct = 0;
-    for ((row, g), &label) in logits
-        .chunks_exact(classes)
-        .zip(grad.chunks_exact_mut(classes))
-        .zip(labels)
-    {
+    for ((row, g), &label) in logits.chunks_exact(classes).zip(grad.chunks_exact_mut(classes)).zip(labels) {
         let (log_sum, argmax) = log_sum_exp_argmax(row);
         total += (log_sum - row[label as usize]) as f64;
         correct += usize::from(argmax == label as usize);
@@ -42,16 +33,16 @@ pub fn cross_entropy_sum(logits: &[f32], labels: &[u8], classes: usize) -> (f64,
 /// log Σ exp(row) computed stably, and the index of the first maximum.
 fn log_sum_exp_argmax(row: &[f32]) -> (f32, usize) {
     let (argmax, max) =
-        row.iter()
-            .copied()
-            .enumerate()
-            .fold((0, f32::NEG_INFINITY), |best, (i, v)| {
+        row.iter().copied().enumerate().fold(
+            (0, f32::NEG_INFINITY),
+            |best, (i, v)| {
                 if v > best.1 {
                     (i, v)
                 } else {
                     best
                 }
-            });
+            },
+        );
     let sum: f32 = row.iter().map(|v| (v - max).exp()).sum();
     (max + sum.ln(), argmax)
 }
@@ -79,14 +70,9 @@ mod tests {
             up[i] += 1e-3;
             down[i] -= 1e-3;
             let mut g = vec![0.0; 6];
-            let fd = (cross_entropy(&up, &labels, 3, &mut g).0
-                - cross_entropy(&down, &labels, 3, &mut g).0)
+            let fd = (cross_entropy(&up, &labels, 3, &mut g).0 - cross_entropy(&down, &labels, 3, &mut g).0)
                 / 2e-3;
-            assert!(
-                (fd - grad[i]).abs() < 1e-3,
-                "logit {i}: {fd} vs {}",
-                grad[i]
-            );
+            assert!((fd - grad[i]).abs() < 1e-3, "logit {i}: {fd} vs {}", grad[i]);
         }
     }
 }

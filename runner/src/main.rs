@@ -46,22 +46,14 @@ fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
 
 fn run(args: &RunArgs, registry: &qatlab_core::Registry) -> Result<ExitCode, Error> {
     let plan = experiment::load(&args.file, registry)?;
-    let options = ExecOptions {
-        results: args.results.clone(),
-        force: args.force,
-        quiet: args.quiet,
-    };
+    let options = ExecOptions { results: args.results.clone(), force: args.force, quiet: args.quiet };
     let outcomes = execute(&plan, registry, &options)?;
     print!("{}", report::summary(&outcomes));
     let all_ok = outcomes.iter().all(|o| o.record.status == Status::Success);
     for o in &outcomes {
         println!("results: {}", display_path(&o.dir));
     }
-    Ok(if all_ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn bench(args: &BenchTrainArgs, registry: &qatlab_core::Registry) -> Result<ExitCode, Error> {
@@ -77,10 +69,7 @@ fn bench(args: &BenchTrainArgs, registry: &qatlab_core::Registry) -> Result<Exit
         "model: {} hidden {:?}, quantizer {}, batch {}",
         config.name, config.model.hidden, config.quantizer.name, config.train.batch_size
     );
-    println!(
-        "training samples/s per epoch (1 thread): {}",
-        per_epoch.join(", ")
-    );
+    println!("training samples/s per epoch (1 thread): {}", per_epoch.join(", "));
     println!("median: {median:.0} samples/s");
     println!(
         "vs PyTorch anchor for the ternary quickstart recipe ({:.0} samples/s, 1 thread): {:.2}x",

@@ -93,9 +93,7 @@ impl Network {
         for (i, pair) in widths.windows(2).enumerate() {
             let shape = Shape::new(pair[1], pair[0]);
             let bound = 1.0 / (shape.cols as f32).sqrt();
-            let weight = (0..shape.len())
-                .map(|_| rng.gen_range(-bound..bound))
-                .collect();
+            let weight = (0..shape.len()).map(|_| rng.gen_range(-bound..bound)).collect();
             let quantizer = registry
                 .quantizers
                 .build(&spec.name, &spec.params)
@@ -111,20 +109,14 @@ impl Network {
                 grad_params: Vec::new(),
             });
         }
-        let stage = Stage {
-            norm: config.model.norm,
-            activation_bits: config.model.activation_bits,
-            activation,
-        };
+        let stage =
+            Stage { norm: config.model.norm, activation_bits: config.model.activation_bits, activation };
         Ok(Self { layers, stage })
     }
 
     /// Σ weights × bits per weight over all layers.
     pub fn total_weight_bits(&self) -> f64 {
-        self.layers
-            .iter()
-            .map(|l| l.shape.len() as f64 * l.quantizer.bits_per_weight())
-            .sum()
+        self.layers.iter().map(|l| l.shape.len() as f64 * l.quantizer.bits_per_weight()).sum()
     }
 
     /// Number of weights.
@@ -135,11 +127,7 @@ impl Network {
     /// Quantize every layer's weights for a forward pass.
     pub fn quantize_all(&mut self, training: bool, step: u64, seed: u64) -> Result<()> {
         for (i, layer) in self.layers.iter_mut().enumerate() {
-            let ctx = QuantCtx {
-                training,
-                step,
-                seed: seed.wrapping_add(i as u64),
-            };
+            let ctx = QuantCtx { training, step, seed: seed.wrapping_add(i as u64) };
             layer.quantize(ctx)?;
         }
         Ok(())
@@ -152,9 +140,7 @@ pub fn quantize_activations(x: &[f32], features: usize, bits: u32, out: &mut [f3
     let qp = ((1u32 << (bits - 1)) - 1) as f32;
     let qn = -((1u32 << (bits - 1)) as f32);
     for (row, out_row) in x.chunks_exact(features).zip(out.chunks_exact_mut(features)) {
-        let max = row
-            .iter()
-            .fold(1e-5f32, |m, v| if v.abs() > m { v.abs() } else { m });
+        let max = row.iter().fold(1e-5f32, |m, v| if v.abs() > m { v.abs() } else { m });
         let scale = qp / max;
         for (o, v) in out_row.iter_mut().zip(row) {
             *o = round_even(v * scale).clamp(qn, qp) / scale;

@@ -29,14 +29,7 @@ pub struct AdamState {
 impl AdamState {
     /// One Adam step of `params` with gradient `grad` at learning rate `lr`.
     /// `decay` turns weight decay on for this buffer (off for scales and norms).
-    pub fn step(
-        &mut self,
-        cfg: &AdamConfig,
-        lr: f32,
-        params: &mut [f32],
-        grad: &[f32],
-        decay: bool,
-    ) {
+    pub fn step(&mut self, cfg: &AdamConfig, lr: f32, params: &mut [f32], grad: &[f32], decay: bool) {
         if self.m.len() != params.len() {
             self.m = vec![0.0; params.len()];
             self.v = vec![0.0; params.len()];
@@ -64,27 +57,16 @@ mod tests {
 
     #[test]
     fn first_step_moves_by_lr_against_the_gradient_sign() {
-        let cfg = AdamConfig {
-            betas: [0.9, 0.999],
-            eps: 1e-8,
-            weight_decay: 0.0,
-        };
+        let cfg = AdamConfig { betas: [0.9, 0.999], eps: 1e-8, weight_decay: 0.0 };
         let mut state = AdamState::default();
         let mut p = vec![1.0, -1.0];
         state.step(&cfg, 0.1, &mut p, &[0.5, -2.0], true);
-        assert!(
-            (p[0] - 0.9).abs() < 1e-6 && (p[1] + 0.9).abs() < 1e-6,
-            "{p:?}"
-        );
+        assert!((p[0] - 0.9).abs() < 1e-6 && (p[1] + 0.9).abs() < 1e-6, "{p:?}");
     }
 
     #[test]
     fn minimises_a_quadratic() {
-        let cfg = AdamConfig {
-            betas: [0.9, 0.999],
-            eps: 1e-8,
-            weight_decay: 0.0,
-        };
+        let cfg = AdamConfig { betas: [0.9, 0.999], eps: 1e-8, weight_decay: 0.0 };
         let mut state = AdamState::default();
         let mut p = vec![3.0f32];
         for _ in 0..2000 {

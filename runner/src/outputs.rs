@@ -14,10 +14,7 @@ use crate::train::EpochMetrics;
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
     std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
@@ -131,11 +128,7 @@ impl Versions {
             .filter(|o| o.status.success())
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
             .unwrap_or_else(|| "unknown".into());
-        Self {
-            git,
-            qatlab: env!("CARGO_PKG_VERSION").into(),
-            dfdx: "0.13".into(),
-        }
+        Self { git, qatlab: env!("CARGO_PKG_VERSION").into(), dfdx: "0.13".into() }
     }
 }
 
@@ -161,17 +154,12 @@ pub struct RunDir {
 impl RunDir {
     /// The directory of `config` under `results`.
     pub fn new(results: &Path, config: &RunConfig) -> Self {
-        Self {
-            path: results.join(&config.name).join(run_id(config)),
-        }
+        Self { path: results.join(&config.name).join(run_id(config)) }
     }
 
     /// Write the resolved config.
     pub fn write_config(&self, config: &RunConfig) -> Result<()> {
-        write_atomic(
-            &self.path.join("config.yaml"),
-            config_yaml(config).as_bytes(),
-        )
+        write_atomic(&self.path.join("config.yaml"), config_yaml(config).as_bytes())
     }
 
     /// Write `run.json`.

@@ -21,21 +21,10 @@ pub fn summary(outcomes: &[Outcome]) -> String {
     for o in outcomes {
         let r = &o.record;
         let pct = |v: f64| format!("{:.2}%", 100.0 * v);
-        let (test, train) = r
-            .final_scores
-            .as_ref()
-            .map_or(("-".into(), "-".into()), |s| {
-                (pct(s.test_acc), pct(s.train_acc))
-            });
-        let best = r
-            .best
-            .as_ref()
-            .map_or("-".into(), |s| format!("{} ({})", pct(s.test_acc), s.epoch));
-        let status = if o.skipped {
-            "done".to_string()
-        } else {
-            format!("{:?}", r.status).to_lowercase()
-        };
+        let (test, train) =
+            r.final_scores.as_ref().map_or(("-".into(), "-".into()), |s| (pct(s.test_acc), pct(s.train_acc)));
+        let best = r.best.as_ref().map_or("-".into(), |s| format!("{} ({})", pct(s.test_acc), s.epoch));
+        let status = if o.skipped { "done".to_string() } else { format!("{:?}", r.status).to_lowercase() };
         let _ = writeln!(
             out,
             "{:<28} {:<9} {:>9} {:>14} {:>9} {:>10.0} {:>8.2} {:>8.1}",
@@ -69,23 +58,13 @@ pub fn plugin_listing(registry: &Registry) -> String {
                 .iter()
                 .map(|(k, v)| format!("{}: {}", yaml_inline(k), yaml_inline(v)))
                 .collect();
-            let params = if params.is_empty() {
-                "no parameters".to_string()
-            } else {
-                params.join(", ")
-            };
-            let _ = writeln!(
-                out,
-                "  {:<12} {}  [{}] ({})",
-                info.name, info.summary, params, info.source
-            );
+            let params = if params.is_empty() { "no parameters".to_string() } else { params.join(", ") };
+            let _ = writeln!(out, "  {:<12} {}  [{}] ({})", info.name, info.summary, params, info.source);
         }
     }
     out
 }
 
 fn yaml_inline(v: &serde_yaml::Value) -> String {
-    serde_yaml::to_string(v)
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+    serde_yaml::to_string(v).map(|s| s.trim().to_string()).unwrap_or_default()
 }

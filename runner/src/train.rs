@@ -114,12 +114,7 @@ impl Trainer {
     /// Learning rate of `epoch`.
     pub fn lr(&self, epoch: usize, steps: usize) -> f64 {
         let epochs = self.config.train.epochs;
-        let p = Progress {
-            epoch,
-            step: self.step as usize,
-            epochs,
-            steps,
-        };
+        let p = Progress { epoch, step: self.step as usize, epochs, steps };
         self.base_lr * self.schedule.value(p)
     }
 
@@ -128,31 +123,20 @@ impl Trainer {
         let seed = self.config.train.seed;
         self.net.quantize_all(true, self.step, seed)?;
         let mut correct = 0;
-        let loss = self
-            .engine
-            .backward(&mut self.net, x, labels.len(), &mut |logits, grad| {
-                let (loss, c) = cross_entropy(logits, labels, CLASSES, grad);
-                correct = c;
-                loss
-            });
+        let loss = self.engine.backward(&mut self.net, x, labels.len(), &mut |logits, grad| {
+            let (loss, c) = cross_entropy(logits, labels, CLASSES, grad);
+            correct = c;
+            loss
+        });
         if !loss.is_finite() {
-            return Err(Error::Diverged(format!(
-                "loss is {loss} at step {}",
-                self.step
-            )));
+            return Err(Error::Diverged(format!("loss is {loss} at step {}", self.step)));
         }
         for (i, layer) in self.net.layers.iter_mut().enumerate() {
             layer.backward_quantizer();
             self.weight_state[i].step(&self.adam, lr, &mut layer.weight, &layer.grad_weight, true);
             if !layer.grad_params.is_empty() {
                 let grads = std::mem::take(&mut layer.grad_params);
-                self.param_state[i].step(
-                    &self.adam,
-                    lr,
-                    layer.quantizer.params_mut(),
-                    &grads,
-                    false,
-                );
+                self.param_state[i].step(&self.adam, lr, layer.quantizer.params_mut(), &grads, false);
                 layer.grad_params = grads;
             }
         }
@@ -162,15 +146,13 @@ impl Trainer {
 
     /// Test loss, accuracy and positive-activation share with the evaluation quantization.
     pub fn evaluate(&mut self, test: &Samples) -> Result<(f64, f64, f64)> {
-        self.net
-            .quantize_all(false, self.step, self.config.train.seed)?;
+        self.net.quantize_all(false, self.step, self.config.train.seed)?;
         let (mut loss, mut correct, mut positive, mut seen) = (0.0, 0, 0, 0);
         let f = test.features;
         for start in (0..test.len()).step_by(EVAL_BATCH) {
             let end = (start + EVAL_BATCH).min(test.len());
             let (logits, (pos, count)) =
-                self.engine
-                    .logits(&self.net, &test.x[start * f..end * f], end - start);
+                self.engine.logits(&self.net, &test.x[start * f..end * f], end - start);
             let (l, c) = cross_entropy_sum(&logits, &test.labels[start..end], CLASSES);
             loss += l;
             correct += c;
@@ -178,11 +160,7 @@ impl Trainer {
             seen += count;
         }
         let n = test.len().max(1) as f64;
-        Ok((
-            loss / n,
-            correct as f64 / n,
-            positive as f64 / seen.max(1) as f64,
-        ))
+        Ok((loss / n, correct as f64 / n, positive as f64 / seen.max(1) as f64))
     }
 
     /// Let each quantizer refit its state at the end of `epoch`.
@@ -202,39 +180,21 @@ pub fn layer_stats(layer: &Layer) -> LayerStats {
     let q = &layer.quantized;
     let scale = q.scales.iter().sum::<f32>() / q.scales.len().max(1) as f32;
     if q.levels.is_empty() || q.codes.is_empty() {
-        return LayerStats {
-            name: layer.name.clone(),
-            scale,
-            sparsity: 0.0,
-            entropy: 32.0,
-        };
+        return LayerStats { name: layer.name.clone(), scale, sparsity: 0.0, entropy: 32.0 };
     }
     let mut histogram = vec![0usize; q.levels.len()];
     q.codes.iter().for_each(|&c| histogram[c as usize] += 1);
     let n = q.codes.len() as f32;
-    let zero = q
-        .levels
-        .iter()
-        .position(|&l| l == 0.0)
-        .map_or(0, |z| histogram[z]);
-    let entropy = histogram
-        .iter()
-        .filter(|&&h| h > 0)
-        .map(|&h| -(h as f32 / n) * (h as f32 / n).log2())
-        .sum();
-    LayerStats {
-        name: layer.name.clone(),
-        scale,
-        sparsity: zero as f32 / n,
-        entropy,
-    }
+    let zero = q.levels.iter().position(|&l| l == 0.0).map_or(0, |z| histogram[z]);
+    let entropy =
+        histogram.iter().filter(|&&h| h > 0).map(|&h| -(h as f32 / n) * (h as f32 / n).log2()).sum();
+    LayerStats { name: layer.name.clone(), scale, sparsity: zero as f32 / n, entropy }
 }
 
 /// The order of the training samples in `epoch`.
 pub fn epoch_order(len: usize, seed: u64, epoch: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..len).collect();
-    let mut rng =
-        ChaCha8Rng::seed_from_u64(crate::data::augment::stream_seed(seed, epoch, usize::MAX));
+    let mut rng = ChaCha8Rng::seed_from_u64(crate::data::augment::stream_seed(seed, epoch, usize::MAX));
     order.shuffle(&mut rng);
     order
 }
@@ -300,9 +260,5 @@ pub fn train(
         history.push(metrics);
     }
     let total_bits = trainer.net.total_weight_bits();
-    Ok(Finished {
-        epochs: history,
-        total_bits,
-        trainer,
-    })
+    Ok(Finished { epochs: history, total_bits, trainer })
 }

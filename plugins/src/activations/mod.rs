@@ -27,8 +27,6 @@ impl Activation for Relu {
 
 /// Register every built-in activation.
 pub fn register(catalog: &mut Catalog<dyn Activation>) -> Result<()> {
-    catalog.register("relu", "max(x, 0)", BUILT_IN, |_: NoParams| {
-        Ok(Box::new(Relu))
-    })?;
+    catalog.register("relu", "max(x, 0)", BUILT_IN, |_: NoParams| Ok(Box::new(Relu)))?;
     Ok(())
 }

@@ -20,13 +20,7 @@ pub fn build(_: Config) -> Result<Box<dyn Quantizer>, String> {
 }
 
 impl Quantizer for Float {
-    fn quantize(
-        &mut self,
-        w: &[f32],
-        shape: Shape,
-        _: QuantCtx,
-        out: &mut Quantized,
-    ) -> Result<()> {
+    fn quantize(&mut self, w: &[f32], shape: Shape, _: QuantCtx, out: &mut Quantized) -> Result<()> {
         out.prepare(shape, false);
         out.values.copy_from_slice(w);
         out.scales.clear();

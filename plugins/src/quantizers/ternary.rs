@@ -32,10 +32,7 @@ pub const LEVELS: [f32; 3] = [-1.0, 0.0, 1.0];
 
 /// Factory for the registry.
 pub fn build(config: Config) -> Result<Box<dyn Quantizer>, String> {
-    Ok(Box::new(Ternary {
-        config,
-        scales: Vec::new(),
-    }))
+    Ok(Box::new(Ternary { config, scales: Vec::new() }))
 }
 
 /// Absmean ternary quantizer.
@@ -52,21 +49,12 @@ pub fn ternary_level(w: f32, inv_gamma: f32) -> f32 {
 }
 
 impl Quantizer for Ternary {
-    fn quantize(
-        &mut self,
-        w: &[f32],
-        shape: Shape,
-        _: QuantCtx,
-        out: &mut Quantized,
-    ) -> Result<()> {
+    fn quantize(&mut self, w: &[f32], shape: Shape, _: QuantCtx, out: &mut Quantized) -> Result<()> {
         out.prepare(shape, true);
         out.levels.clear();
         out.levels.extend_from_slice(&LEVELS);
-        let granularity = if self.config.learn_scale {
-            Granularity::Channel
-        } else {
-            self.config.granularity
-        };
+        let granularity =
+            if self.config.learn_scale { Granularity::Channel } else { self.config.granularity };
         let groups = granularity.groups(shape.rows, shape.cols);
         if self.config.learn_scale && self.scales.len() != groups.len() {
             self.scales = groups.iter().map(|g| abs_mean(&w[g.clone()])).collect();
@@ -75,15 +63,8 @@ impl Quantizer for Ternary {
         for (g, range) in groups.into_iter().enumerate() {
             let gamma = abs_mean(&w[range.clone()]);
             let inv_gamma = 1.0 / gamma;
-            let magnitude = if self.config.learn_scale {
-                self.scales[g]
-            } else {
-                gamma
-            };
-            let (codes, values) = (
-                &mut out.codes[range.clone()],
-                &mut out.values[range.clone()],
-            );
+            let magnitude = if self.config.learn_scale { self.scales[g] } else { gamma };
+            let (codes, values) = (&mut out.codes[range.clone()], &mut out.values[range.clone()]);
             for ((&w, code), value) in w[range].iter().zip(codes).zip(values) {
                 let u = ternary_level(w, inv_gamma);
                 *code = (u + 1.0) as u8;
@@ -111,9 +92,7 @@ impl Quantizer for Ternary {
         if self.config.learn_scale {
             for (r, gs) in grad_params.iter_mut().enumerate().take(shape.rows) {
                 let row = r * shape.cols..(r + 1) * shape.cols;
-                *gs += row
-                    .map(|i| grad_values[i] * LEVELS[q.codes[i] as usize])
-                    .sum::<f32>();
+                *gs += row.map(|i| grad_values[i] * LEVELS[q.codes[i] as usize]).sum::<f32>();
             }
         }
     }

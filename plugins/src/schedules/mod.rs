@@ -61,12 +61,9 @@ impl Schedule for Cosine {
 
 /// Register every built-in schedule.
 pub fn register(catalog: &mut Catalog<dyn Schedule>) -> Result<()> {
-    catalog.register(
-        "constant",
-        "a fixed value",
-        BUILT_IN,
-        |c: ConstantConfig| Ok(Box::new(Constant(c.value))),
-    )?;
+    catalog.register("constant", "a fixed value", BUILT_IN, |c: ConstantConfig| {
+        Ok(Box::new(Constant(c.value)))
+    })?;
     catalog.register(
         "cosine",
         "to + (from - to)(1 + cos(pi epoch/epochs))/2, per epoch",

@@ -50,30 +50,15 @@ fn warp_nearest(image: &[u8], rows: usize, cols: usize, m: &Inverse) -> Vec<u8> 
 }
 
 /// Rotation ±10°, then affine (±10°, translate ±10 %, scale 0.9–1.1), nearest neighbour.
-pub fn augment_image(
-    image: &[u8],
-    rows: usize,
-    cols: usize,
-    rng: &mut ChaCha8Rng,
-    elastic: bool,
-) -> Vec<u8> {
+pub fn augment_image(image: &[u8], rows: usize, cols: usize, rng: &mut ChaCha8Rng, elastic: bool) -> Vec<u8> {
     let rotation = inverse_affine(rng.gen_range(-10.0..=10.0), 1.0, 0.0, 0.0, rows, cols);
     let rotated = warp_nearest(image, rows, cols, &rotation);
     let degrees = rng.gen_range(-10.0..=10.0);
     // torchvision draws translations in pixels and rounds them
-    let tx = rng
-        .gen_range(-0.1 * cols as f32..=0.1 * cols as f32)
-        .round();
-    let ty = rng
-        .gen_range(-0.1 * rows as f32..=0.1 * rows as f32)
-        .round();
+    let tx = rng.gen_range(-0.1 * cols as f32..=0.1 * cols as f32).round();
+    let ty = rng.gen_range(-0.1 * rows as f32..=0.1 * rows as f32).round();
     let scale = rng.gen_range(0.9..=1.1);
-    let affine = warp_nearest(
-        &rotated,
-        rows,
-        cols,
-        &inverse_affine(degrees, scale, tx, ty, rows, cols),
-    );
+    let affine = warp_nearest(&rotated, rows, cols, &inverse_affine(degrees, scale, tx, ty, rows, cols));
     if elastic {
         elastic_deform(&affine, rows, cols, rng, ELASTIC_ALPHA, ELASTIC_SIGMA)
     } else {
@@ -97,9 +82,7 @@ pub fn elastic_deform(
     sigma: f32,
 ) -> Vec<u8> {
     let field = |rng: &mut ChaCha8Rng| {
-        let raw: Vec<f32> = (0..rows * cols)
-            .map(|_| rng.gen_range(-1.0..=1.0))
-            .collect();
+        let raw: Vec<f32> = (0..rows * cols).map(|_| rng.gen_range(-1.0..=1.0)).collect();
         let mut smooth = gaussian_blur(&raw, rows, cols, sigma);
         smooth.iter_mut().for_each(|v| *v *= alpha);
         smooth
@@ -109,9 +92,8 @@ pub fn elastic_deform(
     for y in 0..rows {
         for x in 0..cols {
             let i = y * cols + x;
-            out[i] = bilinear(image, rows, cols, x as f32 + dx[i], y as f32 + dy[i])
-                .round()
-                .clamp(0.0, 255.0) as u8;
+            out[i] = bilinear(image, rows, cols, x as f32 + dx[i], y as f32 + dy[i]).round().clamp(0.0, 255.0)
+                as u8;
         }
     }
     out
@@ -134,9 +116,8 @@ fn bilinear(image: &[u8], rows: usize, cols: usize, x: f32, y: f32) -> f32 {
 
 fn gaussian_blur(x: &[f32], rows: usize, cols: usize, sigma: f32) -> Vec<f32> {
     let radius = (3.0 * sigma).ceil() as isize;
-    let kernel: Vec<f32> = (-radius..=radius)
-        .map(|k| (-(k * k) as f32 / (2.0 * sigma * sigma)).exp())
-        .collect();
+    let kernel: Vec<f32> =
+        (-radius..=radius).map(|k| (-(k * k) as f32 / (2.0 * sigma * sigma)).exp()).collect();
     let norm: f32 = kernel.iter().sum();
     let pass = |src: &[f32], along_rows: bool| -> Vec<f32> {
         let mut dst = vec![0.0; src.len()];
@@ -158,13 +139,7 @@ fn gaussian_blur(x: &[f32], rows: usize, cols: usize, sigma: f32) -> Vec<f32> {
 }
 
 /// A freshly augmented, preprocessed copy of every image of `split` for `epoch`.
-pub fn augmented_copy(
-    split: &Split,
-    size: usize,
-    seed: u64,
-    epoch: usize,
-    elastic: bool,
-) -> Samples {
+pub fn augmented_copy(split: &Split, size: usize, seed: u64, epoch: usize, elastic: bool) -> Samples {
     let resizer = super::resize::Resizer::new(split.rows, split.cols, size, size);
     let mut x = Vec::with_capacity(split.len() * size * size);
     for i in 0..split.len() {
@@ -172,9 +147,5 @@ pub fn augmented_copy(
         let image = augment_image(split.image(i), split.rows, split.cols, &mut rng, elastic);
         push_normalised(&image, &resizer, &mut x);
     }
-    Samples {
-        x,
-        labels: split.labels.clone(),
-        features: size * size,
-    }
+    Samples { x, labels: split.labels.clone(), features: size * size }
 }

@@ -29,14 +29,8 @@ fn files(dataset: Dataset) -> [(&'static str, &'static str); 4] {
                 "train-labels-idx1-ubyte.gz",
                 "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
             ),
-            (
-                "t10k-images-idx3-ubyte.gz",
-                "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-            ),
-            (
-                "t10k-labels-idx1-ubyte.gz",
-                "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
-            ),
+            ("t10k-images-idx3-ubyte.gz", "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
+            ("t10k-labels-idx1-ubyte.gz", "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
         ],
         Dataset::FashionMnist => [
             (
@@ -47,14 +41,8 @@ fn files(dataset: Dataset) -> [(&'static str, &'static str); 4] {
                 "train-labels-idx1-ubyte.gz",
                 "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
             ),
-            (
-                "t10k-images-idx3-ubyte.gz",
-                "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
-            ),
-            (
-                "t10k-labels-idx1-ubyte.gz",
-                "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
-            ),
+            ("t10k-images-idx3-ubyte.gz", "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073"),
+            ("t10k-labels-idx1-ubyte.gz", "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"),
         ],
     }
 }
@@ -132,11 +120,7 @@ pub fn search_dirs() -> Vec<PathBuf> {
     }
     dirs.push(PathBuf::from("data"));
     if let Ok(cwd) = std::env::current_dir() {
-        dirs.extend(
-            cwd.ancestors()
-                .skip(1)
-                .map(|a| a.join("shared").join("datasets")),
-        );
+        dirs.extend(cwd.ancestors().skip(1).map(|a| a.join("shared").join("datasets")));
     }
     dirs
 }
@@ -144,22 +128,17 @@ pub fn search_dirs() -> Vec<PathBuf> {
 /// The first search directory that holds `dataset`'s folder.
 pub fn find_dir(dataset: Dataset) -> Result<PathBuf> {
     let dirs = search_dirs();
-    dirs.iter()
-        .find(|d| d.join(dataset.dir_name()).is_dir())
-        .cloned()
-        .ok_or_else(|| {
-            let looked: Vec<String> = dirs
-                .iter()
-                .map(|d| d.join(dataset.dir_name()).display().to_string())
-                .collect();
-            Error::Data(format!(
-                "{} not found; looked in: {}. Put the four original .gz IDX files in one of these \
+    dirs.iter().find(|d| d.join(dataset.dir_name()).is_dir()).cloned().ok_or_else(|| {
+        let looked: Vec<String> =
+            dirs.iter().map(|d| d.join(dataset.dir_name()).display().to_string()).collect();
+        Error::Data(format!(
+            "{} not found; looked in: {}. Put the four original .gz IDX files in one of these \
              folders, or point QAT_DATA_DIR at a folder that holds `{}/`",
-                dataset.dir_name(),
-                looked.join(", "),
-                dataset.dir_name()
-            ))
-        })
+            dataset.dir_name(),
+            looked.join(", "),
+            dataset.dir_name()
+        ))
+    })
 }
 
 /// Load and verify both splits of `dataset` from `root/<dataset dir>/`.
@@ -167,17 +146,14 @@ pub fn load(dataset: Dataset, root: &Path) -> Result<DatasetFiles> {
     let dir = root.join(dataset.dir_name());
     let [train_x, train_y, test_x, test_y] =
         files(dataset).map(|(name, sum)| read_verified(&dir.join(name), sum));
-    Ok(DatasetFiles {
-        train: split(train_x?, train_y?)?,
-        test: split(test_x?, test_y?)?,
-    })
+    Ok(DatasetFiles { train: split(train_x?, train_y?)?, test: split(test_x?, test_y?)? })
 }
 
 fn split(images: (PathBuf, Vec<u8>), labels: (PathBuf, Vec<u8>)) -> Result<Split> {
-    let (n, rows, cols, pixels) = idx::parse_images(&images.1)
-        .map_err(|e| Error::Data(format!("{}: {e}", images.0.display())))?;
-    let labels_v = idx::parse_labels(&labels.1)
-        .map_err(|e| Error::Data(format!("{}: {e}", labels.0.display())))?;
+    let (n, rows, cols, pixels) =
+        idx::parse_images(&images.1).map_err(|e| Error::Data(format!("{}: {e}", images.0.display())))?;
+    let labels_v =
+        idx::parse_labels(&labels.1).map_err(|e| Error::Data(format!("{}: {e}", labels.0.display())))?;
     if labels_v.len() != n {
         return Err(Error::Data(format!(
             "{} holds {n} images but {} holds {} labels",
@@ -186,12 +162,7 @@ fn split(images: (PathBuf, Vec<u8>), labels: (PathBuf, Vec<u8>)) -> Result<Split
             labels_v.len()
         )));
     }
-    Ok(Split {
-        images: pixels,
-        labels: labels_v,
-        rows,
-        cols,
-    })
+    Ok(Split { images: pixels, labels: labels_v, rows, cols })
 }
 
 /// Read a `.gz` file, check its SHA-256 against `expected`, and decompress it.
@@ -215,10 +186,7 @@ pub fn read_verified(path: &Path, expected: &str) -> Result<(PathBuf, Vec<u8>)> 
 
 /// Lower-case hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The reference preprocessing of every image of `split`: resize to `size`×`size`, scale to
@@ -229,11 +197,7 @@ pub fn preprocess(split: &Split, size: usize) -> Samples {
     for i in 0..split.len() {
         push_normalised(split.image(i), &resizer, &mut x);
     }
-    Samples {
-        x,
-        labels: split.labels.clone(),
-        features: size * size,
-    }
+    Samples { x, labels: split.labels.clone(), features: size * size }
 }
 
 /// Resize one u8 image and append its normalised pixels to `out`.

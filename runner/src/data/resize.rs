@@ -13,9 +13,8 @@ fn coefficients(input: usize, output: usize) -> Vec<(usize, Vec<f32>)> {
             let center = (i as f64 + 0.5) * scale;
             let lo = ((center - support + 0.5).trunc().max(0.0)) as usize;
             let hi = ((center + support + 0.5).trunc() as usize).min(input);
-            let mut w: Vec<f64> = (lo..hi)
-                .map(|j| (1.0 - ((j as f64 - center + 0.5) / filter_scale).abs()).max(0.0))
-                .collect();
+            let mut w: Vec<f64> =
+                (lo..hi).map(|j| (1.0 - ((j as f64 - center + 0.5) / filter_scale).abs()).max(0.0)).collect();
             let sum: f64 = w.iter().sum();
             w.iter_mut().for_each(|v| *v /= sum);
             (lo, w.into_iter().map(|v| v as f32).collect())
@@ -64,11 +63,7 @@ impl Resizer {
         let mut out = vec![0u8; self.out_rows * out_cols];
         for (r, (lo, w)) in self.vertical.iter().enumerate() {
             for c in 0..out_cols {
-                let v: f32 = w
-                    .iter()
-                    .enumerate()
-                    .map(|(k, w)| w * mid[(lo + k) * out_cols + c] as f32)
-                    .sum();
+                let v: f32 = w.iter().enumerate().map(|(k, w)| w * mid[(lo + k) * out_cols + c] as f32).sum();
                 out[r * out_cols + c] = to_u8(v);
             }
         }
@@ -77,12 +72,6 @@ impl Resizer {
 }
 
 /// Resize a `rows × cols` u8 image to `out_rows × out_cols` (one-off; use [`Resizer`] in loops).
-pub fn resize_u8(
-    image: &[u8],
-    rows: usize,
-    cols: usize,
-    out_rows: usize,
-    out_cols: usize,
-) -> Vec<u8> {
+pub fn resize_u8(image: &[u8], rows: usize, cols: usize, out_rows: usize, out_cols: usize) -> Vec<u8> {
     Resizer::new(rows, cols, out_rows, out_cols).apply(image)
 }

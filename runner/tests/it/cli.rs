@@ -4,19 +4,11 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn qat(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_qat"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .unwrap()
+    Command::new(env!("CARGO_BIN_EXE_qat")).args(args).current_dir(cwd).output().unwrap()
 }
 
 fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
 /// A temp dir inside the crate, so the data search (`shared/datasets` beside an ancestor)
@@ -29,17 +21,12 @@ fn workdir() -> tempfile::TempDir {
 fn run_writes_config_record_and_metrics_then_skips_on_rerun() {
     let dir = workdir();
     let file = dir.path().join("tiny.yaml");
-    std::fs::write(
-        &file,
-        "name: tiny\nquantizer: ternary\nmodel: {hidden: [16]}\ntrain: {epochs: 1}\n",
-    )
-    .unwrap();
+    std::fs::write(&file, "name: tiny\nquantizer: ternary\nmodel: {hidden: [16]}\ntrain: {epochs: 1}\n")
+        .unwrap();
     let out = qat(&["run", "tiny.yaml", "-q"], dir.path());
     assert!(out.status.success(), "{}", text(&out));
-    let runs: Vec<_> = std::fs::read_dir(dir.path().join("results/tiny"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let runs: Vec<_> =
+        std::fs::read_dir(dir.path().join("results/tiny")).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(runs.len(), 1);
     let run = &runs[0];
     let record: serde_json::Value =
@@ -51,7 +38,9 @@ fn run_writes_config_record_and_metrics_then_skips_on_rerun() {
     assert!(acc > 0.7, "{acc}");
     let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
     assert_eq!(metrics.lines().count(), 2, "header and one epoch");
-    assert!(metrics.starts_with("epoch,train_loss,train_acc,test_loss,test_acc,lr,positive_fraction,samples_per_s,fc1.scale"));
+    assert!(metrics.starts_with(
+        "epoch,train_loss,train_acc,test_loss,test_acc,lr,positive_fraction,samples_per_s,fc1.scale"
+    ));
     let config = std::fs::read_to_string(run.join("config.yaml")).unwrap();
     assert!(
         config.contains("name: ternary") && config.contains("batch_size: 128"),
@@ -61,16 +50,8 @@ fn run_writes_config_record_and_metrics_then_skips_on_rerun() {
 
     let again = qat(&["run", "tiny.yaml", "-q"], dir.path());
     assert!(again.status.success());
-    assert!(
-        text(&again).contains(" done "),
-        "finished runs are skipped: {}",
-        text(&again)
-    );
-    assert!(
-        !text(&again).contains("epoch   1"),
-        "nothing retrained: {}",
-        text(&again)
-    );
+    assert!(text(&again).contains(" done "), "finished runs are skipped: {}", text(&again));
+    assert!(!text(&again).contains("epoch   1"), "nothing retrained: {}", text(&again));
 }
 
 fn assert_config_error(yaml: &str, expected: &[&str]) {
@@ -82,10 +63,7 @@ fn assert_config_error(yaml: &str, expected: &[&str]) {
     for e in expected {
         assert!(message.contains(e), "expected `{e}` in: {message}");
     }
-    assert!(
-        !dir.path().join("results").exists(),
-        "nothing may start on a config error"
-    );
+    assert!(!dir.path().join("results").exists(), "nothing may start on a config error");
 }
 
 #[test]
@@ -97,11 +75,7 @@ fn yaml_syntax_error_gives_file_line_and_column() {
 fn unknown_key_gives_line_and_suggestion() {
     assert_config_error(
         "name: x\ntrain:\n  epocs: 3\n",
-        &[
-            "bad.yaml:3:3",
-            "unknown field `epocs`",
-            "did you mean `epochs`?",
-        ],
+        &["bad.yaml:3:3", "unknown field `epocs`", "did you mean `epochs`?"],
     );
 }
 
@@ -137,11 +111,7 @@ fn a_missing_file_is_an_error() {
     let dir = workdir();
     let out = qat(&["run", "nope.yaml"], dir.path());
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out).contains("cannot read experiment file nope.yaml"),
-        "{}",
-        text(&out)
-    );
+    assert!(text(&out).contains("cannot read experiment file nope.yaml"), "{}", text(&out));
 }
 
 #[test]

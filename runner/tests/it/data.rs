@@ -17,10 +17,7 @@ fn image_file(n: u32, rows: u32, cols: u32, pixels: &[u8]) -> Vec<u8> {
 #[test]
 fn idx_images_parse_header_and_pixels() {
     let bytes = image_file(2, 1, 3, &[1, 2, 3, 4, 5, 6]);
-    assert_eq!(
-        idx::parse_images(&bytes).unwrap(),
-        (2, 1, 3, vec![1, 2, 3, 4, 5, 6])
-    );
+    assert_eq!(idx::parse_images(&bytes).unwrap(), (2, 1, 3, vec![1, 2, 3, 4, 5, 6]));
 }
 
 #[test]
@@ -40,21 +37,13 @@ fn idx_errors_say_what_is_wrong() {
         "header says 2 images of 2×2 (8 bytes) but the file holds 5"
     );
     let labels = [0, 0, 8, 1, 0, 0, 0, 2, 3, 12];
-    assert_eq!(
-        idx::parse_labels(&labels).unwrap_err(),
-        "label 12 out of range 0..=9"
-    );
-    assert_eq!(
-        idx::parse_labels(&labels[..9]).unwrap_err(),
-        "header says 2 labels but the file holds 1"
-    );
+    assert_eq!(idx::parse_labels(&labels).unwrap_err(), "label 12 out of range 0..=9");
+    assert_eq!(idx::parse_labels(&labels[..9]).unwrap_err(), "header says 2 labels but the file holds 1");
 }
 
 #[test]
 fn gzip_errors_are_reported() {
-    assert!(idx::gunzip(b"not gzip")
-        .unwrap_err()
-        .starts_with("not a valid gzip file"));
+    assert!(idx::gunzip(b"not gzip").unwrap_err().starts_with("not a valid gzip file"));
 }
 
 #[test]
@@ -64,14 +53,8 @@ fn checksum_mismatch_names_the_file_and_both_sums() {
     std::fs::write(&path, b"tampered").unwrap();
     let expected = "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609";
     let err = read_verified(&path, expected).unwrap_err().to_string();
-    assert!(
-        err.contains("train-images-idx3-ubyte.gz is corrupt"),
-        "{err}"
-    );
-    assert!(
-        err.contains(&sha256_hex(b"tampered")) && err.contains(expected),
-        "{err}"
-    );
+    assert!(err.contains("train-images-idx3-ubyte.gz is corrupt"), "{err}");
+    assert!(err.contains(&sha256_hex(b"tampered")) && err.contains(expected), "{err}");
     assert!(err.ends_with("replace it with the original file"), "{err}");
 }
 
@@ -79,30 +62,21 @@ fn checksum_mismatch_names_the_file_and_both_sums() {
 fn a_missing_dataset_file_says_where_it_looked() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("mnist")).unwrap();
-    let err = qatlab_runner::data::load(Dataset::Mnist, dir.path())
-        .err()
-        .unwrap()
-        .to_string();
+    let err = qatlab_runner::data::load(Dataset::Mnist, dir.path()).err().unwrap().to_string();
     assert!(err.starts_with("cannot read "), "{err}");
     assert!(err.contains("mnist/train-images-idx3-ubyte.gz"), "{err}");
 }
 
 #[test]
 fn sha256_of_a_known_string() {
-    assert_eq!(
-        sha256_hex(b"abc"),
-        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-    );
+    assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
 }
 
 #[test]
 fn resize_matches_hand_computed_triangle_filter() {
     // 4 → 2 columns: support 2, weights (0.75, 0.75, 0.25)/1.75 and (0.25, 0.75, 0.75)/1.75
     // (0·.75 + 100·.75 + 200·.25)/1.75 = 71.43 → 71; (100·.25 + 200·.75 + 255·.75)/1.75 = 209.29 → 209
-    assert_eq!(
-        resize::resize_u8(&[0, 100, 200, 255], 1, 4, 1, 2),
-        vec![71, 209]
-    );
+    assert_eq!(resize::resize_u8(&[0, 100, 200, 255], 1, 4, 1, 2), vec![71, 209]);
 }
 
 #[test]
@@ -124,12 +98,7 @@ fn digit_like_split() -> Split {
             *p = 255;
         }
     }
-    Split {
-        images,
-        labels: vec![1, 1, 1],
-        rows: 28,
-        cols: 28,
-    }
+    Split { images, labels: vec![1, 1, 1], rows: 28, cols: 28 }
 }
 
 #[test]
@@ -154,12 +123,6 @@ fn augmentation_moves_pixels_but_keeps_the_ink() {
     let ink = |img: &[u8]| img.iter().filter(|&&p| p > 0).count() as f64;
     let ratio = ink(&out) / ink(split.image(0));
     assert!((0.7..1.3).contains(&ratio), "ink ratio {ratio}");
-    let elastic = augment::augment_image(
-        split.image(0),
-        28,
-        28,
-        &mut ChaCha8Rng::seed_from_u64(1),
-        true,
-    );
+    let elastic = augment::augment_image(split.image(0), 28, 28, &mut ChaCha8Rng::seed_from_u64(1), true);
     assert_ne!(elastic, out);
 }

@@ -42,9 +42,7 @@ fn network(yaml: &str) -> Network {
 }
 
 fn batch() -> (Vec<f32>, Vec<u8>) {
-    let x = (0..BATCH * INPUTS)
-        .map(|i| ((i * 7 % 11) as f32 - 5.0) / 3.0)
-        .collect();
+    let x = (0..BATCH * INPUTS).map(|i| ((i * 7 % 11) as f32 - 5.0) / 3.0).collect();
     (x, vec![0, 3, 1])
 }
 
@@ -59,9 +57,7 @@ fn loss(engine: &Engine, net: &mut Network) -> f64 {
 fn backward(engine: &Engine, net: &mut Network) {
     let (x, labels) = batch();
     net.quantize_all(false, 0, 0).unwrap();
-    engine.backward(net, &x, BATCH, &mut |logits, grad| {
-        cross_entropy(logits, &labels, CLASSES, grad).0
-    });
+    engine.backward(net, &x, BATCH, &mut |logits, grad| cross_entropy(logits, &labels, CLASSES, grad).0);
     net.layers.iter_mut().for_each(|l| l.backward_quantizer());
 }
 
@@ -88,11 +84,7 @@ fn check_weight_gradients(yaml: &str) {
             net.layers[l].weight[i] = w - eps;
             let down = loss(&engine, &mut net);
             net.layers[l].weight[i] = w;
-            assert_close(
-                a,
-                (up - down) / (2.0 * eps as f64),
-                &format!("fc{}[{i}]", l + 1),
-            );
+            assert_close(a, (up - down) / (2.0 * eps as f64), &format!("fc{}[{i}]", l + 1));
         }
     }
 }
@@ -134,32 +126,22 @@ fn straight_through_gradient_equals_the_float_gradient_at_the_quantized_weights(
             let down = loss(&engine, &mut float);
             float.layers[l].weight[i] = w;
             let numeric = (up - down) / (2.0 * eps as f64);
-            assert_close(
-                ternary.layers[l].grad_weight[i],
-                numeric,
-                &format!("fc{}[{i}]", l + 1),
-            );
+            assert_close(ternary.layers[l].grad_weight[i], numeric, &format!("fc{}[{i}]", l + 1));
         }
     }
-    assert!(ternary
-        .layers
-        .iter()
-        .all(|l| l.grad_weight.iter().any(|g| *g != 0.0)));
+    assert!(ternary.layers.iter().all(|l| l.grad_weight.iter().any(|g| *g != 0.0)));
 }
 
 #[test]
 fn learnable_per_channel_scale_gradient_matches_finite_differences() {
     let engine = Engine::new();
-    let mut net = network("model: {hidden: [5], activation_bits: null}\nquantizer: {name: ternary, learn_scale: true}");
+    let mut net =
+        network("model: {hidden: [5], activation_bits: null}\nquantizer: {name: ternary, learn_scale: true}");
     backward(&engine, &mut net);
     let eps = 1e-3;
     for l in 0..net.layers.len() {
         let analytic = net.layers[l].grad_params.clone();
-        assert_eq!(
-            analytic.len(),
-            net.layers[l].shape.rows,
-            "one scale per output channel"
-        );
+        assert_eq!(analytic.len(), net.layers[l].shape.rows, "one scale per output channel");
         for (r, &a) in analytic.iter().enumerate() {
             let s = net.layers[l].quantizer.params()[r];
             net.layers[l].quantizer.params_mut()[r] = s + eps;
@@ -167,11 +149,7 @@ fn learnable_per_channel_scale_gradient_matches_finite_differences() {
             net.layers[l].quantizer.params_mut()[r] = s - eps;
             let down = loss(&engine, &mut net);
             net.layers[l].quantizer.params_mut()[r] = s;
-            assert_close(
-                a,
-                (up - down) / (2.0 * eps as f64),
-                &format!("fc{}.scale[{r}]", l + 1),
-            );
+            assert_close(a, (up - down) / (2.0 * eps as f64), &format!("fc{}.scale[{r}]", l + 1));
         }
     }
 }

@@ -15,9 +15,8 @@ impl Observer for Keep {
 
 #[test]
 fn two_runs_with_one_seed_give_identical_metrics() {
-    let config = crate::config(
-        "name: det\nquantizer: ternary\nmodel: {hidden: [16]}\ntrain: {epochs: 2, seed: 5}",
-    );
+    let config =
+        crate::config("name: det\nquantizer: ternary\nmodel: {hidden: [16]}\ntrain: {epochs: 2, seed: 5}");
     let data = RunData::load(&config.data).expect("MNIST (see README: data)");
     let registry = qatlab_plugins::builtin_registry();
     let run = || {
@@ -27,19 +26,12 @@ fn two_runs_with_one_seed_give_identical_metrics() {
     };
     let (a, b) = (run(), run());
     assert_eq!(a, b);
-    assert!(
-        a[1].test_acc > 0.85,
-        "a 16-unit ternary net learns MNIST: {}",
-        a[1].test_acc
-    );
+    assert!(a[1].test_acc > 0.85, "a 16-unit ternary net learns MNIST: {}", a[1].test_acc);
     let mut other = config.clone();
     other.train.seed = 6;
     let mut keep = Keep(Vec::new());
     single_threaded(|| train(&other, &registry, &data, &mut keep)).unwrap();
-    assert_ne!(
-        keep.0[0].train_loss, a[0].train_loss,
-        "another seed, another run"
-    );
+    assert_ne!(keep.0[0].train_loss, a[0].train_loss, "another seed, another run");
 }
 
 #[test]
@@ -48,10 +40,6 @@ fn augmented_epochs_hold_twice_the_training_set() {
     let data = RunData::load(&config.data).unwrap();
     let epoch = data.epoch_train(1, 0);
     assert_eq!(epoch.len(), 120_000);
-    assert_eq!(
-        &epoch.x[..256 * 10],
-        &data.train.x[..256 * 10],
-        "the clean copy comes first"
-    );
+    assert_eq!(&epoch.x[..256 * 10], &data.train.x[..256 * 10], "the clean copy comes first");
     assert_eq!(data.test.len(), 10_000);
 }
