@@ -102,7 +102,7 @@ impl Engine {
         let dw1 = g1.permute::<_, Axes2<1, 0>>().matmul(f.x1);
         net.layers[0].grad_values = host(&dw1);
         for (layer, leaf) in net.layers[1..].iter_mut().zip(&f.weights) {
-            layer.grad_values = host(&grads.get(leaf));
+            layer.grad_values = transpose(&host(&grads.get(leaf)), layer.shape.cols, layer.shape.rows);
         }
         loss
     }
@@ -112,8 +112,7 @@ impl Engine {
         let mut input = x.to_vec();
         prepare_input_on_host(&net.stage, &mut input, first.shape.cols);
         let x1 = self.dev.tensor_from_vec(input, (batch, first.shape.cols));
-        let w1 = self.weight(first);
-        let z1 = x1.clone().matmul(w1.permute::<_, Axes2<1, 0>>());
+        let z1 = x1.clone().matmul(self.weight_t(first));
         let mut h: Mat<T> = T::leaf(z1.clone());
         let mut weights = Vec::new();
         let mut positive = (0, 0);
@@ -121,16 +120,18 @@ impl Engine {
             h = self.activate(h, &net.stage, track.then_some(&mut positive));
             h = normalize(h, net.stage.norm);
             h = self.quantize_input(h, net.stage.activation_bits);
-            let w = self.weight(layer);
+            let w = self.weight_t(layer);
             weights.push(w.clone());
-            h = h.matmul(T::leaf(w).permute::<_, Axes2<1, 0>>());
+            h = h.matmul(T::leaf(w));
         }
         Forward { logits: h, x1, z1, weights, positive }
     }
 
-    fn weight(&self, layer: &crate::model::Layer) -> Mat {
+    /// The layer's fake-quantized weights, transposed to `inputs × outputs` so the matmul
+    /// reads its right operand contiguously.
+    fn weight_t(&self, layer: &crate::model::Layer) -> Mat {
         let s = layer.shape;
-        self.dev.tensor_from_vec(layer.quantized.values.clone(), (s.rows, s.cols))
+        self.dev.tensor_from_vec(transpose(&layer.quantized.values, s.rows, s.cols), (s.cols, s.rows))
     }
 
     fn activate<T: Mode>(&self, z: Mat<T>, stage: &Stage, positive: Option<&mut (u64, u64)>) -> Mat<T> {
@@ -161,6 +162,17 @@ impl Engine {
         delta.iter_mut().zip(&values).for_each(|(q, v)| *q -= v);
         h + self.dev.tensor_from_vec(delta, shape)
     }
+}
+
+/// Row-major `rows × cols` → row-major `cols × rows`.
+fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; m.len()];
+    for (r, row) in m.chunks_exact(cols).enumerate() {
+        for (c, v) in row.iter().enumerate() {
+            out[c * rows + r] = *v;
+        }
+    }
+    out
 }
 
 /// The values of a contiguous tensor (every op output and gradient buffer here is one) as a
