@@ -81,8 +81,11 @@ pub enum Norm {
     /// x / sqrt(mean(x²)), no gain (the reference's choice).
     #[default]
     Rms,
-    /// (x − mean) / std, no affine.
+    /// (x − mean) / std over the features of each sample, no affine.
     Layer,
+    /// (x − mean) / std per feature over the batch, no affine; running statistics (momentum
+    /// 0.1, unbiased variance, as PyTorch's `BatchNorm1d`) are used at evaluation.
+    Batch,
     /// Identity.
     None,
 }

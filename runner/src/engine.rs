@@ -19,7 +19,8 @@ use dfdx::prelude::*;
 use qatlab_core::config::Norm;
 
 use crate::model::{
-    layer_norm_rows, quantize_activations, rms_norm_rows, Network, Stage, LAYER_NORM_EPS, RMS_EPS,
+    layer_norm_rows, quantize_activations, rms_norm_rows, BatchStats, Network, RunningStats, Stage,
+    BATCH_NORM_EPS, LAYER_NORM_EPS, RMS_EPS,
 };
 
 type Mat<T = NoneTape> = Tensor<(usize, usize), f32, Cpu, T>;
@@ -53,6 +54,17 @@ struct Forward<T: Mode> {
     weights: Vec<Mat>,
     /// Positive activations counted and the number of activations seen (when tracked).
     positive: (u64, u64),
+    /// Batch statistics of each layer's input (batch norm in a training pass only).
+    batch_stats: Vec<BatchStats>,
+}
+
+/// Which statistics a forward pass normalises with (it matters for batch norm only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    /// Batch statistics, as in training.
+    Train,
+    /// Running statistics, as in evaluation.
+    Eval,
 }
 
 /// Runs forward and backward passes on a dfdx CPU device.
@@ -67,18 +79,16 @@ impl Default for Engine {
 }
 
 impl Engine {
-    /// A CPU engine with dfdx's allocation cache on (the default allocator page-faults badly on
-    /// the many short-lived buffers of a small network).
+    /// A CPU engine. dfdx's tensor cache stays off: it never reuses the buffers we build on
+    /// the host, so it only grows; mimalloc (see `alloc`) recycles them instead.
     pub fn new() -> Self {
-        let dev = Cpu::default();
-        // dev.enable_cache();
-        Self { dev }
+        Self { dev: Cpu::default() }
     }
 
     /// Logits for `batch` samples of `x` (row-major `batch × inputs`), without recording a
     /// tape. Also returns (positive activations, activations) over the hidden layers.
-    pub fn logits(&self, net: &Network, x: &[f32], batch: usize) -> (Vec<f32>, (u64, u64)) {
-        let f = self.forward::<NoneTape>(net, x, batch, true);
+    pub fn logits(&self, net: &Network, x: &[f32], batch: usize, pass: Pass) -> (Vec<f32>, (u64, u64)) {
+        let f = self.forward::<NoneTape>(net, x, batch, pass, true);
         (host(&f.logits), f.positive)
     }
 
@@ -91,7 +101,10 @@ impl Engine {
         batch: usize,
         loss_grad: &mut dyn FnMut(&[f32], &mut [f32]) -> f32,
     ) -> f32 {
-        let f = self.forward::<OwnedTape<f32, Cpu>>(net, x, batch, false);
+        let f = self.forward::<OwnedTape<f32, Cpu>>(net, x, batch, Pass::Train, false);
+        for (running, batch) in net.norm_stats.iter_mut().zip(&f.batch_stats) {
+            running.update(batch);
+        }
         let logits = host(&f.logits);
         let mut grad = vec![0.0; logits.len()];
         let loss = loss_grad(&logits, &mut grad);
@@ -107,24 +120,61 @@ impl Engine {
         loss
     }
 
-    fn forward<T: Mode>(&self, net: &Network, x: &[f32], batch: usize, track: bool) -> Forward<T> {
+    fn forward<T: Mode>(
+        &self,
+        net: &Network,
+        x: &[f32],
+        batch: usize,
+        pass: Pass,
+        track: bool,
+    ) -> Forward<T> {
         let first = &net.layers[0];
         let mut input = x.to_vec();
-        prepare_input_on_host(&net.stage, &mut input, first.shape.cols);
-        let x1 = self.dev.tensor_from_vec(input, (batch, first.shape.cols));
+        let mut batch_stats = Vec::new();
+        let features = first.shape.cols;
+        if net.stage.norm == Norm::Batch {
+            let stats = &net.norm_stats[0];
+            match pass {
+                Pass::Eval => BatchStats::normalise(&mut input, &stats.mean, &stats.var),
+                Pass::Train => {
+                    let b = BatchStats::of(&input, features);
+                    BatchStats::normalise(&mut input, &b.mean, &b.var);
+                    batch_stats.push(b);
+                }
+            }
+        }
+        prepare_input_on_host(&net.stage, &mut input, features);
+        let x1 = self.dev.tensor_from_vec(input, (batch, features));
         let z1 = x1.clone().matmul(self.weight_t(first));
         let mut h: Mat<T> = T::leaf(z1.clone());
         let mut weights = Vec::new();
         let mut positive = (0, 0);
-        for layer in &net.layers[1..] {
+        for (l, layer) in net.layers.iter().enumerate().skip(1) {
             h = self.activate(h, &net.stage, track.then_some(&mut positive));
-            h = normalize(h, net.stage.norm);
+            h = match (net.stage.norm, pass) {
+                (Norm::Batch, Pass::Train) => {
+                    batch_stats.push(BatchStats::of(&host(&h), layer.shape.cols));
+                    h.normalize::<Axis<0>>(BATCH_NORM_EPS)
+                }
+                (Norm::Batch, Pass::Eval) => self.normalize_with(h, &net.norm_stats[l]),
+                (norm, _) => normalize(h, norm),
+            };
             h = self.quantize_input(h, net.stage.activation_bits);
             let w = self.weight_t(layer);
             weights.push(w.clone());
             h = h.matmul(T::leaf(w));
         }
-        Forward { logits: h, x1, z1, weights, positive }
+        Forward { logits: h, x1, z1, weights, positive, batch_stats }
+    }
+
+    /// (h − mean)/sqrt(var + ε) per feature with fixed (running) statistics.
+    fn normalize_with<T: Mode>(&self, h: Mat<T>, stats: &RunningStats) -> Mat<T> {
+        let shape = *h.shape();
+        let inv: Vec<f32> = stats.var.iter().map(|v| 1.0 / (v + BATCH_NORM_EPS).sqrt()).collect();
+        let shift: Vec<f32> = stats.mean.iter().zip(&inv).map(|(m, i)| -m * i).collect();
+        let inv = self.dev.tensor_from_vec(inv, (shape.1,)).broadcast_like::<_, Axis<0>>(&shape);
+        let shift = self.dev.tensor_from_vec(shift, (shape.1,)).broadcast_like::<_, Axis<0>>(&shape);
+        h * inv + shift
     }
 
     /// The layer's fake-quantized weights, transposed to `inputs × outputs` so the matmul
@@ -188,7 +238,7 @@ fn prepare_input_on_host(stage: &Stage, x: &mut [f32], features: usize) {
     match stage.norm {
         Norm::Rms => rms_norm_rows(x, features),
         Norm::Layer => layer_norm_rows(x, features),
-        Norm::None => {}
+        Norm::None | Norm::Batch => {}
     }
     if let Some(bits) = stage.activation_bits {
         let copy = x.to_vec();
@@ -199,7 +249,7 @@ fn prepare_input_on_host(stage: &Stage, x: &mut [f32], features: usize) {
 fn normalize<T: Mode>(h: Mat<T>, norm: Norm) -> Mat<T> {
     let shape = *h.shape();
     match norm {
-        Norm::None => h,
+        Norm::None | Norm::Batch => h,
         Norm::Layer => h.normalize::<Axis<1>>(LAYER_NORM_EPS),
         Norm::Rms => {
             let mean_square = h.retaped::<T>().square().mean::<(usize,), Axis<1>>();

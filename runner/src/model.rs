@@ -62,12 +62,84 @@ pub struct Stage {
     pub activation: Box<dyn Activation>,
 }
 
+/// Running per-feature statistics of a batch-normalised layer input.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunningStats {
+    /// Running mean per feature (starts at 0).
+    pub mean: Vec<f32>,
+    /// Running unbiased variance per feature (starts at 1).
+    pub var: Vec<f32>,
+}
+
+impl RunningStats {
+    /// Fresh statistics for `features` inputs.
+    pub fn new(features: usize) -> Self {
+        Self { mean: vec![0.0; features], var: vec![1.0; features] }
+    }
+
+    /// Blend in one batch's statistics with PyTorch's momentum.
+    pub fn update(&mut self, batch: &BatchStats) {
+        let m = BATCH_NORM_MOMENTUM;
+        let unbiased = batch.count as f32 / (batch.count.max(2) - 1) as f32;
+        for i in 0..self.mean.len() {
+            self.mean[i] = (1.0 - m) * self.mean[i] + m * batch.mean[i];
+            self.var[i] = (1.0 - m) * self.var[i] + m * batch.var[i] * unbiased;
+        }
+    }
+}
+
+/// Per-feature mean and biased variance of one batch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchStats {
+    /// Mean per feature.
+    pub mean: Vec<f32>,
+    /// Biased variance per feature.
+    pub var: Vec<f32>,
+    /// Samples in the batch.
+    pub count: usize,
+}
+
+impl BatchStats {
+    /// Statistics of the rows of `x` (row-major `count × features`).
+    pub fn of(x: &[f32], features: usize) -> Self {
+        let count = x.len() / features;
+        let mut mean = vec![0.0f32; features];
+        let mut var = vec![0.0f32; features];
+        for row in x.chunks_exact(features) {
+            mean.iter_mut().zip(row).for_each(|(m, v)| *m += v);
+        }
+        mean.iter_mut().for_each(|m| *m /= count.max(1) as f32);
+        for row in x.chunks_exact(features) {
+            var.iter_mut().zip(row).zip(&mean).for_each(|((s, v), m)| *s += (v - m) * (v - m));
+        }
+        var.iter_mut().for_each(|s| *s /= count.max(1) as f32);
+        Self { mean, var, count }
+    }
+
+    /// Normalise the rows of `x` in place with `mean` and `var`.
+    pub fn normalise(x: &mut [f32], mean: &[f32], var: &[f32]) {
+        let inv: Vec<f32> = var.iter().map(|v| 1.0 / (v + BATCH_NORM_EPS).sqrt()).collect();
+        for row in x.chunks_exact_mut(mean.len()) {
+            for ((v, m), i) in row.iter_mut().zip(mean).zip(&inv) {
+                *v = (*v - m) * i;
+            }
+        }
+    }
+}
+
+/// Momentum of batch-norm running statistics (PyTorch's default).
+pub const BATCH_NORM_MOMENTUM: f32 = 0.1;
+/// ε of batch norm (PyTorch's default).
+pub const BATCH_NORM_EPS: f32 = 1e-5;
+
 /// The fully connected network.
 pub struct Network {
     /// Layers from input to logits.
     pub layers: Vec<Layer>,
     /// Shared between-layer behaviour.
     pub stage: Stage,
+    /// Running statistics of each layer's input (used by batch norm only).
+    pub norm_stats: Vec<RunningStats>,
 }
 
 impl Network {
@@ -111,7 +183,8 @@ impl Network {
         }
         let stage =
             Stage { norm: config.model.norm, activation_bits: config.model.activation_bits, activation };
-        Ok(Self { layers, stage })
+        let norm_stats = layers.iter().map(|l| RunningStats::new(l.shape.cols)).collect();
+        Ok(Self { layers, stage, norm_stats })
     }
 
     /// Σ weights × bits per weight over all layers.

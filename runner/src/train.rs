@@ -10,7 +10,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{RunData, Samples};
-use crate::engine::Engine;
+use crate::engine::{Engine, Pass};
 use crate::error::{Error, Result};
 use crate::loss::{cross_entropy, cross_entropy_sum};
 use crate::model::{Layer, Network};
@@ -152,7 +152,7 @@ impl Trainer {
         for start in (0..test.len()).step_by(EVAL_BATCH) {
             let end = (start + EVAL_BATCH).min(test.len());
             let (logits, (pos, count)) =
-                self.engine.logits(&self.net, &test.x[start * f..end * f], end - start);
+                self.engine.logits(&self.net, &test.x[start * f..end * f], end - start, Pass::Eval);
             let (l, c) = cross_entropy_sum(&logits, &test.labels[start..end], CLASSES);
             loss += l;
             correct += c;

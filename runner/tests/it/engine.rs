@@ -2,7 +2,7 @@
 //! plugin activations (through the f/f′ construction) and layer norm.
 
 use qatlab_core::{Activation, Registry};
-use qatlab_runner::engine::Engine;
+use qatlab_runner::engine::{Engine, Pass};
 use qatlab_runner::loss::cross_entropy;
 use qatlab_runner::model::Network;
 use serde::{Deserialize, Serialize};
@@ -49,7 +49,7 @@ fn batch() -> (Vec<f32>, Vec<u8>) {
 fn loss(engine: &Engine, net: &mut Network) -> f64 {
     let (x, labels) = batch();
     net.quantize_all(false, 0, 0).unwrap();
-    let (logits, _) = engine.logits(net, &x, BATCH);
+    let (logits, _) = engine.logits(net, &x, BATCH, Pass::Train);
     let mut g = vec![0.0; logits.len()];
     cross_entropy(&logits, &labels, CLASSES, &mut g).0 as f64
 }
@@ -71,10 +71,13 @@ fn assert_close(analytic: f32, numeric: f64, what: &str) {
 
 /// Central differences of the loss in every latent weight against the engine's ∂L/∂w.
 fn check_weight_gradients(yaml: &str) {
+    check_weight_gradients_with(yaml, 1e-2);
+}
+
+fn check_weight_gradients_with(yaml: &str, eps: f32) {
     let engine = Engine::new();
     let mut net = network(yaml);
     backward(&engine, &mut net);
-    let eps = 1e-2;
     for l in 0..net.layers.len() {
         let analytic = net.layers[l].grad_weight.clone();
         for (i, &a) in analytic.iter().enumerate() {
@@ -98,6 +101,36 @@ fn float_path_gradients_match_finite_differences() {
 fn layer_norm_and_no_norm_gradients_match_finite_differences() {
     check_weight_gradients("model: {hidden: [5], norm: layer, activation_bits: null}");
     check_weight_gradients("model: {hidden: [5], norm: none, activation_bits: null}");
+}
+
+#[test]
+fn batch_norm_training_gradients_match_finite_differences() {
+    // a batch of three normalised per feature is strongly curved: a smaller step
+    check_weight_gradients_with("model: {hidden: [5, 4], norm: batch, activation_bits: null}", 1e-3);
+}
+
+#[test]
+fn batch_norm_keeps_running_statistics_and_evaluates_samples_independently() {
+    let engine = Engine::new();
+    let mut net = network("model: {hidden: [5], norm: batch, activation_bits: null}");
+    let (x, _) = batch();
+    backward(&engine, &mut net);
+    // running = 0.9·(0, 1) + 0.1·(batch mean, unbiased batch variance) of the first layer's input
+    for f in 0..INPUTS {
+        let column: Vec<f32> = (0..BATCH).map(|b| x[b * INPUTS + f]).collect();
+        let mean = column.iter().sum::<f32>() / BATCH as f32;
+        let var = column.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / (BATCH - 1) as f32;
+        assert!((net.norm_stats[0].mean[f] - 0.1 * mean).abs() < 1e-6);
+        assert!((net.norm_stats[0].var[f] - (0.9 + 0.1 * var)).abs() < 1e-5);
+    }
+    net.quantize_all(false, 0, 0).unwrap();
+    let (all, _) = engine.logits(&net, &x, BATCH, Pass::Eval);
+    let (first, _) = engine.logits(&net, &x[..INPUTS], 1, Pass::Eval);
+    for (a, b) in all[..CLASSES].iter().zip(&first) {
+        assert!((a - b).abs() < 1e-5, "evaluation uses running statistics: rows are independent");
+    }
+    let (train_all, _) = engine.logits(&net, &x, BATCH, Pass::Train);
+    assert_ne!(&train_all[..CLASSES], &all[..CLASSES], "training uses batch statistics");
 }
 
 #[test]
