@@ -102,6 +102,69 @@ pub struct ModelConfig {
     pub activation_bits: Option<u32>,
     /// Activation after every layer but the last.
     pub activation: PluginSpec,
+    /// Per-layer overrides (mixed precision), keyed `first`, `last` or a 1-based layer index;
+    /// an index wins over `first`/`last`.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub layers: std::collections::BTreeMap<String, LayerOverride>,
+}
+
+/// What one layer does differently from the rest.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerOverride {
+    /// This layer's weight quantizer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantizer: Option<PluginSpec>,
+    /// Bits of this layer's input quantization; `null` turns it off for this layer.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present")]
+    pub activation_bits: Option<Option<u32>>,
+}
+
+/// A key that is present deserialises to `Some`, even when its value is `null`.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<u32>>, D::Error> {
+    Option::<u32>::deserialize(d).map(Some)
+}
+
+impl ModelConfig {
+    /// The resolved quantizer and input bits of layer `index` (0-based) of `count`, given the
+    /// network-wide `quantizer`.
+    pub fn layer(&self, index: usize, count: usize, quantizer: &PluginSpec) -> (PluginSpec, Option<u32>) {
+        let mut spec = quantizer.clone();
+        let mut bits = self.activation_bits;
+        let mut apply = |o: &LayerOverride| {
+            if let Some(q) = &o.quantizer {
+                spec = q.clone();
+            }
+            if let Some(b) = o.activation_bits {
+                bits = b;
+            }
+        };
+        let positional = [(index == 0, "first"), (index + 1 == count, "last")];
+        for (hit, key) in positional {
+            if let (true, Some(o)) = (hit, self.layers.get(key)) {
+                apply(o);
+            }
+        }
+        if let Some(o) = self.layers.get(&(index + 1).to_string()) {
+            apply(o);
+        }
+        (spec, bits)
+    }
+
+    /// Check that every `layers` key names a layer of a network with `count` layers.
+    pub fn check_layer_keys(&self, count: usize) -> Result<(), String> {
+        for key in self.layers.keys() {
+            let ok = key == "first"
+                || key == "last"
+                || key.parse::<usize>().is_ok_and(|i| (1..=count).contains(&i));
+            if !ok {
+                return Err(format!(
+                    "model.layers: unknown layer `{key}`; use `first`, `last` or an index from 1 to {count}"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for ModelConfig {
@@ -111,6 +174,7 @@ impl Default for ModelConfig {
             norm: Norm::Rms,
             activation_bits: Some(8),
             activation: PluginSpec::named("relu"),
+            layers: Default::default(),
         }
     }
 }
@@ -256,13 +320,21 @@ impl RunConfig {
                 format!("widths must be at least 1, got {:?}", self.model.hidden),
             ),
             (
-                !matches!(self.model.activation_bits, None | Some(2..=16)),
+                !matches!(self.model.activation_bits, None | Some(2..=16))
+                    || self
+                        .model
+                        .layers
+                        .values()
+                        .any(|o| matches!(o.activation_bits, Some(Some(b)) if !(2..=16).contains(&b))),
                 "model.activation_bits",
                 "must be between 2 and 16, or null to disable".into(),
             ),
         ];
         let mut problems: Vec<String> =
             checks.into_iter().filter(|c| c.0).map(|(_, k, m)| format!("{k}: {m}")).collect();
+        if let Err(e) = self.model.check_layer_keys(self.model.hidden.len() + 1) {
+            problems.push(e);
+        }
         if !(4..=28).contains(&self.data.image_size) {
             problems.push(format!("data.image_size: must be between 4 and 28, got {}", self.data.image_size));
         }

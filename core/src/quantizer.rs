@@ -40,6 +40,8 @@ pub struct QuantCtx {
     pub training: bool,
     /// Optimizer steps taken so far in the run.
     pub step: u64,
+    /// Current epoch, from 0.
+    pub epoch: usize,
     /// The run's seed combined with the layer index.
     pub seed: u64,
 }
@@ -112,5 +114,31 @@ pub trait Quantizer: Send {
     /// Called once at the end of each epoch with the latent weights (e.g. to refit a clip scalar).
     fn end_epoch(&mut self, _w: &[f32], _shape: Shape, _epoch: usize) -> Result<()> {
         Ok(())
+    }
+
+    /// A loss term the quantizer adds to the training loss (e.g. a size penalty), with its
+    /// gradient added into `grad_params`. Default: none.
+    fn regularizer(&self, _shape: Shape, _grad_params: &mut [f32]) -> f32 {
+        0.0
+    }
+
+    /// Output channels currently pruned (all weights forced to zero). Default: none.
+    fn pruned_channels(&self, _shape: Shape) -> usize {
+        0
+    }
+
+    /// The straight-through surrogate of the forward pass at the current parameters: the values
+    /// with every rounding residual held at its value in `frozen`. Its derivative in each
+    /// learnable parameter, times [`Quantizer::param_grad_scale`], is what `backward` returns;
+    /// the conformance suite checks that by finite differences. Needed only with parameters.
+    fn surrogate(&self, _w: &[f32], _shape: Shape, _frozen: &Quantized, _out: &mut [f32]) -> Result<()> {
+        Err(crate::PluginError::Invalid(
+            "this quantizer has no surrogate (it has no learnable parameters)".into(),
+        ))
+    }
+
+    /// Factor by which `backward` scales the parameter gradient (LSQ's 1/√(N·Qp)). Default 1.
+    fn param_grad_scale(&self, _shape: Shape) -> f32 {
+        1.0
     }
 }

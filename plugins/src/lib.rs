@@ -11,6 +11,8 @@
 use qatlab_core::{Registry, Result};
 
 pub mod activations;
+pub mod clip;
+pub mod conformance;
 pub mod quantizers;
 pub mod schedules;
 pub mod ste;

@@ -143,7 +143,7 @@ impl Engine {
                 }
             }
         }
-        prepare_input_on_host(&net.stage, &mut input, features);
+        prepare_input_on_host(&net.stage, first.activation_bits, &mut input, features);
         let x1 = self.dev.tensor_from_vec(input, (batch, features));
         let z1 = x1.clone().matmul(self.weight_t(first));
         let mut h: Mat<T> = T::leaf(z1.clone());
@@ -159,7 +159,7 @@ impl Engine {
                 (Norm::Batch, Pass::Eval) => self.normalize_with(h, &net.norm_stats[l]),
                 (norm, _) => normalize(h, norm),
             };
-            h = self.quantize_input(h, net.stage.activation_bits);
+            h = self.quantize_input(h, layer.activation_bits);
             let w = self.weight_t(layer);
             weights.push(w.clone());
             h = h.matmul(T::leaf(w));
@@ -234,13 +234,13 @@ fn host<T>(t: &Tensor<(usize, usize), f32, Cpu, T>) -> Vec<f32> {
 }
 
 /// Norm and activation quantization of the (constant) network input, on the host.
-fn prepare_input_on_host(stage: &Stage, x: &mut [f32], features: usize) {
+fn prepare_input_on_host(stage: &Stage, bits: Option<u32>, x: &mut [f32], features: usize) {
     match stage.norm {
         Norm::Rms => rms_norm_rows(x, features),
         Norm::Layer => layer_norm_rows(x, features),
         Norm::None | Norm::Batch => {}
     }
-    if let Some(bits) = stage.activation_bits {
+    if let Some(bits) = bits {
         let copy = x.to_vec();
         quantize_activations(&copy, features, bits, x);
     }

@@ -66,6 +66,14 @@ pub fn check(config: &RunConfig, registry: &Registry) -> Result<(), String> {
     config.validate()?;
     let q = &config.quantizer;
     registry.quantizers.validate(&q.name, &q.params).map_err(|e| format!("quantizer: {e}"))?;
+    for (key, o) in &config.model.layers {
+        if let Some(q) = &o.quantizer {
+            registry
+                .quantizers
+                .validate(&q.name, &q.params)
+                .map_err(|e| format!("model.layers.{key}.quantizer: {e}"))?;
+        }
+    }
     let a = &config.model.activation;
     registry.activations.validate(&a.name, &a.params).map_err(|e| format!("model.activation: {e}"))?;
     let s = &config.train.schedule;

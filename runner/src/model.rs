@@ -12,6 +12,8 @@ use crate::error::{Error, Result};
 pub struct Layer {
     /// Parameter path prefix, `fc1`, `fc2`, ...
     pub name: String,
+    /// Bits of this layer's per-sample absmax input quantization (None: off).
+    pub activation_bits: Option<u32>,
     /// Weight shape.
     pub shape: Shape,
     /// Latent full-precision weights, row-major (rows = output channels).
@@ -52,12 +54,10 @@ impl Layer {
     }
 }
 
-/// What happens between layers: normalisation, activation fake-quantization, activation.
+/// What happens between layers: normalisation and activation.
 pub struct Stage {
     /// Input normalisation of every layer.
     pub norm: Norm,
-    /// Bits of the per-sample absmax input quantization (None: off).
-    pub activation_bits: Option<u32>,
     /// Activation after every hidden layer.
     pub activation: Box<dyn Activation>,
 }
@@ -151,7 +151,6 @@ impl Network {
         inputs: usize,
         classes: usize,
     ) -> Result<Self> {
-        let spec = &config.quantizer;
         let act = &config.model.activation;
         let activation = registry
             .activations
@@ -162,16 +161,19 @@ impl Network {
         widths.extend(&config.model.hidden);
         widths.push(classes);
         let mut layers = Vec::new();
+        let count = widths.len() - 1;
         for (i, pair) in widths.windows(2).enumerate() {
             let shape = Shape::new(pair[1], pair[0]);
             let bound = 1.0 / (shape.cols as f32).sqrt();
             let weight = (0..shape.len()).map(|_| rng.gen_range(-bound..bound)).collect();
+            let (spec, activation_bits) = config.model.layer(i, count, &config.quantizer);
             let quantizer = registry
                 .quantizers
                 .build(&spec.name, &spec.params)
-                .map_err(|e| Error::Config(format!("quantizer: {e}")))?;
+                .map_err(|e| Error::Config(format!("quantizer of fc{}: {e}", i + 1)))?;
             layers.push(Layer {
                 name: format!("fc{}", i + 1),
+                activation_bits,
                 shape,
                 weight,
                 quantizer,
@@ -181,8 +183,7 @@ impl Network {
                 grad_params: Vec::new(),
             });
         }
-        let stage =
-            Stage { norm: config.model.norm, activation_bits: config.model.activation_bits, activation };
+        let stage = Stage { norm: config.model.norm, activation };
         let norm_stats = layers.iter().map(|l| RunningStats::new(l.shape.cols)).collect();
         Ok(Self { layers, stage, norm_stats })
     }
@@ -198,9 +199,9 @@ impl Network {
     }
 
     /// Quantize every layer's weights for a forward pass.
-    pub fn quantize_all(&mut self, training: bool, step: u64, seed: u64) -> Result<()> {
+    pub fn quantize_all(&mut self, training: bool, step: u64, epoch: usize, seed: u64) -> Result<()> {
         for (i, layer) in self.layers.iter_mut().enumerate() {
-            let ctx = QuantCtx { training, step, seed: seed.wrapping_add(i as u64) };
+            let ctx = QuantCtx { training, step, epoch, seed: seed.wrapping_add(i as u64) };
             layer.quantize(ctx)?;
         }
         Ok(())

@@ -197,7 +197,7 @@ pub fn metrics_csv(epochs: &[EpochMetrics]) -> Vec<u8> {
     .to_vec();
     if let Some(first) = epochs.first() {
         for layer in &first.layers {
-            header.extend(["scale", "sparsity", "entropy"].map(|k| format!("{}.{k}", layer.name)));
+            header.extend(["scale", "sparsity", "entropy", "pruned"].map(|k| format!("{}.{k}", layer.name)));
         }
     }
     w.write_record(&header).expect("in-memory CSV");

@@ -32,6 +32,8 @@ pub struct LayerStats {
     pub sparsity: f32,
     /// Entropy of the level histogram in bits.
     pub entropy: f32,
+    /// Output channels the quantizer has pruned.
+    pub pruned: usize,
 }
 
 /// What one epoch measured.
@@ -119,20 +121,21 @@ impl Trainer {
     }
 
     /// One optimizer step on a batch; returns (loss, correct).
-    pub fn train_batch(&mut self, x: &[f32], labels: &[u8], lr: f32) -> Result<(f32, usize)> {
+    pub fn train_batch(&mut self, x: &[f32], labels: &[u8], lr: f32, epoch: usize) -> Result<(f32, usize)> {
         let seed = self.config.train.seed;
-        self.net.quantize_all(true, self.step, seed)?;
+        self.net.quantize_all(true, self.step, epoch, seed)?;
         let mut correct = 0;
-        let loss = self.engine.backward(&mut self.net, x, labels.len(), &mut |logits, grad| {
+        let mut loss = self.engine.backward(&mut self.net, x, labels.len(), &mut |logits, grad| {
             let (loss, c) = cross_entropy(logits, labels, CLASSES, grad);
             correct = c;
             loss
         });
-        if !loss.is_finite() {
-            return Err(Error::Diverged(format!("loss is {loss} at step {}", self.step)));
-        }
         for (i, layer) in self.net.layers.iter_mut().enumerate() {
             layer.backward_quantizer();
+            loss += layer.quantizer.regularizer(layer.shape, &mut layer.grad_params);
+            if !loss.is_finite() {
+                return Err(Error::Diverged(format!("loss is {loss} at step {}", self.step)));
+            }
             self.weight_state[i].step(&self.adam, lr, &mut layer.weight, &layer.grad_weight, true);
             if !layer.grad_params.is_empty() {
                 let grads = std::mem::take(&mut layer.grad_params);
@@ -146,7 +149,7 @@ impl Trainer {
 
     /// Test loss, accuracy and positive-activation share with the evaluation quantization.
     pub fn evaluate(&mut self, test: &Samples) -> Result<(f64, f64, f64)> {
-        self.net.quantize_all(false, self.step, self.config.train.seed)?;
+        self.net.quantize_all(false, self.step, 0, self.config.train.seed)?;
         let (mut loss, mut correct, mut positive, mut seen) = (0.0, 0, 0, 0);
         let f = test.features;
         for start in (0..test.len()).step_by(EVAL_BATCH) {
@@ -179,8 +182,9 @@ impl Trainer {
 pub fn layer_stats(layer: &Layer) -> LayerStats {
     let q = &layer.quantized;
     let scale = q.scales.iter().sum::<f32>() / q.scales.len().max(1) as f32;
+    let pruned = layer.quantizer.pruned_channels(layer.shape);
     if q.levels.is_empty() || q.codes.is_empty() {
-        return LayerStats { name: layer.name.clone(), scale, sparsity: 0.0, entropy: 32.0 };
+        return LayerStats { name: layer.name.clone(), scale, sparsity: 0.0, entropy: 32.0, pruned };
     }
     let mut histogram = vec![0usize; q.levels.len()];
     q.codes.iter().for_each(|&c| histogram[c as usize] += 1);
@@ -188,7 +192,7 @@ pub fn layer_stats(layer: &Layer) -> LayerStats {
     let zero = q.levels.iter().position(|&l| l == 0.0).map_or(0, |z| histogram[z]);
     let entropy =
         histogram.iter().filter(|&&h| h > 0).map(|&h| -(h as f32 / n) * (h as f32 / n).log2()).sum();
-    LayerStats { name: layer.name.clone(), scale, sparsity: zero as f32 / n, entropy }
+    LayerStats { name: layer.name.clone(), scale, sparsity: zero as f32 / n, entropy, pruned }
 }
 
 /// The order of the training samples in `epoch`.
@@ -236,7 +240,7 @@ pub fn train(
                 x.extend_from_slice(&samples.x[i * f..(i + 1) * f]);
                 labels.push(samples.labels[i]);
             }
-            let (loss, c) = trainer.train_batch(&x, &labels, lr as f32)?;
+            let (loss, c) = trainer.train_batch(&x, &labels, lr as f32, epoch)?;
             loss_sum += loss as f64;
             correct += c;
             batches += 1;

@@ -5,8 +5,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::BUILT_IN;
 
+pub mod binary;
 pub mod float;
+pub mod fp130;
+pub mod grid;
+pub mod int;
+pub mod lsq;
+pub mod nf4;
+pub mod pentary;
+pub mod self_compress;
+pub mod stochastic;
 pub mod ternary;
+pub mod ttq;
+pub mod twn;
 
 /// Whether a quantizer uses one scale for the tensor or one per output channel (row).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,7 +31,7 @@ pub enum Granularity {
 }
 
 impl Granularity {
-    /// The row ranges that share one scale: the whole matrix, or each row.
+    /// The element ranges that share one scale: the whole matrix, or each row.
     pub fn groups(self, rows: usize, cols: usize) -> Vec<std::ops::Range<usize>> {
         match self {
             Granularity::Tensor => std::iter::once(0..rows * cols).collect(),
@@ -32,6 +43,16 @@ impl Granularity {
 /// Register every built-in quantizer.
 pub fn register(catalog: &mut Catalog<dyn Quantizer>) -> Result<()> {
     catalog.register("none", float::SUMMARY, BUILT_IN, float::build)?;
+    catalog.register("binary", binary::SUMMARY, BUILT_IN, binary::build)?;
     catalog.register("ternary", ternary::SUMMARY, BUILT_IN, ternary::build)?;
+    catalog.register("ternary-twn", twn::SUMMARY, BUILT_IN, twn::build)?;
+    catalog.register("ternary-stochastic", stochastic::SUMMARY, BUILT_IN, stochastic::build)?;
+    catalog.register("ternary-ttq", ttq::SUMMARY, BUILT_IN, ttq::build)?;
+    catalog.register("lsq", lsq::SUMMARY, BUILT_IN, lsq::build)?;
+    catalog.register("pentary", pentary::SUMMARY, BUILT_IN, pentary::build)?;
+    catalog.register("int", int::SUMMARY, BUILT_IN, int::build)?;
+    catalog.register("fp130", fp130::SUMMARY, BUILT_IN, fp130::build)?;
+    catalog.register("nf4", nf4::SUMMARY, BUILT_IN, nf4::build)?;
+    catalog.register("self-compress", self_compress::SUMMARY, BUILT_IN, self_compress::build)?;
     Ok(())
 }

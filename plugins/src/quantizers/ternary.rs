@@ -12,19 +12,34 @@ use qatlab_core::{QuantCtx, Quantized, Quantizer, Result, Shape};
 use serde::{Deserialize, Serialize};
 
 use super::Granularity;
-use crate::ste::{abs_mean, round_even};
+use crate::ste::{abs_mean, round_even, Ste};
 
 /// One-line definition for listings.
 pub const SUMMARY: &str = "absmean ternary, u = clamp(round(w/mean|w|), -1, 1) (1.6 bits)";
 
 /// Parameters of `ternary`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Scale per tensor (the reference) or per output channel.
     pub granularity: Granularity,
     /// Learn a per-channel output scale instead of using the absmean γ as magnitude.
     pub learn_scale: bool,
+    /// Straight-through variant (x = w/γ).
+    pub ste: Ste,
+    /// SwishSign slope.
+    pub ste_beta: f32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            granularity: Granularity::Tensor,
+            learn_scale: false,
+            ste: Ste::Identity,
+            ste_beta: crate::ste::default_beta(),
+        }
+    }
 }
 
 /// The ternary level set u.
@@ -81,14 +96,26 @@ impl Quantizer for Ternary {
 
     fn backward(
         &self,
-        _w: &[f32],
+        w: &[f32],
         shape: Shape,
         q: &Quantized,
         grad_values: &[f32],
         grad_w: &mut [f32],
         grad_params: &mut [f32],
     ) {
-        grad_w.copy_from_slice(grad_values);
+        // the STE's x is w/γ; with a learned magnitude γ is no longer in `q`, so recompute it
+        let granularity =
+            if self.config.learn_scale { Granularity::Channel } else { self.config.granularity };
+        let gammas: Vec<f32> =
+            granularity.groups(shape.rows, shape.cols).into_iter().map(|g| abs_mean(&w[g])).collect();
+        let per_row = gammas.len() > 1;
+        self.config.ste.apply(self.config.ste_beta, w, grad_values, grad_w, |i| {
+            if per_row {
+                gammas[i / shape.cols]
+            } else {
+                gammas[0]
+            }
+        });
         if self.config.learn_scale {
             for (r, gs) in grad_params.iter_mut().enumerate().take(shape.rows) {
                 let row = r * shape.cols..(r + 1) * shape.cols;
@@ -103,5 +130,13 @@ impl Quantizer for Ternary {
 
     fn params_mut(&mut self) -> &mut [f32] {
         &mut self.scales
+    }
+
+    /// With a learned scale, ŵ = u·s_r is linear in s for fixed codes: exact.
+    fn surrogate(&self, _: &[f32], shape: Shape, frozen: &Quantized, out: &mut [f32]) -> Result<()> {
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = LEVELS[frozen.codes[i] as usize] * self.scales[i / shape.cols];
+        }
+        Ok(())
     }
 }

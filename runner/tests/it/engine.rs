@@ -48,7 +48,7 @@ fn batch() -> (Vec<f32>, Vec<u8>) {
 
 fn loss(engine: &Engine, net: &mut Network) -> f64 {
     let (x, labels) = batch();
-    net.quantize_all(false, 0, 0).unwrap();
+    net.quantize_all(false, 0, 0, 0).unwrap();
     let (logits, _) = engine.logits(net, &x, BATCH, Pass::Train);
     let mut g = vec![0.0; logits.len()];
     cross_entropy(&logits, &labels, CLASSES, &mut g).0 as f64
@@ -56,7 +56,7 @@ fn loss(engine: &Engine, net: &mut Network) -> f64 {
 
 fn backward(engine: &Engine, net: &mut Network) {
     let (x, labels) = batch();
-    net.quantize_all(false, 0, 0).unwrap();
+    net.quantize_all(false, 0, 0, 0).unwrap();
     engine.backward(net, &x, BATCH, &mut |logits, grad| cross_entropy(logits, &labels, CLASSES, grad).0);
     net.layers.iter_mut().for_each(|l| l.backward_quantizer());
 }
@@ -123,7 +123,7 @@ fn batch_norm_keeps_running_statistics_and_evaluates_samples_independently() {
         assert!((net.norm_stats[0].mean[f] - 0.1 * mean).abs() < 1e-6);
         assert!((net.norm_stats[0].var[f] - (0.9 + 0.1 * var)).abs() < 1e-5);
     }
-    net.quantize_all(false, 0, 0).unwrap();
+    net.quantize_all(false, 0, 0, 0).unwrap();
     let (all, _) = engine.logits(&net, &x, BATCH, Pass::Eval);
     let (first, _) = engine.logits(&net, &x[..INPUTS], 1, Pass::Eval);
     for (a, b) in all[..CLASSES].iter().zip(&first) {
