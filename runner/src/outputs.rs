@@ -217,6 +217,7 @@ pub fn metrics_csv(epochs: &[EpochMetrics]) -> Vec<u8> {
                 format!("{:.6}", l.scale),
                 format!("{:.6}", l.sparsity),
                 format!("{:.6}", l.entropy),
+                l.pruned.to_string(),
             ]);
         }
         w.write_record(&row).expect("in-memory CSV");
