@@ -59,12 +59,44 @@ pub fn plugin_listing(registry: &Registry) -> String {
                 .map(|(k, v)| format!("{}: {}", yaml_inline(k), yaml_inline(v)))
                 .collect();
             let params = if params.is_empty() { "no parameters".to_string() } else { params.join(", ") };
-            let _ = writeln!(out, "  {:<12} {}  [{}] ({})", info.name, info.summary, params, info.source);
+            let _ = writeln!(out, "  {:<19} {}  [{}] ({})", info.name, info.summary, params, info.source);
         }
+    }
+    let _ = writeln!(out, "clipping strategies (quantizer parameter `clip: {{method: ...}}`):");
+    for (name, summary) in qatlab_plugins::clip::CLIP_METHODS {
+        let _ = writeln!(out, "  {name:<19} {summary}");
+    }
+    let clip_defaults = serde_yaml::to_value(qatlab_plugins::clip::ClipConfig::default()).unwrap_or_default();
+    let _ = writeln!(out, "  clip settings and defaults: {}", yaml_inline(&clip_defaults));
+    let _ = writeln!(out, "straight-through variants (quantizer parameter `ste:`, x = w/s):");
+    for (name, summary) in qatlab_plugins::ste::STE_VARIANTS {
+        let _ = writeln!(out, "  {name:<19} {summary}");
     }
     out
 }
 
+/// A YAML value on one line, in flow style; floats at f32 precision (plugin parameters are
+/// f32, whose f64 widening would print as 0.699999988…).
 fn yaml_inline(v: &serde_yaml::Value) -> String {
-    serde_yaml::to_string(v).map(|s| s.trim().to_string()).unwrap_or_default()
+    use serde_yaml::Value;
+    match v {
+        Value::Mapping(m) => {
+            let items: Vec<String> =
+                m.iter().map(|(k, v)| format!("{}: {}", yaml_inline(k), yaml_inline(v))).collect();
+            format!("{{{}}}", items.join(", "))
+        }
+        Value::Sequence(s) => format!("[{}]", s.iter().map(yaml_inline).collect::<Vec<_>>().join(", ")),
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or_default() as f32;
+            if f.fract() == 0.0 {
+                format!("{f:.1}")
+            } else {
+                f.to_string()
+            }
+        }
+        Value::Null => "null".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::String(s) => s.clone(),
+        other => serde_yaml::to_string(other).map(|s| s.trim().to_string()).unwrap_or_default(),
+    }
 }
