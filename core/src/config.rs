@@ -389,6 +389,31 @@ mod tests {
     }
 
     #[test]
+    fn layer_overrides_resolve_first_last_and_index() {
+        let c: RunConfig = serde_yaml::from_str(
+            "name: x\nquantizer: ternary\nmodel:\n  hidden: [8, 8]\n  layers:\n    first: {quantizer: {name: int, bits: 8}}\n    last: {activation_bits: null}\n    \"3\": {activation_bits: 4}\n",
+        )
+        .unwrap();
+        let q = &c.quantizer;
+        let (first, first_bits) = c.model.layer(0, 3, q);
+        assert_eq!(
+            (first.name.as_str(), first.params.get("bits").and_then(|v| v.as_u64()), first_bits),
+            ("int", Some(8), Some(8))
+        );
+        assert_eq!(c.model.layer(1, 3, q), (PluginSpec::named("ternary"), Some(8)));
+        // the index (3) wins over `last` for the last layer
+        assert_eq!(c.model.layer(2, 3, q), (PluginSpec::named("ternary"), Some(4)));
+        c.validate().unwrap();
+        let bad: RunConfig =
+            serde_yaml::from_str("name: x\nmodel: {hidden: [8], layers: {\"5\": {activation_bits: 4}}}")
+                .unwrap();
+        assert_eq!(
+            bad.validate().unwrap_err(),
+            "model.layers: unknown layer `5`; use `first`, `last` or an index from 1 to 2"
+        );
+    }
+
+    #[test]
     fn range_problems_name_their_key_and_all_are_reported() {
         let mut c: RunConfig = serde_yaml::from_str("name: x").unwrap();
         c.train.optimizer.lr = -1.0;
