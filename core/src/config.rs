@@ -11,8 +11,12 @@ use serde_yaml::{Mapping, Value};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
-    /// Experiment name; results go to `results/<name>/`.
+    /// Experiment name; results go to `results/<name>/` (may come from an `extends` base).
+    #[serde(default)]
     pub name: String,
+    /// A base experiment file (relative to this one) whose keys this file overrides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extends: Option<String>,
     /// Free text shown in listings.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,

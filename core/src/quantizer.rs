@@ -137,6 +137,31 @@ pub trait Quantizer: Send {
         ))
     }
 
+    /// Everything a checkpoint must hold to resume this quantizer exactly (learnable parameters
+    /// and fitted state such as clip scalars). Default: the learnable parameters.
+    fn state(&self) -> Vec<f32> {
+        self.params().to_vec()
+    }
+
+    /// Restore what [`Quantizer::state`] returned.
+    fn load_state(&mut self, state: &[f32]) -> Result<()> {
+        let params = self.params_mut();
+        if params.len() != state.len() && !params.is_empty() {
+            return Err(crate::PluginError::Invalid(format!(
+                "checkpoint holds {} quantizer values, this quantizer has {}",
+                state.len(),
+                params.len()
+            )));
+        }
+        if params.is_empty() && !state.is_empty() {
+            return Err(crate::PluginError::Invalid(
+                "this quantizer keeps its parameters elsewhere; implement `load_state`".into(),
+            ));
+        }
+        params.copy_from_slice(state);
+        Ok(())
+    }
+
     /// Factor by which `backward` scales the parameter gradient (LSQ's 1/√(N·Qp)). Default 1.
     fn param_grad_scale(&self, _shape: Shape) -> f32 {
         1.0

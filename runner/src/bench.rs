@@ -44,6 +44,6 @@ pub fn bench_train(
     let mut config = config.clone();
     config.train.epochs = epochs.max(1);
     let mut collect = Collect(Vec::new());
-    single_threaded(|| train(&config, registry, data, &mut collect))?;
+    single_threaded(|| train(&config, registry, data, &mut collect, None))?;
     Ok(TrainBench { per_epoch: collect.0 })
 }

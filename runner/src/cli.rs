@@ -16,8 +16,13 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run an experiment file; finished runs are skipped.
+    /// Run an experiment file (every run of its sweep); finished runs are skipped, interrupted
+    /// ones resume from their last epoch.
     Run(RunArgs),
+    /// Print the runs an experiment file expands to (index, run id, overrides) without running.
+    List(ListArgs),
+    /// Aggregate an experiment's results.csv over seeds: mean ± std per group.
+    Table(TableArgs),
     /// List the registered strategies with their parameters and defaults.
     Plugins,
     /// Measure performance.
@@ -33,12 +38,44 @@ pub struct RunArgs {
     /// Root of the results tree; runs go to `<results>/<experiment>/<run id>/`.
     #[arg(long, default_value = "results")]
     pub results: PathBuf,
-    /// Rerun runs that already succeeded.
+    /// Rerun every selected run from scratch, finished or not.
     #[arg(long)]
     pub force: bool,
-    /// Print one log line per epoch instead of a progress bar.
+    /// Rerun failed and diverged runs (finished successful runs are still skipped).
+    #[arg(long)]
+    pub retry_failed: bool,
+    /// Print log lines instead of progress bars.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Runs in parallel (each single-threaded); default: the number of cores.
+    #[arg(long, short)]
+    pub jobs: Option<usize>,
+    /// Run only these runs: indices or run ids from `qat list` (repeat or separate by commas).
+    #[arg(long)]
+    pub only: Vec<String>,
+}
+
+/// Arguments of `qat list`.
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// The experiment YAML file.
+    pub file: PathBuf,
+}
+
+/// Arguments of `qat table`.
+#[derive(Debug, clap::Args)]
+pub struct TableArgs {
+    /// An experiment's results directory (holding results.csv), e.g. results/quickstart.
+    pub dir: PathBuf,
+    /// Group by these columns (comma-separated); default: every swept key but the seed.
+    #[arg(long, value_delimiter = ',')]
+    pub by: Vec<String>,
+    /// Metric columns to aggregate (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "final_test_acc")]
+    pub metric: Vec<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "md")]
+    pub format: crate::results::TableFormat,
 }
 
 /// `qat bench` subcommands.
@@ -81,7 +118,34 @@ mod tests {
     fn run_defaults_results_to_results() {
         let Command::Run(a) = parse(&["run", "x.yaml"]).command else { panic!("not run") };
         assert_eq!(a.results, PathBuf::from("results"));
-        assert!(!a.force && !a.quiet);
+        assert!(!a.force && !a.quiet && !a.retry_failed);
+        assert_eq!(a.jobs, None);
+        assert!(a.only.is_empty());
+    }
+
+    #[test]
+    fn run_takes_jobs_only_and_retry() {
+        let Command::Run(a) =
+            parse(&["run", "x.yaml", "--jobs", "2", "--only", "1,3", "--only", "ab12", "--retry-failed"])
+                .command
+        else {
+            panic!("not run")
+        };
+        assert_eq!(a.jobs, Some(2));
+        assert_eq!(a.only, vec!["1,3".to_string(), "ab12".to_string()]);
+        assert!(a.retry_failed);
+    }
+
+    #[test]
+    fn table_splits_by_and_metric_lists() {
+        let Command::Table(a) =
+            parse(&["table", "results/x", "--by", "quantizer,model.hidden", "--format", "csv"]).command
+        else {
+            panic!("not table")
+        };
+        assert_eq!(a.by, vec!["quantizer".to_string(), "model.hidden".to_string()]);
+        assert_eq!(a.metric, vec!["final_test_acc".to_string()]);
+        assert_eq!(a.format, crate::results::TableFormat::Csv);
     }
 
     #[test]

@@ -17,6 +17,9 @@ pub enum Error {
     /// A plugin failed while running.
     #[error("plugin error: {0}")]
     Plugin(String),
+    /// Stopped by Ctrl-C; the run directory is left resumable.
+    #[error("interrupted; run the same command again to resume")]
+    Interrupted,
     /// The loss became NaN or infinite.
     #[error("diverged: {0}")]
     Diverged(String),

@@ -1,70 +1,184 @@
-//! Executing a [`RunPlan`]: each run single-threaded (dfdx's matmul asks rayon for its thread
-//! count, so a run trains inside its own one-thread pool), its directory written as it goes.
+//! Executing a [`RunPlan`]: runs in parallel (`--jobs`), each single-threaded inside its own
+//! one-thread rayon pool (dfdx's matmul asks rayon for its thread count); each run's directory
+//! kept current as it goes (checkpoint every epoch); a failing, diverging or panicking run is
+//! recorded and the sweep goes on; `results.csv` rewritten after every run.
 
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use qatlab_core::{config::RunConfig, Registry};
 
 use crate::data::RunData;
 use crate::error::{Error, Result};
-use crate::experiment::RunPlan;
-use crate::outputs::{host_name, now, RunDir, RunRecord, Scores, Status, Versions};
-use crate::train::{train, EpochMetrics, Observer};
+use crate::experiment::{PlannedRun, RunPlan};
+use crate::outputs::{host_name, now, run_id, RunDir, RunRecord, Scores, Status, Versions};
+use crate::results::write_results_csv;
+use crate::train::{train, Checkpoint, EpochMetrics, Observer};
 
 /// How to execute a plan.
 #[derive(Clone, Debug)]
 pub struct ExecOptions {
     /// Root of the results tree (`results/`).
     pub results: PathBuf,
-    /// Rerun runs that already succeeded.
+    /// Rerun every selected run from scratch.
     pub force: bool,
-    /// Log lines instead of a progress bar.
+    /// Rerun failed and diverged runs.
+    pub retry_failed: bool,
+    /// Log lines instead of progress bars.
     pub quiet: bool,
+    /// Runs in parallel.
+    pub jobs: usize,
 }
 
 /// What happened to one run.
 #[derive(Clone, Debug)]
 pub struct Outcome {
+    /// Position in the plan.
+    pub index: usize,
     /// Its directory.
     pub dir: PathBuf,
     /// Its final record.
     pub record: RunRecord,
-    /// True when it was skipped because it had already succeeded.
+    /// True when it was not run now (already finished).
     pub skipped: bool,
 }
 
-/// Run every run of `plan` in order.
-pub fn execute(plan: &RunPlan, registry: &Registry, options: &ExecOptions) -> Result<Vec<Outcome>> {
-    let mut outcomes = Vec::new();
-    let mut data: Option<RunData> = None;
-    for config in &plan.runs {
-        let dir = RunDir::new(&options.results, config);
-        if let Some(record) = dir.read_record().filter(|r| r.status == Status::Success && !options.force) {
-            outcomes.push(Outcome { dir: dir.path, record, skipped: true });
-            continue;
-        }
-        if data.as_ref().is_none_or(|d| d.config != config.data) {
-            data = Some(RunData::load(&config.data)?);
-        }
-        let record = run_one(config, registry, data.as_ref().expect("loaded above"), &dir, options.quiet)?;
-        outcomes.push(Outcome { dir: dir.path, record, skipped: false });
-    }
-    Ok(outcomes)
+/// Set by the Ctrl-C handler; runs stop at the next step and stay resumable.
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// The experiment's directory under the results root.
+pub fn experiment_dir(results: &Path, plan: &RunPlan) -> PathBuf {
+    results.join(&plan.experiment)
 }
 
-/// Train one run and keep its directory current; a training error ends up in `run.json`.
-pub fn run_one(
-    config: &RunConfig,
+/// Run the runs of `plan` at `selected` indices; results.csv covers every run of the plan.
+pub fn execute(
+    plan: &RunPlan,
+    selected: &[usize],
+    registry: &Registry,
+    options: &ExecOptions,
+) -> Result<Vec<Outcome>> {
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; plan.runs.len()];
+    let mut todo = Vec::new();
+    for &i in selected {
+        let run = &plan.runs[i];
+        let dir = RunDir::new(&options.results, &run.config);
+        let previous = dir.read_record();
+        let finished = match previous.as_ref().map(|r| r.status) {
+            Some(Status::Success) => !options.force,
+            Some(Status::Failed | Status::Diverged) => !options.force && !options.retry_failed,
+            _ => false,
+        };
+        match (finished, previous) {
+            (true, Some(record)) => {
+                outcomes[i] = Some(Outcome { index: i, dir: dir.path, record, skipped: true })
+            }
+            _ => {
+                if options.force || previous_failed(&dir) {
+                    dir.remove_checkpoint();
+                }
+                todo.push(i);
+            }
+        }
+    }
+    let datasets = load_datasets(plan, &todo)?;
+    let progress = SweepProgress::new(todo.len(), options.quiet);
+    let next = AtomicUsize::new(0);
+    let done = Mutex::new(outcomes);
+    let csv_lock = Mutex::new(());
+    let first_error: Mutex<Option<Error>> = Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..options.jobs.max(1).min(todo.len().max(1)) {
+            scope.spawn(|| loop {
+                let k = next.fetch_add(1, Ordering::SeqCst);
+                let Some(&i) = todo.get(k) else { break };
+                if INTERRUPTED.load(Ordering::SeqCst) {
+                    break;
+                }
+                let run = &plan.runs[i];
+                let data = &datasets[&data_key(&run.config)];
+                let dir = RunDir::new(&options.results, &run.config);
+                match run_isolated(run, registry, data, &dir, &progress) {
+                    Ok(record) => {
+                        progress.finished(&record);
+                        done.lock().expect("no panics hold this lock")[i] =
+                            Some(Outcome { index: i, dir: dir.path, record, skipped: false });
+                        let _guard = csv_lock.lock().expect("no panics hold this lock");
+                        if let Err(e) = write_results_csv(plan, &options.results) {
+                            first_error.lock().expect("no panics hold this lock").get_or_insert(e);
+                        }
+                    }
+                    Err(e) => {
+                        first_error.lock().expect("no panics hold this lock").get_or_insert(e);
+                    }
+                }
+            });
+        }
+    });
+    progress.clear();
+    write_results_csv(plan, &options.results)?;
+    if let Some(e) = first_error.into_inner().expect("threads joined") {
+        return Err(e);
+    }
+    Ok(done.into_inner().expect("threads joined").into_iter().flatten().collect())
+}
+
+fn previous_failed(dir: &RunDir) -> bool {
+    dir.read_record().is_some_and(|r| matches!(r.status, Status::Failed | Status::Diverged))
+}
+
+fn data_key(config: &RunConfig) -> String {
+    serde_yaml::to_string(&config.data).unwrap_or_default()
+}
+
+/// Load each distinct dataset configuration the runs need, once.
+fn load_datasets(plan: &RunPlan, todo: &[usize]) -> Result<HashMap<String, Arc<RunData>>> {
+    let mut map = HashMap::new();
+    for &i in todo {
+        let config = &plan.runs[i].config;
+        let key = data_key(config);
+        if let std::collections::hash_map::Entry::Vacant(slot) = map.entry(key) {
+            slot.insert(Arc::new(RunData::load(&config.data)?));
+        }
+    }
+    Ok(map)
+}
+
+/// Run one planned run; a panic inside it becomes a failed run.
+fn run_isolated(
+    run: &PlannedRun,
     registry: &Registry,
     data: &RunData,
     dir: &RunDir,
-    quiet: bool,
+    progress: &SweepProgress,
 ) -> Result<RunRecord> {
-    dir.write_config(config)?;
-    let mut record = RunRecord {
-        run_id: crate::outputs::run_id(config),
+    let result = catch_unwind(AssertUnwindSafe(|| run_one(&run.config, registry, data, dir, progress)));
+    match result {
+        Ok(r) => r,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            let mut record = dir.read_record().unwrap_or_else(|| new_record(&run.config));
+            record.status = Status::Failed;
+            record.error = Some(format!("panicked: {message}"));
+            record.ended = Some(now());
+            dir.write_record(&record)?;
+            Ok(record)
+        }
+    }
+}
+
+fn new_record(config: &RunConfig) -> RunRecord {
+    RunRecord {
+        run_id: run_id(config),
         experiment: config.name.clone(),
         status: Status::Running,
         error: None,
@@ -72,32 +186,54 @@ pub fn run_one(
         best: None,
         weights: 0,
         total_bits: 0.0,
+        sparsity: 0.0,
         samples_per_s: 0.0,
         wall_s: 0.0,
         versions: Versions::current(),
         host: host_name(),
         started: now(),
         ended: None,
-    };
+    }
+}
+
+/// Train one run (resuming from its checkpoint when there is one) and keep its directory
+/// current; a training error ends up in `run.json`. Ctrl-C leaves it `running` and resumable.
+pub fn run_one(
+    config: &RunConfig,
+    registry: &Registry,
+    data: &RunData,
+    dir: &RunDir,
+    progress: &SweepProgress,
+) -> Result<RunRecord> {
+    dir.write_config(config)?;
+    let resume = dir.read_checkpoint();
+    let mut record = new_record(config);
+    let earlier_wall = dir.read_record().filter(|_| resume.is_some()).map_or(0.0, |r| r.wall_s);
     dir.write_record(&record)?;
     let started = Instant::now();
-    let mut observer = Progress::new(config, data, dir, quiet);
-    let result = single_threaded(|| train(config, registry, data, &mut observer));
+    let mut observer = RunObserver::new(config, data, dir, progress);
+    let result = single_threaded(|| train(config, registry, data, &mut observer, resume.as_ref()));
     observer.finish();
     if let Some(e) = observer.write_error.take() {
         return Err(e);
     }
-    record.wall_s = started.elapsed().as_secs_f64();
-    record.ended = Some(now());
+    record.wall_s = earlier_wall + started.elapsed().as_secs_f64();
     let history = &observer.history;
     record.final_scores = history.last().map(Scores::of);
     record.best = history.iter().max_by(|a, b| a.test_acc.total_cmp(&b.test_acc)).map(Scores::of);
     record.samples_per_s = history.iter().map(|m| m.samples_per_s).sum::<f64>() / history.len().max(1) as f64;
+    record.sparsity = history.last().map_or(0.0, |m| {
+        m.layers.iter().map(|l| l.sparsity as f64).sum::<f64>() / m.layers.len().max(1) as f64
+    });
     match result {
         Ok(finished) => {
             record.status = Status::Success;
             record.total_bits = finished.total_bits;
             record.weights = finished.trainer.net.weight_count();
+        }
+        Err(Error::Interrupted) => {
+            dir.write_record(&record)?;
+            return Err(Error::Interrupted);
         }
         Err(Error::Diverged(message)) => {
             record.status = Status::Diverged;
@@ -108,6 +244,7 @@ pub fn run_one(
             record.error = Some(e.to_string());
         }
     }
+    record.ended = Some(now());
     dir.write_record(&record)?;
     Ok(record)
 }
@@ -120,8 +257,76 @@ pub fn single_threaded<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     }
 }
 
-/// Observer that writes `metrics.csv` after every epoch and shows progress.
-struct Progress<'a> {
+/// The sweep's terminal output: an overall bar (runs done, ETA, best accuracy) and a line per
+/// active run; or, with `--quiet`, plain log lines.
+pub struct SweepProgress {
+    multi: Option<MultiProgress>,
+    overall: Option<ProgressBar>,
+    best: Mutex<f64>,
+}
+
+impl SweepProgress {
+    /// Progress for `runs` runs.
+    pub fn new(runs: usize, quiet: bool) -> Self {
+        if quiet || runs == 0 {
+            return Self { multi: None, overall: None, best: Mutex::new(0.0) };
+        }
+        let multi = MultiProgress::new();
+        let overall = multi.add(ProgressBar::new(runs as u64));
+        overall.set_style(
+            ProgressStyle::with_template("runs {pos}/{len} [{bar:30}] {elapsed}<{eta} {msg}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        overall.enable_steady_tick(std::time::Duration::from_millis(500));
+        Self { multi: Some(multi), overall: Some(overall), best: Mutex::new(0.0) }
+    }
+
+    /// Progress that prints nothing but log lines (one run outside a sweep).
+    pub fn quiet() -> Self {
+        Self::new(0, true)
+    }
+
+    fn run_bar(&self, label: &str, len: u64) -> Option<ProgressBar> {
+        let multi = self.multi.as_ref()?;
+        let bar = multi.add(ProgressBar::new(len));
+        bar.set_style(
+            ProgressStyle::with_template("  {prefix} [{bar:25}] {percent:>3}% {elapsed}<{eta} {msg}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(label.to_string());
+        Some(bar)
+    }
+
+    fn finished(&self, record: &RunRecord) {
+        let acc = record.final_scores.as_ref().map_or(0.0, |s| s.test_acc);
+        let mut best = self.best.lock().expect("no panics hold this lock");
+        *best = best.max(acc);
+        match &self.overall {
+            Some(bar) => {
+                bar.inc(1);
+                bar.set_message(format!("best test {:.2}%", 100.0 * *best));
+            }
+            None => eprintln!(
+                "{}/{}: {:?}, test {:.2}%",
+                record.experiment,
+                record.run_id,
+                record.status,
+                100.0 * acc
+            ),
+        }
+    }
+
+    fn clear(&self) {
+        if let Some(bar) = &self.overall {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Observer of one run: checkpoints and `metrics.csv` every epoch, progress, Ctrl-C.
+struct RunObserver<'a> {
     bar: Option<ProgressBar>,
     dir: &'a RunDir,
     history: Vec<EpochMetrics>,
@@ -130,32 +335,23 @@ struct Progress<'a> {
     label: String,
 }
 
-impl<'a> Progress<'a> {
-    fn new(config: &RunConfig, data: &RunData, dir: &'a RunDir, quiet: bool) -> Self {
+impl<'a> RunObserver<'a> {
+    fn new(config: &RunConfig, data: &RunData, dir: &'a RunDir, progress: &SweepProgress) -> Self {
         let augment_factor = if config.data.augment { 2 } else { 1 };
         let epoch_size = (data.train.len() * augment_factor) as u64;
-        let label = format!("{}/{}", config.name, crate::outputs::run_id(config));
-        let bar = (!quiet).then(|| {
-            let bar = ProgressBar::new(epoch_size * config.train.epochs as u64);
-            bar.set_style(
-                ProgressStyle::with_template("{prefix} [{bar:30}] {percent:>3}% {elapsed}<{eta} {msg}")
-                    .expect("valid template")
-                    .progress_chars("=> "),
-            );
-            bar.set_prefix(label.clone());
-            bar
-        });
+        let label = format!("{}/{}", config.name, run_id(config));
+        let bar = progress.run_bar(&label, epoch_size * config.train.epochs as u64);
         Self { bar, dir, history: Vec::new(), write_error: None, epoch_size, label }
     }
 
     fn finish(&mut self) {
         if let Some(bar) = &self.bar {
-            bar.finish();
+            bar.finish_and_clear();
         }
     }
 }
 
-impl Observer for Progress<'_> {
+impl Observer for RunObserver<'_> {
     fn on_step(&mut self, epoch: usize, done: usize, _total: usize) {
         if let Some(bar) = &self.bar {
             bar.set_position(epoch as u64 * self.epoch_size + done as u64);
@@ -179,6 +375,14 @@ impl Observer for Progress<'_> {
             Some(bar) => bar.set_message(line),
             None => eprintln!("{}: {line}", self.label),
         }
+    }
+
+    fn on_checkpoint(&mut self, checkpoint: &Checkpoint) -> Result<()> {
+        self.dir.write_checkpoint(checkpoint)
+    }
+
+    fn interrupted(&self) -> bool {
+        INTERRUPTED.load(Ordering::Relaxed)
     }
 }
 

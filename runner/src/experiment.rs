@@ -1,12 +1,26 @@
 //! Reading an experiment file into a validated [`RunPlan`]: YAML errors with file:line:column,
-//! unknown keys with a did-you-mean, range checks, and every plugin name and parameter checked
-//! against the registry before anything runs.
+//! unknown keys with a did-you-mean, `extends` bases merged key by key, the sweep expanded,
+//! and every run's config range-checked and its plugins checked against the registry, all
+//! before anything runs.
 
 use std::path::{Path, PathBuf};
 
 use qatlab_core::{config::RunConfig, registry::did_you_mean, Registry};
+use serde_yaml::Value;
 
 use crate::error::{Error, Result};
+use crate::sweep::{self, get_path, inline, set_path, SweepSpec};
+
+/// One run of a plan.
+#[derive(Clone, Debug)]
+pub struct PlannedRun {
+    /// Position in the expansion, from 0.
+    pub index: usize,
+    /// The resolved config (no `sweep`, no `extends`).
+    pub config: RunConfig,
+    /// The sweep's overrides for this run, as (dotted path, value).
+    pub overrides: Vec<(String, Value)>,
+}
 
 /// Everything a run command needs, validated.
 #[derive(Clone, Debug)]
@@ -15,50 +29,176 @@ pub struct RunPlan {
     pub file: PathBuf,
     /// Experiment name (the results subdirectory).
     pub experiment: String,
+    /// The swept paths, in column order (empty without a sweep).
+    pub swept: Vec<String>,
     /// Fully resolved runs, in order.
-    pub runs: Vec<RunConfig>,
+    pub runs: Vec<PlannedRun>,
+}
+
+impl RunPlan {
+    /// Indices of the runs named by `only` (indices or run ids, comma-separated or repeated);
+    /// all runs when `only` is empty. Errors on an unknown one.
+    pub fn selection(&self, only: &[String]) -> Result<Vec<usize>> {
+        if only.is_empty() {
+            return Ok((0..self.runs.len()).collect());
+        }
+        let ids: Vec<String> = self.runs.iter().map(|r| crate::outputs::run_id(&r.config)).collect();
+        let mut keep = vec![false; self.runs.len()];
+        for want in only.iter().flat_map(|o| o.split(',')).map(str::trim) {
+            let hit = match want.parse::<usize>() {
+                Ok(i) if i < self.runs.len() => Some(i),
+                _ => ids.iter().position(|id| id == want),
+            };
+            match hit {
+                Some(i) => keep[i] = true,
+                None => {
+                    return Err(Error::Config(format!(
+                        "--only {want}: no such run; give an index from 0 to {} or a run id (see `qat list`)",
+                        self.runs.len() - 1
+                    )))
+                }
+            }
+        }
+        Ok((0..self.runs.len()).filter(|&i| keep[i]).collect())
+    }
 }
 
 /// Top-level keys of an experiment file, for did-you-mean suggestions.
-const TOP_KEYS: &[&str] = &["name", "description", "data", "model", "quantizer", "train", "sweep"];
+const TOP_KEYS: &[&str] = &["name", "description", "extends", "data", "model", "quantizer", "train", "sweep"];
 
-/// Parse and validate `file`.
+/// Parse, merge, expand and validate `file`.
 pub fn load(file: &Path, registry: &Registry) -> Result<RunPlan> {
+    let shown = file.display().to_string();
+    let merged = read_merged(file, &mut Vec::new())?;
+    let mut base = merged.clone();
+    let sweep_value = base.as_mapping_mut().and_then(|m| m.remove("sweep"));
+    if let Some(m) = base.as_mapping_mut() {
+        m.remove("extends");
+    }
+    let config = from_value(&base, &shown)?;
+    let resolved = serde_yaml::to_value(&config).expect("a config serialises");
+    let (points, swept) = match sweep_value {
+        None | Some(Value::Null) => (vec![sweep::Point { overrides: Vec::new() }], Vec::new()),
+        Some(v) => {
+            let spec: SweepSpec =
+                serde_yaml::from_value(v).map_err(|e| Error::Config(format!("{shown}: sweep: {e}")))?;
+            let points = sweep::expand(&spec, config.train.seed)
+                .map_err(|e| Error::Config(format!("{shown}: {e}")))?;
+            let mut swept: Vec<String> = Vec::new();
+            for (path, _) in points.iter().flat_map(|p| &p.overrides) {
+                if !swept.contains(path) {
+                    check_path(&resolved, path).map_err(|e| Error::Config(format!("{shown}: {e}")))?;
+                    swept.push(path.clone());
+                }
+            }
+            (points, swept)
+        }
+    };
+    let mut runs = Vec::new();
+    for (index, point) in points.into_iter().enumerate() {
+        let mut value = resolved.clone();
+        for (path, v) in &point.overrides {
+            set_path(&mut value, path, v.clone());
+        }
+        let describe = || describe(&point.overrides);
+        let config = from_value(&value, &format!("{shown}: run {index} ({})", describe()))?;
+        check(&config, registry)
+            .map_err(|e| Error::Config(format!("{shown}: run {index} ({}): {e}", describe())))?;
+        runs.push(PlannedRun { index, config, overrides: point.overrides });
+    }
+    let experiment = runs[0].config.name.clone();
+    Ok(RunPlan { file: file.to_path_buf(), experiment, swept, runs })
+}
+
+/// `path=value` pairs on one line.
+pub fn describe(overrides: &[(String, Value)]) -> String {
+    if overrides.is_empty() {
+        return "base config".into();
+    }
+    overrides.iter().map(|(k, v)| format!("{k}={}", inline(v))).collect::<Vec<_>>().join(" ")
+}
+
+/// The file's YAML merged over its `extends` chain. Each file is first parsed strictly as a
+/// config, so syntax errors and unknown keys carry that file's line and column.
+fn read_merged(file: &Path, chain: &mut Vec<PathBuf>) -> Result<Value> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| Error::Config(format!("cannot read experiment file {}: {e}", file.display())))?;
-    let config = parse(&text, &file.display().to_string())?;
-    if config.sweep.is_some() {
+    let shown = file.display().to_string();
+    let config = parse(&text, &shown)?;
+    let own: Value = serde_yaml::from_str(&text).map_err(|e| Error::Config(format!("{shown}: {e}")))?;
+    let Some(base) = &config.extends else { return Ok(own) };
+    let base_path = file.parent().unwrap_or(Path::new(".")).join(base);
+    if !base_path.is_file() {
         return Err(Error::Config(format!(
-            "{}: `sweep:` is not supported by this version of qat; remove it and run one config",
-            file.display()
+            "{shown}: extends: {} does not exist (the path is relative to this file)",
+            base_path.display()
         )));
     }
-    check(&config, registry).map_err(|e| Error::Config(format!("{}: {e}", file.display())))?;
-    Ok(RunPlan { file: file.to_path_buf(), experiment: config.name.clone(), runs: vec![config] })
+    let canonical = base_path.canonicalize().unwrap_or(base_path.clone());
+    if chain.contains(&canonical) {
+        return Err(Error::Config(format!(
+            "{shown}: extends: {} is already in the chain (a cycle)",
+            base_path.display()
+        )));
+    }
+    chain.push(canonical);
+    let mut merged = read_merged(&base_path, chain)?;
+    sweep::merge(&mut merged, own);
+    Ok(merged)
+}
+
+fn from_value(value: &Value, origin: &str) -> Result<RunConfig> {
+    serde_yaml::from_value::<RunConfig>(value.clone())
+        .map_err(|e| Error::Config(with_hint(format!("{origin}: {e}"))))
+}
+
+/// A swept path must exist in the resolved config, or be a parameter of a strategy (a mapping
+/// with `name`), or a per-layer override.
+fn check_path(resolved: &Value, path: &str) -> Result<(), String> {
+    if get_path(resolved, path).is_some() || path.starts_with("model.layers.") {
+        return Ok(());
+    }
+    let parent = path.rsplit_once('.').map(|(p, _)| p);
+    if parent
+        .and_then(|p| get_path(resolved, p))
+        .and_then(Value::as_mapping)
+        .is_some_and(|m| m.contains_key("name"))
+    {
+        return Ok(());
+    }
+    let last = path.rsplit('.').next().unwrap_or(path);
+    let siblings: Vec<String> = match parent.map(|p| get_path(resolved, p)) {
+        Some(Some(Value::Mapping(m))) => m.keys().filter_map(|k| k.as_str().map(String::from)).collect(),
+        None => TOP_KEYS.iter().map(|s| s.to_string()).collect(),
+        _ => Vec::new(),
+    };
+    let names: Vec<&str> = siblings.iter().map(String::as_str).collect();
+    Err(format!("sweep: `{path}` is not a config key{}", did_you_mean(last, &names)))
 }
 
 /// Parse YAML text into a config; `origin` names the source in messages.
 pub fn parse(text: &str, origin: &str) -> Result<RunConfig> {
     serde_yaml::from_str::<RunConfig>(text).map_err(|e| {
         let location = e.location().map(|l| format!(":{}:{}", l.line(), l.column())).unwrap_or_default();
-        let mut message = e.to_string();
-        if let Some(hint) = unknown_field_hint(&message) {
-            message.push_str(&hint);
-        }
-        Error::Config(format!("{origin}{location}: {message}"))
+        Error::Config(with_hint(format!("{origin}{location}: {e}")))
     })
 }
 
 /// For serde's "unknown field `x`, expected one of `a`, `b`" add a did-you-mean.
-fn unknown_field_hint(message: &str) -> Option<String> {
-    let rest = message.strip_prefix("unknown field `").or_else(|| message.split("unknown field `").nth(1))?;
-    let wrong = rest.split('`').next()?;
-    let expected: Vec<&str> = match rest.split_once("expected") {
-        Some((_, list)) => list.split('`').skip(1).step_by(2).collect(),
-        None => TOP_KEYS.to_vec(),
+fn with_hint(mut message: String) -> String {
+    let Some(rest) = message.split("unknown field `").nth(1) else { return message };
+    let wrong = rest.split('`').next().unwrap_or_default().to_string();
+    let expected: Vec<String> = match rest.split_once("expected") {
+        Some((_, list)) => list.split('`').skip(1).step_by(2).map(String::from).collect(),
+        None => TOP_KEYS.iter().map(|s| s.to_string()).collect(),
     };
-    let suggestion = did_you_mean(wrong, &expected);
-    (!suggestion.is_empty()).then(|| format!(";{suggestion}"))
+    let names: Vec<&str> = expected.iter().map(String::as_str).collect();
+    let suggestion = did_you_mean(&wrong, &names);
+    if !suggestion.is_empty() {
+        message.push(';');
+        message.push_str(&suggestion);
+    }
+    message
 }
 
 /// Range checks and registry checks of a parsed config.

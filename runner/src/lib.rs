@@ -17,4 +17,6 @@ pub mod model;
 pub mod optim;
 pub mod outputs;
 pub mod report;
+pub mod results;
+pub mod sweep;
 pub mod train;

@@ -7,12 +7,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use qatlab_core::config::RunConfig;
 use qatlab_runner::bench::{bench_train, PYTORCH_TERNARY_SAMPLES_PER_S};
-use qatlab_runner::cli::{BenchCommand, BenchTrainArgs, Cli, Command, RunArgs};
+use qatlab_runner::cli::{BenchCommand, BenchTrainArgs, Cli, Command, ListArgs, RunArgs, TableArgs};
 use qatlab_runner::data::RunData;
 use qatlab_runner::error::Error;
-use qatlab_runner::execute::{display_path, execute, ExecOptions};
+use qatlab_runner::execute::{display_path, execute, experiment_dir, ExecOptions, INTERRUPTED};
 use qatlab_runner::outputs::Status;
-use qatlab_runner::{experiment, report};
+use qatlab_runner::{experiment, report, results};
 
 #[global_allocator]
 static GLOBAL: qatlab_runner::alloc::MiMalloc = qatlab_runner::alloc::MiMalloc;
@@ -26,6 +26,7 @@ fn main() -> ExitCode {
             eprintln!("qat: {e}");
             ExitCode::from(match e {
                 Error::Config(_) | Error::Data(_) => 2,
+                Error::Interrupted => 130,
                 _ => 1,
             })
         }
@@ -36,6 +37,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
     let registry = qatlab_plugins::builtin_registry();
     match cli.command {
         Command::Run(args) => run(&args, &registry),
+        Command::List(args) => list(&args, &registry),
+        Command::Table(args) => table(&args),
         Command::Plugins => {
             print!("{}", report::plugin_listing(&registry));
             Ok(ExitCode::SUCCESS)
@@ -46,19 +49,47 @@ fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
 
 fn run(args: &RunArgs, registry: &qatlab_core::Registry) -> Result<ExitCode, Error> {
     let plan = experiment::load(&args.file, registry)?;
-    let options = ExecOptions { results: args.results.clone(), force: args.force, quiet: args.quiet };
-    let outcomes = execute(&plan, registry, &options)?;
-    print!("{}", report::summary(&outcomes));
-    let all_ok = outcomes.iter().all(|o| o.record.status == Status::Success);
-    for o in &outcomes {
-        println!("results: {}", display_path(&o.dir));
+    let selected = plan.selection(&args.only)?;
+    if args.jobs == Some(0) {
+        return Err(Error::Config("--jobs: must be at least 1".into()));
     }
+    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let options = ExecOptions {
+        results: args.results.clone(),
+        force: args.force,
+        retry_failed: args.retry_failed,
+        quiet: args.quiet,
+        jobs,
+    };
+    // Ctrl-C: stop at the next step, leave every run resumable; a second Ctrl-C kills.
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("qat: stopping after the current step; run the same command again to resume");
+    });
+    let outcomes = execute(&plan, &selected, registry, &options)?;
+    print!("{}", report::summary(&outcomes));
+    let all_ok =
+        outcomes.len() == selected.len() && outcomes.iter().all(|o| o.record.status == Status::Success);
+    println!("results: {}", display_path(&experiment_dir(&options.results, &plan)));
     Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn list(args: &ListArgs, registry: &qatlab_core::Registry) -> Result<ExitCode, Error> {
+    let plan = experiment::load(&args.file, registry)?;
+    print!("{}", report::run_list(&plan));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn table(args: &TableArgs) -> Result<ExitCode, Error> {
+    print!("{}", results::table(&args.dir, &args.by, &args.metric, args.format)?);
+    Ok(ExitCode::SUCCESS)
 }
 
 fn bench(args: &BenchTrainArgs, registry: &qatlab_core::Registry) -> Result<ExitCode, Error> {
     let config: RunConfig = match &args.file {
-        Some(file) => experiment::load(file, registry)?.runs.remove(0),
+        Some(file) => experiment::load(file, registry)?.runs.remove(0).config,
         None => experiment::parse(report::QUICKSTART_BENCH_YAML, "built-in quickstart recipe")?,
     };
     let data = RunData::load(&config.data)?;

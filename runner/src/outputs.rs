@@ -93,6 +93,9 @@ pub struct RunRecord {
     pub weights: usize,
     /// Σ weights × bits per weight.
     pub total_bits: f64,
+    /// Mean share of zero-level weights over the layers, at the last epoch.
+    #[serde(default)]
+    pub sparsity: f64,
     /// Mean training samples per second (training passes only).
     pub samples_per_s: f64,
     /// Wall time of the run in seconds, data loading excluded.
@@ -145,6 +148,9 @@ pub fn host_name() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// File name of a run's checkpoint (JSON: f32 values round-trip exactly).
+pub const CHECKPOINT: &str = "checkpoint.json";
+
 /// One run's directory under `results/<experiment>/<run id>/`.
 pub struct RunDir {
     /// The directory.
@@ -172,6 +178,23 @@ impl RunDir {
     pub fn read_record(&self) -> Option<RunRecord> {
         let bytes = std::fs::read(self.path.join("run.json")).ok()?;
         serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Write the resumable state.
+    pub fn write_checkpoint(&self, checkpoint: &crate::train::Checkpoint) -> Result<()> {
+        let json = serde_json::to_vec(checkpoint).expect("a checkpoint always serialises");
+        write_atomic(&self.path.join(CHECKPOINT), &json)
+    }
+
+    /// The saved state, if there is a readable one.
+    pub fn read_checkpoint(&self) -> Option<crate::train::Checkpoint> {
+        let bytes = std::fs::read(self.path.join(CHECKPOINT)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Remove the saved state (for `--force`).
+    pub fn remove_checkpoint(&self) {
+        let _ = std::fs::remove_file(self.path.join(CHECKPOINT));
     }
 
     /// Write `metrics.csv`, one row per epoch.

@@ -44,6 +44,25 @@ pub fn summary(outcomes: &[Outcome]) -> String {
     out
 }
 
+/// `qat list`: index, run id and the overrides of every run of a plan.
+pub fn run_list(plan: &crate::experiment::RunPlan) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} runs of experiment `{}` ({})",
+        plan.runs.len(),
+        plan.experiment,
+        plan.file.display()
+    );
+    let _ = writeln!(out, "{:>5}  {:<10}  overrides", "index", "run id");
+    for run in &plan.runs {
+        let id = crate::outputs::run_id(&run.config);
+        let _ =
+            writeln!(out, "{:>5}  {:<10}  {}", run.index, id, crate::experiment::describe(&run.overrides));
+    }
+    out
+}
+
 /// Every registered strategy with its one-line definition and default parameters.
 pub fn plugin_listing(registry: &Registry) -> String {
     let mut out = String::new();

@@ -65,6 +65,46 @@ pub trait Observer {
     fn on_step(&mut self, _epoch: usize, _done: usize, _total: usize) {}
     /// After each epoch's evaluation.
     fn on_epoch(&mut self, _metrics: &EpochMetrics) {}
+    /// After each epoch, the state to resume from. An error stops the run.
+    fn on_checkpoint(&mut self, _checkpoint: &Checkpoint) -> Result<()> {
+        Ok(())
+    }
+    /// Polled between steps; true stops the run with [`Error::Interrupted`].
+    fn interrupted(&self) -> bool {
+        false
+    }
+}
+
+/// One layer's resumable state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LayerCheckpoint {
+    /// Latent weights.
+    pub weight: Vec<f32>,
+    /// Quantizer state (`Quantizer::state`).
+    pub quantizer: Vec<f32>,
+    /// Adam moments of the weights.
+    pub adam_weight: AdamState,
+    /// Adam moments of the quantizer parameters.
+    pub adam_params: AdamState,
+    /// Batch-norm running mean and variance of the layer's input.
+    pub norm_mean: Vec<f32>,
+    /// See `norm_mean`.
+    pub norm_var: Vec<f32>,
+}
+
+/// Everything needed to continue a run after `epochs_done` epochs and end with exactly the
+/// metrics of an uninterrupted run. (Data order, augmentation and stochastic quantizers draw
+/// from (seed, epoch, step, index) alone, so no RNG state needs saving.)
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Completed epochs.
+    pub epochs_done: usize,
+    /// Optimizer steps taken.
+    pub step: u64,
+    /// Per-layer state.
+    pub layers: Vec<LayerCheckpoint>,
+    /// Metrics of the completed epochs.
+    pub history: Vec<EpochMetrics>,
 }
 
 /// An observer that ignores everything.
@@ -166,6 +206,55 @@ impl Trainer {
         Ok((loss / n, correct as f64 / n, positive as f64 / seen.max(1) as f64))
     }
 
+    /// The resumable state after `history.len()` epochs.
+    pub fn checkpoint(&self, history: &[EpochMetrics]) -> Checkpoint {
+        let layers = self
+            .net
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| LayerCheckpoint {
+                weight: l.weight.clone(),
+                quantizer: l.quantizer.state(),
+                adam_weight: self.weight_state[i].clone(),
+                adam_params: self.param_state[i].clone(),
+                norm_mean: self.net.norm_stats[i].mean.clone(),
+                norm_var: self.net.norm_stats[i].var.clone(),
+            })
+            .collect();
+        Checkpoint { epochs_done: history.len(), step: self.step, layers, history: history.to_vec() }
+    }
+
+    /// Continue from `checkpoint`.
+    pub fn restore(&mut self, checkpoint: &Checkpoint) -> Result<()> {
+        if checkpoint.layers.len() != self.net.layers.len() {
+            return Err(Error::Config(format!(
+                "checkpoint has {} layers, the config {}; delete the run directory or use --force",
+                checkpoint.layers.len(),
+                self.net.layers.len()
+            )));
+        }
+        for (i, (layer, saved)) in self.net.layers.iter_mut().zip(&checkpoint.layers).enumerate() {
+            if saved.weight.len() != layer.weight.len() {
+                return Err(Error::Config(format!(
+                    "checkpoint: {} has another shape; use --force",
+                    layer.name
+                )));
+            }
+            layer.weight.clone_from(&saved.weight);
+            layer
+                .quantizer
+                .load_state(&saved.quantizer)
+                .map_err(|e| Error::Plugin(format!("{}: {e}", layer.name)))?;
+            self.weight_state[i] = saved.adam_weight.clone();
+            self.param_state[i] = saved.adam_params.clone();
+            self.net.norm_stats[i].mean.clone_from(&saved.norm_mean);
+            self.net.norm_stats[i].var.clone_from(&saved.norm_var);
+        }
+        self.step = checkpoint.step;
+        Ok(())
+    }
+
     /// Let each quantizer refit its state at the end of `epoch`.
     pub fn end_epoch(&mut self, epoch: usize) -> Result<()> {
         for layer in &mut self.net.layers {
@@ -219,13 +308,21 @@ pub fn train(
     registry: &Registry,
     data: &RunData,
     observer: &mut dyn Observer,
+    resume: Option<&Checkpoint>,
 ) -> Result<Finished> {
     let mut trainer = Trainer::new(config, registry, data.train.features)?;
     let (epochs, batch) = (config.train.epochs, config.train.batch_size);
     let mut history = Vec::new();
+    if let Some(checkpoint) = resume {
+        trainer.restore(checkpoint)?;
+        history.clone_from(&checkpoint.history);
+        for m in &history {
+            observer.on_epoch(m);
+        }
+    }
     let mut x = Vec::new();
     let mut labels = Vec::new();
-    for epoch in 0..epochs {
+    for epoch in history.len()..epochs {
         let samples = data.epoch_train(config.train.seed, epoch);
         let f = samples.features;
         let order = epoch_order(samples.len(), config.train.seed, epoch);
@@ -239,6 +336,9 @@ pub fn train(
             for &i in chunk {
                 x.extend_from_slice(&samples.x[i * f..(i + 1) * f]);
                 labels.push(samples.labels[i]);
+            }
+            if observer.interrupted() {
+                return Err(Error::Interrupted);
             }
             let (loss, c) = trainer.train_batch(&x, &labels, lr as f32, epoch)?;
             loss_sum += loss as f64;
@@ -262,6 +362,7 @@ pub fn train(
         };
         observer.on_epoch(&metrics);
         history.push(metrics);
+        observer.on_checkpoint(&trainer.checkpoint(&history))?;
     }
     let total_bits = trainer.net.total_weight_bits();
     Ok(Finished { epochs: history, total_bits, trainer })

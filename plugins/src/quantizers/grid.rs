@@ -172,6 +172,15 @@ impl<C: Codebook> Quantizer for GridQuantizer<C> {
         }
     }
 
+    fn state(&self) -> Vec<f32> {
+        self.clip.scales.clone()
+    }
+
+    fn load_state(&mut self, state: &[f32]) -> Result<()> {
+        self.clip.scales = state.to_vec();
+        Ok(())
+    }
+
     fn end_epoch(&mut self, w: &[f32], shape: Shape, epoch: usize) -> Result<()> {
         let groups = self.groups(shape);
         let k = kappa(self.codebook.levels());

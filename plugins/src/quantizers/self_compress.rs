@@ -151,6 +151,11 @@ impl Quantizer for SelfCompress {
         &mut self.params
     }
 
+    fn load_state(&mut self, state: &[f32]) -> Result<()> {
+        self.params = state.to_vec();
+        Ok(())
+    }
+
     fn regularizer(&self, shape: Shape, grad_params: &mut [f32]) -> f32 {
         let rows = shape.rows;
         let (bits, _) = self.split(rows);

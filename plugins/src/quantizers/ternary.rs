@@ -132,6 +132,11 @@ impl Quantizer for Ternary {
         &mut self.scales
     }
 
+    fn load_state(&mut self, state: &[f32]) -> Result<()> {
+        self.scales = state.to_vec();
+        Ok(())
+    }
+
     /// With a learned scale, ŵ = u·s_r is linear in s for fixed codes: exact.
     fn surrogate(&self, _: &[f32], shape: Shape, frozen: &Quantized, out: &mut [f32]) -> Result<()> {
         for (i, o) in out.iter_mut().enumerate() {

@@ -131,6 +131,11 @@ impl Quantizer for Ttq {
         &mut self.scales
     }
 
+    fn load_state(&mut self, state: &[f32]) -> Result<()> {
+        self.scales = state.to_vec();
+        Ok(())
+    }
+
     /// ŵ is linear in (Wp, Wn) for fixed codes: exact.
     fn surrogate(&self, _: &[f32], _: Shape, frozen: &Quantized, out: &mut [f32]) -> Result<()> {
         for (o, &c) in out.iter_mut().zip(&frozen.codes) {

@@ -25,9 +25,14 @@ fn run_writes_config_record_and_metrics_then_skips_on_rerun() {
         .unwrap();
     let out = qat(&["run", "tiny.yaml", "-q"], dir.path());
     assert!(out.status.success(), "{}", text(&out));
-    let runs: Vec<_> =
-        std::fs::read_dir(dir.path().join("results/tiny")).unwrap().map(|e| e.unwrap().path()).collect();
+    let runs: Vec<_> = std::fs::read_dir(dir.path().join("results/tiny"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
     assert_eq!(runs.len(), 1);
+    assert!(dir.path().join("results/tiny/results.csv").is_file());
+    assert!(runs[0].join("checkpoint.json").is_file());
     let run = &runs[0];
     let record: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run.join("run.json")).unwrap()).unwrap();

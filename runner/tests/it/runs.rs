@@ -21,7 +21,7 @@ fn two_runs_with_one_seed_give_identical_metrics() {
     let registry = qatlab_plugins::builtin_registry();
     let run = || {
         let mut keep = Keep(Vec::new());
-        single_threaded(|| train(&config, &registry, &data, &mut keep)).unwrap();
+        single_threaded(|| train(&config, &registry, &data, &mut keep, None)).unwrap();
         keep.0
     };
     let (a, b) = (run(), run());
@@ -30,7 +30,7 @@ fn two_runs_with_one_seed_give_identical_metrics() {
     let mut other = config.clone();
     other.train.seed = 6;
     let mut keep = Keep(Vec::new());
-    single_threaded(|| train(&other, &registry, &data, &mut keep)).unwrap();
+    single_threaded(|| train(&other, &registry, &data, &mut keep, None)).unwrap();
     assert_ne!(keep.0[0].train_loss, a[0].train_loss, "another seed, another run");
 }
 
