@@ -3,17 +3,17 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-fn qat(args: &[&str], cwd: &Path) -> Output {
+pub fn qat(args: &[&str], cwd: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_qat")).args(args).current_dir(cwd).output().unwrap()
 }
 
-fn text(o: &Output) -> String {
+pub fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
 /// A temp dir inside the crate, so the data search (`shared/datasets` beside an ancestor)
 /// finds the datasets as it does from the repository root.
-fn workdir() -> tempfile::TempDir {
+pub fn workdir() -> tempfile::TempDir {
     tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
 }
 

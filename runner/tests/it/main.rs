@@ -4,6 +4,7 @@ mod cli;
 mod data;
 mod engine;
 mod runs;
+mod sweep;
 
 /// Parse a YAML run config for a test.
 pub fn config(yaml: &str) -> qatlab_core::config::RunConfig {

@@ -1,0 +1,199 @@
+//! Sweeps end to end through the `qat` binary: expansion, parallel runs, results.csv, table,
+//! kill-and-resume exactness, divergence isolation, and the errors that stop a sweep before
+//! anything runs.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::cli::{qat, text, workdir};
+
+const GRID: &str = "name: grid\nmodel: {hidden: [16]}\ntrain: {epochs: 3}\nsweep:\n  grid:\n    quantizer: [ternary, {name: int, bits: 2}]\n    model.hidden: [[16], [24]]\n  seeds: [0, 1]\n";
+
+fn csv_rows(path: &Path) -> Vec<Vec<String>> {
+    let mut reader = csv::Reader::from_path(path).unwrap();
+    let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
+    let timing: Vec<usize> = header
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| *h == "wall_s" || *h == "samples_per_s")
+        .map(|(i, _)| i)
+        .collect();
+    let mut rows: Vec<Vec<String>> = vec![header];
+    for r in reader.records() {
+        let r = r.unwrap();
+        rows.push(
+            r.iter().enumerate().filter(|(i, _)| !timing.contains(i)).map(|(_, v)| v.to_string()).collect(),
+        );
+    }
+    rows
+}
+
+/// metrics.csv without the timing column.
+fn metrics_without_timing(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let drop = text.lines().next().unwrap().split(',').position(|c| c == "samples_per_s").unwrap();
+    text.lines()
+        .map(|l| {
+            l.split(',').enumerate().filter(|(i, _)| *i != drop).map(|(_, v)| v).collect::<Vec<_>>().join(",")
+        })
+        .collect()
+}
+
+fn run_dirs(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut dirs: Vec<_> =
+        std::fs::read_dir(root).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
+    dirs.sort();
+    dirs
+}
+
+#[test]
+fn a_grid_with_seeds_runs_in_parallel_and_aggregates() {
+    let dir = workdir();
+    std::fs::write(dir.path().join("grid.yaml"), GRID).unwrap();
+    let listed = qat(&["list", "grid.yaml"], dir.path());
+    assert!(listed.status.success(), "{}", text(&listed));
+    assert!(text(&listed).contains("8 runs of experiment `grid`"), "{}", text(&listed));
+    assert!(text(&listed).contains("quantizer={name: int, bits: 2} model.hidden=[24] train.seed=1"));
+
+    let out = qat(&["run", "grid.yaml", "--jobs", "2", "-q"], dir.path());
+    assert!(out.status.success(), "{}", text(&out));
+    let root = dir.path().join("results/grid");
+    assert_eq!(run_dirs(&root).len(), 8);
+    let rows = csv_rows(&root.join("results.csv"));
+    assert_eq!(rows.len(), 9, "header and 8 runs");
+    assert_eq!(rows[0][..5], ["index", "run_id", "quantizer", "model.hidden", "seed"]);
+    assert!(rows[1..].iter().all(|r| r[5] == "success"));
+
+    let table = qat(&["table", "results/grid"], dir.path());
+    let t = text(&table);
+    assert!(table.status.success(), "{t}");
+    let body: Vec<&str> = t.lines().skip(2).collect();
+    assert_eq!(body.len(), 4, "{t}");
+    assert!(body.iter().all(|l| l.contains(" ± ") && l.ends_with("| 2 |")), "{t}");
+
+    // the same single run selected by index and by id is skipped: it already succeeded
+    let id = &rows[3][1];
+    let only = qat(&["run", "grid.yaml", "--only", id, "-q"], dir.path());
+    assert!(text(&only).contains(" done "), "{}", text(&only));
+    assert_eq!(csv_rows(&root.join("results.csv")).len(), 9, "no duplicate rows");
+}
+
+#[test]
+fn a_killed_sweep_resumes_to_the_same_results_as_an_uninterrupted_one() {
+    let yaml = "name: resume\nquantizer: ternary\nmodel: {hidden: [64, 64]}\ntrain: {epochs: 3}\nsweep:\n  grid:\n    train.optimizer.lr: [0.001, 0.002]\n";
+    let clean = workdir();
+    std::fs::write(clean.path().join("r.yaml"), yaml).unwrap();
+    let out = qat(&["run", "r.yaml", "--jobs", "2", "-q"], clean.path());
+    assert!(out.status.success(), "{}", text(&out));
+
+    let killed = workdir();
+    std::fs::write(killed.path().join("r.yaml"), yaml).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qat"))
+        .args(["run", "r.yaml", "--jobs", "2", "-q"])
+        .current_dir(killed.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // wait until some run has checkpointed an epoch but not finished, then SIGKILL
+    let root = killed.path().join("results/resume");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut interrupted = false;
+    while Instant::now() < deadline && !interrupted {
+        std::thread::sleep(Duration::from_millis(20));
+        if root.is_dir() {
+            interrupted = run_dirs(&root).iter().any(|d| {
+                d.join("checkpoint.json").is_file()
+                    && std::fs::read_to_string(d.join("run.json")).is_ok_and(|s| s.contains("\"running\""))
+            });
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(interrupted, "the sweep finished before it could be killed mid-run");
+    let again = qat(&["run", "r.yaml", "--jobs", "2", "-q"], killed.path());
+    assert!(again.status.success(), "{}", text(&again));
+
+    assert_eq!(
+        csv_rows(&root.join("results.csv")),
+        csv_rows(&clean.path().join("results/resume/results.csv"))
+    );
+    for (a, b) in run_dirs(&root).iter().zip(run_dirs(&clean.path().join("results/resume"))) {
+        assert_eq!(a.file_name(), b.file_name());
+        assert_eq!(
+            metrics_without_timing(&a.join("metrics.csv")),
+            metrics_without_timing(&b.join("metrics.csv"))
+        );
+    }
+}
+
+#[test]
+fn a_diverging_run_is_recorded_and_the_sweep_goes_on() {
+    let dir = workdir();
+    let yaml = "name: div\nmodel: {hidden: [16], activation_bits: null, norm: none}\ntrain: {epochs: 1, schedule: constant}\nsweep:\n  grid:\n    train.optimizer.lr: [0.001, 1.0e+30]\n";
+    std::fs::write(dir.path().join("d.yaml"), yaml).unwrap();
+    let out = qat(&["run", "d.yaml", "-q", "--jobs", "1"], dir.path());
+    assert_eq!(out.status.code(), Some(1), "some run diverged: {}", text(&out));
+    let rows = csv_rows(&dir.path().join("results/div/results.csv"));
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[1][4], "success");
+    assert_eq!(rows[2][4], "diverged");
+    assert!(rows[2].last().unwrap().contains("loss is"), "{:?}", rows[2]);
+}
+
+#[test]
+fn extends_merges_a_base_key_by_key() {
+    let dir = workdir();
+    std::fs::write(
+        dir.path().join("base.yaml"),
+        "name: based\nquantizer: ternary\nmodel: {hidden: [16]}\ntrain: {epochs: 1, batch_size: 64}\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("child.yaml"), "extends: base.yaml\ntrain: {epochs: 2}\n").unwrap();
+    let out = qat(&["run", "child.yaml", "-q"], dir.path());
+    assert!(out.status.success(), "{}", text(&out));
+    let run = &run_dirs(&dir.path().join("results/based"))[0];
+    let config = std::fs::read_to_string(run.join("config.yaml")).unwrap();
+    assert!(
+        config.contains("epochs: 2") && config.contains("batch_size: 64") && config.contains("name: ternary"),
+        "{config}"
+    );
+}
+
+fn assert_rejected(files: &[(&str, &str)], expected: &[&str]) {
+    let dir = workdir();
+    for (name, body) in files {
+        std::fs::write(dir.path().join(name), body).unwrap();
+    }
+    let out = qat(&["run", files[0].0], dir.path());
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    for e in expected {
+        assert!(text(&out).contains(e), "expected `{e}` in: {}", text(&out));
+    }
+    assert!(!dir.path().join("results").exists(), "nothing may start");
+}
+
+#[test]
+fn sweep_errors_stop_before_anything_runs() {
+    assert_rejected(
+        &[("e.yaml", "name: e\nsweep: {grid: {train.optimiser.lr: [0.1]}}\n")],
+        &["sweep: `train.optimiser.lr` is not a config key"],
+    );
+    assert_rejected(
+        &[("e.yaml", "name: e\nsweep: {grid: {train.epocs: [1]}}\n")],
+        &["(did you mean `epochs`?)"],
+    );
+    assert_rejected(
+        &[("e.yaml", "name: e\nsweep: {grid: {train.epochs: []}}\n")],
+        &["sweep: `train.epochs` has an empty list"],
+    );
+    assert_rejected(
+        &[("e.yaml", "extends: nope.yaml\nname: e\n")],
+        &["extends:", "nope.yaml does not exist"],
+    );
+    assert_rejected(
+        &[("e.yaml", "name: e\nquantizer: int\nsweep: {grid: {quantizer.bits: [2, 0]}}\n")],
+        &["run 1 (quantizer.bits=0)", "bits: must be between 2 and 8, got 0"],
+    );
+}
