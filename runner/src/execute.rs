@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::experiment::{PlannedRun, RunPlan};
 use crate::outputs::{host_name, now, run_id, RunDir, RunRecord, Scores, Status, Versions};
 use crate::results::write_results_csv;
+use crate::tensorboard::{write_experiment, RunLog, HISTOGRAM_EVERY};
 use crate::train::{train, Checkpoint, EpochMetrics, Observer};
 
 /// How to execute a plan.
@@ -87,6 +88,8 @@ pub fn execute(
         }
     }
     let datasets = load_datasets(plan, &todo)?;
+    let root = experiment_dir(&options.results, plan);
+    write_experiment(&root, plan).map_err(|e| Error::io(&root, e))?;
     let progress = SweepProgress::new(todo.len(), options.quiet);
     let next = AtomicUsize::new(0);
     let done = Mutex::new(outcomes);
@@ -103,7 +106,7 @@ pub fn execute(
                 let run = &plan.runs[i];
                 let data = &datasets[&data_key(&run.config)];
                 let dir = RunDir::new(&options.results, &run.config);
-                match run_isolated(run, registry, data, &dir, &progress) {
+                match run_isolated(run, &plan.swept, registry, data, &dir, &progress) {
                     Ok(record) => {
                         progress.finished(&record);
                         done.lock().expect("no panics hold this lock")[i] =
@@ -152,12 +155,15 @@ fn load_datasets(plan: &RunPlan, todo: &[usize]) -> Result<HashMap<String, Arc<R
 /// Run one planned run; a panic inside it becomes a failed run.
 fn run_isolated(
     run: &PlannedRun,
+    swept: &[String],
     registry: &Registry,
     data: &RunData,
     dir: &RunDir,
     progress: &SweepProgress,
 ) -> Result<RunRecord> {
-    let result = catch_unwind(AssertUnwindSafe(|| run_one(&run.config, registry, data, dir, progress)));
+    dir.write_config(&run.config)?;
+    let mut log = RunLog::start(&dir.path, run, swept);
+    let result = catch_unwind(AssertUnwindSafe(|| run_one(run, registry, data, dir, progress, &mut log)));
     match result {
         Ok(r) => r,
         Err(panic) => {
@@ -171,6 +177,7 @@ fn run_isolated(
             record.error = Some(format!("panicked: {message}"));
             record.ended = Some(now());
             dir.write_record(&record)?;
+            log.end(Status::Failed);
             Ok(record)
         }
     }
@@ -199,19 +206,20 @@ fn new_record(config: &RunConfig) -> RunRecord {
 /// Train one run (resuming from its checkpoint when there is one) and keep its directory
 /// current; a training error ends up in `run.json`. Ctrl-C leaves it `running` and resumable.
 pub fn run_one(
-    config: &RunConfig,
+    run: &PlannedRun,
     registry: &Registry,
     data: &RunData,
     dir: &RunDir,
     progress: &SweepProgress,
+    log: &mut RunLog,
 ) -> Result<RunRecord> {
-    dir.write_config(config)?;
+    let config = &run.config;
     let resume = dir.read_checkpoint();
     let mut record = new_record(config);
     let earlier_wall = dir.read_record().filter(|_| resume.is_some()).map_or(0.0, |r| r.wall_s);
     dir.write_record(&record)?;
     let started = Instant::now();
-    let mut observer = RunObserver::new(config, data, dir, progress);
+    let mut observer = RunObserver::new(config, data, dir, progress, log);
     let result = single_threaded(|| train(config, registry, data, &mut observer, resume.as_ref()));
     observer.finish();
     if let Some(e) = observer.write_error.take() {
@@ -246,6 +254,7 @@ pub fn run_one(
     }
     record.ended = Some(now());
     dir.write_record(&record)?;
+    observer.log.end(record.status);
     Ok(record)
 }
 
@@ -327,21 +336,30 @@ impl SweepProgress {
 
 /// Observer of one run: checkpoints and `metrics.csv` every epoch, progress, Ctrl-C.
 struct RunObserver<'a> {
+    log: &'a mut RunLog,
     bar: Option<ProgressBar>,
     dir: &'a RunDir,
     history: Vec<EpochMetrics>,
     write_error: Option<Error>,
     epoch_size: u64,
     label: String,
+    epochs: usize,
 }
 
 impl<'a> RunObserver<'a> {
-    fn new(config: &RunConfig, data: &RunData, dir: &'a RunDir, progress: &SweepProgress) -> Self {
+    fn new(
+        config: &RunConfig,
+        data: &RunData,
+        dir: &'a RunDir,
+        progress: &SweepProgress,
+        log: &'a mut RunLog,
+    ) -> Self {
         let augment_factor = if config.data.augment { 2 } else { 1 };
         let epoch_size = (data.train.len() * augment_factor) as u64;
         let label = format!("{}/{}", config.name, run_id(config));
         let bar = progress.run_bar(&label, epoch_size * config.train.epochs as u64);
-        Self { bar, dir, history: Vec::new(), write_error: None, epoch_size, label }
+        let epochs = config.train.epochs;
+        Self { bar, dir, history: Vec::new(), write_error: None, epoch_size, label, log, epochs }
     }
 
     fn finish(&mut self) {
@@ -377,8 +395,25 @@ impl Observer for RunObserver<'_> {
         }
     }
 
+    /// Checkpoint first, then log the epoch to TensorBoard, so a resumed run never logs an
+    /// epoch twice.
     fn on_checkpoint(&mut self, checkpoint: &Checkpoint) -> Result<()> {
-        self.dir.write_checkpoint(checkpoint)
+        self.dir.write_checkpoint(checkpoint)?;
+        if let Some(m) = checkpoint.history.last() {
+            let with_histograms = m.epoch % HISTOGRAM_EVERY == 0 || m.epoch == self.epochs || m.epoch == 1;
+            let weights: Vec<(String, &[f32])> = if with_histograms {
+                checkpoint
+                    .layers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| (format!("fc{}", i + 1), l.weight.as_slice()))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            self.log.epoch(m, &weights);
+        }
+        Ok(())
     }
 
     fn interrupted(&self) -> bool {

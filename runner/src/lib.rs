@@ -19,4 +19,5 @@ pub mod outputs;
 pub mod report;
 pub mod results;
 pub mod sweep;
+pub mod tensorboard;
 pub mod train;

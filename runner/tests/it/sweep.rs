@@ -72,6 +72,8 @@ fn a_grid_with_seeds_runs_in_parallel_and_aggregates() {
     assert_eq!(body.len(), 4, "{t}");
     assert!(body.iter().all(|l| l.contains(" ± ") && l.ends_with("| 2 |")), "{t}");
 
+    check_tensorboard(&root, 8, 4, 3);
+
     // the same single run selected by index and by id is skipped: it already succeeded
     let id = &rows[3][1];
     let only = qat(&["run", "grid.yaml", "--only", id, "-q"], dir.path());
@@ -196,4 +198,29 @@ fn sweep_errors_stop_before_anything_runs() {
         &[("e.yaml", "name: e\nquantizer: int\nsweep: {grid: {quantizer.bits: [2, 0]}}\n")],
         &["run 1 (quantizer.bits=0)", "bits: must be between 2 and 8, got 0"],
     );
+}
+
+/// Read the sweep's TensorBoard files with the real `tensorboard` package (EventAccumulator and
+/// the hparams plugin's data provider). Skipped with a message when Python lacks the package,
+/// unless QAT_REQUIRE_TENSORBOARD is set (CI sets it after installing the package).
+fn check_tensorboard(root: &Path, sessions: usize, groups: usize, epochs: usize) {
+    let available =
+        Command::new("python3").args(["-c", "import tensorboard"]).output().is_ok_and(|o| o.status.success());
+    if !available {
+        assert!(
+            std::env::var_os("QAT_REQUIRE_TENSORBOARD").is_none(),
+            "QAT_REQUIRE_TENSORBOARD is set but `import tensorboard` fails; pip install tensorboard"
+        );
+        eprintln!("skipping the TensorBoard read-back: `pip install tensorboard` to run it");
+        return;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/tensorboard_check.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(root)
+        .args([sessions, groups, epochs].map(|n| n.to_string()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("statuses=['STATUS_SUCCESS']"), "{}", text(&out));
 }
