@@ -16,6 +16,7 @@ pub mod loss;
 pub mod model;
 pub mod optim;
 pub mod outputs;
+pub mod plots;
 pub mod report;
 pub mod results;
 pub mod sweep;

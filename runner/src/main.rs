@@ -70,6 +70,13 @@ fn run(args: &RunArgs, registry: &qatlab_core::Registry) -> Result<ExitCode, Err
     });
     let outcomes = execute(&plan, &selected, registry, &options)?;
     print!("{}", report::summary(&outcomes));
+    match qatlab_runner::plots::write_plots(&plan, &options.results) {
+        Ok(files) if !files.is_empty() => {
+            println!("plots: {}", display_path(files[0].parent().unwrap_or(&options.results)))
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!("qat: warning: no plots: {e}"),
+    }
     let all_ok =
         outcomes.len() == selected.len() && outcomes.iter().all(|o| o.record.status == Status::Success);
     println!("results: {}", display_path(&experiment_dir(&options.results, &plan)));

@@ -28,7 +28,7 @@ fn run_writes_config_record_and_metrics_then_skips_on_rerun() {
     let runs: Vec<_> = std::fs::read_dir(dir.path().join("results/tiny"))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.is_dir())
+        .filter(|p| p.join("run.json").is_file())
         .collect();
     assert_eq!(runs.len(), 1);
     assert!(dir.path().join("results/tiny/results.csv").is_file());

@@ -41,8 +41,11 @@ fn metrics_without_timing(path: &Path) -> Vec<String> {
 }
 
 fn run_dirs(root: &Path) -> Vec<std::path::PathBuf> {
-    let mut dirs: Vec<_> =
-        std::fs::read_dir(root).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
+    let mut dirs: Vec<_> = std::fs::read_dir(root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("config.yaml").is_file())
+        .collect();
     dirs.sort();
     dirs
 }
@@ -73,6 +76,12 @@ fn a_grid_with_seeds_runs_in_parallel_and_aggregates() {
     assert!(body.iter().all(|l| l.contains(" ± ") && l.ends_with("| 2 |")), "{t}");
 
     check_tensorboard(&root, 8, 4, 3);
+    for plot in ["accuracy_vs_bits.svg", "accuracy_vs_bits.png", "curves.svg", "curves.png"] {
+        let bytes = std::fs::read(root.join("plots").join(plot)).unwrap();
+        assert!(bytes.len() > 1000, "{plot} is {} bytes", bytes.len());
+    }
+    let svg = std::fs::read_to_string(root.join("plots/accuracy_vs_bits.svg")).unwrap();
+    assert!(svg.contains("ternary") && svg.contains("int bits=2"), "one series per quantizer");
 
     // the same single run selected by index and by id is skipped: it already succeeded
     let id = &rows[3][1];
