@@ -104,6 +104,14 @@ fn unknown_quantizer_parameter_is_an_error() {
 }
 
 #[test]
+fn wrong_types_are_errors_with_their_line() {
+    assert_config_error(
+        "name: x\ntrain:\n  epochs: many\n",
+        &["bad.yaml:3:11", "train.epochs: invalid type: string \"many\""],
+    );
+}
+
+#[test]
 fn out_of_range_values_are_errors() {
     assert_config_error(
         "name: x\ntrain: {optimizer: {lr: -0.1}}\n",
