@@ -17,6 +17,9 @@ pub struct RunConfig {
     /// A base experiment file (relative to this one) whose keys this file overrides.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extends: Option<String>,
+    /// Dynamic plugin libraries to load (paths relative to the file that lists them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<String>,
     /// Free text shown in listings.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,

@@ -10,6 +10,7 @@
 //! - the [`Registry`] that maps names to factories building a strategy from its YAML parameters;
 //! - the experiment [`config`] types that every crate shares.
 
+pub mod abi;
 pub mod activation;
 pub mod config;
 pub mod distiller;

@@ -8,6 +8,10 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "qat", version, about)]
 pub struct Cli {
+    /// Load a dynamic plugin library (repeatable); also `$QAT_PLUGIN_PATH` and an experiment's
+    /// `plugins:` list. Nothing is loaded implicitly from the current directory.
+    #[arg(long = "plugin", global = true, value_name = "LIBRARY")]
+    pub plugins: Vec<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -23,8 +27,9 @@ pub enum Command {
     List(ListArgs),
     /// Aggregate an experiment's results.csv over seeds: mean ± std per group.
     Table(TableArgs),
-    /// List the registered strategies with their parameters and defaults.
-    Plugins,
+    /// List the registered strategies with their parameters and defaults; with `--plugin`, what
+    /// those libraries provide.
+    Plugins(PluginsArgs),
     /// Measure performance.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -53,6 +58,14 @@ pub struct RunArgs {
     /// Run only these runs: indices or run ids from `qat list` (repeat or separate by commas).
     #[arg(long)]
     pub only: Vec<String>,
+}
+
+/// Arguments of `qat plugins`.
+#[derive(Debug, clap::Args)]
+pub struct PluginsArgs {
+    /// Run the quantizer conformance suite on the quantizers of these libraries.
+    #[arg(long, value_name = "LIBRARY")]
+    pub check: Vec<PathBuf>,
 }
 
 /// Arguments of `qat list`.
@@ -155,6 +168,14 @@ mod tests {
         };
         assert_eq!(a.epochs, 3);
         assert!(a.file.is_none());
+    }
+
+    #[test]
+    fn plugin_libraries_are_a_global_repeatable_flag() {
+        let cli = parse(&["plugins", "--plugin", "a.so", "--check", "b.so", "--plugin", "c.so"]);
+        assert_eq!(cli.plugins, vec![PathBuf::from("a.so"), PathBuf::from("c.so")]);
+        let Command::Plugins(a) = cli.command else { panic!("not plugins") };
+        assert_eq!(a.check, vec![PathBuf::from("b.so")]);
     }
 
     #[test]

@@ -64,7 +64,30 @@ impl RunPlan {
 }
 
 /// Top-level keys of an experiment file, for did-you-mean suggestions.
-const TOP_KEYS: &[&str] = &["name", "description", "extends", "data", "model", "quantizer", "train", "sweep"];
+const TOP_KEYS: &[&str] =
+    &["name", "description", "extends", "plugins", "data", "model", "quantizer", "train", "sweep"];
+
+/// The plugin libraries `file` and its `extends` bases list, each resolved relative to the
+/// file that names it. Read before the plan, since the plan's plugin names must be registered.
+pub fn plugin_paths(file: &Path) -> Result<Vec<PathBuf>> {
+    let mut paths = Vec::new();
+    let mut current = file.to_path_buf();
+    for _ in 0..32 {
+        let text = std::fs::read_to_string(&current)
+            .map_err(|e| Error::Config(format!("cannot read experiment file {}: {e}", current.display())))?;
+        let config = parse(&text, &current.display().to_string())?;
+        let dir = current.parent().unwrap_or(Path::new(".")).to_path_buf();
+        paths.extend(config.plugins.iter().map(|p| dir.join(p)));
+        match config.extends {
+            Some(base) => current = dir.join(base),
+            None => break,
+        }
+        if !current.is_file() {
+            break; // `load` reports the missing base with its context
+        }
+    }
+    Ok(paths)
+}
 
 /// Parse, merge, expand and validate `file`.
 pub fn load(file: &Path, registry: &Registry) -> Result<RunPlan> {

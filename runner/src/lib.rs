@@ -8,6 +8,7 @@ pub mod alloc;
 pub mod bench;
 pub mod cli;
 pub mod data;
+pub mod dynamic;
 pub mod engine;
 pub mod error;
 pub mod execute;

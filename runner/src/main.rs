@@ -7,8 +7,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use qatlab_core::config::RunConfig;
 use qatlab_runner::bench::{bench_train, PYTORCH_TERNARY_SAMPLES_PER_S};
-use qatlab_runner::cli::{BenchCommand, BenchTrainArgs, Cli, Command, ListArgs, RunArgs, TableArgs};
+use qatlab_runner::cli::{
+    BenchCommand, BenchTrainArgs, Cli, Command, ListArgs, PluginsArgs, RunArgs, TableArgs,
+};
 use qatlab_runner::data::RunData;
+use qatlab_runner::dynamic;
 use qatlab_runner::error::Error;
 use qatlab_runner::execute::{display_path, execute, experiment_dir, ExecOptions, INTERRUPTED};
 use qatlab_runner::outputs::Status;
@@ -34,17 +37,64 @@ fn main() -> ExitCode {
 }
 
 fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
-    let registry = qatlab_plugins::builtin_registry();
+    let mut registry = qatlab_plugins::builtin_registry();
+    let mut libraries = dynamic::env_paths();
+    libraries.extend(cli.plugins.iter().cloned());
+    let experiment_file = match &cli.command {
+        Command::Run(a) => Some(&a.file),
+        Command::List(a) => Some(&a.file),
+        Command::Bench(BenchCommand::Train(a)) => a.file.as_ref(),
+        _ => None,
+    };
+    if let Some(file) = experiment_file.filter(|f| f.is_file()) {
+        libraries.extend(experiment::plugin_paths(file)?);
+    }
+    let loaded = dynamic::load_all(&mut registry, &libraries)?;
     match cli.command {
         Command::Run(args) => run(&args, &registry),
         Command::List(args) => list(&args, &registry),
         Command::Table(args) => table(&args),
-        Command::Plugins => {
-            print!("{}", report::plugin_listing(&registry));
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Plugins(args) => plugins(&args, &mut registry, &loaded),
         Command::Bench(BenchCommand::Train(args)) => bench(&args, &registry),
     }
+}
+
+fn plugins(
+    args: &PluginsArgs,
+    registry: &mut qatlab_core::Registry,
+    loaded: &[dynamic::Loaded],
+) -> Result<ExitCode, Error> {
+    let checked = dynamic::load_all(registry, &args.check)?;
+    if loaded.is_empty() && checked.is_empty() {
+        print!("{}", report::plugin_listing(registry));
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (path, provided) in loaded.iter().chain(&checked) {
+        println!("{} provides:", path.display());
+        for (kind, info) in provided {
+            println!("  {:<11} {:<19} {}", kind.as_str(), info.name, info.summary);
+        }
+    }
+    let mut failures = Vec::new();
+    for (_, provided) in &checked {
+        for (_, info) in provided.iter().filter(|(k, _)| *k == qatlab_core::Kind::Quantizer) {
+            let found = qatlab_plugins::conformance::check_quantizer(
+                &registry.quantizers,
+                &info.name,
+                &Default::default(),
+            );
+            println!(
+                "conformance {}: {}",
+                info.name,
+                if found.is_empty() { "pass".to_string() } else { format!("{} failure(s)", found.len()) }
+            );
+            failures.extend(found);
+        }
+    }
+    for f in &failures {
+        println!("  {f}");
+    }
+    Ok(if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn run(args: &RunArgs, registry: &qatlab_core::Registry) -> Result<ExitCode, Error> {

@@ -3,6 +3,7 @@
 mod cli;
 mod data;
 mod engine;
+mod plugins;
 mod runs;
 mod sweep;
 
