@@ -27,6 +27,8 @@ pub enum Command {
     List(ListArgs),
     /// Aggregate an experiment's results.csv over seeds: mean ± std per group.
     Table(TableArgs),
+    /// Per-run status of an experiment's results directory (and of its Slurm arrays).
+    Status(StatusArgs),
     /// List the registered strategies with their parameters and defaults; with `--plugin`, what
     /// those libraries provide.
     Plugins(PluginsArgs),
@@ -58,6 +60,46 @@ pub struct RunArgs {
     /// Run only these runs: indices or run ids from `qat list` (repeat or separate by commas).
     #[arg(long)]
     pub only: Vec<String>,
+    /// Where runs execute: here, or as a Slurm job array (one task per run).
+    #[arg(long, value_enum, default_value = "local")]
+    pub launcher: Launcher,
+    /// Slurm partition.
+    #[arg(long)]
+    pub partition: Option<String>,
+    /// Slurm time limit per task (e.g. 01:00:00).
+    #[arg(long)]
+    pub time: Option<String>,
+    /// CPUs per Slurm task (each run is single-threaded).
+    #[arg(long, default_value_t = 1)]
+    pub cpus_per_task: usize,
+    /// Memory per Slurm task (e.g. 4G).
+    #[arg(long)]
+    pub mem: Option<String>,
+    /// At most this many array tasks at once.
+    #[arg(long)]
+    pub array_parallelism: Option<usize>,
+    /// An extra `#SBATCH` argument, verbatim (repeatable), e.g. `--sbatch-arg=--qos=low`.
+    #[arg(long = "sbatch-arg", allow_hyphen_values = true)]
+    pub sbatch_args: Vec<String>,
+    /// With `--launcher slurm`: write the manifest and script, do not submit.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Where `qat run` executes runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Launcher {
+    /// On this machine, `--jobs` at a time.
+    Local,
+    /// As a Slurm job array.
+    Slurm,
+}
+
+/// Arguments of `qat status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// An experiment's results directory, e.g. results/quickstart.
+    pub dir: PathBuf,
 }
 
 /// Arguments of `qat plugins`.
@@ -168,6 +210,42 @@ mod tests {
         };
         assert_eq!(a.epochs, 3);
         assert!(a.file.is_none());
+    }
+
+    #[test]
+    fn slurm_flags_parse() {
+        let Command::Run(a) = parse(&[
+            "run",
+            "x.yaml",
+            "--launcher",
+            "slurm",
+            "--partition",
+            "gpu",
+            "--time",
+            "01:00:00",
+            "--cpus-per-task",
+            "2",
+            "--mem",
+            "4G",
+            "--array-parallelism",
+            "8",
+            "--sbatch-arg=--qos=low",
+            "--dry-run",
+        ])
+        .command
+        else {
+            panic!("not run")
+        };
+        assert_eq!(a.launcher, Launcher::Slurm);
+        assert_eq!(
+            (a.partition.as_deref(), a.time.as_deref(), a.mem.as_deref()),
+            (Some("gpu"), Some("01:00:00"), Some("4G"))
+        );
+        assert_eq!((a.cpus_per_task, a.array_parallelism), (2, Some(8)));
+        assert_eq!(a.sbatch_args, vec!["--qos=low".to_string()]);
+        assert!(a.dry_run);
+        let Command::Run(local) = parse(&["run", "x.yaml"]).command else { panic!("not run") };
+        assert_eq!(local.launcher, Launcher::Local);
     }
 
     #[test]

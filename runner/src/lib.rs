@@ -20,6 +20,7 @@ pub mod outputs;
 pub mod plots;
 pub mod report;
 pub mod results;
+pub mod slurm;
 pub mod sweep;
 pub mod tensorboard;
 pub mod train;

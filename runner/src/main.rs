@@ -8,7 +8,8 @@ use clap::Parser;
 use qatlab_core::config::RunConfig;
 use qatlab_runner::bench::{bench_train, PYTORCH_TERNARY_SAMPLES_PER_S};
 use qatlab_runner::cli::{
-    BenchCommand, BenchTrainArgs, Cli, Command, ListArgs, PluginsArgs, RunArgs, TableArgs,
+    BenchCommand, BenchTrainArgs, Cli, Command, Launcher, ListArgs, PluginsArgs, RunArgs, StatusArgs,
+    TableArgs,
 };
 use qatlab_runner::data::RunData;
 use qatlab_runner::dynamic;
@@ -51,9 +52,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
     }
     let loaded = dynamic::load_all(&mut registry, &libraries)?;
     match cli.command {
+        Command::Run(args) if args.launcher == Launcher::Slurm => submit(&args, &registry, &libraries),
         Command::Run(args) => run(&args, &registry),
         Command::List(args) => list(&args, &registry),
         Command::Table(args) => table(&args),
+        Command::Status(args) => status(&args),
         Command::Plugins(args) => plugins(&args, &mut registry, &loaded),
         Command::Bench(BenchCommand::Train(args)) => bench(&args, &registry),
     }
@@ -131,6 +134,55 @@ fn run(args: &RunArgs, registry: &qatlab_core::Registry) -> Result<ExitCode, Err
         outcomes.len() == selected.len() && outcomes.iter().all(|o| o.record.status == Status::Success);
     println!("results: {}", display_path(&experiment_dir(&options.results, &plan)));
     Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn submit(
+    args: &RunArgs,
+    registry: &qatlab_core::Registry,
+    libraries: &[std::path::PathBuf],
+) -> Result<ExitCode, Error> {
+    let plan = experiment::load(&args.file, registry)?;
+    let selected = plan.selection(&args.only)?;
+    let options = qatlab_runner::slurm::SlurmOptions {
+        partition: args.partition.clone(),
+        time: args.time.clone(),
+        cpus_per_task: args.cpus_per_task,
+        mem: args.mem.clone(),
+        array_parallelism: args.array_parallelism,
+        sbatch_args: args.sbatch_args.clone(),
+        dry_run: args.dry_run,
+        plugins: libraries.to_vec(),
+    };
+    let submitted = qatlab_runner::slurm::submit(&plan, &selected, &args.results, args.force, &options)?;
+    for w in &submitted.warnings {
+        eprintln!("qat: warning: {w}");
+    }
+    let dir = display_path(&experiment_dir(&args.results, &plan));
+    match (&submitted.job_id, submitted.indices.is_empty()) {
+        (_, true) => println!(
+            "nothing to submit: every selected run of `{}` has succeeded (--force reruns them)",
+            plan.experiment
+        ),
+        (Some(id), false) => {
+            println!(
+                "submitted job array {id}: {} runs ({})",
+                submitted.indices.len(),
+                display_path(&submitted.script)
+            );
+            println!("follow it with: qat status {dir}   (or squeue -j {id})");
+        }
+        (None, false) => println!(
+            "dry run: wrote {} for {} runs; submit it with sbatch",
+            display_path(&submitted.script),
+            submitted.indices.len()
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(args: &StatusArgs) -> Result<ExitCode, Error> {
+    print!("{}", qatlab_runner::slurm::status(&args.dir)?);
+    Ok(ExitCode::SUCCESS)
 }
 
 fn list(args: &ListArgs, registry: &qatlab_core::Registry) -> Result<ExitCode, Error> {

@@ -5,6 +5,7 @@ mod data;
 mod engine;
 mod plugins;
 mod runs;
+mod slurm;
 mod sweep;
 
 /// Parse a YAML run config for a test.
