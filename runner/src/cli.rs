@@ -29,6 +29,9 @@ pub enum Command {
     Table(TableArgs),
     /// Per-run status of an experiment's results directory (and of its Slurm arrays).
     Status(StatusArgs),
+    /// Reproduce a reference table: run its experiment (resuming), compare with the published
+    /// numbers, write results/repro/<table>.md.
+    Repro(ReproArgs),
     /// List the registered strategies with their parameters and defaults; with `--plugin`, what
     /// those libraries provide.
     Plugins(PluginsArgs),
@@ -93,6 +96,29 @@ pub enum Launcher {
     Local,
     /// As a Slurm job array.
     Slurm,
+}
+
+/// Arguments of `qat repro`.
+#[derive(Debug, clap::Args)]
+pub struct ReproArgs {
+    /// The table (`table1`, ...); see `--list`.
+    #[arg(required_unless_present = "list")]
+    pub table: Option<String>,
+    /// List the tables.
+    #[arg(long)]
+    pub list: bool,
+    /// The published-numbers data file.
+    #[arg(long, default_value = "experiments/repro/published.yaml")]
+    pub data: PathBuf,
+    /// Root of the results tree.
+    #[arg(long, default_value = "results")]
+    pub results: PathBuf,
+    /// Runs in parallel; default: the number of cores.
+    #[arg(long, short)]
+    pub jobs: Option<usize>,
+    /// Print log lines instead of progress bars.
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 /// Arguments of `qat status`.
@@ -210,6 +236,16 @@ mod tests {
         };
         assert_eq!(a.epochs, 3);
         assert!(a.file.is_none());
+    }
+
+    #[test]
+    fn repro_needs_a_table_or_list() {
+        assert!(Cli::try_parse_from(["qat", "repro"]).is_err());
+        let Command::Repro(a) = parse(&["repro", "--list"]).command else { panic!("not repro") };
+        assert!(a.list && a.table.is_none());
+        let Command::Repro(a) = parse(&["repro", "table1", "-j", "2"]).command else { panic!("not repro") };
+        assert_eq!((a.table.as_deref(), a.jobs), (Some("table1"), Some(2)));
+        assert_eq!(a.data, PathBuf::from("experiments/repro/published.yaml"));
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod optim;
 pub mod outputs;
 pub mod plots;
 pub mod report;
+pub mod repro;
 pub mod results;
 pub mod slurm;
 pub mod sweep;

@@ -8,8 +8,8 @@ use clap::Parser;
 use qatlab_core::config::RunConfig;
 use qatlab_runner::bench::{bench_train, PYTORCH_TERNARY_SAMPLES_PER_S};
 use qatlab_runner::cli::{
-    BenchCommand, BenchTrainArgs, Cli, Command, Launcher, ListArgs, PluginsArgs, RunArgs, StatusArgs,
-    TableArgs,
+    BenchCommand, BenchTrainArgs, Cli, Command, Launcher, ListArgs, PluginsArgs, ReproArgs, RunArgs,
+    StatusArgs, TableArgs,
 };
 use qatlab_runner::data::RunData;
 use qatlab_runner::dynamic;
@@ -57,6 +57,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
         Command::List(args) => list(&args, &registry),
         Command::Table(args) => table(&args),
         Command::Status(args) => status(&args),
+        Command::Repro(args) => repro(&args, &registry),
         Command::Plugins(args) => plugins(&args, &mut registry, &loaded),
         Command::Bench(BenchCommand::Train(args)) => bench(&args, &registry),
     }
@@ -177,6 +178,41 @@ fn submit(
             submitted.indices.len()
         ),
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn repro(args: &ReproArgs, registry: &qatlab_core::Registry) -> Result<ExitCode, Error> {
+    use qatlab_runner::repro;
+    let published = repro::read_published(&args.data)?;
+    if args.list {
+        print!("{}", repro::list(&published, &args.data, &args.results));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let name = args.table.clone().unwrap_or_default();
+    let spec = published.tables.get(&name).ok_or_else(|| {
+        let names: Vec<&str> = published.tables.keys().map(String::as_str).collect();
+        Error::Config(format!("unknown table `{name}`; tables: {}", names.join(", ")))
+    })?;
+    let plan = experiment::load(&repro::experiment_file(&args.data, spec), registry)?;
+    let selected = plan.selection(&[])?;
+    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let options = ExecOptions {
+        results: args.results.clone(),
+        force: false,
+        retry_failed: false,
+        quiet: args.quiet,
+        jobs,
+    };
+    execute(&plan, &selected, registry, &options)?;
+    if let Err(e) = qatlab_runner::plots::write_plots(&plan, &args.results) {
+        eprintln!("qat: warning: no plots: {e}");
+    }
+    let csv = experiment_dir(&args.results, &plan).join("results.csv");
+    let (report, within, compared) = repro::report(&name, spec, &csv, repro::total_wall(&csv)?)?;
+    let path = args.results.join("repro").join(format!("{name}.md"));
+    qatlab_runner::outputs::write_atomic(&path, report.as_bytes())?;
+    print!("{report}");
+    println!("written: {} ({within}/{compared} within tolerance or trend holding)", display_path(&path));
     Ok(ExitCode::SUCCESS)
 }
 
