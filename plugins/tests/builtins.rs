@@ -300,3 +300,54 @@ fn self_compress_prunes_a_channel_at_zero_bits_and_reports_its_size() {
     assert!((size - 0.5 * (4.0 + 0.2) / 2.0).abs() < 1e-6);
     assert_eq!(&grads[..2], &[0.25, 0.25]);
 }
+
+#[test]
+fn every_activation_derivative_matches_finite_differences() {
+    let registry = builtin_registry();
+    let points: Vec<f32> = vec![-4.1, -2.7, -1.3, -0.6, -0.2, 0.15, 0.45, 1.1, 2.2, 3.7, 5.3];
+    for info in registry.activations.infos() {
+        let a = registry.activations.build(&info.name, &Mapping::new()).unwrap();
+        let n = points.len();
+        let (mut y, mut dy) = (vec![0.0; n], vec![0.0; n]);
+        a.apply(&points, &mut y, &mut dy);
+        let h = 1e-3f32;
+        let up: Vec<f32> = points.iter().map(|x| x + h).collect();
+        let down: Vec<f32> = points.iter().map(|x| x - h).collect();
+        let (mut yu, mut yd, mut scratch) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+        a.apply(&up, &mut yu, &mut scratch);
+        a.apply(&down, &mut yd, &mut scratch);
+        for i in 0..n {
+            let fd = (yu[i] - yd[i]) / (2.0 * h);
+            assert!(
+                (fd - dy[i]).abs() < 2e-2 * (1.0 + dy[i].abs()),
+                "{} at {}: f' {} vs fd {fd}",
+                info.name,
+                points[i],
+                dy[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn activations_at_known_points() {
+    let registry = builtin_registry();
+    let at = |name: &str, p: &str, x: f32| {
+        let a = registry.activations.build(name, &params(p)).unwrap();
+        let (mut y, mut dy) = ([0.0], [0.0]);
+        a.apply(&[x], &mut y, &mut dy);
+        y[0]
+    };
+    assert_eq!(at("leaky-relu", "{}", -2.0), -0.02);
+    assert_eq!(at("leaky-relu", "slope: 0.125", -2.0), -0.25);
+    assert!((at("gelu", "{}", 1.0) - 0.841_344_7).abs() < 1e-5, "GELU(1) = Φ(1)");
+    assert_eq!(at("hardswish", "{}", 1.0), 4.0 / 6.0);
+    assert_eq!(at("relu2", "{}", -3.0), 0.0);
+    assert_eq!(at("relu2", "{}", 3.0), 9.0);
+    assert_eq!(at("x-relu", "{k: 3, d: 6}", 1.0), 4.0 / 6.0);
+    assert_eq!(at("x-relu6", "{k: 3, d: 1}", 4.0), 24.0);
+    assert_eq!(at("relu-shift", "{k: 2}", -5.0), -2.0);
+    assert!((at("silu", "{}", 1.0) - 0.731_058_6).abs() < 1e-6);
+    let err = registry.activations.build("x-relu", &params("{d: 0}")).err().unwrap().to_string();
+    assert_eq!(err, "activation `x-relu`: d: must be a non-zero number, got 0");
+}
