@@ -200,6 +200,26 @@ pub struct TrainConfig {
     pub schedule: PluginSpec,
     /// Seed of data order, augmentation, initialisation and stochastic strategies.
     pub seed: u64,
+    /// Delayed quantization: train with float weights for this many epochs first.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub float_epochs: usize,
+    /// Delayed quantization as a share of training: float for the first ⌊fraction·epochs⌋ epochs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub float_fraction: Option<f64>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+impl TrainConfig {
+    /// Epochs trained with float weights before quantization starts.
+    pub fn float_epochs(&self) -> usize {
+        match self.float_fraction {
+            Some(f) => (f * self.epochs as f64).floor() as usize,
+            None => self.float_epochs,
+        }
+    }
 }
 
 impl Default for TrainConfig {
@@ -210,6 +230,8 @@ impl Default for TrainConfig {
             optimizer: OptimizerConfig::default(),
             schedule: PluginSpec::named("cosine"),
             seed: 0,
+            float_epochs: 0,
+            float_fraction: None,
         }
     }
 }
@@ -339,6 +361,12 @@ impl RunConfig {
         ];
         let mut problems: Vec<String> =
             checks.into_iter().filter(|c| c.0).map(|(_, k, m)| format!("{k}: {m}")).collect();
+        if t.float_epochs > 0 && t.float_fraction.is_some() {
+            problems.push("train.float_epochs, train.float_fraction: give one of them, not both".into());
+        }
+        if t.float_fraction.is_some_and(|f| !(0.0..1.0).contains(&f)) {
+            problems.push(format!("train.float_fraction: must lie in [0, 1), got {:?}", t.float_fraction));
+        }
         if let Err(e) = self.model.check_layer_keys(self.model.hidden.len() + 1) {
             problems.push(e);
         }

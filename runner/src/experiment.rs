@@ -108,9 +108,10 @@ pub fn load(file: &Path, registry: &Registry) -> Result<RunPlan> {
             let points = sweep::expand(&spec, config.train.seed)
                 .map_err(|e| Error::Config(format!("{shown}: {e}")))?;
             let mut swept: Vec<String> = Vec::new();
-            for (path, _) in points.iter().flat_map(|p| &p.overrides) {
+            for (path, sample) in points.iter().flat_map(|p| &p.overrides) {
                 if !swept.contains(path) {
-                    check_path(&resolved, path).map_err(|e| Error::Config(format!("{shown}: {e}")))?;
+                    check_path(&resolved, path, sample)
+                        .map_err(|e| Error::Config(format!("{shown}: {e}")))?;
                     swept.push(path.clone());
                 }
             }
@@ -175,9 +176,10 @@ fn from_value(value: &Value, origin: &str) -> Result<RunConfig> {
         .map_err(|e| Error::Config(with_hint(format!("{origin}: {e}"))))
 }
 
-/// A swept path must exist in the resolved config, or be a parameter of a strategy (a mapping
-/// with `name`), or a per-layer override.
-fn check_path(resolved: &Value, path: &str) -> Result<(), String> {
+/// A swept path must name a config key: it exists in the resolved config, or is a parameter of
+/// a strategy (a mapping with `name`), a per-layer override, or an optional key the config
+/// accepts (checked by setting it to the run's value).
+fn check_path(resolved: &Value, path: &str, sample: &Value) -> Result<(), String> {
     if get_path(resolved, path).is_some() || path.starts_with("model.layers.") {
         return Ok(());
     }
@@ -188,6 +190,12 @@ fn check_path(resolved: &Value, path: &str) -> Result<(), String> {
         .is_some_and(|m| m.contains_key("name"))
     {
         return Ok(());
+    }
+    let mut trial = resolved.clone();
+    set_path(&mut trial, path, sample.clone());
+    match serde_yaml::from_value::<RunConfig>(trial) {
+        Err(e) if e.to_string().contains("unknown field") => {}
+        _ => return Ok(()),
     }
     let last = path.rsplit('.').next().unwrap_or(path);
     let siblings: Vec<String> = match parent.map(|p| get_path(resolved, p)) {

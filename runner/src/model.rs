@@ -28,6 +28,8 @@ pub struct Layer {
     pub grad_weight: Vec<f32>,
     /// ∂L/∂θ for the quantizer's learnable parameters.
     pub grad_params: Vec<f32>,
+    /// True while quantization is delayed (float weights).
+    pub float_phase: bool,
 }
 
 impl Layer {
@@ -38,11 +40,25 @@ impl Layer {
             .map_err(|e| Error::Plugin(format!("{}: {e}", self.name)))
     }
 
-    /// Map `grad_values` through the quantizer's backward into `grad_weight` and `grad_params`.
+    /// Use the latent weights as they are (delayed quantization's float phase).
+    pub fn pass_through(&mut self) {
+        let q = &mut self.quantized;
+        q.values.clone_from(&self.weight);
+        q.codes.clear();
+        q.levels.clear();
+        q.scales = vec![1.0];
+    }
+
+    /// Map `grad_values` through the quantizer's backward into `grad_weight` and `grad_params`
+    /// (the identity when the last forward pass was a float pass-through).
     pub fn backward_quantizer(&mut self) {
         self.grad_weight.resize(self.weight.len(), 0.0);
         self.grad_params.clear();
         self.grad_params.resize(self.quantizer.params().len(), 0.0);
+        if self.float_phase {
+            self.grad_weight.copy_from_slice(&self.grad_values);
+            return;
+        }
         self.quantizer.backward(
             &self.weight,
             self.shape,
@@ -181,6 +197,7 @@ impl Network {
                 grad_values: vec![0.0; shape.len()],
                 grad_weight: vec![0.0; shape.len()],
                 grad_params: Vec::new(),
+                float_phase: false,
             });
         }
         let stage = Stage { norm: config.model.norm, activation };
@@ -201,6 +218,10 @@ impl Network {
     /// Quantize every layer's weights for a forward pass.
     pub fn quantize_all(&mut self, training: bool, step: u64, epoch: usize, seed: u64) -> Result<()> {
         for (i, layer) in self.layers.iter_mut().enumerate() {
+            if layer.float_phase {
+                layer.pass_through();
+                continue;
+            }
             let ctx = QuantCtx { training, step, epoch, seed: seed.wrapping_add(i as u64) };
             layer.quantize(ctx)?;
         }

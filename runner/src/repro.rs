@@ -80,6 +80,9 @@ pub struct TrendSpec {
     /// The best (highest) mean should sit at this value of `by`.
     #[serde(default)]
     pub best_near: Option<f64>,
+    /// The worst (lowest) mean should sit at this value of `by`.
+    #[serde(default)]
+    pub worst_near: Option<f64>,
     /// How far from `best_near` still counts.
     #[serde(default)]
     pub within: f64,

@@ -323,6 +323,8 @@ pub fn train(
     let mut x = Vec::new();
     let mut labels = Vec::new();
     for epoch in history.len()..epochs {
+        let float_phase = epoch < config.train.float_epochs();
+        trainer.net.layers.iter_mut().for_each(|l| l.float_phase = float_phase);
         let samples = data.epoch_train(config.train.seed, epoch);
         let f = samples.features;
         let order = epoch_order(samples.len(), config.train.seed, epoch);
@@ -347,7 +349,9 @@ pub fn train(
             observer.on_step(epoch, ((b + 1) * batch).min(samples.len()), samples.len());
         }
         let samples_per_s = samples.len() as f64 / started.elapsed().as_secs_f64();
-        trainer.end_epoch(epoch)?;
+        if !float_phase {
+            trainer.end_epoch(epoch)?;
+        }
         let (test_loss, test_acc, positive_fraction) = trainer.evaluate(&data.test)?;
         let metrics = EpochMetrics {
             epoch: epoch + 1,

@@ -43,3 +43,21 @@ fn augmented_epochs_hold_twice_the_training_set() {
     assert_eq!(&epoch.x[..256 * 10], &data.train.x[..256 * 10], "the clean copy comes first");
     assert_eq!(data.test.len(), 10_000);
 }
+
+#[test]
+fn delayed_quantization_trains_float_first() {
+    let config = crate::config(
+        "name: delay\nquantizer: ternary\nmodel: {hidden: [16]}\ntrain: {epochs: 2, float_epochs: 1}",
+    );
+    let data = RunData::load(&config.data).unwrap();
+    let registry = qatlab_plugins::builtin_registry();
+    let mut keep = Keep(Vec::new());
+    single_threaded(|| train(&config, &registry, &data, &mut keep, None)).unwrap();
+    let (float, quantized) = (&keep.0[0].layers[0], &keep.0[1].layers[0]);
+    assert_eq!((float.entropy, float.sparsity), (32.0, 0.0), "epoch 1 is float");
+    assert!(quantized.entropy < 1.6 && quantized.sparsity > 0.0, "epoch 2 is ternary: {quantized:?}");
+    let both = crate::config("name: d\ntrain: {float_epochs: 3, float_fraction: 0.5}");
+    assert!(both.validate().unwrap_err().contains("give one of them, not both"));
+    let fraction = crate::config("name: d\ntrain: {epochs: 30, float_fraction: 0.33}");
+    assert_eq!(fraction.train.float_epochs(), 9);
+}
