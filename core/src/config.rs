@@ -35,9 +35,46 @@ pub struct RunConfig {
     /// Optimisation recipe.
     #[serde(default)]
     pub train: TrainConfig,
+    /// Extra evaluations after training.
+    #[serde(default, skip_serializing_if = "EvalConfig::is_empty")]
+    pub eval: EvalConfig,
     /// Parameter sweep over this config (expanded by the runner); absent in a resolved run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sweep: Option<Value>,
+}
+
+/// Evaluations after training.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// Post-training quantization: after training, evaluate the latent weights quantized by
+    /// each of these quantizers (every layer; a fitted clip is fitted once to the final weights).
+    pub post_quantize: Vec<PluginSpec>,
+}
+
+impl EvalConfig {
+    /// True when nothing extra is evaluated.
+    pub fn is_empty(&self) -> bool {
+        self.post_quantize.is_empty()
+    }
+}
+
+/// A short label of a strategy spec: `name key=value ...`, keys sorted so the label does not
+/// depend on the order they were written in.
+pub fn spec_label(spec: &PluginSpec) -> String {
+    let mut params: Vec<(String, String)> = spec
+        .params
+        .iter()
+        .map(|(k, v)| {
+            let value = serde_yaml::to_string(v).map(|s| s.trim().to_string()).unwrap_or_default();
+            (k.as_str().unwrap_or("?").to_string(), value)
+        })
+        .collect();
+    params.sort();
+    std::iter::once(spec.name.clone())
+        .chain(params.into_iter().map(|(k, v)| format!("{k}={v}")))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The datasets the runner can load.

@@ -194,6 +194,7 @@ fn new_record(config: &RunConfig) -> RunRecord {
         weights: 0,
         total_bits: 0.0,
         sparsity: 0.0,
+        post_quantized: Default::default(),
         samples_per_s: 0.0,
         wall_s: 0.0,
         versions: Versions::current(),
@@ -238,6 +239,7 @@ pub fn run_one(
             record.status = Status::Success;
             record.total_bits = finished.total_bits;
             record.weights = finished.trainer.net.weight_count();
+            record.post_quantized = finished.post_quantized.into_iter().collect();
         }
         Err(Error::Interrupted) => {
             dir.write_record(&record)?;

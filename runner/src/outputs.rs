@@ -96,6 +96,9 @@ pub struct RunRecord {
     /// Mean share of zero-level weights over the layers, at the last epoch.
     #[serde(default)]
     pub sparsity: f64,
+    /// Test accuracy after post-training quantization, per quantizer label.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub post_quantized: std::collections::BTreeMap<String, f64>,
     /// Mean training samples per second (training passes only).
     pub samples_per_s: f64,
     /// Wall time of the run in seconds, data loading excluded.

@@ -11,7 +11,6 @@ use plotters::prelude::*;
 use crate::error::{Error, Result};
 use crate::experiment::RunPlan;
 use crate::outputs::{RunDir, Status};
-use crate::sweep::inline;
 use crate::tensorboard::group_name;
 
 /// Where the plotting font is looked for (DejaVu Sans from Debian's fonts-dejavu-core), after
@@ -44,16 +43,6 @@ struct RunPoint {
     curve: Vec<f64>,
 }
 
-fn quantizer_label(spec: &qatlab_core::config::PluginSpec) -> String {
-    let params: Vec<String> =
-        spec.params.iter().map(|(k, v)| format!("{}={}", inline(k), inline(v))).collect();
-    if params.is_empty() {
-        spec.name.clone()
-    } else {
-        format!("{} {}", spec.name, params.join(" "))
-    }
-}
-
 fn collect(plan: &RunPlan, results: &Path) -> Vec<RunPoint> {
     plan.runs
         .iter()
@@ -62,7 +51,7 @@ fn collect(plan: &RunPlan, results: &Path) -> Vec<RunPoint> {
             let record = dir.read_record().filter(|r| r.status == Status::Success)?;
             let curve = read_test_accuracy(&dir.path.join("metrics.csv"));
             Some(RunPoint {
-                series: quantizer_label(&run.config.quantizer),
+                series: qatlab_core::config::spec_label(&run.config.quantizer),
                 group: group_name(run),
                 bits: record.total_bits,
                 accuracy: 100.0 * record.final_scores.map_or(0.0, |s| s.test_acc),

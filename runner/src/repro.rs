@@ -65,6 +65,9 @@ pub struct RowSpec {
     pub match_: BTreeMap<String, String>,
     /// Published values (compared to their mean).
     pub published: Vec<f64>,
+    /// The results.csv column compared, when not the table's.
+    #[serde(default)]
+    pub metric: Option<String>,
 }
 
 /// A trend over one swept key.

@@ -34,11 +34,18 @@ pub fn write_results_csv(plan: &RunPlan, results: &Path) -> Result<()> {
     let mut header = vec!["index".to_string(), "run_id".to_string()];
     header.extend(plan.swept.iter().filter(|k| *k != "train.seed").cloned());
     header.push("seed".into());
+    let first_metric = header.len();
     header.extend(METRIC_COLUMNS.map(String::from));
+    let records: Vec<_> =
+        plan.runs.iter().map(|run| RunDir::new(results, &run.config).read_record()).collect();
+    let mut ptq: Vec<String> =
+        records.iter().flatten().flat_map(|r| r.post_quantized.keys().cloned()).collect();
+    ptq.sort();
+    ptq.dedup();
+    header.extend(ptq.iter().map(|label| format!("ptq[{label}]")));
     w.write_record(&header).map_err(|e| Error::Config(e.to_string()))?;
-    for run in &plan.runs {
-        let dir = RunDir::new(results, &run.config);
-        let Some(r) = dir.read_record() else { continue };
+    for (run, record) in plan.runs.iter().zip(records) {
+        let Some(r) = record else { continue };
         let mut row = vec![run.index.to_string(), r.run_id.clone()];
         for key in plan.swept.iter().filter(|k| *k != "train.seed") {
             row.push(
@@ -65,14 +72,17 @@ pub fn write_results_csv(plan: &RunPlan, results: &Path) -> Result<()> {
         ]);
         if r.status != Status::Success {
             // unfinished or failed runs have no final metrics worth averaging
-            for cell in
-                row.iter_mut().skip(header.len() - METRIC_COLUMNS.len() + 1).take(METRIC_COLUMNS.len() - 2)
-            {
+            for cell in row.iter_mut().skip(first_metric + 1).take(METRIC_COLUMNS.len() - 2) {
                 if r.final_scores.is_none() {
                     cell.clear();
                 }
             }
         }
+        row.extend(
+            ptq.iter().map(|label| {
+                r.post_quantized.get(label).map_or(String::new(), |a| format!("{:.4}", 100.0 * a))
+            }),
+        );
         w.write_record(&row).map_err(|e| Error::Config(e.to_string()))?;
     }
     let bytes = w.into_inner().map_err(|e| Error::Config(e.to_string()))?;

@@ -255,6 +255,35 @@ impl Trainer {
         Ok(())
     }
 
+    /// Test accuracy with every layer's weights quantized by `spec` instead of the training
+    /// quantizer (post-training quantization); the training quantizers are put back after.
+    pub fn evaluate_quantized_by(
+        &mut self,
+        registry: &Registry,
+        spec: &qatlab_core::config::PluginSpec,
+        test: &Samples,
+    ) -> Result<f64> {
+        let mut saved = Vec::new();
+        for layer in &mut self.net.layers {
+            let mut q = registry
+                .quantizers
+                .build(&spec.name, &spec.params)
+                .map_err(|e| Error::Config(format!("eval.post_quantize: {e}")))?;
+            // one calibration pass: quantize once, then let a fitted clip refit to these weights
+            let ctx = qatlab_core::QuantCtx::default();
+            q.quantize(&layer.weight, layer.shape, ctx, &mut layer.quantized)
+                .map_err(|e| Error::Plugin(e.to_string()))?;
+            q.end_epoch(&layer.weight, layer.shape, 0).map_err(|e| Error::Plugin(e.to_string()))?;
+            saved.push(std::mem::replace(&mut layer.quantizer, q));
+            layer.float_phase = false;
+        }
+        let result = self.evaluate(test);
+        for (layer, q) in self.net.layers.iter_mut().zip(saved) {
+            layer.quantizer = q;
+        }
+        Ok(result?.1)
+    }
+
     /// Let each quantizer refit its state at the end of `epoch`.
     pub fn end_epoch(&mut self, epoch: usize) -> Result<()> {
         for layer in &mut self.net.layers {
@@ -298,6 +327,8 @@ pub struct Finished {
     pub epochs: Vec<EpochMetrics>,
     /// Σ weights × bits per weight.
     pub total_bits: f64,
+    /// Test accuracy after post-training quantization, per quantizer label.
+    pub post_quantized: Vec<(String, f64)>,
     /// The trained network.
     pub trainer: Trainer,
 }
@@ -369,5 +400,12 @@ pub fn train(
         observer.on_checkpoint(&trainer.checkpoint(&history))?;
     }
     let total_bits = trainer.net.total_weight_bits();
-    Ok(Finished { epochs: history, total_bits, trainer })
+    let mut post_quantized = Vec::new();
+    for spec in &config.eval.post_quantize {
+        post_quantized.push((
+            qatlab_core::config::spec_label(spec),
+            trainer.evaluate_quantized_by(registry, spec, &data.test)?,
+        ));
+    }
+    Ok(Finished { epochs: history, total_bits, post_quantized, trainer })
 }

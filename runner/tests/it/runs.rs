@@ -61,3 +61,31 @@ fn delayed_quantization_trains_float_first() {
     let fraction = crate::config("name: d\ntrain: {epochs: 30, float_fraction: 0.33}");
     assert_eq!(fraction.train.float_epochs(), 9);
 }
+
+#[test]
+fn post_training_quantization_evaluates_the_final_weights_with_other_quantizers() {
+    let config = crate::config(
+        "name: ptq\nmodel: {hidden: [16]}\ntrain: {epochs: 1}\neval: {post_quantize: [ternary, {name: int, bits: 8, symmetric: false}]}",
+    );
+    let data = RunData::load(&config.data).unwrap();
+    let registry = qatlab_plugins::builtin_registry();
+    let mut keep = Keep(Vec::new());
+    let finished = single_threaded(|| train(&config, &registry, &data, &mut keep, None)).unwrap();
+    let float = keep.0[0].test_acc;
+    let labels: Vec<&str> = finished.post_quantized.iter().map(|(l, _)| l.as_str()).collect();
+    assert_eq!(labels, ["ternary", "int bits=8 symmetric=false"]);
+    let (ternary, eight) = (finished.post_quantized[0].1, finished.post_quantized[1].1);
+    assert!(
+        (eight - float).abs() < 0.01,
+        "8-bit post-quantization barely changes a float net: {eight} vs {float}"
+    );
+    assert!(
+        ternary < float && ternary > 0.3,
+        "ternary post-quantization costs accuracy: {ternary} vs {float}"
+    );
+    assert_eq!(
+        finished.trainer.net.layers[0].quantizer.bits_per_weight(),
+        32.0,
+        "the training quantizer is put back"
+    );
+}
