@@ -83,14 +83,17 @@ impl Ste {
         }
     }
 
-    /// `grad_w[i] = grad[i] · factor(w[i]/scale(i))`.
-    pub fn apply(self, beta: f32, w: &[f32], grad: &[f32], grad_w: &mut [f32], scale: impl Fn(usize) -> f32) {
+    /// `grad_w[i] = grad[i] · factor(w[i]/s)` with s the scale of weight i: `scales` holds one
+    /// scale for the tensor or one per row of `cols` weights.
+    pub fn apply(self, beta: f32, w: &[f32], grad: &[f32], grad_w: &mut [f32], scales: &[f32], cols: usize) {
         if self == Ste::Identity {
             grad_w.copy_from_slice(grad);
             return;
         }
+        let per_row = scales.len() > 1;
         for i in 0..w.len() {
-            grad_w[i] = grad[i] * self.factor(w[i] / scale(i), beta);
+            let s = if per_row { scales[i / cols.max(1)] } else { scales[0] };
+            grad_w[i] = grad[i] * self.factor(w[i] / s, beta);
         }
     }
 }

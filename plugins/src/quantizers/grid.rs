@@ -138,9 +138,7 @@ impl<C: Codebook> Quantizer for GridQuantizer<C> {
         grad_w: &mut [f32],
         grad_params: &mut [f32],
     ) {
-        let per_row = q.scales.len() > 1;
-        let scale = |i: usize| if per_row { q.scales[i / shape.cols] } else { q.scales[0] };
-        self.settings.ste.apply(self.settings.ste_beta, w, grad, grad_w, scale);
+        self.settings.ste.apply(self.settings.ste_beta, w, grad, grad_w, &q.scales, shape.cols);
         if self.clip.learned() {
             let g = self.param_grad_scale(shape);
             for (gi, range) in self.groups(shape).into_iter().enumerate() {

@@ -108,14 +108,7 @@ impl Quantizer for Ternary {
             if self.config.learn_scale { Granularity::Channel } else { self.config.granularity };
         let gammas: Vec<f32> =
             granularity.groups(shape.rows, shape.cols).into_iter().map(|g| abs_mean(&w[g])).collect();
-        let per_row = gammas.len() > 1;
-        self.config.ste.apply(self.config.ste_beta, w, grad_values, grad_w, |i| {
-            if per_row {
-                gammas[i / shape.cols]
-            } else {
-                gammas[0]
-            }
-        });
+        self.config.ste.apply(self.config.ste_beta, w, grad_values, grad_w, &gammas, shape.cols);
         if self.config.learn_scale {
             for (r, gs) in grad_params.iter_mut().enumerate().take(shape.rows) {
                 let row = r * shape.cols..(r + 1) * shape.cols;

@@ -96,13 +96,6 @@ impl Quantizer for Twn {
         grad_w: &mut [f32],
         _: &mut [f32],
     ) {
-        let per_row = q.scales.len() > 1;
-        self.config.ste.apply(self.config.ste_beta, w, grad, grad_w, |i| {
-            if per_row {
-                q.scales[i / shape.cols]
-            } else {
-                q.scales[0]
-            }
-        });
+        self.config.ste.apply(self.config.ste_beta, w, grad, grad_w, &q.scales, shape.cols);
     }
 }
