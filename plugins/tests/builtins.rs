@@ -351,3 +351,25 @@ fn activations_at_known_points() {
     let err = registry.activations.build("x-relu", &params("{d: 0}")).err().unwrap().to_string();
     assert_eq!(err, "activation `x-relu`: d: must be a non-zero number, got 0");
 }
+
+#[test]
+fn learning_rate_schedules_at_known_epochs() {
+    let registry = builtin_registry();
+    let value = |name: &str, p: &str, epoch: usize| {
+        let s = registry.schedules.build(name, &params(p)).unwrap();
+        s.value(Progress { epoch, step: 0, epochs: 30, steps: 0 })
+    };
+    assert_eq!(value("step", "{size: 10, gamma: 0.5}", 9), 1.0);
+    assert_eq!(value("step", "{size: 10, gamma: 0.5}", 25), 0.25);
+    assert_eq!(value("two-step", "{at: 15}", 14), 1.0);
+    assert_eq!(value("two-step", "{at: 15}", 15), 0.5);
+    assert!((value("warmup-cosine", "{warmup: 3}", 0) - 0.25).abs() < 1e-12);
+    assert_eq!(value("warmup-cosine", "{warmup: 3}", 3), 1.0);
+    // SGDR with t0 = 10, t_mult = 2: cycles [0, 10), [10, 30); restarts at 10
+    assert_eq!(value("cosine-restarts", "{t0: 10, t_mult: 2}", 10), 1.0);
+    assert!((value("cosine-restarts", "{t0: 10, t_mult: 2}", 20) - 0.5).abs() < 1e-12);
+    assert_eq!(value("cyclic", "{period: 5, low: 0.2}", 5), 1.0);
+    assert!((value("cyclic", "{period: 5, low: 0.2}", 9) - 0.2).abs() < 1e-12);
+    let err = registry.schedules.build("step", &params("{size: 0}")).err().unwrap().to_string();
+    assert_eq!(err, "schedule `step`: size: must be at least 1");
+}

@@ -70,5 +70,165 @@ pub fn register(catalog: &mut Catalog<dyn Schedule>) -> Result<()> {
         BUILT_IN,
         |c: CosineConfig| Ok(Box::new(Cosine(c))),
     )?;
+    register_more(catalog)
+}
+
+/// Parameters of `step`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StepConfig {
+    /// Epochs between decays.
+    pub size: usize,
+    /// Factor per decay.
+    pub gamma: f64,
+}
+
+impl Default for StepConfig {
+    fn default() -> Self {
+        Self { size: 10, gamma: 0.1 }
+    }
+}
+
+/// Parameters of `two-step`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TwoStepConfig {
+    /// Epoch from which the value is halved (the BitNet recipe halves at mid-training).
+    pub at: usize,
+}
+
+impl Default for TwoStepConfig {
+    fn default() -> Self {
+        Self { at: 15 }
+    }
+}
+
+/// Parameters of `warmup-cosine`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WarmupConfig {
+    /// Epochs of linear warm-up from 1/(warmup+1).
+    pub warmup: usize,
+    /// Value the cosine reaches at the end.
+    pub to: f64,
+}
+
+impl Default for WarmupConfig {
+    fn default() -> Self {
+        Self { warmup: 2, to: 0.0 }
+    }
+}
+
+/// Parameters of `cosine-restarts`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RestartsConfig {
+    /// Length of the first cycle in epochs.
+    pub t0: usize,
+    /// Growth factor of each next cycle.
+    pub t_mult: usize,
+    /// Value at the end of each cycle.
+    pub to: f64,
+}
+
+impl Default for RestartsConfig {
+    fn default() -> Self {
+        Self { t0: 10, t_mult: 1, to: 0.0 }
+    }
+}
+
+/// Parameters of `cyclic`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CyclicConfig {
+    /// Epochs per cycle.
+    pub period: usize,
+    /// Lowest value (at the end of each cycle).
+    pub low: f64,
+}
+
+impl Default for CyclicConfig {
+    fn default() -> Self {
+        Self { period: 5, low: 0.1 }
+    }
+}
+
+/// Position in the current warm-restart cycle: (epoch within the cycle, cycle length).
+pub fn restart_position(epoch: usize, t0: usize, t_mult: usize) -> (usize, usize) {
+    let (mut start, mut length) = (0, t0.max(1));
+    while epoch >= start + length {
+        start += length;
+        length *= t_mult.max(1);
+    }
+    (epoch - start, length)
+}
+
+struct Curve<F>(F);
+
+impl<F: Fn(Progress) -> f64 + Send + Sync> Schedule for Curve<F> {
+    fn value(&self, p: Progress) -> f64 {
+        (self.0)(p)
+    }
+}
+
+fn curve(
+    f: impl Fn(Progress) -> f64 + Send + Sync + 'static,
+) -> std::result::Result<Box<dyn Schedule>, String> {
+    Ok(Box::new(Curve(f)))
+}
+
+/// Register the step-wise and cyclic schedules.
+pub fn register_more(catalog: &mut Catalog<dyn Schedule>) -> Result<()> {
+    catalog.register("step", "gamma^floor(epoch/size)", BUILT_IN, |c: StepConfig| {
+        if c.size == 0 {
+            return Err("size: must be at least 1".into());
+        }
+        curve(move |p| c.gamma.powi((p.epoch / c.size) as i32))
+    })?;
+    catalog.register("two-step", "1 before epoch `at`, 0.5 from it", BUILT_IN, |c: TwoStepConfig| {
+        curve(move |p| if p.epoch < c.at { 1.0 } else { 0.5 })
+    })?;
+    catalog.register(
+        "warmup-cosine",
+        "linear warm-up for `warmup` epochs, then cosine to `to`",
+        BUILT_IN,
+        |c: WarmupConfig| {
+            curve(move |p| {
+                if p.epoch < c.warmup {
+                    (p.epoch + 1) as f64 / (c.warmup + 1) as f64
+                } else {
+                    cosine(1.0, c.to, p.epoch - c.warmup, p.epochs.saturating_sub(c.warmup))
+                }
+            })
+        },
+    )?;
+    catalog.register(
+        "cosine-restarts",
+        "cosine to `to` over cycles of t0, t0·t_mult, ... epochs (SGDR)",
+        BUILT_IN,
+        |c: RestartsConfig| {
+            if c.t0 == 0 {
+                return Err("t0: must be at least 1".into());
+            }
+            curve(move |p| {
+                let (at, length) = restart_position(p.epoch, c.t0, c.t_mult);
+                cosine(1.0, c.to, at, length)
+            })
+        },
+    )?;
+    catalog.register(
+        "cyclic",
+        "linear from 1 down to `low` within each `period` epochs (for SWA)",
+        BUILT_IN,
+        |c: CyclicConfig| {
+            if c.period == 0 {
+                return Err("period: must be at least 1".into());
+            }
+            curve(move |p| {
+                let at = (p.epoch % c.period) as f64 / (c.period.max(2) - 1) as f64;
+                1.0 - (1.0 - c.low) * at
+            })
+        },
+    )?;
     Ok(())
 }
