@@ -134,6 +134,31 @@ pub enum Norm {
     None,
 }
 
+/// Skip connections of the square hidden layers (the reference notebook's variants); x is the
+/// layer's input (the previous activation's output), fc(x) its normalised, quantized linear map.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Residual {
+    /// x ← act(fc(x)).
+    #[default]
+    None,
+    /// x ← act(x + fc(x)).
+    ReluSum,
+    /// x ← x + act(fc(x)).
+    SumRelu,
+    /// x ← a·x + act(fc(x)), a learned per layer.
+    ScaledSumRelu,
+    /// x ← act(a·x + fc(x)), a learned per layer.
+    ReluScaledSum,
+}
+
+impl Residual {
+    /// True when the variant has a learned scale a.
+    pub fn learned_scale(self) -> bool {
+        matches!(self, Residual::ScaledSumRelu | Residual::ReluScaledSum)
+    }
+}
+
 /// The fully connected network: input → hidden widths → classes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -146,6 +171,9 @@ pub struct ModelConfig {
     pub activation_bits: Option<u32>,
     /// Activation after every layer but the last.
     pub activation: PluginSpec,
+    /// Skip connections around the hidden layers whose input and output widths match.
+    #[serde(skip_serializing_if = "is_no_residual")]
+    pub residual: Residual,
     /// Per-layer overrides (mixed precision), keyed `first`, `last` or a 1-based layer index;
     /// an index wins over `first`/`last`.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
@@ -218,6 +246,7 @@ impl Default for ModelConfig {
             norm: Norm::Rms,
             activation_bits: Some(8),
             activation: PluginSpec::named("relu"),
+            residual: Residual::None,
             layers: Default::default(),
         }
     }
@@ -243,6 +272,10 @@ pub struct TrainConfig {
     /// Delayed quantization as a share of training: float for the first ⌊fraction·epochs⌋ epochs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub float_fraction: Option<f64>,
+}
+
+fn is_no_residual(r: &Residual) -> bool {
+    *r == Residual::None
 }
 
 fn is_zero(n: &usize) -> bool {

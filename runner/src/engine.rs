@@ -16,7 +16,7 @@
 //! output is a leaf; ∂L/∂ŵ₁ = Gᵀ·x₁ is one more matmul. This spares the unused ∂L/∂x.
 
 use dfdx::prelude::*;
-use qatlab_core::config::Norm;
+use qatlab_core::config::{Norm, Residual};
 
 use crate::model::{
     layer_norm_rows, quantize_activations, rms_norm_rows, BatchStats, Network, RunningStats, Stage,
@@ -25,20 +25,30 @@ use crate::model::{
 
 type Mat<T = NoneTape> = Tensor<(usize, usize), f32, Cpu, T>;
 
+type Scalar<T = NoneTape> = Tensor<(), f32, Cpu, T>;
+
 /// A tape mode: either recording (training) or not (evaluation).
 trait Mode: Tape<f32, Cpu> + Merge<NoneTape> + 'static {
     /// Turn a constant into a graph leaf (or leave it as is when not recording).
     fn leaf(t: Mat) -> Mat<Self>;
+    /// The same for a scalar.
+    fn leaf0(t: Scalar) -> Scalar<Self>;
 }
 
 impl Mode for NoneTape {
     fn leaf(t: Mat) -> Mat {
         t
     }
+    fn leaf0(t: Scalar) -> Scalar {
+        t
+    }
 }
 
 impl Mode for OwnedTape<f32, Cpu> {
     fn leaf(t: Mat) -> Mat<Self> {
+        t.leaky_traced()
+    }
+    fn leaf0(t: Scalar) -> Scalar<Self> {
         t.leaky_traced()
     }
 }
@@ -56,6 +66,8 @@ struct Forward<T: Mode> {
     positive: (u64, u64),
     /// Batch statistics of each layer's input (batch norm in a training pass only).
     batch_stats: Vec<BatchStats>,
+    /// Leaves of the learned residual scales, by layer index.
+    residual_scales: Vec<(usize, Scalar)>,
 }
 
 /// Which statistics a forward pass normalises with (it matters for batch norm only).
@@ -117,6 +129,9 @@ impl Engine {
         for (layer, leaf) in net.layers[1..].iter_mut().zip(&f.weights) {
             layer.grad_values = transpose(&host(&grads.get(leaf)), layer.shape.cols, layer.shape.rows);
         }
+        for (l, leaf) in &f.residual_scales {
+            net.layers[*l].grad_residual = grads.get(leaf).as_vec();
+        }
         loss
     }
 
@@ -146,25 +161,57 @@ impl Engine {
         prepare_input_on_host(&net.stage, first.activation_bits, &mut input, features);
         let x1 = self.dev.tensor_from_vec(input, (batch, features));
         let z1 = x1.clone().matmul(self.weight_t(first));
-        let mut h: Mat<T> = T::leaf(z1.clone());
+        let count = net.layers.len();
         let mut weights = Vec::new();
+        let mut residual_scales = Vec::new();
         let mut positive = (0, 0);
+        let mut tracked = track.then_some(&mut positive);
+        let leaf1: Mat<T> = T::leaf(z1.clone());
+        if count == 1 {
+            return Forward { logits: leaf1, x1, z1, weights, positive, batch_stats, residual_scales };
+        }
+        // x: the input of the current layer (the previous layer's activation, with its skip)
+        let mut x = self.activate(leaf1, &net.stage, tracked.as_deref_mut());
         for (l, layer) in net.layers.iter().enumerate().skip(1) {
-            h = self.activate(h, &net.stage, track.then_some(&mut positive));
-            h = match (net.stage.norm, pass) {
+            let residual = net.stage.residual != Residual::None && layer.has_residual(l, count);
+            let skip = residual.then(|| x.retaped::<T>());
+            let mut h = match (net.stage.norm, pass) {
                 (Norm::Batch, Pass::Train) => {
-                    batch_stats.push(BatchStats::of(&host(&h), layer.shape.cols));
-                    h.normalize::<Axis<0>>(BATCH_NORM_EPS)
+                    batch_stats.push(BatchStats::of(&host(&x), layer.shape.cols));
+                    x.normalize::<Axis<0>>(BATCH_NORM_EPS)
                 }
-                (Norm::Batch, Pass::Eval) => self.normalize_with(h, &net.norm_stats[l]),
-                (norm, _) => normalize(h, norm),
+                (Norm::Batch, Pass::Eval) => self.normalize_with(x, &net.norm_stats[l]),
+                (norm, _) => normalize(x, norm),
             };
             h = self.quantize_input(h, layer.activation_bits);
             let w = self.weight_t(layer);
             weights.push(w.clone());
-            h = h.matmul(T::leaf(w));
+            let z = h.matmul(T::leaf(w));
+            if l + 1 == count {
+                return Forward { logits: z, x1, z1, weights, positive, batch_stats, residual_scales };
+            }
+            let shape = *z.shape();
+            let mut scaled = |skip: Mat<T>| {
+                let a = self.dev.tensor(layer.residual_scale.first().copied().unwrap_or(1.0));
+                residual_scales.push((l, a.clone()));
+                skip * T::leaf0(a).broadcast_like::<_, Axes2<0, 1>>(&shape)
+            };
+            let stage = &net.stage;
+            x = match (skip, stage.residual) {
+                (Some(s), Residual::ReluSum) => self.activate(z + s, stage, tracked.as_deref_mut()),
+                (Some(s), Residual::SumRelu) => s + self.activate(z, stage, tracked.as_deref_mut()),
+                (Some(s), Residual::ScaledSumRelu) => {
+                    let s = scaled(s);
+                    s + self.activate(z, stage, tracked.as_deref_mut())
+                }
+                (Some(s), Residual::ReluScaledSum) => {
+                    let s = scaled(s);
+                    self.activate(s + z, stage, tracked.as_deref_mut())
+                }
+                _ => self.activate(z, stage, tracked.as_deref_mut()),
+            };
         }
-        Forward { logits: h, x1, z1, weights, positive, batch_stats }
+        unreachable!("the last layer returns the logits")
     }
 
     /// (h − mean)/sqrt(var + ε) per feature with fixed (running) statistics.

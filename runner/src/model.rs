@@ -30,9 +30,19 @@ pub struct Layer {
     pub grad_params: Vec<f32>,
     /// True while quantization is delayed (float weights).
     pub float_phase: bool,
+    /// The learned scale a of a residual variant that has one (empty otherwise).
+    pub residual_scale: Vec<f32>,
+    /// ∂L/∂a from the last backward pass.
+    pub grad_residual: Vec<f32>,
 }
 
 impl Layer {
+    /// Whether this layer (index `i` of `count`) gets the network's skip connection: hidden
+    /// layers whose input and output widths match.
+    pub fn has_residual(&self, i: usize, count: usize) -> bool {
+        i + 1 != count && self.shape.rows == self.shape.cols
+    }
+
     /// Refresh `quantized` from the latent weights.
     pub fn quantize(&mut self, ctx: QuantCtx) -> Result<()> {
         self.quantizer
@@ -70,10 +80,12 @@ impl Layer {
     }
 }
 
-/// What happens between layers: normalisation and activation.
+/// What happens between layers: normalisation, activation and skip connections.
 pub struct Stage {
     /// Input normalisation of every layer.
     pub norm: Norm,
+    /// Skip connections of the square hidden layers.
+    pub residual: qatlab_core::config::Residual,
     /// Activation after every hidden layer.
     pub activation: Box<dyn Activation>,
 }
@@ -198,9 +210,18 @@ impl Network {
                 grad_weight: vec![0.0; shape.len()],
                 grad_params: Vec::new(),
                 float_phase: false,
+                residual_scale: Vec::new(),
+                grad_residual: Vec::new(),
             });
         }
-        let stage = Stage { norm: config.model.norm, activation };
+        let stage = Stage { norm: config.model.norm, residual: config.model.residual, activation };
+        let residual = config.model.residual;
+        let last = layers.len() - 1;
+        for (i, layer) in layers.iter_mut().enumerate() {
+            if residual.learned_scale() && i != last && layer.shape.rows == layer.shape.cols {
+                layer.residual_scale = vec![1.0];
+            }
+        }
         let norm_stats = layers.iter().map(|l| RunningStats::new(l.shape.cols)).collect();
         Ok(Self { layers, stage, norm_stats })
     }

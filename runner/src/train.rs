@@ -86,6 +86,12 @@ pub struct LayerCheckpoint {
     pub adam_weight: AdamState,
     /// Adam moments of the quantizer parameters.
     pub adam_params: AdamState,
+    /// Learned residual scale (empty without one).
+    #[serde(default)]
+    pub residual: Vec<f32>,
+    /// Its Adam moments.
+    #[serde(default)]
+    pub adam_residual: AdamState,
     /// Batch-norm running mean and variance of the layer's input.
     pub norm_mean: Vec<f32>,
     /// See `norm_mean`.
@@ -121,6 +127,7 @@ pub struct Trainer {
     base_lr: f64,
     weight_state: Vec<AdamState>,
     param_state: Vec<AdamState>,
+    residual_state: Vec<AdamState>,
     config: RunConfig,
     step: u64,
 }
@@ -148,6 +155,7 @@ impl Trainer {
             base_lr: o.lr,
             weight_state: vec![AdamState::default(); layers],
             param_state: vec![AdamState::default(); layers],
+            residual_state: vec![AdamState::default(); layers],
             config: config.clone(),
             step: 0,
         })
@@ -181,6 +189,15 @@ impl Trainer {
                 let grads = std::mem::take(&mut layer.grad_params);
                 self.param_state[i].step(&self.adam, lr, layer.quantizer.params_mut(), &grads, false);
                 layer.grad_params = grads;
+            }
+            if !layer.residual_scale.is_empty() {
+                self.residual_state[i].step(
+                    &self.adam,
+                    lr,
+                    &mut layer.residual_scale,
+                    &layer.grad_residual,
+                    false,
+                );
             }
         }
         self.step += 1;
@@ -218,6 +235,8 @@ impl Trainer {
                 quantizer: l.quantizer.state(),
                 adam_weight: self.weight_state[i].clone(),
                 adam_params: self.param_state[i].clone(),
+                residual: l.residual_scale.clone(),
+                adam_residual: self.residual_state[i].clone(),
                 norm_mean: self.net.norm_stats[i].mean.clone(),
                 norm_var: self.net.norm_stats[i].var.clone(),
             })
@@ -248,6 +267,8 @@ impl Trainer {
                 .map_err(|e| Error::Plugin(format!("{}: {e}", layer.name)))?;
             self.weight_state[i] = saved.adam_weight.clone();
             self.param_state[i] = saved.adam_params.clone();
+            layer.residual_scale.clone_from(&saved.residual);
+            self.residual_state[i] = saved.adam_residual.clone();
             self.net.norm_stats[i].mean.clone_from(&saved.norm_mean);
             self.net.norm_stats[i].var.clone_from(&saved.norm_var);
         }

@@ -194,3 +194,42 @@ fn activation_fake_quantization_has_the_reference_values() {
     qatlab_runner::model::quantize_activations(&[2.0, -1.0, 0.01], 3, 8, &mut out);
     assert_eq!(out, vec![2.0, -64.0 / 63.5, 1.0 / 63.5]);
 }
+
+#[test]
+fn residual_variants_gradients_match_finite_differences() {
+    for variant in ["relu-sum", "sum-relu", "scaled-sum-relu", "relu-scaled-sum"] {
+        check_weight_gradients(&format!(
+            "model: {{hidden: [5, 5], residual: {variant}, activation_bits: null}}"
+        ));
+    }
+}
+
+#[test]
+fn learned_residual_scale_gradient_matches_finite_differences() {
+    for variant in ["scaled-sum-relu", "relu-scaled-sum"] {
+        let engine = Engine::new();
+        let mut net =
+            network(&format!("model: {{hidden: [5, 5, 5], residual: {variant}, activation_bits: null}}"));
+        let with_scale: Vec<usize> =
+            (0..net.layers.len()).filter(|&l| !net.layers[l].residual_scale.is_empty()).collect();
+        assert_eq!(with_scale, vec![1, 2], "the square hidden layers carry a scale");
+        for &l in &with_scale {
+            net.layers[l].residual_scale[0] = 0.7;
+        }
+        backward(&engine, &mut net);
+        let eps = 1e-3;
+        for &l in &with_scale {
+            let a = net.layers[l].residual_scale[0];
+            net.layers[l].residual_scale[0] = a + eps;
+            let up = loss(&engine, &mut net);
+            net.layers[l].residual_scale[0] = a - eps;
+            let down = loss(&engine, &mut net);
+            net.layers[l].residual_scale[0] = a;
+            assert_close(
+                net.layers[l].grad_residual[0],
+                (up - down) / (2.0 * eps as f64),
+                &format!("{variant} fc{}.a", l + 1),
+            );
+        }
+    }
+}
