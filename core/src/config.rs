@@ -272,6 +272,25 @@ pub struct TrainConfig {
     /// Delayed quantization as a share of training: float for the first ⌊fraction·epochs⌋ epochs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub float_fraction: Option<f64>,
+    /// Knowledge distillation from a finished run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distill: Option<DistillConfig>,
+}
+
+/// Distillation from a teacher: a finished run's directory and the loss on logits.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistillConfig {
+    /// The teacher's run directory (holding config.yaml and checkpoint.json), relative to the
+    /// directory qat runs in.
+    pub teacher: String,
+    /// The distillation loss (a registered distiller).
+    #[serde(default = "default_distiller")]
+    pub loss: PluginSpec,
+}
+
+fn default_distiller() -> PluginSpec {
+    PluginSpec::named("kd")
 }
 
 fn is_no_residual(r: &Residual) -> bool {
@@ -302,6 +321,7 @@ impl Default for TrainConfig {
             seed: 0,
             float_epochs: 0,
             float_fraction: None,
+            distill: None,
         }
     }
 }

@@ -13,6 +13,7 @@ use qatlab_core::{Registry, Result};
 pub mod activations;
 pub mod clip;
 pub mod conformance;
+pub mod distillers;
 pub mod quantizers;
 pub mod schedules;
 pub mod ste;
@@ -32,5 +33,6 @@ pub fn register_builtins(registry: &mut Registry) -> Result<()> {
     quantizers::register(&mut registry.quantizers)?;
     activations::register(&mut registry.activations)?;
     schedules::register(&mut registry.schedules)?;
+    distillers::register(&mut registry.distillers)?;
     Ok(())
 }

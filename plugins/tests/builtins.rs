@@ -373,3 +373,31 @@ fn learning_rate_schedules_at_known_epochs() {
     let err = registry.schedules.build("step", &params("{size: 0}")).err().unwrap().to_string();
     assert_eq!(err, "schedule `step`: size: must be at least 1");
 }
+
+#[test]
+fn kd_gradient_matches_finite_differences_and_alpha_zero_is_cross_entropy() {
+    let registry = builtin_registry();
+    let kd = registry.distillers.build("kd", &params("{alpha: 0.7, temperature: 3.0}")).unwrap();
+    let student = vec![0.2, -1.0, 1.5, 0.3, 0.9, -0.4];
+    let teacher = vec![1.0, 0.0, 2.0, -0.5, 2.5, 0.1];
+    let labels = [2u8, 1];
+    let mut grad = vec![0.0; 6];
+    kd.loss(&student, &teacher, &labels, 3, &mut grad);
+    let mut scratch = vec![0.0; 6];
+    for i in 0..6 {
+        let (mut up, mut down) = (student.clone(), student.clone());
+        up[i] += 1e-3;
+        down[i] -= 1e-3;
+        let fd = (kd.loss(&up, &teacher, &labels, 3, &mut scratch)
+            - kd.loss(&down, &teacher, &labels, 3, &mut scratch))
+            / 2e-3;
+        assert!((fd - grad[i]).abs() < 2e-3, "logit {i}: {fd} vs {}", grad[i]);
+    }
+    // alpha = 0: plain cross-entropy; uniform logits over 3 classes give ln 3
+    let ce = registry.distillers.build("kd", &params("{alpha: 0.0}")).unwrap();
+    let loss = ce.loss(&[0.0; 3], &[5.0, 0.0, 0.0], &[1], 3, &mut [0.0; 3]);
+    assert!((loss - 3f32.ln()).abs() < 1e-6);
+    // a student equal to the teacher has zero distillation term
+    let pure = registry.distillers.build("kd", &params("{alpha: 1.0}")).unwrap();
+    assert!(pure.loss(&teacher, &teacher, &labels, 3, &mut scratch).abs() < 1e-6);
+}

@@ -249,5 +249,18 @@ pub fn check(config: &RunConfig, registry: &Registry) -> Result<(), String> {
     registry.activations.validate(&a.name, &a.params).map_err(|e| format!("model.activation: {e}"))?;
     let s = &config.train.schedule;
     registry.schedules.validate(&s.name, &s.params).map_err(|e| format!("train.schedule: {e}"))?;
+    if let Some(d) = &config.train.distill {
+        registry
+            .distillers
+            .validate(&d.loss.name, &d.loss.params)
+            .map_err(|e| format!("train.distill.loss: {e}"))?;
+        let teacher = Path::new(&d.teacher);
+        if !teacher.join("config.yaml").is_file() || !teacher.join(crate::outputs::CHECKPOINT).is_file() {
+            return Err(format!(
+                "train.distill.teacher: {} is not a finished run directory (no config.yaml and checkpoint.json); train the teacher first",
+                d.teacher
+            ));
+        }
+    }
     Ok(())
 }

@@ -130,6 +130,38 @@ pub struct Trainer {
     residual_state: Vec<AdamState>,
     config: RunConfig,
     step: u64,
+    teacher: Option<Teacher>,
+}
+
+/// A finished run used as a distillation teacher, with its loss.
+struct Teacher {
+    net: Network,
+    engine: Engine,
+    loss: Box<dyn qatlab_core::Distiller>,
+}
+
+impl Teacher {
+    /// Load the teacher named in `config` (its resolved config and last checkpoint).
+    fn load(spec: &qatlab_core::config::DistillConfig, registry: &Registry, features: usize) -> Result<Self> {
+        let dir = std::path::Path::new(&spec.teacher);
+        let bad = |what: String| Error::Config(format!("train.distill.teacher: {}: {what}", dir.display()));
+        let text = std::fs::read_to_string(dir.join("config.yaml"))
+            .map_err(|e| bad(format!("no config.yaml ({e}); train the teacher first")))?;
+        let config: RunConfig = serde_yaml::from_str(&text).map_err(|e| bad(format!("config.yaml: {e}")))?;
+        let bytes = std::fs::read(dir.join(crate::outputs::CHECKPOINT))
+            .map_err(|e| bad(format!("no checkpoint ({e}); train the teacher first")))?;
+        let checkpoint: Checkpoint =
+            serde_json::from_slice(&bytes).map_err(|e| bad(format!("checkpoint: {e}")))?;
+        if config.data.image_size * config.data.image_size != features {
+            return Err(bad(format!("it takes {}² inputs, this run {features}", config.data.image_size)));
+        }
+        let mut trainer = Trainer::new(&config, registry, features)?;
+        trainer.restore(&checkpoint)?;
+        trainer.net.quantize_all(false, checkpoint.step, config.train.epochs, config.train.seed)?;
+        let loss =
+            registry.distillers.build(&spec.loss.name, &spec.loss.params).map_err(|e| bad(e.to_string()))?;
+        Ok(Self { net: trainer.net, engine: Engine::new(), loss })
+    }
 }
 
 impl Trainer {
@@ -158,6 +190,10 @@ impl Trainer {
             residual_state: vec![AdamState::default(); layers],
             config: config.clone(),
             step: 0,
+            teacher: match &config.train.distill {
+                Some(spec) => Some(Teacher::load(spec, registry, features)?),
+                None => None,
+            },
         })
     }
 
@@ -173,11 +209,20 @@ impl Trainer {
         let seed = self.config.train.seed;
         self.net.quantize_all(true, self.step, epoch, seed)?;
         let mut correct = 0;
-        let mut loss = self.engine.backward(&mut self.net, x, labels.len(), &mut |logits, grad| {
-            let (loss, c) = cross_entropy(logits, labels, CLASSES, grad);
-            correct = c;
-            loss
-        });
+        let teacher =
+            self.teacher.as_ref().map(|t| (t.engine.logits(&t.net, x, labels.len(), Pass::Eval).0, &t.loss));
+        let mut loss =
+            self.engine.backward(&mut self.net, x, labels.len(), &mut |logits, grad| match &teacher {
+                Some((teacher_logits, distiller)) => {
+                    correct = cross_entropy_sum(logits, labels, CLASSES).1;
+                    distiller.loss(logits, teacher_logits, labels, CLASSES, grad)
+                }
+                None => {
+                    let (loss, c) = cross_entropy(logits, labels, CLASSES, grad);
+                    correct = c;
+                    loss
+                }
+            });
         for (i, layer) in self.net.layers.iter_mut().enumerate() {
             layer.backward_quantizer();
             loss += layer.quantizer.regularizer(layer.shape, &mut layer.grad_params);

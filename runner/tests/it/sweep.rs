@@ -233,3 +233,32 @@ fn check_tensorboard(root: &Path, sessions: usize, groups: usize, epochs: usize)
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("statuses=['STATUS_SUCCESS']"), "{}", text(&out));
 }
+
+#[test]
+fn a_student_distils_from_a_finished_teacher_run() {
+    let dir = workdir();
+    std::fs::write(dir.path().join("t.yaml"), "name: teacher\nmodel: {hidden: [32]}\ntrain: {epochs: 1}\n")
+        .unwrap();
+    assert!(qat(&["run", "t.yaml", "-q"], dir.path()).status.success());
+    let teacher = run_dirs(&dir.path().join("results/teacher")).remove(0);
+    let teacher_rel = teacher.strip_prefix(dir.path()).unwrap().display().to_string();
+    let student = format!(
+        "name: student\nquantizer: ternary\nmodel: {{hidden: [16]}}\ntrain: {{epochs: 1}}\nsweep:\n  grid:\n    train.distill: [null, {{teacher: {teacher_rel}, loss: {{name: kd, alpha: 0.9, temperature: 4}}}}]\n"
+    );
+    std::fs::write(dir.path().join("s.yaml"), student).unwrap();
+    let out = qat(&["run", "s.yaml", "-q", "--jobs", "2"], dir.path());
+    assert!(out.status.success(), "{}", text(&out));
+    let rows = csv_rows(&dir.path().join("results/student/results.csv"));
+    assert_eq!(rows.len(), 3);
+    assert!(rows[1..].iter().all(|r| r[4] == "success"), "{rows:?}");
+    assert_ne!(rows[1][5], rows[2][5], "distillation changes the run");
+    std::fs::write(dir.path().join("bad.yaml"), "name: bad\ntrain: {distill: {teacher: results/nope}}\n")
+        .unwrap();
+    let bad = qat(&["run", "bad.yaml", "-q"], dir.path());
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
+    assert!(
+        text(&bad).contains("train.distill.teacher: results/nope is not a finished run directory"),
+        "{}",
+        text(&bad)
+    );
+}
