@@ -275,6 +275,16 @@ pub struct TrainConfig {
     /// Knowledge distillation from a finished run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub distill: Option<DistillConfig>,
+    /// Label smoothing ε of the cross-entropy: targets (1 − ε)·onehot + ε/classes.
+    #[serde(skip_serializing_if = "is_zero_f64")]
+    pub label_smoothing: f64,
+    /// Clip the global L2 norm of all gradients to this value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grad_clip: Option<f64>,
+}
+
+fn is_zero_f64(v: &f64) -> bool {
+    *v == 0.0
 }
 
 /// Distillation from a teacher: a finished run's directory and the loss on logits.
@@ -322,6 +332,8 @@ impl Default for TrainConfig {
             float_epochs: 0,
             float_fraction: None,
             distill: None,
+            label_smoothing: 0.0,
+            grad_clip: None,
         }
     }
 }
@@ -333,6 +345,10 @@ pub enum OptimizerKind {
     /// Adam (Kingma & Ba 2015) with L2 weight decay added to the gradient.
     #[default]
     Adam,
+    /// AdamW (Loshchilov & Hutter 2019): weight decay decoupled from the gradient.
+    Adamw,
+    /// SGD with momentum (and optionally Nesterov), weight decay added to the gradient.
+    Sgd,
 }
 
 /// Optimizer hyper-parameters.
@@ -349,11 +365,25 @@ pub struct OptimizerConfig {
     pub eps: f64,
     /// Weight decay on weights (never on quantizer scales or norms).
     pub weight_decay: f64,
+    /// SGD momentum (0.9 when not given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub momentum: Option<f64>,
+    /// SGD with Nesterov momentum.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub nesterov: bool,
 }
 
 impl Default for OptimizerConfig {
     fn default() -> Self {
-        Self { name: OptimizerKind::Adam, lr: 1e-3, betas: [0.9, 0.999], eps: 1e-8, weight_decay: 0.0 }
+        Self {
+            name: OptimizerKind::Adam,
+            lr: 1e-3,
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            weight_decay: 0.0,
+            momentum: None,
+            nesterov: false,
+        }
     }
 }
 
@@ -451,6 +481,15 @@ impl RunConfig {
         ];
         let mut problems: Vec<String> =
             checks.into_iter().filter(|c| c.0).map(|(_, k, m)| format!("{k}: {m}")).collect();
+        if !(0.0..1.0).contains(&t.label_smoothing) {
+            problems.push(format!("train.label_smoothing: must lie in [0, 1), got {}", t.label_smoothing));
+        }
+        if t.grad_clip.is_some_and(|c| !(c > 0.0)) {
+            problems.push(format!("train.grad_clip: must be > 0, got {:?}", t.grad_clip));
+        }
+        if o.momentum.is_some_and(|m| !(0.0..1.0).contains(&m)) {
+            problems.push(format!("train.optimizer.momentum: must lie in [0, 1), got {:?}", o.momentum));
+        }
         if t.float_epochs > 0 && t.float_fraction.is_some() {
             problems.push("train.float_epochs, train.float_fraction: give one of them, not both".into());
         }

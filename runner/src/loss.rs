@@ -3,16 +3,29 @@
 /// Mean softmax cross-entropy of `logits` (row-major `batch × classes`) against `labels`.
 /// Writes ∂loss/∂logits = (softmax − onehot)/batch into `grad`; returns (mean loss, correct).
 pub fn cross_entropy(logits: &[f32], labels: &[u8], classes: usize, grad: &mut [f32]) -> (f32, usize) {
+    cross_entropy_smoothed(logits, labels, classes, 0.0, grad)
+}
+
+/// Cross-entropy against smoothed targets t = (1 − ε)·onehot + ε/classes (PyTorch's
+/// `label_smoothing`); ∂loss/∂logits = (softmax − t)/batch.
+pub fn cross_entropy_smoothed(
+    logits: &[f32],
+    labels: &[u8],
+    classes: usize,
+    eps: f32,
+    grad: &mut [f32],
+) -> (f32, usize) {
     let batch = labels.len();
     let mut total = 0.0f64;
     let mut correct = 0;
+    let uniform = eps / classes as f32;
     for ((row, g), &label) in logits.chunks_exact(classes).zip(grad.chunks_exact_mut(classes)).zip(labels) {
         let (log_sum, argmax) = log_sum_exp_argmax(row);
-        total += (log_sum - row[label as usize]) as f64;
         correct += usize::from(argmax == label as usize);
         for (k, (gk, &z)) in g.iter_mut().zip(row).enumerate() {
-            let p = (z - log_sum).exp();
-            *gk = (p - f32::from(k == label as usize)) / batch as f32;
+            let target = uniform + (1.0 - eps) * f32::from(k == label as usize);
+            total -= (target * (z - log_sum)) as f64;
+            *gk = ((z - log_sum).exp() - target) / batch as f32;
         }
     }
     ((total / batch as f64) as f32, correct)
@@ -57,6 +70,28 @@ mod tests {
         let (loss, _) = cross_entropy(&[0.0; 4], &[2], 4, &mut grad);
         assert!((loss - 4f32.ln()).abs() < 1e-6);
         assert_eq!(grad, vec![0.25, 0.25, -0.75, 0.25]);
+    }
+
+    #[test]
+    fn label_smoothing_targets_and_gradient() {
+        // uniform logits: loss = ln K whatever the smoothing; the gradient is p − t
+        let mut grad = vec![0.0; 4];
+        let (loss, _) = cross_entropy_smoothed(&[0.0; 4], &[1], 4, 0.2, &mut grad);
+        assert!((loss - 4f32.ln()).abs() < 1e-6);
+        assert_eq!(grad, vec![0.2, -0.6, 0.2, 0.2]);
+        let logits = [0.3, -1.2, 2.0];
+        let mut g = vec![0.0; 3];
+        cross_entropy_smoothed(&logits, &[0], 3, 0.1, &mut g);
+        for i in 0..3 {
+            let (mut up, mut down) = (logits, logits);
+            up[i] += 1e-3;
+            down[i] -= 1e-3;
+            let mut s = vec![0.0; 3];
+            let fd = (cross_entropy_smoothed(&up, &[0], 3, 0.1, &mut s).0
+                - cross_entropy_smoothed(&down, &[0], 3, 0.1, &mut s).0)
+                / 2e-3;
+            assert!((fd - g[i]).abs() < 1e-3);
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::{RunData, Samples};
 use crate::engine::{Engine, Pass};
 use crate::error::{Error, Result};
-use crate::loss::{cross_entropy, cross_entropy_sum};
+use crate::loss::{cross_entropy_smoothed, cross_entropy_sum};
 use crate::model::{Layer, Network};
 use crate::optim::{AdamConfig, AdamState};
 
@@ -180,6 +180,9 @@ impl Trainer {
             engine: Engine::new(),
             schedule,
             adam: AdamConfig {
+                kind: o.name,
+                momentum: o.momentum.unwrap_or(0.9) as f32,
+                nesterov: o.nesterov,
                 betas: [o.betas[0] as f32, o.betas[1] as f32],
                 eps: o.eps as f32,
                 weight_decay: o.weight_decay as f32,
@@ -209,6 +212,7 @@ impl Trainer {
         let seed = self.config.train.seed;
         self.net.quantize_all(true, self.step, epoch, seed)?;
         let mut correct = 0;
+        let smoothing = self.config.train.label_smoothing as f32;
         let teacher =
             self.teacher.as_ref().map(|t| (t.engine.logits(&t.net, x, labels.len(), Pass::Eval).0, &t.loss));
         let mut loss =
@@ -218,17 +222,22 @@ impl Trainer {
                     distiller.loss(logits, teacher_logits, labels, CLASSES, grad)
                 }
                 None => {
-                    let (loss, c) = cross_entropy(logits, labels, CLASSES, grad);
+                    let (loss, c) = cross_entropy_smoothed(logits, labels, CLASSES, smoothing, grad);
                     correct = c;
                     loss
                 }
             });
-        for (i, layer) in self.net.layers.iter_mut().enumerate() {
+        for layer in &mut self.net.layers {
             layer.backward_quantizer();
             loss += layer.quantizer.regularizer(layer.shape, &mut layer.grad_params);
-            if !loss.is_finite() {
-                return Err(Error::Diverged(format!("loss is {loss} at step {}", self.step)));
-            }
+        }
+        if !loss.is_finite() {
+            return Err(Error::Diverged(format!("loss is {loss} at step {}", self.step)));
+        }
+        if let Some(max_norm) = self.config.train.grad_clip {
+            clip_global_norm(&mut self.net, max_norm as f32);
+        }
+        for (i, layer) in self.net.layers.iter_mut().enumerate() {
             self.weight_state[i].step(&self.adam, lr, &mut layer.weight, &layer.grad_weight, true);
             if !layer.grad_params.is_empty() {
                 let grads = std::mem::take(&mut layer.grad_params);
@@ -360,6 +369,29 @@ impl Trainer {
         }
         Ok(())
     }
+}
+
+/// Scale every gradient (latent weights, quantizer and residual parameters) so that their joint
+/// L2 norm is at most `max_norm` (PyTorch's `clip_grad_norm_`); returns the norm before.
+pub fn clip_global_norm(net: &mut Network, max_norm: f32) -> f32 {
+    let squares: f64 = net
+        .layers
+        .iter()
+        .flat_map(|l| l.grad_weight.iter().chain(&l.grad_params).chain(&l.grad_residual))
+        .map(|g| (*g as f64) * (*g as f64))
+        .sum();
+    let norm = squares.sqrt() as f32;
+    if norm > max_norm {
+        let factor = max_norm / (norm + 1e-6);
+        for l in &mut net.layers {
+            l.grad_weight
+                .iter_mut()
+                .chain(l.grad_params.iter_mut())
+                .chain(l.grad_residual.iter_mut())
+                .for_each(|g| *g *= factor);
+        }
+    }
+    norm
 }
 
 /// Level statistics of a layer's last quantization.

@@ -233,3 +233,23 @@ fn learned_residual_scale_gradient_matches_finite_differences() {
         }
     }
 }
+
+#[test]
+fn gradient_clipping_scales_every_gradient_to_the_global_norm() {
+    let mut net = network("model: {hidden: [2]}");
+    for (i, layer) in net.layers.iter_mut().enumerate() {
+        layer.grad_weight = vec![if i == 0 { 3.0 } else { 0.0 }; layer.weight.len()];
+        layer.grad_weight[0] = 4.0;
+        layer.grad_params.clear();
+    }
+    // layer 0: one 4 and eleven 3s; layer 1: one 4 and the rest 0 → norm² = 16 + 11·9 + 16 = 131
+    let before = qatlab_runner::train::clip_global_norm(&mut net, 1.0);
+    assert!((before - 131f32.sqrt()).abs() < 1e-4);
+    let after: f32 = net.layers.iter().flat_map(|l| &l.grad_weight).map(|g| g * g).sum::<f32>().sqrt();
+    assert!((after - 1.0).abs() < 1e-4, "{after}");
+    assert_eq!(
+        qatlab_runner::train::clip_global_norm(&mut net, 10.0),
+        after,
+        "under the limit nothing changes"
+    );
+}
