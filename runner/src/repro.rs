@@ -27,6 +27,9 @@ pub struct TableSpec {
     pub title: String,
     /// Experiment file, relative to the data file.
     pub experiment: String,
+    /// Experiments to run first (e.g. a distillation teacher), relative to the data file.
+    #[serde(default)]
+    pub before: Vec<String>,
     /// Where the numbers come from.
     pub source: String,
     /// results.csv column compared (for `rows`).
@@ -86,6 +89,12 @@ pub struct TrendSpec {
     /// The worst (lowest) mean should sit at this value of `by`.
     #[serde(default)]
     pub worst_near: Option<f64>,
+    /// For a categorical `by`: its cells in the published order, from worst to best.
+    #[serde(default)]
+    pub order: Vec<String>,
+    /// Only runs whose cells match these (column → cell text).
+    #[serde(default, rename = "match")]
+    pub match_: BTreeMap<String, String>,
     /// How far from `best_near` still counts.
     #[serde(default)]
     pub within: f64,
@@ -203,19 +212,22 @@ pub fn report(name: &str, spec: &TableSpec, csv_path: &Path, wall_s: f64) -> Res
             levels.into_iter().filter_map(|(k, v)| k.parse::<f64>().ok().map(|x| (x, v))).collect();
         series.sort_by(|a, b| a.0.total_cmp(&b.0));
         let means: Vec<f64> = series.iter().filter_map(|(_, v)| stats(v).0).collect();
-        let holds = match (trend.best_near, trend.expect.as_str()) {
-            (Some(target), _) => series
-                .iter()
-                .zip(&means)
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .is_some_and(|((x, _), _)| (x - target).abs() <= trend.within + 1e-9),
-            (None, "decreasing") => means.windows(2).all(|w| w[1] < w[0]),
-            (None, "increasing") => means.windows(2).all(|w| w[1] > w[0]),
-            (None, other) => {
-                return Err(Error::Config(format!(
-                    "{name}: unknown trend `{other}`; use decreasing, increasing or best_near"
-                )))
-            }
+        let at_extreme = |target: f64, best: bool| {
+            let pick =
+                series
+                    .iter()
+                    .zip(&means)
+                    .max_by(|a, b| if best { a.1.total_cmp(b.1) } else { b.1.total_cmp(a.1) });
+            pick.is_some_and(|((x, _), _)| (x - target).abs() <= trend.within + 1e-9)
+        };
+        let holds = match (trend.best_near, trend.worst_near, trend.expect.as_str()) {
+            (Some(target), _, _) => at_extreme(target, true),
+            (None, Some(target), _) => at_extreme(target, false),
+            (None, None, "decreasing") => means.windows(2).all(|w| w[1] < w[0]),
+            (None, None, "increasing") => means.windows(2).all(|w| w[1] > w[0]),
+            (None, None, other) => return Err(Error::Config(format!(
+                "{name}: unknown trend `{other}`; use decreasing, increasing, best_near, worst_near or order"
+            ))),
         };
         compared += 1;
         within += usize::from(holds);
