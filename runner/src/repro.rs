@@ -172,7 +172,8 @@ pub fn report(name: &str, spec: &TableSpec, csv_path: &Path, wall_s: f64) -> Res
         );
         let _ = writeln!(out, "|---|---|---|---|---|---|");
         for row in &spec.rows {
-            let v = values(&rows, &spec.metric, |r| {
+            let metric = row.metric.as_deref().unwrap_or(&spec.metric);
+            let v = values(&rows, metric, |r| {
                 row.match_.iter().all(|(k, want)| r.get(k).is_some_and(|c| c == want))
             });
             let published_mean = row.published.iter().sum::<f64>() / row.published.len().max(1) as f64;
@@ -225,9 +226,11 @@ pub fn report(name: &str, spec: &TableSpec, csv_path: &Path, wall_s: f64) -> Res
             (None, Some(target), _) => at_extreme(target, false),
             (None, None, "decreasing") => means.windows(2).all(|w| w[1] < w[0]),
             (None, None, "increasing") => means.windows(2).all(|w| w[1] > w[0]),
-            (None, None, other) => return Err(Error::Config(format!(
+            (None, None, other) => {
+                return Err(Error::Config(format!(
                 "{name}: unknown trend `{other}`; use decreasing, increasing, best_near, worst_near or order"
-            ))),
+            )))
+            }
         };
         compared += 1;
         within += usize::from(holds);
@@ -280,6 +283,7 @@ tables:
       - {label: "a", match: {quantizer: ternary}, published: [97.5, 97.7]}
       - {label: "b", match: {quantizer: binary}, published: [96.0]}
       - {label: "c", match: {quantizer: none}, published: [98.0]}
+      - {label: "d", match: {quantizer: ternary}, metric: "ptq[binary]", published: [60.0]}
     trends:
       - {metric: sparsity, by: quantizer.alpha, expect: decreasing, published: "falls"}
       - {metric: final_test_acc, by: quantizer.alpha, expect: "best near 0.7", best_near: 0.7, within: 0.1, published: "peak"}
@@ -291,9 +295,10 @@ tables:
         let data = dir.path().join("published.yaml");
         std::fs::write(&data, DATA).unwrap();
         let published = read_published(&data).unwrap();
-        let csv = "index,run_id,quantizer,quantizer.alpha,seed,status,final_test_acc,sparsity,wall_s\n\
-                   0,a,ternary,0.5,0,success,97.5,0.5,10\n1,b,ternary,0.7,1,success,97.9,0.4,10\n\
-                   2,c,binary,0.9,0,success,95.0,0.2,10\n3,d,binary,0.9,1,failed,,,\n";
+        let csv =
+            "index,run_id,quantizer,quantizer.alpha,seed,status,final_test_acc,sparsity,wall_s,ptq[binary]\n\
+                   0,a,ternary,0.5,0,success,97.5,0.5,10,60.1\n1,b,ternary,0.7,1,success,97.9,0.4,10,60.3\n\
+                   2,c,binary,0.9,0,success,95.0,0.2,10,\n3,d,binary,0.9,1,failed,,,,\n";
         let path = dir.path().join("results.csv");
         std::fs::write(&path, csv).unwrap();
         let (md, within, compared) = report("t", &published.tables["t"], &path, 30.0).unwrap();
@@ -303,6 +308,10 @@ tables:
         assert!(md.contains("| c | 98.00 | - | 0 | - | not run |"), "{md}");
         assert!(md.contains("✅ the trend holds"), "{md}");
         assert!(md.contains("0.5 min of single-thread training"), "{md}");
-        assert_eq!((within, compared), (3, 4), "{md}");
+        assert!(
+            md.contains("| d | 60.00 | 60.20 ± 0.14 | 2 | +0.20 | ✅ |"),
+            "a row's own metric column: {md}"
+        );
+        assert_eq!((within, compared), (4, 5), "{md}");
     }
 }
