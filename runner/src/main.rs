@@ -193,16 +193,16 @@ fn repro(args: &ReproArgs, registry: &qatlab_core::Registry) -> Result<ExitCode,
         let names: Vec<&str> = published.tables.keys().map(String::as_str).collect();
         Error::Config(format!("unknown table `{name}`; tables: {}", names.join(", ")))
     })?;
+    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let options = ExecOptions { results: args.results.clone(), force: false, retry_failed: false, quiet: args.quiet, jobs };
+    // prerequisite experiments (a distillation teacher) run first, so the table's plan can name them
+    let data_dir = args.data.parent().unwrap_or(std::path::Path::new("."));
+    for first in &spec.before {
+        let plan = experiment::load(&data_dir.join(first), registry)?;
+        execute(&plan, &plan.selection(&[])?, registry, &options)?;
+    }
     let plan = experiment::load(&repro::experiment_file(&args.data, spec), registry)?;
     let selected = plan.selection(&[])?;
-    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let options = ExecOptions {
-        results: args.results.clone(),
-        force: false,
-        retry_failed: false,
-        quiet: args.quiet,
-        jobs,
-    };
     execute(&plan, &selected, registry, &options)?;
     if let Err(e) = qatlab_runner::plots::write_plots(&plan, &args.results) {
         eprintln!("qat: warning: no plots: {e}");
