@@ -194,7 +194,13 @@ fn repro(args: &ReproArgs, registry: &qatlab_core::Registry) -> Result<ExitCode,
         Error::Config(format!("unknown table `{name}`; tables: {}", names.join(", ")))
     })?;
     let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let options = ExecOptions { results: args.results.clone(), force: false, retry_failed: false, quiet: args.quiet, jobs };
+    let options = ExecOptions {
+        results: args.results.clone(),
+        force: false,
+        retry_failed: false,
+        quiet: args.quiet,
+        jobs,
+    };
     // prerequisite experiments (a distillation teacher) run first, so the table's plan can name them
     let data_dir = args.data.parent().unwrap_or(std::path::Path::new("."));
     for first in &spec.before {

@@ -202,12 +202,41 @@ pub fn report(name: &str, spec: &TableSpec, csv_path: &Path, wall_s: f64) -> Res
     }
     for trend in &spec.trends {
         let mut levels: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-        for r in rows.iter().filter(|r| r.get("status").is_some_and(|s| s == "success")) {
+        let selected = |r: &&BTreeMap<String, String>| {
+            r.get("status").is_some_and(|s| s == "success")
+                && trend.match_.iter().all(|(k, want)| r.get(k).is_some_and(|c| c == want))
+        };
+        for r in rows.iter().filter(selected) {
             if let (Some(level), Some(v)) =
                 (r.get(&trend.by), r.get(&trend.metric).and_then(|v| v.parse::<f64>().ok()))
             {
                 levels.entry(level.clone()).or_default().push(v);
             }
+        }
+        if !trend.order.is_empty() {
+            // a categorical axis: the published order, worst first, must show rising means
+            let ordered: Vec<(&String, Vec<f64>)> = trend
+                .order
+                .iter()
+                .map(|cell| (cell, levels.get(cell).cloned().unwrap_or_default()))
+                .collect();
+            let means: Vec<Option<f64>> = ordered.iter().map(|(_, v)| stats(v).0).collect();
+            let holds = means.iter().all(Option::is_some) && means.windows(2).all(|w| w[1] > w[0]);
+            compared += 1;
+            within += usize::from(holds);
+            let _ =
+                writeln!(out, "**{}** over `{}` (published: {}):\n", trend.metric, trend.by, trend.published);
+            let _ = writeln!(
+                out,
+                "| {} (published order, worst first) | {} (mean ± std) | n |\n|---|---|---|",
+                trend.by, trend.metric
+            );
+            for (cell, v) in &ordered {
+                let _ = writeln!(out, "| {cell} | {} | {} |", mean_std(v), v.len());
+            }
+            let verdict = if holds { "✅ the order holds." } else { "❌ the order does not hold." };
+            let _ = writeln!(out, "\nExpected: {}. {verdict}\n", trend.expect);
+            continue;
         }
         let mut series: Vec<(f64, Vec<f64>)> =
             levels.into_iter().filter_map(|(k, v)| k.parse::<f64>().ok().map(|x| (x, v))).collect();
@@ -287,6 +316,7 @@ tables:
     trends:
       - {metric: sparsity, by: quantizer.alpha, expect: decreasing, published: "falls"}
       - {metric: final_test_acc, by: quantizer.alpha, expect: "best near 0.7", best_near: 0.7, within: 0.1, published: "peak"}
+      - {metric: final_test_acc, by: quantizer, expect: "binary < ternary", order: [binary, ternary], match: {seed: "0"}, published: "order"}
 "#;
 
     #[test]
@@ -312,6 +342,11 @@ tables:
             md.contains("| d | 60.00 | 60.20 ± 0.14 | 2 | +0.20 | ✅ |"),
             "a row's own metric column: {md}"
         );
-        assert_eq!((within, compared), (4, 5), "{md}");
+        assert!(
+            md.contains("| binary | 95.00 | 1 |") && md.contains("| ternary | 97.50 | 1 |"),
+            "seed-0 runs only: {md}"
+        );
+        assert!(md.contains("✅ the order holds."), "{md}");
+        assert_eq!((within, compared), (5, 6), "{md}");
     }
 }
