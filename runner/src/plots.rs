@@ -169,13 +169,7 @@ where
         }
         chart.draw_series(LineSeries::new(means, color))?;
     }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()?;
-    Ok(())
+    draw_legend(&mut chart)
 }
 
 fn curves<DB: DrawingBackend>(root: &Area<DB>, points: &[RunPoint], title: &str) -> DrawResult
@@ -211,6 +205,16 @@ where
             .label(group)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
     }
+    draw_legend(&mut chart)
+}
+
+/// The legend box both plots use, in the lower right corner.
+fn draw_legend<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+) -> DrawResult
+where
+    DB::ErrorType: 'static,
+{
     chart
         .configure_series_labels()
         .border_style(BLACK)
