@@ -214,7 +214,7 @@ fn repro(args: &ReproArgs, registry: &qatlab_core::Registry) -> Result<ExitCode,
         eprintln!("qat: warning: no plots: {e}");
     }
     let csv = experiment_dir(&args.results, &plan).join("results.csv");
-    let (report, within, compared) = repro::report(&name, spec, &csv, repro::total_wall(&csv)?)?;
+    let (report, within, compared) = repro::report(&name, spec, &csv)?;
     let path = args.results.join("repro").join(format!("{name}.md"));
     qatlab_runner::outputs::write_atomic(&path, report.as_bytes())?;
     print!("{report}");

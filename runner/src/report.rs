@@ -97,25 +97,8 @@ pub fn plugin_listing(registry: &Registry) -> String {
 /// A YAML value on one line, in flow style; floats at f32 precision (plugin parameters are
 /// f32, whose f64 widening would print as 0.699999988…).
 fn yaml_inline(v: &serde_yaml::Value) -> String {
-    use serde_yaml::Value;
-    match v {
-        Value::Mapping(m) => {
-            let items: Vec<String> =
-                m.iter().map(|(k, v)| format!("{}: {}", yaml_inline(k), yaml_inline(v))).collect();
-            format!("{{{}}}", items.join(", "))
-        }
-        Value::Sequence(s) => format!("[{}]", s.iter().map(yaml_inline).collect::<Vec<_>>().join(", ")),
-        Value::Number(n) if n.is_f64() => {
-            let f = n.as_f64().unwrap_or_default() as f32;
-            if f.fract() == 0.0 {
-                format!("{f:.1}")
-            } else {
-                f.to_string()
-            }
-        }
-        Value::Null => "null".into(),
-        Value::Bool(b) => b.to_string(),
-        Value::String(s) => s.clone(),
-        other => serde_yaml::to_string(other).map(|s| s.trim().to_string()).unwrap_or_default(),
-    }
+    crate::sweep::inline_with(v, &|x| {
+        let f = x as f32;
+        Some(if f.fract() == 0.0 { format!("{f:.1}") } else { f.to_string() })
+    })
 }

@@ -143,15 +143,11 @@ fn values(
         .collect()
 }
 
-/// Σ wall time of the successful runs in results.csv.
-pub fn total_wall(csv_path: &Path) -> Result<f64> {
-    Ok(values(&read_rows(csv_path)?, "wall_s", |_| true).iter().sum())
-}
-
 /// The comparison report of `name` from the experiment's results.csv, as markdown; also
 /// returns (rows within tolerance, rows compared).
-pub fn report(name: &str, spec: &TableSpec, csv_path: &Path, wall_s: f64) -> Result<(String, usize, usize)> {
+pub fn report(name: &str, spec: &TableSpec, csv_path: &Path) -> Result<(String, usize, usize)> {
     let rows = read_rows(csv_path)?;
+    let wall_s: f64 = values(&rows, "wall_s", |_| true).iter().sum();
     let mut out = String::new();
     let _ = writeln!(out, "# {}\n", spec.title);
     let _ = writeln!(out, "Source of the published numbers: {}.", spec.source);
@@ -331,7 +327,7 @@ tables:
                    2,c,binary,0.9,0,success,95.0,0.2,10,\n3,d,binary,0.9,1,failed,,,,\n";
         let path = dir.path().join("results.csv");
         std::fs::write(&path, csv).unwrap();
-        let (md, within, compared) = report("t", &published.tables["t"], &path, 30.0).unwrap();
+        let (md, within, compared) = report("t", &published.tables["t"], &path).unwrap();
         // a: mean 97.7 vs published mean 97.6 → +0.10 ✅; b: 95.0 vs 96.0 → −1.00 ❌; c: not run
         assert!(md.contains("| a | 97.50, 97.70 | 97.70 ± 0.28 | 2 | +0.10 | ✅ |"), "{md}");
         assert!(md.contains("| b | 96.00 | 95.00 | 1 | -1.00 | ❌ |"), "{md}");

@@ -209,14 +209,28 @@ pub fn merge(base: &mut Value, over: Value) {
 
 /// A value on one line (for listings and messages).
 pub fn inline(v: &Value) -> String {
+    inline_with(v, &|_| None)
+}
+
+/// A value on one line, floats written by `float` where it returns a text.
+pub fn inline_with(v: &Value, float: &dyn Fn(f64) -> Option<String>) -> String {
     match v {
         Value::Mapping(m) => {
-            let items: Vec<String> = m.iter().map(|(k, v)| format!("{}: {}", inline(k), inline(v))).collect();
+            let items: Vec<String> = m
+                .iter()
+                .map(|(k, v)| format!("{}: {}", inline_with(k, float), inline_with(v, float)))
+                .collect();
             format!("{{{}}}", items.join(", "))
         }
-        Value::Sequence(s) => format!("[{}]", s.iter().map(inline).collect::<Vec<_>>().join(", ")),
+        Value::Sequence(s) => {
+            format!("[{}]", s.iter().map(|v| inline_with(v, float)).collect::<Vec<_>>().join(", "))
+        }
         Value::String(s) => s.clone(),
         Value::Null => "null".into(),
+        Value::Number(n) if n.is_f64() => match float(n.as_f64().unwrap_or_default()) {
+            Some(text) => text,
+            None => serde_yaml::to_string(v).map(|s| s.trim().to_string()).unwrap_or_default(),
+        },
         other => serde_yaml::to_string(other).map(|s| s.trim().to_string()).unwrap_or_default(),
     }
 }
