@@ -1,0 +1,9 @@
+//! Deployment of qatlab models: storage packings of low-bit codes, the versioned model file,
+//! integer CPU kernels (scalar, AVX2, AVX-512 VNNI) and a runtime that reproduces the training
+//! evaluation. No training code: a deployment pulls in this crate alone.
+
+pub mod error;
+pub mod kernel;
+pub mod pack;
+
+pub use error::{DeployError, Result};
