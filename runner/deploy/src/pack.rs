@@ -135,7 +135,7 @@ pub fn pack_bits(codes: &[u8], bits: u32) -> Vec<u8> {
 
 /// The inverse of [`pack_bits`] for `count` fields.
 pub fn unpack_bits(bytes: &[u8], bits: u32, count: usize) -> Vec<u8> {
-    let mask = ((1u16 << bits) - 1) as u16;
+    let mask = (1u16 << bits) - 1;
     (0..count)
         .map(|i| {
             let start = i * bits as usize;
