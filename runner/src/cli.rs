@@ -38,6 +38,61 @@ pub enum Command {
     /// Measure performance.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Export a finished run as a packed model file (or a C header and inference file).
+    Export(ExportArgs),
+    /// Print a model file's header, layers, sizes and real bits per weight.
+    Inspect(InspectArgs),
+    /// Run a model file on the integer kernels over its dataset's test set.
+    Infer(InferArgs),
+}
+
+/// Arguments of `qat export`.
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// The run directory (`results/<experiment>/<run id>`).
+    pub run: PathBuf,
+    /// Output file (`model.qat`; with `--format c-header`, the header's path).
+    #[arg(long, short)]
+    pub output: PathBuf,
+    /// What to write.
+    #[arg(long, value_enum, default_value = "model")]
+    pub format: ExportFormat,
+    /// How to store ternary and pentary codes.
+    #[arg(long, value_enum, default_value = "bits")]
+    pub packing: crate::export::PackingChoice,
+}
+
+/// Output of `qat export`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// The versioned binary model file.
+    Model,
+    /// A C header with the weights as const arrays, plus a portable C inference file beside it.
+    CHeader,
+}
+
+/// Arguments of `qat inspect`.
+#[derive(Debug, clap::Args)]
+pub struct InspectArgs {
+    /// The model file.
+    pub file: PathBuf,
+}
+
+/// Arguments of `qat infer`.
+#[derive(Debug, clap::Args)]
+pub struct InferArgs {
+    /// The model file.
+    pub file: PathBuf,
+    /// Samples per kernel call.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Kernel path: auto, scalar, avx2 or avx512.
+    #[arg(long, default_value = "auto")]
+    pub kernel: String,
+    /// Also run the training-time evaluation of this run directory and count the images on
+    /// which the two disagree.
+    #[arg(long)]
+    pub compare: Option<PathBuf>,
 }
 
 /// Arguments of `qat run`.
@@ -164,6 +219,28 @@ pub struct TableArgs {
 pub enum BenchCommand {
     /// Training throughput (samples/s, one thread) of an experiment's model.
     Train(BenchTrainArgs),
+    /// Integer GEMV/GEMM kernels against f32 and the measured memory bandwidth.
+    Kernels(BenchKernelsArgs),
+    /// Samples/s of a model file on the kernels, batch 1 and 64, one thread.
+    Infer(BenchInferArgs),
+}
+
+/// Arguments of `qat bench kernels`.
+#[derive(Debug, clap::Args)]
+pub struct BenchKernelsArgs {
+    /// Seconds to spend per measured case (the median of its repetitions is reported).
+    #[arg(long, default_value_t = 0.5)]
+    pub seconds: f64,
+    /// Only the small MNIST shapes (fast; for smoke tests).
+    #[arg(long)]
+    pub quick: bool,
+}
+
+/// Arguments of `qat bench infer`.
+#[derive(Debug, clap::Args)]
+pub struct BenchInferArgs {
+    /// The model file.
+    pub file: PathBuf,
 }
 
 /// Arguments of `qat bench train`.

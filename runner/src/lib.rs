@@ -6,6 +6,7 @@
 
 pub mod alloc;
 pub mod bench;
+pub mod c_export;
 pub mod cli;
 pub mod data;
 pub mod dynamic;
@@ -13,6 +14,8 @@ pub mod engine;
 pub mod error;
 pub mod execute;
 pub mod experiment;
+pub mod export;
+pub mod kernel_bench;
 pub mod loss;
 pub mod model;
 pub mod optim;

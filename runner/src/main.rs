@@ -8,15 +8,15 @@ use clap::Parser;
 use qatlab_core::config::RunConfig;
 use qatlab_runner::bench::{bench_train, PYTORCH_TERNARY_SAMPLES_PER_S};
 use qatlab_runner::cli::{
-    BenchCommand, BenchTrainArgs, Cli, Command, Launcher, ListArgs, PluginsArgs, ReproArgs, RunArgs,
-    StatusArgs, TableArgs,
+    BenchCommand, BenchInferArgs, BenchTrainArgs, Cli, Command, ExportArgs, ExportFormat, InferArgs,
+    Launcher, ListArgs, PluginsArgs, ReproArgs, RunArgs, StatusArgs, TableArgs,
 };
 use qatlab_runner::data::RunData;
 use qatlab_runner::dynamic;
 use qatlab_runner::error::Error;
 use qatlab_runner::execute::{display_path, execute, experiment_dir, ExecOptions, INTERRUPTED};
 use qatlab_runner::outputs::Status;
-use qatlab_runner::{experiment, report, results};
+use qatlab_runner::{experiment, export, report, results};
 
 #[global_allocator]
 static GLOBAL: qatlab_runner::alloc::MiMalloc = qatlab_runner::alloc::MiMalloc;
@@ -60,6 +60,18 @@ fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
         Command::Repro(args) => repro(&args, &registry),
         Command::Plugins(args) => plugins(&args, &mut registry, &loaded),
         Command::Bench(BenchCommand::Train(args)) => bench(&args, &registry),
+        Command::Bench(BenchCommand::Kernels(args)) => {
+            print!("{}", qatlab_runner::kernel_bench::run(args.seconds, args.quick));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Infer(args)) => bench_infer(&args),
+        Command::Export(args) => export(&args, &registry),
+        Command::Inspect(args) => {
+            let bytes = std::fs::metadata(&args.file).map_err(|e| Error::io(&args.file, e))?.len() as usize;
+            print!("{}", export::describe(&export::read_model(&args.file)?, bytes));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Infer(args) => infer(&args, &registry),
     }
 }
 
@@ -258,5 +270,58 @@ fn bench(args: &BenchTrainArgs, registry: &qatlab_core::Registry) -> Result<Exit
         PYTORCH_TERNARY_SAMPLES_PER_S,
         median / PYTORCH_TERNARY_SAMPLES_PER_S
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn export(args: &ExportArgs, registry: &qatlab_core::Registry) -> Result<ExitCode, Error> {
+    let model = export::export_run(&args.run, registry, args.packing)?;
+    let written = match args.format {
+        ExportFormat::Model => {
+            let bytes = model.to_bytes().map_err(|e| Error::Config(e.to_string()))?;
+            qatlab_runner::outputs::write_atomic(&args.output, &bytes)?;
+            vec![args.output.clone()]
+        }
+        ExportFormat::CHeader => qatlab_runner::c_export::write(&model, &args.output)?,
+    };
+    for path in written {
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        println!("wrote {} ({size} bytes)", display_path(&path));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn infer(args: &InferArgs, registry: &qatlab_core::Registry) -> Result<ExitCode, Error> {
+    let model = export::read_model(&args.file)?;
+    let path = export::kernel_path(&args.kernel)?;
+    let runtime = qatlab_deploy::runtime::Runtime::new(&model, path, false)
+        .map_err(|e| Error::Config(e.to_string()))?;
+    let samples = export::test_samples(&model)?;
+    let result = export::infer(&runtime, &samples, args.batch);
+    println!(
+        "{}: test accuracy {:.2}% ({} images), {:.2} µs per sample at batch {} ({} kernels, 1 thread)",
+        model.header.name,
+        100.0 * result.accuracy,
+        samples.len(),
+        1e6 * result.seconds_per_sample,
+        args.batch,
+        path.name()
+    );
+    if let Some(run) = &args.compare {
+        let trained = export::training_predictions(run, registry, &samples)?;
+        let correct = trained.iter().zip(&samples.labels).filter(|(p, l)| **p == **l as usize).count();
+        let differ = trained.iter().zip(&result.predictions).filter(|(a, b)| a != b).count();
+        println!(
+            "training-time evaluation: {:.2}%; predictions differ on {differ} of {} images",
+            100.0 * correct as f64 / samples.len().max(1) as f64,
+            samples.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench_infer(args: &BenchInferArgs) -> Result<ExitCode, Error> {
+    let model = export::read_model(&args.file)?;
+    let samples = export::test_samples(&model)?;
+    print!("{}", qatlab_runner::kernel_bench::infer_table(&model, &samples));
     Ok(ExitCode::SUCCESS)
 }

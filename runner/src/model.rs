@@ -2,7 +2,6 @@
 //! Plain `Vec<f32>`s, so checkpoints, export and analysis never touch the training backend.
 
 use qatlab_core::{config::Norm, Activation, QuantCtx, Quantized, Quantizer, Registry, Shape};
-use qatlab_plugins::ste::round_even;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -250,43 +249,7 @@ impl Network {
     }
 }
 
-/// Per-sample absmax fake-quantization to `bits` (the reference's `activation_quant`):
-/// s = (2^(b−1) − 1) / max(max|x|, 1e-5); q = clamp(round(x·s), −2^(b−1), 2^(b−1) − 1) / s.
-pub fn quantize_activations(x: &[f32], features: usize, bits: u32, out: &mut [f32]) {
-    let qp = ((1u32 << (bits - 1)) - 1) as f32;
-    let qn = -((1u32 << (bits - 1)) as f32);
-    for (row, out_row) in x.chunks_exact(features).zip(out.chunks_exact_mut(features)) {
-        let max = abs_max(row).max(1e-5);
-        let scale = qp / max;
-        for (o, v) in out_row.iter_mut().zip(row) {
-            *o = round_even(v * scale).clamp(qn, qp) / scale;
-        }
-    }
-}
-
-/// max |x| over `x`, in eight independent lanes so it vectorises (a single running maximum is a
-/// serial dependency chain the compiler may not reorder).
-pub fn abs_max(x: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; 8];
-    let chunks = x.chunks_exact(8);
-    let tail = chunks.remainder().iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    for chunk in chunks {
-        for (lane, v) in lanes.iter_mut().zip(chunk) {
-            *lane = lane.max(v.abs());
-        }
-    }
-    lanes.iter().fold(tail, |m, v| m.max(*v))
-}
-
-/// RMS normalisation of each row without gain: x / sqrt(mean(x²) + ε). ε = 1e-12 only guards an
-/// all-zero row (the reference uses none).
-pub fn rms_norm_rows(x: &mut [f32], features: usize) {
-    for row in x.chunks_exact_mut(features) {
-        let ms = row.iter().map(|v| v * v).sum::<f32>() / features as f32;
-        let inv = 1.0 / (ms + RMS_EPS).sqrt();
-        row.iter_mut().for_each(|v| *v *= inv);
-    }
-}
+pub use qatlab_deploy::act::{abs_max, quantize_activations, rms_norm_rows, RMS_EPS};
 
 /// Layer normalisation of each row without affine: (x − mean) / sqrt(var + ε).
 pub fn layer_norm_rows(x: &mut [f32], features: usize) {
@@ -298,7 +261,5 @@ pub fn layer_norm_rows(x: &mut [f32], features: usize) {
     }
 }
 
-/// ε of the RMS norm.
-pub const RMS_EPS: f32 = 1e-12;
 /// ε of the layer norm (PyTorch's default).
 pub const LAYER_NORM_EPS: f32 = 1e-5;

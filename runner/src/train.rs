@@ -145,23 +145,43 @@ impl Teacher {
     fn load(spec: &qatlab_core::config::DistillConfig, registry: &Registry, features: usize) -> Result<Self> {
         let dir = std::path::Path::new(&spec.teacher);
         let bad = |what: String| Error::Config(format!("train.distill.teacher: {}: {what}", dir.display()));
-        let text = std::fs::read_to_string(dir.join("config.yaml"))
-            .map_err(|e| bad(format!("no config.yaml ({e}); train the teacher first")))?;
-        let config: RunConfig = serde_yaml::from_str(&text).map_err(|e| bad(format!("config.yaml: {e}")))?;
-        let bytes = std::fs::read(dir.join(crate::outputs::CHECKPOINT))
-            .map_err(|e| bad(format!("no checkpoint ({e}); train the teacher first")))?;
-        let checkpoint: Checkpoint =
-            serde_json::from_slice(&bytes).map_err(|e| bad(format!("checkpoint: {e}")))?;
-        if config.data.image_size * config.data.image_size != features {
-            return Err(bad(format!("it takes {}² inputs, this run {features}", config.data.image_size)));
+        let run = load_finished(dir, registry).map_err(|e| bad(e.to_string()))?;
+        let size = run.config.data.image_size;
+        if size * size != features {
+            return Err(bad(format!("it takes {size}² inputs, this run {features}")));
         }
-        let mut trainer = Trainer::new(&config, registry, features)?;
-        trainer.restore(&checkpoint)?;
-        trainer.net.quantize_all(false, checkpoint.step, config.train.epochs, config.train.seed)?;
         let loss =
             registry.distillers.build(&spec.loss.name, &spec.loss.params).map_err(|e| bad(e.to_string()))?;
-        Ok(Self { net: trainer.net, engine: Engine::new(), loss })
+        Ok(Self { net: run.trainer.net, engine: Engine::new(), loss })
     }
+}
+
+/// A run restored from its directory, weights quantized for evaluation.
+pub struct FinishedRun {
+    /// The run's resolved configuration (`config.yaml`).
+    pub config: RunConfig,
+    /// The network and optimizer state of its last checkpoint.
+    pub trainer: Trainer,
+    /// Epochs the checkpoint holds.
+    pub epochs_done: usize,
+}
+
+/// Restore the run in `dir` from its `config.yaml` and checkpoint, with the weights quantized as
+/// the evaluation pass quantizes them.
+pub fn load_finished(dir: &std::path::Path, registry: &Registry) -> Result<FinishedRun> {
+    let bad = |what: String| Error::Config(format!("{}: {what}", dir.display()));
+    let text = std::fs::read_to_string(dir.join("config.yaml"))
+        .map_err(|e| bad(format!("no config.yaml ({e}); is this a run directory, and has it run?")))?;
+    let config: RunConfig = serde_yaml::from_str(&text).map_err(|e| bad(format!("config.yaml: {e}")))?;
+    let bytes = std::fs::read(dir.join(crate::outputs::CHECKPOINT))
+        .map_err(|e| bad(format!("no checkpoint ({e}); train the run first")))?;
+    let checkpoint: Checkpoint =
+        serde_json::from_slice(&bytes).map_err(|e| bad(format!("checkpoint: {e}")))?;
+    let features = config.data.image_size * config.data.image_size;
+    let mut trainer = Trainer::new(&config, registry, features)?;
+    trainer.restore(&checkpoint)?;
+    trainer.net.quantize_all(false, checkpoint.step, config.train.epochs, config.train.seed)?;
+    Ok(FinishedRun { config, trainer, epochs_done: checkpoint.epochs_done })
 }
 
 impl Trainer {

@@ -2,8 +2,11 @@
 //! integer CPU kernels (scalar, AVX2, AVX-512 VNNI) and a runtime that reproduces the training
 //! evaluation. No training code: a deployment pulls in this crate alone.
 
+pub mod act;
 pub mod error;
+pub mod format;
 pub mod kernel;
 pub mod pack;
+pub mod runtime;
 
 pub use error::{DeployError, Result};

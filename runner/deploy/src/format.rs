@@ -1,0 +1,305 @@
+//! The model file: a versioned, self-describing container for a packed low-bit network.
+//!
+//! ```text
+//! offset 0   magic  "QATMODEL"                 8 bytes
+//!        8   format version, u32 little-endian
+//!       12   header length H, u32 little-endian
+//!       16   header: UTF-8 JSON (ModelHeader)  H bytes
+//!   16 + H   payload: each layer's packed codes at its (offset, bytes)
+//!  end − 4   CRC-32 of every byte before it, u32 little-endian
+//! ```
+//!
+//! JSON keeps the header readable with any tool and lets a reader name the key that is wrong;
+//! the weights stay binary. [`ModelFile::read`] validates everything it returns (shapes chain,
+//! codes within the level set, payload ranges), so the kernels can trust it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{invalid, DeployError, Result};
+use crate::pack::Packing;
+
+/// First bytes of every model file.
+pub const MAGIC: &[u8; 8] = b"QATMODEL";
+/// The format version this build writes and reads.
+pub const VERSION: u32 = 1;
+const PREAMBLE: usize = 16;
+
+/// How raw images become the network's input.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    /// Dataset the model was trained on (`mnist`, `fashion-mnist`).
+    pub dataset: String,
+    /// Side of the square image after the antialiased resize.
+    pub image_size: usize,
+    /// Pixels are mapped to `(p/255 − mean)/std`.
+    pub mean: f32,
+    /// See `mean`.
+    pub std: f32,
+}
+
+/// Normalisation of each layer's input (before its activation quantization).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NormKind {
+    /// x / sqrt(mean(x²) + 1e-12).
+    Rms,
+    /// Identity.
+    None,
+}
+
+/// Activation after every hidden layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ActivationKind {
+    /// max(x, 0).
+    Relu,
+}
+
+/// One fully connected layer (no bias): `rows` outputs × `cols` inputs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerSpec {
+    /// `fc1`, `fc2`, ...
+    pub name: String,
+    /// Output channels.
+    pub rows: usize,
+    /// Inputs.
+    pub cols: usize,
+    /// The quantizer that produced the codes, as configured (for people; not interpreted).
+    pub quantizer: String,
+    /// The level set, ascending; weight = levels[code] · scale of its row.
+    pub levels: Vec<f32>,
+    /// How the codes are stored.
+    pub packing: Packing,
+    /// One scale per tensor, or one per row.
+    pub scales: Vec<f32>,
+    /// Bits of the per-sample absmax quantization of this layer's input.
+    pub activation_bits: u32,
+    /// Start of the packed codes in the payload.
+    pub offset: usize,
+    /// Length of the packed codes.
+    pub bytes: usize,
+}
+
+impl LayerSpec {
+    /// Storage bits per weight including the scales (f32 each).
+    pub fn bits_per_weight(&self) -> f64 {
+        (self.bytes as f64 * 8.0 + self.scales.len() as f64 * 32.0) / (self.rows * self.cols).max(1) as f64
+    }
+}
+
+/// Everything about the network except the packed codes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelHeader {
+    /// The run's name.
+    pub name: String,
+    /// The run id it was exported from.
+    pub run_id: String,
+    /// Input preprocessing.
+    pub input: InputSpec,
+    /// Number of classes (outputs of the last layer).
+    pub classes: usize,
+    /// Input normalisation of every layer.
+    pub norm: NormKind,
+    /// Hidden activation.
+    pub activation: ActivationKind,
+    /// Layers from input to logits.
+    pub layers: Vec<LayerSpec>,
+}
+
+/// A model: header plus each layer's codes (unpacked, row-major).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelFile {
+    /// The header.
+    pub header: ModelHeader,
+    /// Per layer, `rows × cols` codes into its level set.
+    pub codes: Vec<Vec<u8>>,
+}
+
+/// One layer to write: its description (offset and bytes are filled in) and codes.
+pub struct LayerData {
+    /// Everything but `offset` and `bytes`.
+    pub spec: LayerSpec,
+    /// Row-major codes.
+    pub codes: Vec<u8>,
+}
+
+impl ModelFile {
+    /// Pack `layers` under `header` (whose `layers` are replaced) and validate the result.
+    pub fn new(mut header: ModelHeader, layers: Vec<LayerData>) -> Result<Self> {
+        header.layers.clear();
+        let mut offset = 0;
+        let mut codes = Vec::new();
+        for mut layer in layers {
+            layer.spec.offset = offset;
+            layer.spec.bytes = layer.spec.packing.packed_len(layer.codes.len());
+            offset += layer.spec.bytes;
+            header.layers.push(layer.spec);
+            codes.push(layer.codes);
+        }
+        let model = Self { header, codes };
+        model.validate_header(offset)?;
+        model.validate_codes()?;
+        Ok(model)
+    }
+
+    /// The file's bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let header = serde_json::to_vec_pretty(&self.header).map_err(|e| invalid(format!("header: {e}")))?;
+        let mut out = Vec::with_capacity(PREAMBLE + header.len());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        out.extend_from_slice(&header);
+        for (spec, codes) in self.header.layers.iter().zip(&self.codes) {
+            out.extend_from_slice(&spec.packing.pack(codes)?);
+        }
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        Ok(out)
+    }
+
+    /// Parse and validate a model file.
+    pub fn read(bytes: &[u8]) -> Result<Self> {
+        let have = bytes.len();
+        let truncated = |what, offset, need| DeployError::Truncated { what, offset, need, have };
+        if have < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+            let found = bytes[..have.min(MAGIC.len())].to_vec();
+            return Err(DeployError::BadMagic { found, expected: MAGIC });
+        }
+        if have < PREAMBLE + 4 {
+            return Err(truncated("the preamble and checksum", 0, PREAMBLE + 4));
+        }
+        let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+        if version != VERSION {
+            return Err(DeployError::Version { found: version, supported: VERSION });
+        }
+        let header_len = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]) as usize;
+        if header_len > have - PREAMBLE - 4 {
+            return Err(truncated("the header", PREAMBLE, header_len));
+        }
+        let body = &bytes[..have - 4];
+        let stored = u32::from_le_bytes([bytes[have - 4], bytes[have - 3], bytes[have - 2], bytes[have - 1]]);
+        let computed = crc32fast::hash(body);
+        if stored != computed {
+            return Err(DeployError::Checksum { stored, computed });
+        }
+        let header: ModelHeader = serde_json::from_slice(&bytes[PREAMBLE..PREAMBLE + header_len])
+            .map_err(|e| invalid(format!("header JSON: {e}")))?;
+        let payload = &body[PREAMBLE + header_len..];
+        let mut model = Self { header, codes: Vec::new() };
+        model.validate_header(payload.len())?;
+        for spec in &model.header.layers {
+            let packed = &payload[spec.offset..spec.offset + spec.bytes];
+            let codes =
+                spec.packing.unpack(packed, spec.rows * spec.cols).map_err(|e| in_layer(&spec.name, e))?;
+            model.codes.push(codes);
+        }
+        model.validate_codes()?;
+        Ok(model)
+    }
+
+    /// Shapes chain from the input to the classes; levels, scales, bits and payload ranges are
+    /// sane. Checked before anything is allocated from the header's numbers.
+    fn validate_header(&self, payload_len: usize) -> Result<()> {
+        let h = &self.header;
+        if h.layers.is_empty() {
+            return Err(invalid("the model has no layers"));
+        }
+        let mut inputs = h
+            .input
+            .image_size
+            .checked_mul(h.input.image_size)
+            .ok_or_else(|| invalid("input.image_size overflows"))?;
+        if !(h.input.std > 0.0) || !h.input.mean.is_finite() {
+            return Err(invalid(format!(
+                "input: std must be positive and mean finite (mean {}, std {})",
+                h.input.mean, h.input.std
+            )));
+        }
+        for spec in &h.layers {
+            let at = |what: String| invalid(format!("layer {}: {what}", spec.name));
+            if spec.cols != inputs {
+                return Err(at(format!("takes {} inputs but the previous stage gives {inputs}", spec.cols)));
+            }
+            let count = spec
+                .rows
+                .checked_mul(spec.cols)
+                .filter(|&c| c > 0)
+                .ok_or_else(|| at("empty or overflowing shape".into()))?;
+            if count / 8 > payload_len {
+                return Err(at(format!("{count} weights cannot fit a {payload_len}-byte payload")));
+            }
+            if spec.bytes != spec.packing.packed_len(count) {
+                return Err(at(format!(
+                    "{count} codes as {:?} take {} bytes, the header says {}",
+                    spec.packing,
+                    spec.packing.packed_len(count),
+                    spec.bytes
+                )));
+            }
+            if spec.offset.checked_add(spec.bytes).is_none_or(|end| end > payload_len) {
+                return Err(at(format!(
+                    "bytes {}..+{} lie outside the {payload_len}-byte payload",
+                    spec.offset, spec.bytes
+                )));
+            }
+            if spec.levels.is_empty() || spec.levels.len() > spec.packing.max_levels() {
+                return Err(at(format!("{} levels do not fit {:?}", spec.levels.len(), spec.packing)));
+            }
+            if !spec.levels.windows(2).all(|w| w[0] < w[1]) || !spec.levels.iter().all(|l| l.is_finite()) {
+                return Err(at("levels must be finite and strictly ascending".into()));
+            }
+            if !(spec.scales.len() == 1 || spec.scales.len() == spec.rows)
+                || !spec.scales.iter().all(|s| s.is_finite())
+            {
+                return Err(at(format!("needs 1 or {} finite scales, has {}", spec.rows, spec.scales.len())));
+            }
+            if !(2..=8).contains(&spec.activation_bits) {
+                return Err(at(format!("activation_bits {} (2 to 8 are supported)", spec.activation_bits)));
+            }
+            inputs = spec.rows;
+        }
+        if inputs != h.classes {
+            return Err(invalid(format!("the last layer has {inputs} outputs for {} classes", h.classes)));
+        }
+        Ok(())
+    }
+
+    fn validate_codes(&self) -> Result<()> {
+        for (spec, codes) in self.header.layers.iter().zip(&self.codes) {
+            if codes.len() != spec.rows * spec.cols {
+                return Err(invalid(format!(
+                    "layer {}: {} codes for a {}×{} matrix",
+                    spec.name,
+                    codes.len(),
+                    spec.rows,
+                    spec.cols
+                )));
+            }
+            if let Some(i) = codes.iter().position(|&c| c as usize >= spec.levels.len()) {
+                return Err(invalid(format!(
+                    "layer {}: weight {i} has code {} but there are {} levels",
+                    spec.name,
+                    codes[i],
+                    spec.levels.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes of packed codes and f32 scales over all layers.
+    pub fn weight_bytes(&self) -> usize {
+        self.header.layers.iter().map(|l| l.bytes + 4 * l.scales.len()).sum()
+    }
+}
+
+fn in_layer(name: &str, e: DeployError) -> DeployError {
+    match e {
+        DeployError::Invalid(m) => invalid(format!("layer {name}: {m}")),
+        other => other,
+    }
+}

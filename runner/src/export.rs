@@ -1,0 +1,262 @@
+//! `qat export` / `qat inspect` / `qat infer`: a finished run as a packed model file, and that
+//! file run on the deployment kernels against the test set.
+
+use std::path::Path;
+use std::time::Instant;
+
+use qatlab_core::config::{Dataset, Norm, Residual};
+use qatlab_core::Registry;
+use qatlab_deploy::format::{
+    ActivationKind, InputSpec, LayerData, LayerSpec, ModelFile, ModelHeader, NormKind,
+};
+use qatlab_deploy::kernel::Path as KernelPath;
+use qatlab_deploy::pack::Packing;
+use qatlab_deploy::runtime::{IntGrid, Runtime};
+
+use crate::data::{self, Samples, MEAN, STD};
+use crate::engine::{Engine, Pass};
+use crate::error::{Error, Result};
+use crate::train::{load_finished, CLASSES};
+
+/// How `qat export` stores ternary and pentary codes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum PackingChoice {
+    /// The fewest whole bits per code (2 for ternary: fastest to decode).
+    #[default]
+    Bits,
+    /// Ternary: five trits per byte (1.6 bits per weight).
+    Base3,
+    /// Ternary: twenty trits per 32-bit word (1.6 bits per weight).
+    Base3Words,
+    /// Pentary: three digits per 7 bits (2.33 bits per weight).
+    Base5,
+}
+
+impl PackingChoice {
+    fn packing(self, levels: usize, layer: &str) -> Result<Packing> {
+        let packing = match self {
+            PackingChoice::Bits => return Ok(Packing::bits_for(levels)),
+            PackingChoice::Base3 => Packing::Base3Bytes,
+            PackingChoice::Base3Words => Packing::Base3Words,
+            PackingChoice::Base5 => Packing::Base5Groups,
+        };
+        if levels > packing.max_levels() {
+            return Err(Error::Config(format!(
+                "--packing {self:?}: layer {layer} has {levels} levels, the packing holds {}; use --packing bits",
+                packing.max_levels()
+            )));
+        }
+        Ok(packing)
+    }
+}
+
+/// Export the finished run in `dir` as a model file.
+pub fn export_run(dir: &Path, registry: &Registry, packing: PackingChoice) -> Result<ModelFile> {
+    let run = load_finished(dir, registry)?;
+    let config = &run.config;
+    let unsupported = |what: String| Error::Config(format!("{}: cannot deploy: {what}", dir.display()));
+    let norm = match config.model.norm {
+        Norm::Rms => NormKind::Rms,
+        Norm::None => NormKind::None,
+        other => return Err(unsupported(format!("model.norm {other:?}; the kernels support rms and none"))),
+    };
+    if !run.trainer.net.stage.activation.is_relu() {
+        return Err(unsupported(format!(
+            "model.activation {}; the kernels support relu",
+            config.model.activation.name
+        )));
+    }
+    if config.model.residual != Residual::None {
+        return Err(unsupported("residual connections are not supported by the kernels yet".into()));
+    }
+    let mut layers = Vec::new();
+    for layer in &run.trainer.net.layers {
+        let q = &layer.quantized;
+        let Some(bits) = layer.activation_bits else {
+            return Err(unsupported(format!(
+                "{} has float inputs; set model.activation_bits (the kernels take int8)",
+                layer.name
+            )));
+        };
+        if q.codes.is_empty() || q.levels.is_empty() {
+            return Err(unsupported(format!(
+                "{} is not quantized (quantizer `{}`)",
+                layer.name, config.quantizer.name
+            )));
+        }
+        let (spec, _) = config.model.layer(layers.len(), run.trainer.net.layers.len(), &config.quantizer);
+        layers.push(LayerData {
+            spec: LayerSpec {
+                name: layer.name.clone(),
+                rows: layer.shape.rows,
+                cols: layer.shape.cols,
+                quantizer: qatlab_core::config::spec_label(&spec),
+                levels: q.levels.clone(),
+                packing: packing.packing(q.levels.len(), &layer.name)?,
+                scales: q.scales.clone(),
+                activation_bits: bits,
+                offset: 0,
+                bytes: 0,
+            },
+            codes: q.codes.clone(),
+        });
+    }
+    let header = ModelHeader {
+        name: config.name.clone(),
+        run_id: crate::outputs::run_id(config),
+        input: InputSpec {
+            dataset: dataset_name(config.data.dataset),
+            image_size: config.data.image_size,
+            mean: MEAN,
+            std: STD,
+        },
+        classes: CLASSES,
+        norm,
+        activation: ActivationKind::Relu,
+        layers: Vec::new(),
+    };
+    ModelFile::new(header, layers).map_err(|e| unsupported(e.to_string()))
+}
+
+fn dataset_name(dataset: Dataset) -> String {
+    dataset.dir_name().to_string()
+}
+
+/// Read a model file, naming it in any error.
+pub fn read_model(path: &Path) -> Result<ModelFile> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    ModelFile::read(&bytes).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+}
+
+/// `qat inspect`: the header, and per layer its shape, packing, size and real bits per weight.
+pub fn describe(model: &ModelFile, file_bytes: usize) -> String {
+    let h = &model.header;
+    let mut out = format!(
+        "{} (run {}), {} {}×{} → {} classes, norm {:?}, activation {:?}\n",
+        h.name,
+        h.run_id,
+        h.input.dataset,
+        h.input.image_size,
+        h.input.image_size,
+        h.classes,
+        h.norm,
+        h.activation
+    );
+    out += &format!(
+        "input: antialiased resize to {0}×{0}, (p/255 − {1})/{2}\n",
+        h.input.image_size, h.input.mean, h.input.std
+    );
+    out += &format!(
+        "{:<6} {:>11} {:<28} {:>6} {:<18} {:>7} {:>8} {:>7} {:<8}\n",
+        "layer", "shape", "quantizer", "levels", "packing", "scales", "bytes", "bits/w", "kernel"
+    );
+    let mut weights = 0;
+    for spec in &h.layers {
+        let kernel = match IntGrid::of(&spec.levels) {
+            Some(g) => format!("int ×{}", g.multiplier),
+            None => "f32".into(),
+        };
+        out += &format!(
+            "{:<6} {:>11} {:<28} {:>6} {:<18} {:>7} {:>8} {:>7.3} {:<8}\n",
+            spec.name,
+            format!("{}×{}", spec.rows, spec.cols),
+            spec.quantizer,
+            spec.levels.len(),
+            packing_name(spec.packing),
+            spec.scales.len(),
+            spec.bytes + 4 * spec.scales.len(),
+            spec.bits_per_weight(),
+            kernel
+        );
+        weights += spec.rows * spec.cols;
+    }
+    out += &format!(
+        "total: {weights} weights, {} bytes of codes and scales ({:.3} bits/weight), file {file_bytes} bytes\n",
+        model.weight_bytes(),
+        model.weight_bytes() as f64 * 8.0 / weights as f64
+    );
+    out
+}
+
+fn packing_name(p: Packing) -> String {
+    match p {
+        Packing::Bits { bits } => format!("{bits}-bit"),
+        Packing::Base3Bytes => "base3 5/byte".into(),
+        Packing::Base3Words => "base3 20/word".into(),
+        Packing::Base5Groups => "base5 3/7 bits".into(),
+    }
+}
+
+/// The test split of the model's dataset, preprocessed as its header says.
+pub fn test_samples(model: &ModelFile) -> Result<Samples> {
+    let dataset = match model.header.input.dataset.as_str() {
+        "mnist" => Dataset::Mnist,
+        "fashion-mnist" => Dataset::FashionMnist,
+        other => {
+            return Err(Error::Config(format!("the model was trained on `{other}`, which qat cannot load")))
+        }
+    };
+    let files = data::load(dataset, &data::find_dir(dataset)?)?;
+    Ok(data::preprocess(&files.test, model.header.input.image_size))
+}
+
+/// What `qat infer` measured.
+pub struct Inference {
+    /// Predicted class per test image.
+    pub predictions: Vec<usize>,
+    /// Share of correct predictions.
+    pub accuracy: f64,
+    /// Mean wall time per sample, seconds.
+    pub seconds_per_sample: f64,
+}
+
+/// Run the model over `samples` in batches of `batch`.
+pub fn infer(runtime: &Runtime, samples: &Samples, batch: usize) -> Inference {
+    let f = samples.features;
+    let start = Instant::now();
+    let mut predictions = Vec::with_capacity(samples.len());
+    for first in (0..samples.len()).step_by(batch.max(1)) {
+        let n = batch.max(1).min(samples.len() - first);
+        predictions.extend(runtime.predict(&samples.x[first * f..(first + n) * f], n));
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let correct = predictions.iter().zip(&samples.labels).filter(|(p, l)| **p == **l as usize).count();
+    let n = samples.len().max(1) as f64;
+    Inference { predictions, accuracy: correct as f64 / n, seconds_per_sample: seconds / n }
+}
+
+/// The training-time evaluation's prediction for each sample (the run's own forward pass).
+pub fn training_predictions(dir: &Path, registry: &Registry, samples: &Samples) -> Result<Vec<usize>> {
+    let run = load_finished(dir, registry)?;
+    let engine = Engine::new();
+    let f = samples.features;
+    let mut predictions = Vec::with_capacity(samples.len());
+    for first in (0..samples.len()).step_by(1000) {
+        let n = 1000.min(samples.len() - first);
+        let (logits, _) =
+            engine.logits(&run.trainer.net, &samples.x[first * f..(first + n) * f], n, Pass::Eval);
+        predictions.extend(logits.chunks_exact(CLASSES).map(argmax));
+    }
+    Ok(predictions)
+}
+
+fn argmax(row: &[f32]) -> usize {
+    row.iter().enumerate().fold(0, |best, (i, v)| if *v > row[best] { i } else { best })
+}
+
+/// Parse a kernel path name (`auto` picks the fastest this CPU has).
+pub fn kernel_path(name: &str) -> Result<KernelPath> {
+    let path = match name {
+        "auto" => return Ok(KernelPath::best()),
+        "scalar" => KernelPath::Scalar,
+        "avx2" => KernelPath::Avx2,
+        "avx512" | "avx512-vnni" => KernelPath::Avx512Vnni,
+        other => {
+            return Err(Error::Config(format!("--kernel {other}: expected auto, scalar, avx2 or avx512")))
+        }
+    };
+    if !KernelPath::available().contains(&path) {
+        return Err(Error::Config(format!("--kernel {name}: this CPU lacks the instructions; use auto")));
+    }
+    Ok(path)
+}

@@ -1,0 +1,237 @@
+//! `qat bench kernels` and `qat bench infer`: the deployment kernels timed side by side with an
+//! f32 GEMV and the machine's measured read bandwidth, in one run, so the ratios are comparable.
+//!
+//! "Cold" rotates over enough copies of the matrix to exceed the last-level cache (as a real
+//! model's layers would stream from DRAM); "hot" repeats one matrix.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use qatlab_deploy::format::ModelFile;
+use qatlab_deploy::kernel::{CodeMatrix, IntLinear, Path};
+use qatlab_deploy::runtime::Runtime;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::data::Samples;
+
+/// Bytes the cold cases rotate over: three times the 256 MiB last-level cache of this project's
+/// machine class, so no copy is still cached when it comes round again.
+const COLD_BYTES: usize = 768 << 20;
+
+/// One measured case.
+struct Row {
+    shape: (usize, usize),
+    n: usize,
+    kind: String,
+    threads: usize,
+    cold: bool,
+    seconds: f64,
+    weight_bytes: usize,
+}
+
+/// A weight format under test.
+enum Subject {
+    Int(Vec<IntLinear>, Path, &'static str),
+    F32(Vec<Vec<f32>>),
+}
+
+/// Run the kernel benchmark and return its table (Markdown).
+pub fn run(seconds: f64, quick: bool) -> String {
+    let mut out = String::new();
+    let bandwidth: Vec<(usize, f64)> = [1, 2].iter().map(|&t| (t, read_bandwidth(t))).collect();
+    out += "memory read bandwidth (sum over a 1 GiB buffer): ";
+    out +=
+        &bandwidth.iter().map(|(t, b)| format!("{t} thread(s) {b:.1} GB/s")).collect::<Vec<_>>().join(", ");
+    out += &format!(
+        "\nkernel paths on this CPU: {:?}\n\n",
+        Path::available().iter().map(|p| p.name()).collect::<Vec<_>>()
+    );
+    out += "| shape (rows×cols) | n | weights | threads | cache | µs/call | GOP/s | weight GB/s | % of bandwidth |\n";
+    out += "|---|---|---|---|---|---|---|---|---|\n";
+    let mut shapes = vec![(64, 256), (64, 64), (10, 64)];
+    if !quick {
+        shapes.splice(0..0, [(4096, 4096), (4096, 11008)]);
+    }
+    for &(rows, cols) in &shapes {
+        let big = rows * cols >= 1 << 20;
+        for n in [1, 8] {
+            let mut rows_out = Vec::new();
+            for subject in subjects(rows, cols, big, quick) {
+                for threads in if big { vec![1, 2] } else { vec![1] } {
+                    for cold in if big { vec![true, false] } else { vec![false] } {
+                        rows_out.push(measure(&subject, rows, cols, n, threads, cold, seconds));
+                    }
+                }
+            }
+            for r in rows_out {
+                let bw = bandwidth.iter().find(|(t, _)| *t == r.threads).map_or(f64::NAN, |b| b.1);
+                let gbs = r.weight_bytes as f64 / r.seconds / 1e9;
+                out += &format!(
+                    "| {}×{} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.0}% |\n",
+                    r.shape.0,
+                    r.shape.1,
+                    r.n,
+                    r.kind,
+                    r.threads,
+                    if r.cold { "cold" } else { "hot" },
+                    r.seconds * 1e6,
+                    2.0 * (r.shape.0 * r.shape.1 * r.n) as f64 / r.seconds / 1e9,
+                    gbs,
+                    100.0 * gbs / bw
+                );
+            }
+        }
+    }
+    out
+}
+
+/// The formats compared at one shape: ternary 2-bit on each available path, 4-bit and 8-bit on
+/// the fastest, and f32.
+fn subjects(rows: usize, cols: usize, big: bool, quick: bool) -> Vec<Subject> {
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let best = Path::best();
+    let mut out = Vec::new();
+    let int = |bits: u32, offset: i32, step: i32, rng: &mut ChaCha8Rng| {
+        let levels = if bits == 2 { 3 } else { 1u16 << bits };
+        let codes: Vec<u8> = (0..rows * cols).map(|_| rng.gen_range(0..levels) as u8).collect();
+        IntLinear { codes: CodeMatrix::from_codes(&codes, rows, cols, bits), offset, step }
+    };
+    let copies = |bytes: usize| if big { (COLD_BYTES / bytes.max(1)).max(2) } else { 1 };
+    let ternary = int(2, -1, 1, &mut rng);
+    let n = copies(ternary.codes.bytes());
+    for path in Path::available() {
+        if path == Path::Scalar && (big && !quick) {
+            continue; // minutes per case at 4096²; the property tests cover its correctness
+        }
+        let name = match path {
+            Path::Scalar => "ternary 2-bit scalar",
+            Path::Avx2 => "ternary 2-bit avx2",
+            Path::Avx512Vnni => "ternary 2-bit avx512",
+        };
+        out.push(Subject::Int(vec![ternary.clone(); n], path, name));
+    }
+    let int4 = int(4, -15, 2, &mut rng);
+    out.push(Subject::Int(vec![int4.clone(); copies(int4.codes.bytes())], best, "int4"));
+    let int8 = int(8, -128, 1, &mut rng);
+    out.push(Subject::Int(vec![int8.clone(); copies(int8.codes.bytes())], best, "int8"));
+    let w: Vec<f32> = (0..rows * cols).map(|_| rng.gen_range(-1.0..1.0)).collect();
+    out.push(Subject::F32(vec![w; copies(rows * cols * 4)]));
+    out
+}
+
+fn measure(
+    subject: &Subject,
+    rows: usize,
+    cols: usize,
+    n: usize,
+    threads: usize,
+    cold: bool,
+    seconds: f64,
+) -> Row {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("a rayon pool");
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let (kind, bytes, copies) = match subject {
+        Subject::Int(m, path, name) => (format!("{name} ({})", path.name()), m[0].codes.bytes(), m.len()),
+        Subject::F32(w) => ("f32".to_string(), w[0].len() * 4, w.len()),
+    };
+    let mut times = Vec::new();
+    let started = Instant::now();
+    let mut i = 0usize;
+    pool.install(|| match subject {
+        Subject::Int(m, path, _) => {
+            let stride = m[0].codes.padded_cols();
+            let x: Vec<i8> = (0..n * stride).map(|k| if k % stride < cols { rng.gen() } else { 0 }).collect();
+            let mut out = vec![0i32; rows * n];
+            while started.elapsed().as_secs_f64() < seconds || times.len() < 5 {
+                let t = Instant::now();
+                m[if cold { i % copies } else { 0 }].forward(&x, n, &mut out, *path, threads > 1);
+                times.push(t.elapsed().as_secs_f64());
+                black_box(&out);
+                i += 1;
+            }
+        }
+        Subject::F32(w) => {
+            let x: Vec<f32> = (0..n * cols).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let mut out = vec![0f32; rows * n];
+            while started.elapsed().as_secs_f64() < seconds || times.len() < 5 {
+                let t = Instant::now();
+                f32_gemm(&w[if cold { i % copies } else { 0 }], cols, &x, n, &mut out, threads > 1);
+                times.push(t.elapsed().as_secs_f64());
+                black_box(&out);
+                i += 1;
+            }
+        }
+    });
+    times.sort_by(f64::total_cmp);
+    Row { shape: (rows, cols), n, kind, threads, cold, seconds: times[times.len() / 2], weight_bytes: bytes }
+}
+
+/// The f32 baseline: `out[r·n + i] = Σ w[r][c]·x[i][c]`, eight accumulators per dot so the
+/// compiler vectorises it (AVX2 + FMA under this workspace's target CPU).
+fn f32_gemm(w: &[f32], cols: usize, x: &[f32], n: usize, out: &mut [f32], parallel: bool) {
+    use rayon::prelude::*;
+    let dot = |(r, o): (usize, &mut [f32])| {
+        let wr = &w[r * cols..(r + 1) * cols];
+        for (i, o) in o.iter_mut().enumerate() {
+            let xi = &x[i * cols..(i + 1) * cols];
+            let mut acc = [0f32; 16];
+            let (wc, xc) = (wr.chunks_exact(16), xi.chunks_exact(16));
+            let tail: f32 = wc.remainder().iter().zip(xc.remainder()).map(|(a, b)| a * b).sum();
+            for (a, b) in wc.zip(xc) {
+                for k in 0..16 {
+                    acc[k] = a[k].mul_add(b[k], acc[k]);
+                }
+            }
+            *o = acc.iter().sum::<f32>() + tail;
+        }
+    };
+    if parallel {
+        out.par_chunks_mut(n).enumerate().for_each(dot);
+    } else {
+        out.chunks_mut(n).enumerate().for_each(dot);
+    }
+}
+
+/// Read bandwidth in GB/s: sum a 1 GiB buffer of u64 with `threads` threads (median of 5).
+fn read_bandwidth(threads: usize) -> f64 {
+    use rayon::prelude::*;
+    let words = (1usize << 30) / 8;
+    let buffer: Vec<u64> = (0..words as u64).collect();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("a rayon pool");
+    let mut times: Vec<f64> = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            let sum: u64 = pool.install(|| {
+                buffer
+                    .par_chunks(words / threads)
+                    .map(|c| c.iter().fold(0u64, |a, &b| a.wrapping_add(b)))
+                    .reduce(|| 0, u64::wrapping_add)
+            });
+            black_box(sum);
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    (words * 8) as f64 / times[2] / 1e9
+}
+
+/// `qat bench infer`: samples/s of the model on one thread at batch 1 and 64, per kernel path.
+pub fn infer_table(model: &ModelFile, samples: &Samples) -> String {
+    let mut out = format!("{} on {} test images, 1 thread\n\n", model.header.name, samples.len());
+    out += "| kernel | batch | samples/s | µs/sample | accuracy |\n|---|---|---|---|---|\n";
+    for path in Path::available() {
+        let runtime = Runtime::new(model, path, false).expect("available paths load");
+        for batch in [1, 64] {
+            let result = crate::export::infer(&runtime, samples, batch);
+            out += &format!(
+                "| {} | {batch} | {:.0} | {:.2} | {:.2}% |\n",
+                path.name(),
+                1.0 / result.seconds_per_sample,
+                1e6 * result.seconds_per_sample,
+                100.0 * result.accuracy
+            );
+        }
+    }
+    out
+}
