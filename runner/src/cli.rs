@@ -234,6 +234,9 @@ pub struct BenchKernelsArgs {
     /// Only the small MNIST shapes (fast; for smoke tests).
     #[arg(long)]
     pub quick: bool,
+    /// Only these shapes, as ROWSxCOLS (e.g. `--shape 4096x4096`); repeatable.
+    #[arg(long = "shape")]
+    pub shapes: Vec<String>,
 }
 
 /// Arguments of `qat bench infer`.

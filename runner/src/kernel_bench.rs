@@ -36,8 +36,24 @@ enum Subject {
     F32(Vec<Vec<f32>>),
 }
 
-/// Run the kernel benchmark and return its table (Markdown).
-pub fn run(seconds: f64, quick: bool) -> String {
+/// Parse `ROWSxCOLS` shape filters.
+pub fn parse_shapes(specs: &[String]) -> crate::error::Result<Vec<(usize, usize)>> {
+    specs
+        .iter()
+        .map(|s| {
+            let parsed = s.split_once('x').and_then(|(r, c)| Some((r.parse().ok()?, c.parse().ok()?)));
+            parsed.filter(|&(r, c)| r > 0 && c > 0).ok_or_else(|| {
+                crate::error::Error::Config(format!(
+                    "--shape {s}: expected ROWSxCOLS with positive numbers, e.g. 4096x4096"
+                ))
+            })
+        })
+        .collect()
+}
+
+/// Run the kernel benchmark and return its table (Markdown): the MNIST layer shapes, the two
+/// LLM-sized shapes unless `quick`, or exactly `only` when given.
+pub fn run(seconds: f64, quick: bool, only: &[(usize, usize)]) -> String {
     let mut out = String::new();
     let bandwidth: Vec<(usize, f64)> = [1, 2].iter().map(|&t| (t, read_bandwidth(t))).collect();
     out += "memory read bandwidth (sum over a 1 GiB buffer): ";
@@ -52,6 +68,9 @@ pub fn run(seconds: f64, quick: bool) -> String {
     let mut shapes = vec![(64, 256), (64, 64), (10, 64)];
     if !quick {
         shapes.splice(0..0, [(4096, 4096), (4096, 11008)]);
+    }
+    if !only.is_empty() {
+        shapes = only.to_vec();
     }
     for &(rows, cols) in &shapes {
         let big = rows * cols >= 1 << 20;
@@ -86,8 +105,8 @@ pub fn run(seconds: f64, quick: bool) -> String {
     out
 }
 
-/// The formats compared at one shape: ternary 2-bit on each available path, 4-bit and 8-bit on
-/// the fastest, and f32.
+/// The formats compared at one shape: ternary 2-bit on each available path, ternary 1.6-bit
+/// (five trits per byte), 4-bit and 8-bit on the fastest, and f32.
 fn subjects(rows: usize, cols: usize, big: bool, quick: bool) -> Vec<Subject> {
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let best = Path::best();
@@ -111,6 +130,9 @@ fn subjects(rows: usize, cols: usize, big: bool, quick: bool) -> Vec<Subject> {
         };
         out.push(Subject::Int(vec![ternary.clone(); n], path, name));
     }
+    let trit_codes: Vec<u8> = (0..rows * cols).map(|_| rng.gen_range(0..3u8)).collect();
+    let trits = IntLinear { codes: CodeMatrix::from_trits(&trit_codes, rows, cols), offset: -1, step: 1 };
+    out.push(Subject::Int(vec![trits.clone(); copies(trits.codes.bytes())], best, "ternary 1.6-bit"));
     let int4 = int(4, -15, 2, &mut rng);
     out.push(Subject::Int(vec![int4.clone(); copies(int4.codes.bytes())], best, "int4"));
     let int8 = int(8, -128, 1, &mut rng);
@@ -179,6 +201,7 @@ fn f32_gemm(w: &[f32], cols: usize, x: &[f32], n: usize, out: &mut [f32], parall
             let (wc, xc) = (wr.chunks_exact(16), xi.chunks_exact(16));
             let tail: f32 = wc.remainder().iter().zip(xc.remainder()).map(|(a, b)| a * b).sum();
             for (a, b) in wc.zip(xc) {
+                let (a, b): (&[f32; 16], &[f32; 16]) = (a.try_into().expect("16"), b.try_into().expect("16"));
                 for k in 0..16 {
                     acc[k] = a[k].mul_add(b[k], acc[k]);
                 }
@@ -205,7 +228,7 @@ fn read_bandwidth(threads: usize) -> f64 {
             let sum: u64 = pool.install(|| {
                 buffer
                     .par_chunks(words / threads)
-                    .map(|c| c.iter().fold(0u64, |a, &b| a.wrapping_add(b)))
+                    .map(qatlab_deploy::kernel::stream_sum)
                     .reduce(|| 0, u64::wrapping_add)
             });
             black_box(sum);

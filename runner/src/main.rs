@@ -61,7 +61,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
         Command::Plugins(args) => plugins(&args, &mut registry, &loaded),
         Command::Bench(BenchCommand::Train(args)) => bench(&args, &registry),
         Command::Bench(BenchCommand::Kernels(args)) => {
-            print!("{}", qatlab_runner::kernel_bench::run(args.seconds, args.quick));
+            let shapes = qatlab_runner::kernel_bench::parse_shapes(&args.shapes)?;
+            print!("{}", qatlab_runner::kernel_bench::run(args.seconds, args.quick, &shapes));
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Infer(args)) => bench_infer(&args),

@@ -303,3 +303,141 @@ fn in_layer(name: &str, e: DeployError) -> DeployError {
         other => other,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A two-layer ternary model on 2×2 inputs.
+    pub(crate) fn tiny() -> ModelFile {
+        let layer = |name: &str, rows, cols, packing, codes: Vec<u8>| LayerData {
+            spec: LayerSpec {
+                name: name.into(),
+                rows,
+                cols,
+                quantizer: "ternary".into(),
+                levels: vec![-1.0, 0.0, 1.0],
+                packing,
+                scales: vec![0.5],
+                activation_bits: 8,
+                offset: 0,
+                bytes: 0,
+            },
+            codes,
+        };
+        let header = ModelHeader {
+            name: "tiny".into(),
+            run_id: "0123456789".into(),
+            input: InputSpec { dataset: "mnist".into(), image_size: 2, mean: 0.1307, std: 0.3081 },
+            classes: 2,
+            norm: NormKind::Rms,
+            activation: ActivationKind::Relu,
+            layers: Vec::new(),
+        };
+        let layers = vec![
+            layer("fc1", 3, 4, Packing::Base3Words, vec![0, 1, 2, 2, 1, 1, 0, 0, 2, 1, 0, 2]),
+            layer("fc2", 2, 3, Packing::Bits { bits: 2 }, vec![2, 0, 1, 0, 2, 2]),
+        ];
+        ModelFile::new(header, layers).unwrap()
+    }
+
+    fn error_of(bytes: &[u8]) -> String {
+        ModelFile::read(bytes).unwrap_err().to_string()
+    }
+
+    /// Rewrite the header JSON with `edit` and fix up the length and checksum.
+    fn with_header(model: &ModelFile, edit: impl Fn(&mut serde_json::Value)) -> Vec<u8> {
+        let bytes = model.to_bytes().unwrap();
+        let len = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
+        let mut header: serde_json::Value = serde_json::from_slice(&bytes[16..16 + len]).unwrap();
+        edit(&mut header);
+        let text = serde_json::to_vec(&header).unwrap();
+        let mut out = bytes[..12].to_vec();
+        out.extend_from_slice(&(text.len() as u32).to_le_bytes());
+        out.extend_from_slice(&text);
+        out.extend_from_slice(&bytes[16 + len..bytes.len() - 4]);
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn a_model_round_trips_through_its_bytes() {
+        let model = tiny();
+        let bytes = model.to_bytes().unwrap();
+        assert_eq!(&bytes[..8], MAGIC);
+        assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), VERSION);
+        assert_eq!(ModelFile::read(&bytes).unwrap(), model);
+        assert_eq!(model.header.layers[0].bytes, 4, "12 trits in one 20-trit word");
+        assert_eq!(model.header.layers[1].offset, 4);
+        assert_eq!(model.header.layers[1].bytes, 2);
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        let bytes = tiny().to_bytes().unwrap();
+        for len in 0..bytes.len() {
+            let err = error_of(&bytes[..len]);
+            assert!(
+                err.contains("truncated") || err.contains("checksum") || err.contains("magic"),
+                "length {len}: {err}"
+            );
+        }
+        assert!(
+            error_of(&bytes[..20]).contains("truncated file: the header needs"),
+            "{}",
+            error_of(&bytes[..20])
+        );
+    }
+
+    #[test]
+    fn corruption_wrong_magic_and_wrong_version_are_named() {
+        let mut bytes = tiny().to_bytes().unwrap();
+        let last = bytes.len() - 6;
+        bytes[last] ^= 0x10;
+        assert!(error_of(&bytes).contains("checksum mismatch"), "{}", error_of(&bytes));
+        let mut bytes = tiny().to_bytes().unwrap();
+        bytes[8] = 9;
+        assert_eq!(
+            error_of(&bytes),
+            "model file version 9; this build reads version 1: re-export with this qat or upgrade qat"
+        );
+        assert!(error_of(b"GIF89a....").starts_with("not a qatlab model file"));
+    }
+
+    #[test]
+    fn inconsistent_headers_are_named() {
+        let model = tiny();
+        let cases: Vec<(Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+            (
+                Box::new(|h| h["layers"][1]["cols"] = 4.into()),
+                "layer fc2: takes 4 inputs but the previous stage gives 3",
+            ),
+            (Box::new(|h| h["classes"] = 3.into()), "the last layer has 2 outputs for 3 classes"),
+            (
+                Box::new(|h| h["layers"][0]["levels"] = serde_json::json!([1.0, 0.0, -1.0])),
+                "strictly ascending",
+            ),
+            (
+                Box::new(|h| h["layers"][0]["scales"] = serde_json::json!([1.0, 2.0])),
+                "needs 1 or 3 finite scales, has 2",
+            ),
+            (Box::new(|h| h["layers"][0]["activation_bits"] = 12.into()), "activation_bits 12"),
+            (Box::new(|h| h["layers"][1]["offset"] = 5.into()), "lie outside the 6-byte payload"),
+            (Box::new(|h| h["layers"][0]["bytes"] = 3.into()), "take 4 bytes, the header says 3"),
+            (
+                Box::new(|h| h["layers"][0]["rows"] = serde_json::json!(usize::MAX)),
+                "layer fc1: empty or overflowing shape",
+            ),
+            (Box::new(|h| h["norm"] = "batch".into()), "header JSON: unknown variant `batch`"),
+            (
+                Box::new(|h| h["layers"][1]["levels"] = serde_json::json!([-1.0, 1.0])),
+                "layer fc2: weight 0 has code 2 but there are 2 levels",
+            ),
+        ];
+        for (edit, expected) in cases {
+            let err = error_of(&with_header(&model, edit));
+            assert!(err.contains(expected), "expected `{expected}` in: {err}");
+        }
+    }
+}

@@ -65,34 +65,89 @@ impl Path {
     }
 }
 
-/// Unsigned `bits`-bit codes (2, 4 or 8) of a `rows × cols` matrix in the kernel layout.
+/// How codes sit in a 64-byte block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// `bits`-bit fields (2, 4 or 8): byte `j` holds columns `j + 64·k` at bits `bits·k`.
+    Bits(u32),
+    /// Five trits per byte (1.6 bits per weight): byte `j` holds columns `j + 64·k`, k = 0..5,
+    /// as the base-3 number v (column j first, most significant) stored as ⌈v·256/243⌉, so
+    /// trit k is `(3·m_k) >> 8` with m_0 the byte and m_(k+1) = 3·m_k mod 256.
+    Trits,
+}
+
+impl Layout {
+    /// Codes per byte.
+    pub fn fields(self) -> usize {
+        match self {
+            Layout::Bits(bits) => 8 / bits as usize,
+            Layout::Trits => 5,
+        }
+    }
+
+    /// Columns per 64-byte block.
+    pub fn block_cols(self) -> usize {
+        BLOCK_BYTES * self.fields()
+    }
+
+    /// Storage bits per code.
+    pub fn bits_per_code(self) -> f64 {
+        8.0 / self.fields() as f64
+    }
+}
+
+/// Unsigned codes of a `rows × cols` matrix in a kernel layout.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CodeMatrix {
     rows: usize,
     cols: usize,
-    bits: u32,
+    layout: Layout,
     data: Vec<u8>,
 }
 
 impl CodeMatrix {
-    /// Lay out row-major `codes` (each below 2^bits).
+    /// Lay out row-major `codes` (each below 2^bits) as `bits`-bit fields.
     ///
     /// # Panics
     /// If `bits` is not 2, 4 or 8 or `codes` is not `rows × cols` long (a caller's bug).
     pub fn from_codes(codes: &[u8], rows: usize, cols: usize, bits: u32) -> Self {
         assert!(matches!(bits, 2 | 4 | 8), "kernel codes are 2, 4 or 8 bits, not {bits}");
+        Self::lay_out(codes, rows, cols, Layout::Bits(bits), |fields| {
+            fields.iter().enumerate().fold(0u8, |byte, (k, &c)| byte | c << (bits as usize * k))
+        })
+    }
+
+    /// Lay out row-major ternary codes (0, 1, 2) five to a byte.
+    ///
+    /// # Panics
+    /// If a code is above 2 or `codes` is not `rows × cols` long (a caller's bug).
+    pub fn from_trits(codes: &[u8], rows: usize, cols: usize) -> Self {
+        assert!(codes.iter().all(|&c| c < 3), "trits are 0, 1 or 2");
+        Self::lay_out(codes, rows, cols, Layout::Trits, |fields| {
+            let v = fields.iter().fold(0u32, |v, &t| 3 * v + t as u32);
+            (v * 256).div_ceil(243) as u8
+        })
+    }
+
+    /// Gather each byte's fields (column j + 64·k of its block, zero past the row) and encode.
+    fn lay_out(codes: &[u8], rows: usize, cols: usize, layout: Layout, encode: impl Fn(&[u8]) -> u8) -> Self {
         assert_eq!(codes.len(), rows * cols, "codes of a {rows}×{cols} matrix");
-        let per_block = block_cols(bits);
+        let (per_block, fields) = (layout.block_cols(), layout.fields());
         let blocks = cols.div_ceil(per_block);
-        let mut data = vec![0u8; rows * blocks * BLOCK_BYTES];
-        for (r, row) in codes.chunks_exact(cols.max(1)).enumerate().take(rows) {
-            for (c, &code) in row.iter().enumerate() {
-                let (block, within) = (c / per_block, c % per_block);
-                let (lane, field) = (within % BLOCK_BYTES, within / BLOCK_BYTES);
-                data[(r * blocks + block) * BLOCK_BYTES + lane] |= code << (bits as usize * field);
+        let mut data = Vec::with_capacity(rows * blocks * BLOCK_BYTES);
+        let mut gathered = vec![0u8; fields];
+        for r in 0..rows {
+            let row = &codes[r * cols..(r + 1) * cols];
+            for block in 0..blocks {
+                for lane in 0..BLOCK_BYTES {
+                    for (k, g) in gathered.iter_mut().enumerate() {
+                        *g = row.get(block * per_block + k * BLOCK_BYTES + lane).copied().unwrap_or(0);
+                    }
+                    data.push(encode(&gathered));
+                }
             }
         }
-        Self { rows, cols, bits, data }
+        Self { rows, cols, layout, data }
     }
 
     /// Output channels.
@@ -105,14 +160,14 @@ impl CodeMatrix {
         self.cols
     }
 
-    /// Bits per code.
-    pub fn bits(&self) -> u32 {
-        self.bits
+    /// How the codes are laid out.
+    pub fn layout(&self) -> Layout {
+        self.layout
     }
 
     /// Row length in the layout: the activation stride the kernels expect.
     pub fn padded_cols(&self) -> usize {
-        self.cols.div_ceil(block_cols(self.bits)) * block_cols(self.bits)
+        self.cols.div_ceil(self.layout.block_cols()) * self.layout.block_cols()
     }
 
     /// Bytes of packed codes.
@@ -121,7 +176,7 @@ impl CodeMatrix {
     }
 
     fn row_bytes(&self) -> usize {
-        self.padded_cols() / block_cols(self.bits) * BLOCK_BYTES
+        self.padded_cols() / self.layout.block_cols() * BLOCK_BYTES
     }
 
     /// `out[r·n + i] = Σ_c code[r][c] · x[i·padded_cols + c]` for `n` activation rows, on `path`,
@@ -140,13 +195,25 @@ impl CodeMatrix {
             let first = chunk * rows_per_task;
             let rows = out.len() / n.max(1);
             let data = &self.data[first * row_bytes..(first + rows) * row_bytes];
-            match path {
-                Path::Scalar => scalar::code_dots(data, self.bits, row_bytes, x, stride, n, out),
+            match (self.layout, path) {
+                (Layout::Bits(bits), Path::Scalar) => {
+                    scalar::code_dots(data, bits, row_bytes, x, stride, n, out)
+                }
                 // SAFETY: `available()` confirmed the CPU features above.
-                Path::Avx2 => unsafe { avx2::code_dots(data, self.bits, row_bytes, x, stride, n, out) },
+                (Layout::Bits(bits), Path::Avx2) => unsafe {
+                    avx2::code_dots(data, bits, row_bytes, x, stride, n, out)
+                },
                 // SAFETY: as above.
-                Path::Avx512Vnni => unsafe {
-                    avx512::code_dots(data, self.bits, row_bytes, x, stride, n, out)
+                (Layout::Bits(bits), Path::Avx512Vnni) => unsafe {
+                    avx512::code_dots(data, bits, row_bytes, x, stride, n, out)
+                },
+                // Base-3 decoding needs unsigned byte compares, which AVX2 lacks: scalar there.
+                (Layout::Trits, Path::Scalar | Path::Avx2) => {
+                    scalar::trit_dots(data, row_bytes, x, stride, n, out)
+                }
+                // SAFETY: as above.
+                (Layout::Trits, Path::Avx512Vnni) => unsafe {
+                    avx512::trit_dots(data, row_bytes, x, stride, n, out)
                 },
             }
         };
@@ -162,9 +229,9 @@ impl CodeMatrix {
     }
 }
 
-/// Columns per 64-byte block.
+/// Columns per 64-byte block of `bits`-bit fields.
 pub fn block_cols(bits: u32) -> usize {
-    BLOCK_BYTES * 8 / bits as usize
+    Layout::Bits(bits).block_cols()
 }
 
 /// A layer whose integer levels are `offset + step·code`: the kernel's code sums plus the affine
@@ -192,6 +259,27 @@ impl IntLinear {
             }
         }
     }
+}
+
+/// Wrapping sum of `words`, read in 16 independent lanes with the kernels' software prefetch,
+/// so memory, not an add chain, sets the pace: `qat bench kernels` measures the read bandwidth
+/// the kernels are compared against with it.
+pub fn stream_sum(words: &[u64]) -> u64 {
+    let mut lanes = [0u64; 16];
+    for chunk in words.chunks_exact(16) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a prefetch never faults, whatever the address; SSE is part of x86-64.
+        unsafe {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            _mm_prefetch::<_MM_HINT_T0>(chunk.as_ptr().wrapping_add(avx512::PREFETCH_BYTES / 8) as *const i8);
+        }
+        let chunk: &[u64; 16] = chunk.try_into().expect("chunks of 16");
+        for k in 0..16 {
+            lanes[k] = lanes[k].wrapping_add(chunk[k]);
+        }
+    }
+    let tail = words.chunks_exact(16).remainder().iter().fold(0u64, |a, &b| a.wrapping_add(b));
+    lanes.iter().fold(tail, |a, &b| a.wrapping_add(b))
 }
 
 /// The reference every path must match: `out[r·n + i] = Σ_c levels[r·cols + c] · x[i·cols + c]`,
@@ -226,6 +314,11 @@ mod tests {
         let m = CodeMatrix::from_codes(&codes, 1, 256, 2);
         assert_eq!(m.bytes(), 64);
         assert!(m.data.iter().all(|&b| b == 0b11_10_01_00), "fields k = 0..3 hold columns j + 64k");
+        // Trits: column j first (most significant); 0,1,2,0,1 is v = 0·81 + 1·27 + 2·9 + 0·3 + 1 = 46.
+        let trits: Vec<u8> = (0..320).map(|c| [0, 1, 2, 0, 1][c / 64]).collect();
+        let t = CodeMatrix::from_trits(&trits, 1, 320);
+        assert_eq!(t.bytes(), 64);
+        assert!(t.data.iter().all(|&b| b as u32 == (46 * 256u32).div_ceil(243)));
         assert_eq!(CodeMatrix::from_codes(&[1; 65], 1, 65, 4).padded_cols(), 128);
     }
 
@@ -255,6 +348,26 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(96))]
+        #[test]
+        fn the_trit_layout_matches_the_reference(
+            (rows, cols, n) in (1usize..12, 1usize..900, 1usize..10),
+            seed in any::<u64>(),
+        ) {
+            let mut state = seed | 1;
+            let mut next = || { state ^= state << 13; state ^= state >> 7; state ^= state << 17; state };
+            let codes: Vec<u8> = (0..rows * cols).map(|_| (next() % 3) as u8).collect();
+            let x: Vec<i8> = (0..n * cols).map(|_| next() as i8).collect();
+            let m = CodeMatrix::from_trits(&codes, rows, cols);
+            let levels: Vec<i32> = codes.iter().map(|&c| c as i32).collect();
+            let expected = reference_dots(&levels, rows, cols, &x, n);
+            let xp = padded(&x, n, cols, m.padded_cols());
+            for path in Path::available() {
+                let mut out = vec![0; rows * n];
+                m.code_dots(&xp, n, &mut out, path, n % 2 == 0);
+                prop_assert_eq!(&out, &expected, "{:?}", path);
+            }
+        }
+
         #[test]
         fn every_path_matches_the_reference((bits, rows, cols, n, codes, x) in case()) {
             let m = CodeMatrix::from_codes(&codes, rows, cols, bits);

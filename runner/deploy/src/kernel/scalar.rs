@@ -31,3 +31,25 @@ pub fn code_dots(
         }
     }
 }
+
+/// Trit sums over the base-3 layout ([`super::Layout::Trits`]).
+pub fn trit_dots(data: &[u8], row_bytes: usize, x: &[i8], stride: usize, n: usize, out: &mut [i32]) {
+    let per_block = super::Layout::Trits.block_cols();
+    for (row, out) in data.chunks_exact(row_bytes).zip(out.chunks_exact_mut(n)) {
+        for (i, o) in out.iter_mut().enumerate() {
+            let x = &x[i * stride..(i + 1) * stride];
+            let mut sum = 0i32;
+            for (b, block) in row.chunks_exact(BLOCK_BYTES).enumerate() {
+                for (lane, &byte) in block.iter().enumerate() {
+                    let mut m = byte as u32;
+                    for k in 0..5 {
+                        let t = (3 * m) >> 8;
+                        m = (3 * m) & 0xFF;
+                        sum += t as i32 * x[b * per_block + k * BLOCK_BYTES + lane] as i32;
+                    }
+                }
+            }
+            *o = sum;
+        }
+    }
+}
