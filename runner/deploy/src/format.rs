@@ -341,6 +341,8 @@ mod tests {
         ModelFile::new(header, layers).unwrap()
     }
 
+    type HeaderEdit = dyn Fn(&mut serde_json::Value);
+
     fn error_of(bytes: &[u8]) -> String {
         ModelFile::read(bytes).unwrap_err().to_string()
     }
@@ -408,7 +410,7 @@ mod tests {
     #[test]
     fn inconsistent_headers_are_named() {
         let model = tiny();
-        let cases: Vec<(Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+        let cases: Vec<(Box<HeaderEdit>, &str)> = vec![
             (
                 Box::new(|h| h["layers"][1]["cols"] = 4.into()),
                 "layer fc2: takes 4 inputs but the previous stage gives 3",
