@@ -60,7 +60,12 @@ pub fn header_text(model: &ModelFile) -> String {
         packed.push(0); // the decoder reads one byte past a field's first byte
         let _ = write!(s, "static const uint8_t qat_{}_codes[{}] = {{", spec.name, packed.len());
         for (i, b) in packed.iter().enumerate() {
-            let _ = write!(s, "{}{b}", if i % 24 == 0 { "\n    " } else { "," });
+            let separator = match i {
+                0 => "\n    ",
+                _ if i % 24 == 0 => ",\n    ",
+                _ => ",",
+            };
+            let _ = write!(s, "{separator}{b}");
         }
         s += "\n};\n";
         let floats = |v: &[f32]| v.iter().map(|x| format!("{x:?}f")).collect::<Vec<_>>().join(", ");

@@ -2,6 +2,7 @@
 
 mod cli;
 mod data;
+mod deploy;
 mod engine;
 mod plugins;
 mod runs;
