@@ -219,6 +219,7 @@ impl ModelFile {
                 h.input.mean, h.input.std
             )));
         }
+        let mut next_offset = 0usize;
         for spec in &h.layers {
             let at = |what: String| invalid(format!("layer {}: {what}", spec.name));
             if spec.cols != inputs {
@@ -240,12 +241,19 @@ impl ModelFile {
                     spec.bytes
                 )));
             }
-            if spec.offset.checked_add(spec.bytes).is_none_or(|end| end > payload_len) {
+            if spec.offset != next_offset {
                 return Err(at(format!(
-                    "bytes {}..+{} lie outside the {payload_len}-byte payload",
-                    spec.offset, spec.bytes
+                    "starts at payload byte {}, but the layers before it end at {next_offset} (layers are stored back to back)",
+                    spec.offset
                 )));
             }
+            next_offset =
+                next_offset.checked_add(spec.bytes).filter(|&end| end <= payload_len).ok_or_else(|| {
+                    at(format!(
+                        "bytes {}..+{} lie outside the {payload_len}-byte payload",
+                        spec.offset, spec.bytes
+                    ))
+                })?;
             if spec.levels.is_empty() || spec.levels.len() > spec.packing.max_levels() {
                 return Err(at(format!("{} levels do not fit {:?}", spec.levels.len(), spec.packing)));
             }
@@ -264,6 +272,11 @@ impl ModelFile {
         }
         if inputs != h.classes {
             return Err(invalid(format!("the last layer has {inputs} outputs for {} classes", h.classes)));
+        }
+        if next_offset != payload_len {
+            return Err(invalid(format!(
+                "the layers hold {next_offset} bytes but the payload has {payload_len}"
+            )));
         }
         Ok(())
     }
@@ -425,7 +438,11 @@ mod tests {
                 "needs 1 or 3 finite scales, has 2",
             ),
             (Box::new(|h| h["layers"][0]["activation_bits"] = 12.into()), "activation_bits 12"),
-            (Box::new(|h| h["layers"][1]["offset"] = 5.into()), "lie outside the 6-byte payload"),
+            (
+                Box::new(|h| h["layers"][1]["offset"] = 5.into()),
+                "layer fc2: starts at payload byte 5, but the layers before it end at 4",
+            ),
+            (Box::new(|h| h["layers"][1]["bytes"] = 3.into()), "take 2 bytes, the header says 3"),
             (Box::new(|h| h["layers"][0]["bytes"] = 3.into()), "take 4 bytes, the header says 3"),
             (
                 Box::new(|h| h["layers"][0]["rows"] = serde_json::json!(usize::MAX)),

@@ -52,7 +52,10 @@ fn deployed_models_predict_what_training_evaluation_predicts() {
         let record: serde_json::Value =
             serde_json::from_slice(&std::fs::read(run.join("run.json")).unwrap()).unwrap();
         let recorded = 100.0 * record["final_scores"]["test_acc"].as_f64().unwrap();
-        assert!((trained - recorded).abs() < 0.006, "the comparison reruns the recorded evaluation: {report}");
+        assert!(
+            (trained - recorded).abs() < 0.006,
+            "the comparison reruns the recorded evaluation: {report}"
+        );
         assert!(differ <= 10.0, "at most 10 of 10,000 images may differ: {report}");
         assert!((deployed - trained).abs() <= 0.1, "accuracy within 10 images: {report}");
         assert!(deployed > 90.0, "{report}");
@@ -81,7 +84,8 @@ fn export_inspect_and_every_kernel_path_agree() {
         let listing = text(&out);
         assert!(out.status.success(), "{listing}");
         assert!(listing.contains("fc1         32×256 ternary"), "{listing}");
-        assert!(listing.contains(&format!("bits/weight), file {} bytes", std::fs::metadata(&file).unwrap().len())));
+        assert!(listing
+            .contains(&format!("bits/weight), file {} bytes", std::fs::metadata(&file).unwrap().len())));
         let bits_per_weight = number_after(&listing, "bytes of codes and scales (");
         assert!((bits_per_weight - bits).abs() < 0.02, "{packing}: {listing}");
         let model = export::read_model(&file).unwrap();
@@ -108,14 +112,18 @@ fn the_exported_c_code_compiles_and_predicts_as_the_runtime() {
     assert!(qat(&["run", "c.yaml", "-q"], dir.path()).status.success());
     let run = run_dirs(dir.path(), "c").remove(0);
     let header = dir.path().join("model.h");
-    let out = qat(&["export", run.to_str().unwrap(), "-o", header.to_str().unwrap(), "--format", "c-header"], dir.path());
+    let out = qat(
+        &["export", run.to_str().unwrap(), "-o", header.to_str().unwrap(), "--format", "c-header"],
+        dir.path(),
+    );
     assert!(out.status.success(), "{}", text(&out));
     let c_text = std::fs::read_to_string(dir.path().join("qat_infer.c")).unwrap();
     assert!(c_text.contains("#include \"model.h\""), "the C file includes the header by its name");
 
     // A driver that reads preprocessed inputs from a file and prints one prediction per line.
     let samples_file = dir.path().join("inputs.f32");
-    let model = export::export_run(&run, &qatlab_plugins::builtin_registry(), export::PackingChoice::Bits).unwrap();
+    let model =
+        export::export_run(&run, &qatlab_plugins::builtin_registry(), export::PackingChoice::Bits).unwrap();
     let samples = export::test_samples(&model).unwrap();
     let count = 1000;
     let bytes: Vec<u8> = samples.x[..count * samples.features].iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -139,7 +147,8 @@ fn the_exported_c_code_compiles_and_predicts_as_the_runtime() {
         .expect("a C compiler (cc), which Rust's linker needs anyway");
     assert!(cc.status.success(), "{}", text(&cc));
     let out = std::process::Command::new(&exe).arg(&samples_file).output().unwrap();
-    let c_predictions: Vec<usize> = String::from_utf8(out.stdout).unwrap().lines().map(|l| l.parse().unwrap()).collect();
+    let c_predictions: Vec<usize> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| l.parse().unwrap()).collect();
     assert_eq!(c_predictions.len(), count);
     let runtime = Runtime::new(&model, KernelPath::best(), false).unwrap();
     let rust_predictions = runtime.predict(&samples.x[..count * samples.features], count);
