@@ -44,6 +44,16 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Run a model file on the integer kernels over its dataset's test set.
     Infer(InferArgs),
+    /// Analyse a finished run: per-class scores, confusion, calibration (ECE), per-layer code
+    /// statistics, SQNR and cosine, and each layer's sensitivity; also stored in its run.json.
+    Analyze(AnalyzeArgs),
+}
+
+/// Arguments of `qat analyze`.
+#[derive(Debug, clap::Args)]
+pub struct AnalyzeArgs {
+    /// The run directory (`results/<experiment>/<run id>`).
+    pub run: PathBuf,
 }
 
 /// Arguments of `qat export`.

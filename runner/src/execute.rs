@@ -195,6 +195,7 @@ fn new_record(config: &RunConfig) -> RunRecord {
         total_bits: 0.0,
         sparsity: 0.0,
         post_quantized: Default::default(),
+        analysis: None,
         samples_per_s: 0.0,
         wall_s: 0.0,
         versions: Versions::current(),
@@ -235,7 +236,8 @@ pub fn run_one(
         m.layers.iter().map(|l| l.sparsity as f64).sum::<f64>() / m.layers.len().max(1) as f64
     });
     match result {
-        Ok(finished) => {
+        Ok(mut finished) => {
+            record.analysis = Some(crate::analysis::analyze(&mut finished.trainer, &data.test)?);
             record.status = Status::Success;
             record.total_bits = finished.total_bits;
             record.weights = finished.trainer.net.weight_count();

@@ -5,6 +5,7 @@
 //! sweeps) works on `Vec<f32>`, so the training backend could be swapped without touching it.
 
 pub mod alloc;
+pub mod analysis;
 pub mod bench;
 pub mod c_export;
 pub mod cli;

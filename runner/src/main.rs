@@ -8,8 +8,8 @@ use clap::Parser;
 use qatlab_core::config::RunConfig;
 use qatlab_runner::bench::{bench_train, PYTORCH_TERNARY_SAMPLES_PER_S};
 use qatlab_runner::cli::{
-    BenchCommand, BenchInferArgs, BenchTrainArgs, Cli, Command, ExportArgs, ExportFormat, InferArgs,
-    Launcher, ListArgs, PluginsArgs, ReproArgs, RunArgs, StatusArgs, TableArgs,
+    AnalyzeArgs, BenchCommand, BenchInferArgs, BenchTrainArgs, Cli, Command, ExportArgs, ExportFormat,
+    InferArgs, Launcher, ListArgs, PluginsArgs, ReproArgs, RunArgs, StatusArgs, TableArgs,
 };
 use qatlab_runner::data::RunData;
 use qatlab_runner::dynamic;
@@ -73,6 +73,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Infer(args) => infer(&args, &registry),
+        Command::Analyze(args) => analyze(&args, &registry),
     }
 }
 
@@ -324,5 +325,19 @@ fn bench_infer(args: &BenchInferArgs) -> Result<ExitCode, Error> {
     let model = export::read_model(&args.file)?;
     let samples = export::test_samples(&model)?;
     print!("{}", qatlab_runner::kernel_bench::infer_table(&model, &samples));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn analyze(args: &AnalyzeArgs, registry: &qatlab_core::Registry) -> Result<ExitCode, Error> {
+    let mut run = qatlab_runner::train::load_finished(&args.run, registry)?;
+    let data = RunData::load(&run.config.data)?;
+    let analysis = qatlab_runner::analysis::analyze(&mut run.trainer, &data.test)?;
+    print!("{}", qatlab_runner::analysis::summary(&analysis));
+    let dir = qatlab_runner::outputs::RunDir { path: args.run.clone() };
+    if let Some(mut record) = dir.read_record() {
+        record.analysis = Some(analysis);
+        dir.write_record(&record)?;
+        println!("\nstored in {}", display_path(&args.run.join("run.json")));
+    }
     Ok(ExitCode::SUCCESS)
 }

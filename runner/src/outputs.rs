@@ -99,6 +99,10 @@ pub struct RunRecord {
     /// Test accuracy after post-training quantization, per quantizer label.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub post_quantized: std::collections::BTreeMap<String, f64>,
+    /// Per-class scores, calibration, per-layer code statistics and sensitivities of the final
+    /// network (see `analysis`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<crate::analysis::Analysis>,
     /// Mean training samples per second (training passes only).
     pub samples_per_s: f64,
     /// Wall time of the run in seconds, data loading excluded.

@@ -146,3 +146,48 @@ fn plugins_lists_every_kind_with_defaults() {
         assert!(t.contains(want), "`{want}` missing from:\n{t}");
     }
 }
+
+#[test]
+fn every_run_records_its_analysis_and_qat_analyze_prints_it() {
+    let dir = workdir();
+    std::fs::write(
+        dir.path().join("an.yaml"),
+        "name: an\nquantizer: ternary\nmodel: {hidden: [24, 24]}\ntrain: {epochs: 1}\n",
+    )
+    .unwrap();
+    assert!(qat(&["run", "an.yaml", "-q"], dir.path()).status.success());
+    let run = std::fs::read_dir(dir.path().join("results/an"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.join("run.json").is_file())
+        .unwrap();
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("run.json")).unwrap()).unwrap();
+    let analysis = &record["analysis"];
+    let confusion: u64 = analysis["test"]["confusion"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row.as_array().unwrap().iter().map(|v| v.as_u64().unwrap()))
+        .sum();
+    assert_eq!(confusion, 10_000, "every test image is in the confusion matrix");
+    let accuracy = analysis["test"]["accuracy"].as_f64().unwrap();
+    assert!((accuracy - record["final_scores"]["test_acc"].as_f64().unwrap()).abs() < 1e-12);
+    let layers = analysis["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 3);
+    for layer in layers {
+        let histogram: u64 = layer["histogram"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).sum();
+        assert!(histogram == 24 * 256 || histogram == 24 * 24 || histogram == 10 * 24, "{layer}");
+        assert!(
+            layer["cosine"].as_f64().unwrap() > 0.5 && layer["sqnr_db"].as_f64().unwrap() > 0.0,
+            "{layer}"
+        );
+        assert!(layer["capacity_used"].as_f64().unwrap() <= 1.0);
+    }
+    let out = qat(&["analyze", run.to_str().unwrap()], dir.path());
+    let report = text(&out);
+    assert!(out.status.success(), "{report}");
+    assert!(report.contains("macro F1") && report.contains("ECE (15 bins)"), "{report}");
+    assert!(report.contains("confusion (rows: true class, columns: predicted)"), "{report}");
+    assert!(report.contains("fc3         3"), "{report}");
+}
