@@ -281,6 +281,115 @@ pub struct TrainConfig {
     /// Clip the global L2 norm of all gradients to this value.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grad_clip: Option<f64>,
+    /// Exponential moving average of the latent weights with this decay (e.g. 0.999), updated
+    /// after every optimizer step; evaluation, analysis and export use the average.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ema: Option<f64>,
+    /// Stop when a test metric has not improved for `patience` epochs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub early_stopping: Option<EarlyStopping>,
+    /// Batches whose gradients are averaged before each optimizer step (1: none).
+    #[serde(skip_serializing_if = "is_one")]
+    pub grad_accumulation: usize,
+    /// Mixup or CutMix of training batches.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mix: Option<MixConfig>,
+    /// Stochastic weight averaging: average the latent weights at the end of every epoch from
+    /// `start_epoch` on, and evaluate the average at the end (reported as `swa_test_acc`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub swa: Option<SwaConfig>,
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
+}
+
+/// Early stopping on a test metric.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EarlyStopping {
+    /// `test_acc` (higher is better) or `test_loss` (lower is better).
+    #[serde(default = "default_stop_metric")]
+    pub metric: StopMetric,
+    /// Epochs without improvement before stopping.
+    pub patience: usize,
+    /// Smallest change that counts as an improvement.
+    #[serde(default)]
+    pub min_delta: f64,
+}
+
+fn default_stop_metric() -> StopMetric {
+    StopMetric::TestAcc
+}
+
+/// The metric early stopping watches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopMetric {
+    /// Test accuracy, higher is better.
+    TestAcc,
+    /// Test loss, lower is better.
+    TestLoss,
+}
+
+impl EarlyStopping {
+    /// Whether training should stop after the epochs whose metric values are `history`:
+    /// the best value lies `patience` or more epochs back.
+    pub fn should_stop(&self, history: &[(f64, f64)]) -> bool {
+        let value = |&(acc, loss): &(f64, f64)| match self.metric {
+            StopMetric::TestAcc => acc,
+            StopMetric::TestLoss => -loss,
+        };
+        let mut best = (f64::NEG_INFINITY, 0);
+        for (i, m) in history.iter().enumerate() {
+            if value(m) > best.0 + self.min_delta || i == 0 {
+                best = (value(m), i);
+            }
+        }
+        !history.is_empty() && history.len() - 1 - best.1 >= self.patience
+    }
+}
+
+/// Mixing of training batches: each sample is mixed with another of its batch with a weight
+/// λ ~ Beta(α, α), the loss is λ·loss(y) + (1 − λ)·loss(y').
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MixConfig {
+    /// `mixup` (blend the images) or `cutmix` (paste a box of the other image; λ becomes the
+    /// kept area).
+    pub kind: MixKind,
+    /// α of the Beta distribution.
+    #[serde(default = "default_mix_alpha")]
+    pub alpha: f64,
+    /// Share of batches that are mixed.
+    #[serde(default = "default_mix_prob")]
+    pub prob: f64,
+}
+
+fn default_mix_alpha() -> f64 {
+    1.0
+}
+
+fn default_mix_prob() -> f64 {
+    1.0
+}
+
+/// Which mixing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MixKind {
+    /// λ·x + (1 − λ)·x'.
+    Mixup,
+    /// x with a box of x' pasted in.
+    Cutmix,
+}
+
+/// Stochastic weight averaging.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwaConfig {
+    /// First epoch (from 0) whose final weights enter the average.
+    pub start_epoch: usize,
 }
 
 fn is_zero_f64(v: &f64) -> bool {
@@ -334,6 +443,11 @@ impl Default for TrainConfig {
             distill: None,
             label_smoothing: 0.0,
             grad_clip: None,
+            ema: None,
+            early_stopping: None,
+            grad_accumulation: 1,
+            mix: None,
+            swa: None,
         }
     }
 }
@@ -490,6 +604,26 @@ impl RunConfig {
         if o.momentum.is_some_and(|m| !(0.0..1.0).contains(&m)) {
             problems.push(format!("train.optimizer.momentum: must lie in [0, 1), got {:?}", o.momentum));
         }
+        if t.ema.is_some_and(|d| !(d > 0.0 && d < 1.0)) {
+            problems.push(format!("train.ema: the decay must lie in (0, 1), e.g. 0.999; got {:?}", t.ema));
+        }
+        if t.early_stopping.as_ref().is_some_and(|e| e.patience == 0 || !(e.min_delta >= 0.0)) {
+            problems.push("train.early_stopping: patience must be at least 1 and min_delta >= 0".into());
+        }
+        if t.grad_accumulation == 0 {
+            problems.push("train.grad_accumulation: must be at least 1 (1 turns it off)".into());
+        }
+        if let Some(m) = &t.mix {
+            if !(m.alpha > 0.0) || !(0.0..=1.0).contains(&m.prob) {
+                problems.push(format!(
+                    "train.mix: alpha must be > 0 and prob in [0, 1], got {} and {}",
+                    m.alpha, m.prob
+                ));
+            }
+        }
+        if t.swa.as_ref().is_some_and(|s| s.start_epoch >= t.epochs) {
+            problems.push(format!("train.swa.start_epoch: must be below train.epochs ({})", t.epochs));
+        }
         if t.float_epochs > 0 && t.float_fraction.is_some() {
             problems.push("train.float_epochs, train.float_fraction: give one of them, not both".into());
         }
@@ -585,5 +719,43 @@ mod tests {
         let err = c.validate().unwrap_err();
         assert!(err.contains("train.optimizer.lr: must be > 0, got -1"), "{err}");
         assert!(err.contains("train.epochs: must be at least 1"), "{err}");
+    }
+
+    #[test]
+    fn recipe_options_are_range_checked() {
+        let c: RunConfig = serde_yaml::from_str(
+            "name: x\ntrain: {ema: 1.5, grad_accumulation: 0, early_stopping: {patience: 0}, \
+             mix: {kind: cutmix, alpha: 0}, swa: {start_epoch: 30}}",
+        )
+        .unwrap();
+        let err = c.validate().unwrap_err();
+        for expected in [
+            "train.ema: the decay must lie in (0, 1)",
+            "train.grad_accumulation: must be at least 1",
+            "train.early_stopping: patience must be at least 1",
+            "train.mix: alpha must be > 0",
+            "train.swa.start_epoch: must be below train.epochs (30)",
+        ] {
+            assert!(err.contains(expected), "`{expected}` in {err}");
+        }
+        let unknown = serde_yaml::from_str::<RunConfig>("name: x\ntrain: {mix: {kind: blend}}").unwrap_err();
+        assert!(
+            unknown.to_string().contains("unknown variant `blend`, expected `mixup` or `cutmix`"),
+            "{unknown}"
+        );
+    }
+
+    #[test]
+    fn early_stopping_counts_epochs_since_the_best() {
+        let acc = |v: &[f64]| v.iter().map(|&a| (a, 0.0)).collect::<Vec<_>>();
+        let stop = EarlyStopping { metric: StopMetric::TestAcc, patience: 2, min_delta: 0.0 };
+        assert!(!stop.should_stop(&acc(&[0.9, 0.91, 0.9])));
+        assert!(stop.should_stop(&acc(&[0.9, 0.91, 0.9, 0.905])));
+        let strict = EarlyStopping { min_delta: 0.02, ..stop.clone() };
+        assert!(strict.should_stop(&acc(&[0.9, 0.91, 0.915])), "gains below min_delta do not count");
+        let loss = EarlyStopping { metric: StopMetric::TestLoss, patience: 1, min_delta: 0.0 };
+        assert!(!loss.should_stop(&[(0.0, 0.5), (0.0, 0.4)]));
+        assert!(loss.should_stop(&[(0.0, 0.5), (0.0, 0.4), (0.0, 0.45)]));
+        assert!(!stop.should_stop(&[]));
     }
 }

@@ -57,8 +57,9 @@ pub struct LayerAnalysis {
     pub entropy: f64,
     /// Entropy over log2(levels): how much of the code's capacity the weights use.
     pub capacity_used: f64,
-    /// Signal-to-quantization-noise ratio 10·log10(Σw² / Σ(w − ŵ)²), dB (∞ when exact).
-    pub sqnr_db: f64,
+    /// Signal-to-quantization-noise ratio 10·log10(Σw² / Σ(w − ŵ)²), dB; absent when the
+    /// weights are exact (float), since JSON has no infinity.
+    pub sqnr_db: Option<f64>,
     /// Cosine similarity of the latent and quantized weights.
     pub cosine: f64,
     /// Test accuracy lost when this layer alone is quantized and the others stay float.
@@ -124,7 +125,7 @@ pub fn layer_analysis(layer: &Layer) -> LayerAnalysis {
         sparsity: zero as f64 / n,
         entropy,
         capacity_used: if capacity > 0.0 { entropy / capacity } else { 0.0 },
-        sqnr_db: 10.0 * (signal / noise).log10(),
+        sqnr_db: (noise > 0.0).then(|| 10.0 * (signal / noise).log10()),
         cosine: dot / (signal.sqrt() * quantized_norm.sqrt()).max(f64::MIN_POSITIVE),
         histogram,
         sensitivity: 0.0,
@@ -203,13 +204,13 @@ pub fn summary(analysis: &Analysis) -> String {
     out += "\nlayer  levels  sparsity  entropy  capacity  SQNR dB  cosine  sensitivity\n";
     for l in &analysis.layers {
         out += &format!(
-            "{:<5}  {:>6}  {:>8.3}  {:>7.3}  {:>8.3}  {:>7.2}  {:>6.4}  {:>+10.2}%\n",
+            "{:<5}  {:>6}  {:>8.3}  {:>7.3}  {:>8.3}  {:>7}  {:>6.4}  {:>+10.2}%\n",
             l.name,
             l.levels.len(),
             l.sparsity,
             l.entropy,
             l.capacity_used,
-            l.sqnr_db,
+            l.sqnr_db.map_or("exact".into(), |v| format!("{v:.2}")),
             l.cosine,
             100.0 * l.sensitivity
         );

@@ -104,6 +104,12 @@ impl Engine {
         (host(&f.logits), f.positive)
     }
 
+    /// Each batch-normalised layer input's statistics over `batch` samples of `x` (a training
+    /// forward pass without a tape), for re-estimating running statistics.
+    pub fn batch_statistics(&self, net: &Network, x: &[f32], batch: usize) -> Vec<BatchStats> {
+        self.forward::<NoneTape>(net, x, batch, Pass::Train, false).batch_stats
+    }
+
     /// One training forward and backward pass. `loss_grad` receives the logits and writes
     /// ∂L/∂logits, returning the loss; afterwards each layer's `grad_values` holds ∂L/∂ŵ.
     pub fn backward(

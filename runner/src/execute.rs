@@ -196,6 +196,7 @@ fn new_record(config: &RunConfig) -> RunRecord {
         sparsity: 0.0,
         post_quantized: Default::default(),
         analysis: None,
+        swa_test_acc: None,
         samples_per_s: 0.0,
         wall_s: 0.0,
         versions: Versions::current(),
@@ -238,6 +239,7 @@ pub fn run_one(
     match result {
         Ok(mut finished) => {
             record.analysis = Some(crate::analysis::analyze(&mut finished.trainer, &data.test)?);
+            record.swa_test_acc = finished.swa_test_acc;
             record.status = Status::Success;
             record.total_bits = finished.total_bits;
             record.weights = finished.trainer.net.weight_count();

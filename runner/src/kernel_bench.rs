@@ -189,8 +189,8 @@ fn measure(
     Row { shape: (rows, cols), n, kind, threads, cold, seconds: times[times.len() / 2], weight_bytes: bytes }
 }
 
-/// The f32 baseline: `out[r·n + i] = Σ w[r][c]·x[i][c]`, eight accumulators per dot so the
-/// compiler vectorises it (AVX2 + FMA under this workspace's target CPU).
+/// The f32 baseline: `out[r·n + i] = Σ w[r][c]·x[i][c]`, sixteen accumulators per dot so the
+/// compiler vectorises it (AVX2 under this workspace's target CPU; `f32::mul_add` would not).
 fn f32_gemm(w: &[f32], cols: usize, x: &[f32], n: usize, out: &mut [f32], parallel: bool) {
     use rayon::prelude::*;
     let dot = |(r, o): (usize, &mut [f32])| {
@@ -203,7 +203,7 @@ fn f32_gemm(w: &[f32], cols: usize, x: &[f32], n: usize, out: &mut [f32], parall
             for (a, b) in wc.zip(xc) {
                 let (a, b): (&[f32; 16], &[f32; 16]) = (a.try_into().expect("16"), b.try_into().expect("16"));
                 for k in 0..16 {
-                    acc[k] = a[k].mul_add(b[k], acc[k]);
+                    acc[k] += a[k] * b[k];
                 }
             }
             *o = acc.iter().sum::<f32>() + tail;

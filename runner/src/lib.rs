@@ -22,6 +22,7 @@ pub mod model;
 pub mod optim;
 pub mod outputs;
 pub mod plots;
+pub mod recipe;
 pub mod report;
 pub mod repro;
 pub mod results;

@@ -103,6 +103,9 @@ pub struct RunRecord {
     /// network (see `analysis`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<crate::analysis::Analysis>,
+    /// Test accuracy of the stochastic weight average (with `train.swa`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swa_test_acc: Option<f64>,
     /// Mean training samples per second (training passes only).
     pub samples_per_s: f64,
     /// Wall time of the run in seconds, data loading excluded.

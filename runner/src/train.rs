@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::loss::{cross_entropy_smoothed, cross_entropy_sum};
 use crate::model::{Layer, Network};
 use crate::optim::{AdamConfig, AdamState};
+use crate::recipe::{mix_batch, swap_weights, Accumulator, Averages, Mixed};
 
 /// Number of classes of the supported datasets.
 pub const CLASSES: usize = 10;
@@ -111,6 +112,9 @@ pub struct Checkpoint {
     pub layers: Vec<LayerCheckpoint>,
     /// Metrics of the completed epochs.
     pub history: Vec<EpochMetrics>,
+    /// EMA and SWA weights, when the recipe keeps them.
+    #[serde(default, skip_serializing_if = "Averages::is_empty")]
+    pub averages: Averages,
 }
 
 /// An observer that ignores everything.
@@ -131,6 +135,8 @@ pub struct Trainer {
     config: RunConfig,
     step: u64,
     teacher: Option<Teacher>,
+    averages: Averages,
+    accumulator: Accumulator,
 }
 
 /// A finished run used as a distillation teacher, with its loss.
@@ -180,6 +186,9 @@ pub fn load_finished(dir: &std::path::Path, registry: &Registry) -> Result<Finis
     let features = config.data.image_size * config.data.image_size;
     let mut trainer = Trainer::new(&config, registry, features)?;
     trainer.restore(&checkpoint)?;
+    // A finished run is what its evaluation measured: with an EMA, the averaged weights.
+    let mut ema = std::mem::take(&mut trainer.averages.ema);
+    swap_weights(&mut ema, &mut trainer.net.layers);
     trainer.net.quantize_all(false, checkpoint.step, config.train.epochs, config.train.seed)?;
     Ok(FinishedRun { config, trainer, epochs_done: checkpoint.epochs_done })
 }
@@ -217,6 +226,8 @@ impl Trainer {
                 Some(spec) => Some(Teacher::load(spec, registry, features)?),
                 None => None,
             },
+            averages: Averages::default(),
+            accumulator: Accumulator::default(),
         })
     }
 
@@ -227,26 +238,37 @@ impl Trainer {
         self.base_lr * self.schedule.value(p)
     }
 
-    /// One optimizer step on a batch; returns (loss, correct).
-    pub fn train_batch(&mut self, x: &[f32], labels: &[u8], lr: f32, epoch: usize) -> Result<(f32, usize)> {
+    /// Forward and backward pass on a batch (mixed with partners when `mixed`), then an
+    /// optimizer step, or only the gradient sum while accumulating; returns (loss, correct).
+    pub fn train_batch(
+        &mut self,
+        x: &[f32],
+        labels: &[u8],
+        mixed: Option<&Mixed>,
+        lr: f32,
+        epoch: usize,
+    ) -> Result<(f32, usize)> {
         let seed = self.config.train.seed;
         self.net.quantize_all(true, self.step, epoch, seed)?;
         let mut correct = 0;
         let smoothing = self.config.train.label_smoothing as f32;
         let teacher =
             self.teacher.as_ref().map(|t| (t.engine.logits(&t.net, x, labels.len(), Pass::Eval).0, &t.loss));
-        let mut loss =
-            self.engine.backward(&mut self.net, x, labels.len(), &mut |logits, grad| match &teacher {
-                Some((teacher_logits, distiller)) => {
-                    correct = cross_entropy_sum(logits, labels, CLASSES).1;
-                    distiller.loss(logits, teacher_logits, labels, CLASSES, grad)
-                }
-                None => {
-                    let (loss, c) = cross_entropy_smoothed(logits, labels, CLASSES, smoothing, grad);
-                    correct = c;
-                    loss
-                }
-            });
+        let loss_of = |logits: &[f32], labels: &[u8], grad: &mut [f32]| match &teacher {
+            Some((teacher_logits, distiller)) => {
+                distiller.loss(logits, teacher_logits, labels, CLASSES, grad)
+            }
+            None => cross_entropy_smoothed(logits, labels, CLASSES, smoothing, grad).0,
+        };
+        let mut loss = self.engine.backward(&mut self.net, x, labels.len(), &mut |logits, grad| {
+            correct = cross_entropy_sum(logits, labels, CLASSES).1;
+            let Some(m) = mixed else { return loss_of(logits, labels, grad) };
+            let mut partner_grad = vec![0.0; grad.len()];
+            let own = loss_of(logits, labels, grad);
+            let partner = loss_of(logits, &m.partner_labels, &mut partner_grad);
+            grad.iter_mut().zip(&partner_grad).for_each(|(g, p)| *g = m.lambda * *g + (1.0 - m.lambda) * p);
+            m.lambda * own + (1.0 - m.lambda) * partner
+        });
         for layer in &mut self.net.layers {
             layer.backward_quantizer();
             loss += layer.quantizer.regularizer(layer.shape, &mut layer.grad_params);
@@ -254,6 +276,28 @@ impl Trainer {
         if !loss.is_finite() {
             return Err(Error::Diverged(format!("loss is {loss} at step {}", self.step)));
         }
+        let accumulate = self.config.train.grad_accumulation;
+        if accumulate > 1 {
+            self.accumulator.add(&self.net.layers);
+            if self.accumulator.pending() < accumulate {
+                return Ok((loss, correct));
+            }
+            self.accumulator.take_mean_into(&mut self.net.layers);
+        }
+        self.optimizer_step(lr);
+        Ok((loss, correct))
+    }
+
+    /// Take the optimizer step for gradients still being accumulated (at the end of an epoch).
+    pub fn flush_accumulated(&mut self, lr: f32) {
+        if self.accumulator.pending() > 0 {
+            self.accumulator.take_mean_into(&mut self.net.layers);
+            self.optimizer_step(lr);
+        }
+    }
+
+    /// Clip, update every parameter buffer from the layers' gradients, update the EMA.
+    fn optimizer_step(&mut self, lr: f32) {
         if let Some(max_norm) = self.config.train.grad_clip {
             clip_global_norm(&mut self.net, max_norm as f32);
         }
@@ -274,8 +318,63 @@ impl Trainer {
                 );
             }
         }
+        if let Some(decay) = self.config.train.ema {
+            self.averages.update_ema(decay as f32, &self.net.layers);
+        }
         self.step += 1;
-        Ok((loss, correct))
+    }
+
+    /// Fold this epoch's final weights into the stochastic weight average.
+    pub fn add_to_swa(&mut self) {
+        self.averages.add_to_swa(&self.net.layers);
+    }
+
+    /// Test accuracy of the stochastic weight average (batch-norm statistics re-estimated on
+    /// `train` first when the model uses batch norm); the trained weights are put back after.
+    pub fn evaluate_swa(&mut self, train: &Samples, test: &Samples) -> Result<Option<f64>> {
+        if self.averages.swa.is_empty() {
+            return Ok(None);
+        }
+        let saved_stats = self.net.norm_stats.clone();
+        let saved_ema = std::mem::take(&mut self.averages.ema);
+        swap_weights(&mut self.averages.swa, &mut self.net.layers);
+        let result = self.reestimate_batch_norm(train).and_then(|_| self.evaluate(test));
+        swap_weights(&mut self.averages.swa, &mut self.net.layers);
+        self.averages.ema = saved_ema;
+        self.net.norm_stats = saved_stats;
+        Ok(Some(result?.1))
+    }
+
+    /// Replace the batch-norm running statistics by their average over the batches of `train`
+    /// with the current (evaluation-quantized) weights. Nothing to do without batch norm.
+    pub fn reestimate_batch_norm(&mut self, train: &Samples) -> Result<()> {
+        if self.net.stage.norm != qatlab_core::config::Norm::Batch {
+            return Ok(());
+        }
+        self.net.quantize_all(false, self.step, 0, self.config.train.seed)?;
+        let (f, batch) = (train.features, self.config.train.batch_size.max(2));
+        let mut sums: Vec<crate::model::RunningStats> =
+            self.net.norm_stats.iter().map(|s| crate::model::RunningStats::new(s.mean.len())).collect();
+        sums.iter_mut().for_each(|s| s.var.iter_mut().for_each(|v| *v = 0.0));
+        let mut batches = 0usize;
+        for start in (0..train.len()).step_by(batch) {
+            let n = batch.min(train.len() - start);
+            if n < 2 {
+                continue;
+            }
+            let stats = self.engine.batch_statistics(&self.net, &train.x[start * f..(start + n) * f], n);
+            for (sum, b) in sums.iter_mut().zip(&stats) {
+                let unbiased = n as f32 / (n - 1) as f32;
+                sum.mean.iter_mut().zip(&b.mean).for_each(|(s, m)| *s += m);
+                sum.var.iter_mut().zip(&b.var).for_each(|(s, v)| *s += v * unbiased);
+            }
+            batches += 1;
+        }
+        for (running, sum) in self.net.norm_stats.iter_mut().zip(sums) {
+            running.mean = sum.mean.iter().map(|s| s / batches.max(1) as f32).collect();
+            running.var = sum.var.iter().map(|s| s / batches.max(1) as f32).collect();
+        }
+        Ok(())
     }
 
     /// Test loss, accuracy and positive-activation share with the evaluation quantization.
@@ -301,7 +400,19 @@ impl Trainer {
 
     /// Quantize for evaluation, then visit each test batch's logits, labels and
     /// (positive activations, activations).
+    /// With an EMA, the averaged weights are evaluated.
     fn for_each_test_batch(
+        &mut self,
+        test: &Samples,
+        visit: impl FnMut(&[f32], &[u8], (u64, u64)),
+    ) -> Result<()> {
+        swap_weights(&mut self.averages.ema, &mut self.net.layers);
+        let result = self.visit_test_batches(test, visit);
+        swap_weights(&mut self.averages.ema, &mut self.net.layers);
+        result
+    }
+
+    fn visit_test_batches(
         &mut self,
         test: &Samples,
         mut visit: impl FnMut(&[f32], &[u8], (u64, u64)),
@@ -335,7 +446,13 @@ impl Trainer {
                 norm_var: self.net.norm_stats[i].var.clone(),
             })
             .collect();
-        Checkpoint { epochs_done: history.len(), step: self.step, layers, history: history.to_vec() }
+        Checkpoint {
+            epochs_done: history.len(),
+            step: self.step,
+            layers,
+            history: history.to_vec(),
+            averages: self.averages.clone(),
+        }
     }
 
     /// Continue from `checkpoint`.
@@ -367,6 +484,7 @@ impl Trainer {
             self.net.norm_stats[i].var.clone_from(&saved.norm_var);
         }
         self.step = checkpoint.step;
+        self.averages = checkpoint.averages.clone();
         Ok(())
     }
 
@@ -469,6 +587,8 @@ pub struct Finished {
     pub post_quantized: Vec<(String, f64)>,
     /// The trained network.
     pub trainer: Trainer,
+    /// Test accuracy of the stochastic weight average, when the recipe keeps one.
+    pub swa_test_acc: Option<f64>,
 }
 
 /// Train `config` on `data` from scratch, reporting to `observer`.
@@ -492,6 +612,9 @@ pub fn train(
     let mut x = Vec::new();
     let mut labels = Vec::new();
     for epoch in history.len()..epochs {
+        if stops_early(config, &history) {
+            break;
+        }
         let float_phase = epoch < config.train.float_epochs();
         trainer.net.layers.iter_mut().for_each(|l| l.float_phase = float_phase);
         let samples = data.epoch_train(config.train.seed, epoch);
@@ -511,15 +634,23 @@ pub fn train(
             if observer.interrupted() {
                 return Err(Error::Interrupted);
             }
-            let (loss, c) = trainer.train_batch(&x, &labels, lr as f32, epoch)?;
+            let mixed = config.train.mix.as_ref().and_then(|mix| {
+                let seed = crate::data::augment::stream_seed(config.train.seed ^ MIX_SALT, epoch, b);
+                mix_batch(&mut x, &labels, config.data.image_size, mix, seed)
+            });
+            let (loss, c) = trainer.train_batch(&x, &labels, mixed.as_ref(), lr as f32, epoch)?;
             loss_sum += loss as f64;
             correct += c;
             batches += 1;
             observer.on_step(epoch, ((b + 1) * batch).min(samples.len()), samples.len());
         }
+        trainer.flush_accumulated(lr as f32);
         let samples_per_s = samples.len() as f64 / started.elapsed().as_secs_f64();
         if !float_phase {
             trainer.end_epoch(epoch)?;
+        }
+        if config.train.swa.as_ref().is_some_and(|swa| epoch >= swa.start_epoch) {
+            trainer.add_to_swa();
         }
         let (test_loss, test_acc, positive_fraction) = trainer.evaluate(&data.test)?;
         let metrics = EpochMetrics {
@@ -545,5 +676,16 @@ pub fn train(
             trainer.evaluate_quantized_by(registry, spec, &data.test)?,
         ));
     }
-    Ok(Finished { epochs: history, total_bits, post_quantized, trainer })
+    let swa_test_acc = trainer.evaluate_swa(&data.train, &data.test)?;
+    Ok(Finished { epochs: history, total_bits, post_quantized, trainer, swa_test_acc })
+}
+
+/// Seed salt of batch mixing, so it draws independently of augmentation.
+const MIX_SALT: u64 = 0x6d69_7875_7000;
+
+/// Whether early stopping ends training after the epochs in `history`.
+fn stops_early(config: &RunConfig, history: &[EpochMetrics]) -> bool {
+    let Some(stopping) = &config.train.early_stopping else { return false };
+    let metrics: Vec<(f64, f64)> = history.iter().map(|m| (m.test_acc, m.test_loss)).collect();
+    stopping.should_stop(&metrics)
 }

@@ -89,3 +89,78 @@ fn post_training_quantization_evaluates_the_final_weights_with_other_quantizers(
         "the training quantizer is put back"
     );
 }
+
+fn run_with(yaml: &str) -> (qatlab_runner::train::Finished, Vec<EpochMetrics>) {
+    let config = crate::config(yaml);
+    let data = RunData::load(&config.data).unwrap();
+    let registry = qatlab_plugins::builtin_registry();
+    let mut keep = Keep(Vec::new());
+    let finished = single_threaded(|| train(&config, &registry, &data, &mut keep, None)).unwrap();
+    (finished, keep.0)
+}
+
+#[test]
+fn accumulating_two_half_batches_steps_like_one_full_batch() {
+    // Float, no norm, no activation quantization: the loss is a batch mean, so the mean of two
+    // half-batch gradients is the full-batch gradient and the two runs take the same steps.
+    let base = "name: acc\nquantizer: none\nmodel: {hidden: [16], norm: none, activation_bits: null}\n";
+    let (full, _) = run_with(&format!("{base}train: {{epochs: 1, batch_size: 128}}"));
+    let (halves, _) = run_with(&format!("{base}train: {{epochs: 1, batch_size: 64, grad_accumulation: 2}}"));
+    let (a, b) = (&full.trainer.net.layers[0].weight, &halves.trainer.net.layers[0].weight);
+    let differ = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    assert!(differ < 1e-3, "largest weight difference {differ}");
+    let (single, _) = run_with(&format!("{base}train: {{epochs: 1, batch_size: 64}}"));
+    let apart =
+        a.iter().zip(&single.trainer.net.layers[0].weight).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    assert!(apart > 20.0 * differ, "without accumulation batch 64 takes other steps ({apart} vs {differ})");
+}
+
+#[test]
+fn early_stopping_ends_training_when_the_metric_stalls() {
+    // min_delta 1 (100 points) means no epoch ever improves on the first.
+    let yaml = "name: es\nquantizer: ternary\nmodel: {hidden: [16]}\n\
+                train: {epochs: 6, early_stopping: {metric: test_acc, patience: 2, min_delta: 1.0}}";
+    let (finished, epochs) = run_with(yaml);
+    assert_eq!(epochs.len(), 3, "epoch 1 is best, two more without improvement, then stop");
+    assert_eq!(finished.epochs.len(), 3);
+}
+
+#[test]
+fn the_ema_is_what_evaluation_measures_and_swa_gets_its_own_evaluation() {
+    let yaml = "name: avg\nquantizer: ternary\nmodel: {hidden: [32]}\n\
+                train: {epochs: 3, ema: 0.99, swa: {start_epoch: 1}, schedule: {name: constant}}";
+    let (mut finished, epochs) = run_with(yaml);
+    let data = RunData::load(&crate::config(yaml).data).unwrap();
+    let checkpoint = finished.trainer.checkpoint(&epochs);
+    let ema = &checkpoint.averages.ema;
+    assert_eq!(ema.len(), 2);
+    assert_ne!(ema[0], checkpoint.layers[0].weight, "the average differs from the latent weights");
+    assert_eq!(checkpoint.averages.swa_count, 2, "epochs 2 and 3 enter the SWA");
+    let (_, recorded, _) = finished.trainer.evaluate(&data.test).unwrap();
+    assert_eq!(recorded, epochs[2].test_acc, "evaluation uses the EMA");
+    // The same network with the EMA moved into the weights evaluates identically.
+    for (layer, average) in finished.trainer.net.layers.iter_mut().zip(ema) {
+        layer.weight.clone_from(average);
+    }
+    let mut plain = finished.trainer.checkpoint(&epochs);
+    plain.averages = Default::default();
+    finished.trainer.restore(&plain).unwrap();
+    for (layer, average) in finished.trainer.net.layers.iter_mut().zip(ema) {
+        layer.weight.clone_from(average);
+    }
+    assert_eq!(finished.trainer.evaluate(&data.test).unwrap().1, recorded);
+    let swa = finished.swa_test_acc.expect("an SWA evaluation");
+    assert!(swa > 0.85 && swa != recorded, "{swa}");
+}
+
+#[test]
+fn mixup_and_cutmix_train() {
+    for kind in ["mixup", "cutmix"] {
+        let yaml = format!(
+            "name: mix\nquantizer: ternary\nmodel: {{hidden: [32]}}\ntrain: {{epochs: 2, mix: {{kind: {kind}, alpha: 0.4}}}}"
+        );
+        let (_, epochs) = run_with(&yaml);
+        assert!(epochs[1].test_acc > 0.85, "{kind}: {}", epochs[1].test_acc);
+        assert!(epochs[1].train_acc < epochs[1].test_acc, "{kind}: mixed batches are harder to fit");
+    }
+}
