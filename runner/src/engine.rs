@@ -244,7 +244,7 @@ impl Engine {
             let shape = *z.shape();
             let zv = host(&z);
             let (mut y, mut dy) = (vec![0.0; zv.len()], vec![0.0; zv.len()]);
-            stage.activation.apply(&zv, &mut y, &mut dy);
+            stage.activation.apply_rows(&zv, shape.1, &mut y, &mut dy);
             let offset: Vec<f32> = y.iter().zip(&dy).zip(&zv).map(|((y, d), z)| y - z * d).collect();
             z * self.dev.tensor_from_vec(dy, shape) + self.dev.tensor_from_vec(offset, shape)
         };

@@ -83,6 +83,47 @@ impl Default for Offset {
     }
 }
 
+/// Parameters of `relu-topq`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopQ {
+    /// Threshold as a share of the sample's maximum.
+    pub fraction: f32,
+    /// Output gain.
+    pub gain: f32,
+}
+
+impl Default for TopQ {
+    fn default() -> Self {
+        Self { fraction: 0.5, gain: 2.0 }
+    }
+}
+
+/// `relu-topq`: gain·relu(x − fraction·max over the sample), the reference notebook's
+/// top-activation variant. The sample maximum is held constant in the derivative, so
+/// f′ = gain·[x > fraction·max] (exact for every element but the maximum itself).
+pub struct ReluTopQ(TopQ);
+
+impl Activation for ReluTopQ {
+    fn apply(&self, x: &[f32], y: &mut [f32], dy: &mut [f32]) {
+        let threshold = self.0.fraction * x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        for ((y, dy), &x) in y.iter_mut().zip(dy.iter_mut()).zip(x) {
+            *y = self.0.gain * (x - threshold).max(0.0);
+            *dy = self.0.gain * step(x - threshold);
+        }
+    }
+
+    fn apply_rows(&self, x: &[f32], features: usize, y: &mut [f32], dy: &mut [f32]) {
+        for ((x, y), dy) in x.chunks(features).zip(y.chunks_mut(features)).zip(dy.chunks_mut(features)) {
+            self.apply(x, y, dy);
+        }
+    }
+
+    fn is_row_wise(&self) -> bool {
+        true
+    }
+}
+
 /// erf by Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7).
 pub fn erf(x: f32) -> f32 {
     let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
@@ -157,6 +198,12 @@ pub fn register(catalog: &mut Catalog<dyn Activation>) -> Result<()> {
     catalog.register("relu-shift", "relu(x + k) - k", BUILT_IN, |p: Offset| {
         let k = p.k;
         boxed(move |x| (x + k).max(0.0) - k, move |x| step(x + k))
+    })?;
+    catalog.register("relu-topq", "gain·relu(x - fraction·max over the sample)", BUILT_IN, |p: TopQ| {
+        if !(p.gain > 0.0) || !p.fraction.is_finite() {
+            return Err(format!("gain must be > 0 and fraction finite, got {} and {}", p.gain, p.fraction));
+        }
+        Ok(Box::new(ReluTopQ(p)) as Box<dyn Activation>)
     })?;
     catalog.register("silu", "x·sigmoid(x) (swish)", BUILT_IN, |_: NoParams| {
         boxed(|x| x * sigmoid(x), |x| sigmoid(x) * (1.0 + x * (1.0 - sigmoid(x))))
