@@ -298,6 +298,21 @@ pub struct TrainConfig {
     /// `start_epoch` on, and evaluate the average at the end (reported as `swa_test_acc`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub swa: Option<SwaConfig>,
+    /// Quantizer changes over training: from each entry's epoch on, every layer without a
+    /// quantizer of its own (`model.layers`) uses the entry's quantizer. Progressive precision
+    /// is a list (8 → 4 → 2 bits → ternary), a switch is one entry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quantizer_schedule: Vec<QuantizerSwitch>,
+}
+
+/// One step of `train.quantizer_schedule`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuantizerSwitch {
+    /// First epoch (from 0) that uses `quantizer`.
+    pub epoch: usize,
+    /// The quantizer from then on.
+    pub quantizer: PluginSpec,
 }
 
 fn is_one(n: &usize) -> bool {
@@ -448,6 +463,7 @@ impl Default for TrainConfig {
             grad_accumulation: 1,
             mix: None,
             swa: None,
+            quantizer_schedule: Vec::new(),
         }
     }
 }
@@ -557,6 +573,17 @@ impl<'de> Deserialize<'de> for PluginSpec {
 }
 
 impl RunConfig {
+    /// The network-wide quantizer of `epoch`: `quantizer`, or the last schedule entry that has
+    /// started.
+    pub fn quantizer_at(&self, epoch: usize) -> &PluginSpec {
+        self.train
+            .quantizer_schedule
+            .iter()
+            .rev()
+            .find(|s| s.epoch <= epoch)
+            .map_or(&self.quantizer, |s| &s.quantizer)
+    }
+
     /// Range checks that serde's types cannot express. Returns `key: problem (fix)`.
     pub fn validate(&self) -> Result<(), String> {
         let t = &self.train;
@@ -623,6 +650,13 @@ impl RunConfig {
         }
         if t.swa.as_ref().is_some_and(|s| s.start_epoch >= t.epochs) {
             problems.push(format!("train.swa.start_epoch: must be below train.epochs ({})", t.epochs));
+        }
+        let switches: Vec<usize> = t.quantizer_schedule.iter().map(|s| s.epoch).collect();
+        if !switches.windows(2).all(|w| w[0] < w[1]) || switches.iter().any(|&e| e == 0 || e >= t.epochs) {
+            problems.push(format!(
+                "train.quantizer_schedule: epochs must rise strictly and lie in 1..{} (epoch 0 uses `quantizer`), got {switches:?}",
+                t.epochs
+            ));
         }
         if t.float_epochs > 0 && t.float_fraction.is_some() {
             problems.push("train.float_epochs, train.float_fraction: give one of them, not both".into());
@@ -738,6 +772,14 @@ mod tests {
         ] {
             assert!(err.contains(expected), "`{expected}` in {err}");
         }
+        let c: RunConfig = serde_yaml::from_str(
+            "name: x\ntrain: {epochs: 4, quantizer_schedule: [{epoch: 2, quantizer: ternary}, {epoch: 2, quantizer: binary}]}",
+        )
+        .unwrap();
+        let err = c.validate().unwrap_err();
+        assert!(err.contains("train.quantizer_schedule: epochs must rise strictly and lie in 1..4"), "{err}");
+        assert_eq!(c.quantizer_at(0), &PluginSpec::float());
+        assert_eq!(c.quantizer_at(3).name, "binary");
         let unknown = serde_yaml::from_str::<RunConfig>("name: x\ntrain: {mix: {kind: blend}}").unwrap_err();
         assert!(
             unknown.to_string().contains("unknown variant `blend`, expected `mixup` or `cutmix`"),

@@ -245,6 +245,13 @@ pub fn check(config: &RunConfig, registry: &Registry) -> Result<(), String> {
                 .map_err(|e| format!("model.layers.{key}.quantizer: {e}"))?;
         }
     }
+    for (i, switch) in config.train.quantizer_schedule.iter().enumerate() {
+        let q = &switch.quantizer;
+        registry
+            .quantizers
+            .validate(&q.name, &q.params)
+            .map_err(|e| format!("train.quantizer_schedule[{i}].quantizer: {e}"))?;
+    }
     let a = &config.model.activation;
     registry.activations.validate(&a.name, &a.params).map_err(|e| format!("model.activation: {e}"))?;
     let s = &config.train.schedule;

@@ -137,6 +137,8 @@ pub struct Trainer {
     teacher: Option<Teacher>,
     averages: Averages,
     accumulator: Accumulator,
+    /// The quantizer each layer was built from (changes with `train.quantizer_schedule`).
+    layer_specs: Vec<qatlab_core::config::PluginSpec>,
 }
 
 /// A finished run used as a distillation teacher, with its loss.
@@ -185,7 +187,7 @@ pub fn load_finished(dir: &std::path::Path, registry: &Registry) -> Result<Finis
         serde_json::from_slice(&bytes).map_err(|e| bad(format!("checkpoint: {e}")))?;
     let features = config.data.image_size * config.data.image_size;
     let mut trainer = Trainer::new(&config, registry, features)?;
-    trainer.restore(&checkpoint)?;
+    trainer.restore(&checkpoint, registry)?;
     // A finished run is what its evaluation measured: with an EMA, the averaged weights.
     let mut ema = std::mem::take(&mut trainer.averages.ema);
     swap_weights(&mut ema, &mut trainer.net.layers);
@@ -228,6 +230,7 @@ impl Trainer {
             },
             averages: Averages::default(),
             accumulator: Accumulator::default(),
+            layer_specs: (0..layers).map(|i| config.model.layer(i, layers, &config.quantizer).0).collect(),
         })
     }
 
@@ -455,8 +458,30 @@ impl Trainer {
         }
     }
 
-    /// Continue from `checkpoint`.
-    pub fn restore(&mut self, checkpoint: &Checkpoint) -> Result<()> {
+    /// Give every layer the quantizer `train.quantizer_schedule` assigns to `epoch`; a layer
+    /// whose quantizer changes starts with a fresh quantizer and fresh optimizer state for its
+    /// parameters.
+    pub fn use_quantizers_of_epoch(&mut self, registry: &Registry, epoch: usize) -> Result<()> {
+        let count = self.net.layers.len();
+        for (i, layer) in self.net.layers.iter_mut().enumerate() {
+            let (spec, _) = self.config.model.layer(i, count, self.config.quantizer_at(epoch));
+            if spec == self.layer_specs[i] {
+                continue;
+            }
+            layer.quantizer = registry
+                .quantizers
+                .build(&spec.name, &spec.params)
+                .map_err(|e| Error::Config(format!("quantizer of {} at epoch {epoch}: {e}", layer.name)))?;
+            layer.quantized = Default::default();
+            self.param_state[i] = AdamState::default();
+            self.layer_specs[i] = spec;
+        }
+        Ok(())
+    }
+
+    /// Continue from `checkpoint` (the quantizers are those of its last epoch).
+    pub fn restore(&mut self, checkpoint: &Checkpoint, registry: &Registry) -> Result<()> {
+        self.use_quantizers_of_epoch(registry, checkpoint.epochs_done.saturating_sub(1))?;
         if checkpoint.layers.len() != self.net.layers.len() {
             return Err(Error::Config(format!(
                 "checkpoint has {} layers, the config {}; delete the run directory or use --force",
@@ -603,7 +628,7 @@ pub fn train(
     let (epochs, batch) = (config.train.epochs, config.train.batch_size);
     let mut history = Vec::new();
     if let Some(checkpoint) = resume {
-        trainer.restore(checkpoint)?;
+        trainer.restore(checkpoint, registry)?;
         history.clone_from(&checkpoint.history);
         for m in &history {
             observer.on_epoch(m);
@@ -615,6 +640,7 @@ pub fn train(
         if stops_early(config, &history) {
             break;
         }
+        trainer.use_quantizers_of_epoch(registry, epoch)?;
         let float_phase = epoch < config.train.float_epochs();
         trainer.net.layers.iter_mut().for_each(|l| l.float_phase = float_phase);
         let samples = data.epoch_train(config.train.seed, epoch);

@@ -144,7 +144,7 @@ fn the_ema_is_what_evaluation_measures_and_swa_gets_its_own_evaluation() {
     }
     let mut plain = finished.trainer.checkpoint(&epochs);
     plain.averages = Default::default();
-    finished.trainer.restore(&plain).unwrap();
+    finished.trainer.restore(&plain, &qatlab_plugins::builtin_registry()).unwrap();
     for (layer, average) in finished.trainer.net.layers.iter_mut().zip(ema) {
         layer.weight.clone_from(average);
     }
@@ -163,4 +163,42 @@ fn mixup_and_cutmix_train() {
         assert!(epochs[1].test_acc > 0.85, "{kind}: {}", epochs[1].test_acc);
         assert!(epochs[1].train_acc < epochs[1].test_acc, "{kind}: mixed batches are harder to fit");
     }
+}
+
+#[test]
+fn progressive_precision_switches_quantizers_and_resumes_identically() {
+    let yaml = "name: prog\nquantizer: {name: int, bits: 8, symmetric: false}\nmodel: {hidden: [32]}\n\
+                train: {epochs: 3, quantizer_schedule: [{epoch: 1, quantizer: {name: int, bits: 4}}, \
+                {epoch: 2, quantizer: ternary}]}";
+    let (finished, epochs) = run_with(yaml);
+    let levels: Vec<usize> = finished.trainer.net.layers.iter().map(|l| l.quantized.levels.len()).collect();
+    assert_eq!(levels, vec![3, 3], "ternary at the end");
+    assert!(epochs[0].layers[0].entropy > 4.0, "8-bit codes in epoch 1: {}", epochs[0].layers[0].entropy);
+    assert!(epochs[1].layers[0].entropy <= 4.0 && epochs[1].layers[0].entropy > 1.6, "4-bit in epoch 2");
+    assert!(epochs[2].layers[0].entropy <= 3f32.log2() + 1e-6, "ternary in epoch 3");
+    assert!((finished.total_bits - 1.6 * (32.0 * 256.0 + 10.0 * 32.0)).abs() < 1e-6);
+    assert!(epochs[2].test_acc > 0.85, "{}", epochs[2].test_acc);
+
+    // Stop after epoch 2 (4-bit), resume: the same run, bit for bit.
+    let config = crate::config(yaml);
+    let data = RunData::load(&config.data).unwrap();
+    let registry = qatlab_plugins::builtin_registry();
+    struct Second(Option<qatlab_runner::train::Checkpoint>);
+    impl Observer for Second {
+        fn on_checkpoint(
+            &mut self,
+            c: &qatlab_runner::train::Checkpoint,
+        ) -> qatlab_runner::error::Result<()> {
+            if c.epochs_done == 2 {
+                self.0 = Some(c.clone());
+            }
+            Ok(())
+        }
+    }
+    let mut second = Second(None);
+    single_threaded(|| train(&config, &registry, &data, &mut second, None)).unwrap();
+    let mut keep = Keep(Vec::new());
+    let resumed = single_threaded(|| train(&config, &registry, &data, &mut keep, second.0.as_ref())).unwrap();
+    assert_eq!(keep.0, epochs, "resumed metrics equal the uninterrupted run's");
+    assert_eq!(resumed.trainer.net.layers[0].weight, finished.trainer.net.layers[0].weight);
 }
