@@ -429,3 +429,31 @@ fn kd_gradient_matches_finite_differences_and_alpha_zero_is_cross_entropy() {
     let pure = registry.distillers.build("kd", &params("{alpha: 1.0}")).unwrap();
     assert!(pure.loss(&teacher, &teacher, &labels, 3, &mut scratch).abs() < 1e-6);
 }
+
+#[test]
+fn feature_distillation_gradient_matches_finite_differences_and_known_values() {
+    let registry = builtin_registry();
+    let feature = registry.distillers.build("feature", &params("{beta: 2.0}")).unwrap();
+    assert!(feature.uses_features());
+    let student = vec![0.5, 1.0, 0.0, 2.0, 0.3, 1.2, 0.0, 0.7];
+    let teacher = vec![1.0, 0.2, 0.4, 0.0, 0.0, 1.0, 1.0, 0.5];
+    let mut grad = vec![0.0; 8];
+    feature.feature_loss(&student, &teacher, 4, &mut grad);
+    let mut scratch = vec![0.0; 8];
+    for i in 0..8 {
+        let (mut up, mut down) = (student.clone(), student.clone());
+        up[i] += 1e-3;
+        down[i] -= 1e-3;
+        let fd = (feature.feature_loss(&up, &teacher, 4, &mut scratch)
+            - feature.feature_loss(&down, &teacher, 4, &mut scratch))
+            / 2e-3;
+        assert!((fd - grad[i]).abs() < 1e-3, "feature {i}: {fd} vs {}", grad[i]);
+    }
+    // Scaled copies normalise to the same features: no loss. Orthogonal unit rows: ‖e1 − e2‖² = 2,
+    // so β·2/(B·D) = 2·2/(1·2) = 2.
+    assert!(feature.feature_loss(&[1.0, 2.0], &[3.0, 6.0], 2, &mut [0.0; 2]).abs() < 1e-6);
+    assert!((feature.feature_loss(&[1.0, 0.0], &[0.0, 5.0], 2, &mut [0.0; 2]) - 2.0).abs() < 1e-6);
+    // The logit part is the cross-entropy: uniform logits over 3 classes give ln 3.
+    let ce = feature.loss(&[0.0; 3], &[9.0, 0.0, 0.0], &[1], 3, &mut [0.0; 3]);
+    assert!((ce - 3f32.ln()).abs() < 1e-6);
+}

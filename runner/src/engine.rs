@@ -68,6 +68,9 @@ struct Forward<T: Mode> {
     batch_stats: Vec<BatchStats>,
     /// Leaves of the learned residual scales, by layer index.
     residual_scales: Vec<(usize, Scalar)>,
+    /// The last layer's input before its norm: the penultimate features (None without hidden
+    /// layers).
+    features: Option<Mat<T>>,
 }
 
 /// Which statistics a forward pass normalises with (it matters for batch norm only).
@@ -110,6 +113,12 @@ impl Engine {
         self.forward::<NoneTape>(net, x, batch, Pass::Train, false).batch_stats
     }
 
+    /// The penultimate features (the last layer's input before its norm, `batch × width`) of an
+    /// evaluation pass; empty for a network without hidden layers.
+    pub fn features(&self, net: &Network, x: &[f32], batch: usize) -> Vec<f32> {
+        self.forward::<NoneTape>(net, x, batch, Pass::Eval, false).features.map_or(Vec::new(), |f| host(&f))
+    }
+
     /// One training forward and backward pass. `loss_grad` receives the logits and writes
     /// ∂L/∂logits, returning the loss; afterwards each layer's `grad_values` holds ∂L/∂ŵ.
     pub fn backward(
@@ -119,15 +128,34 @@ impl Engine {
         batch: usize,
         loss_grad: &mut dyn FnMut(&[f32], &mut [f32]) -> f32,
     ) -> f32 {
+        self.backward_with_features(net, x, batch, false, &mut |logits, _, grad, _| loss_grad(logits, grad))
+    }
+
+    /// [`Engine::backward`] with a loss that may also depend on the penultimate features
+    /// (`with_features`): `loss_grad(logits, features, ∂L/∂logits, ∂L/∂features)`.
+    pub fn backward_with_features(
+        &self,
+        net: &mut Network,
+        x: &[f32],
+        batch: usize,
+        with_features: bool,
+        loss_grad: &mut dyn FnMut(&[f32], &[f32], &mut [f32], &mut [f32]) -> f32,
+    ) -> f32 {
         let f = self.forward::<OwnedTape<f32, Cpu>>(net, x, batch, Pass::Train, false);
         for (running, batch) in net.norm_stats.iter_mut().zip(&f.batch_stats) {
             running.update(batch);
         }
         let logits = host(&f.logits);
-        let mut grad = vec![0.0; logits.len()];
-        let loss = loss_grad(&logits, &mut grad);
+        let features = f.features.as_ref().filter(|_| with_features).map_or(Vec::new(), host);
+        let (mut grad, mut grad_features) = (vec![0.0; logits.len()], vec![0.0; features.len()]);
+        let loss = loss_grad(&logits, &features, &mut grad, &mut grad_features);
         let shape = *f.logits.shape();
-        let surrogate = (f.logits * self.dev.tensor_from_vec(grad, shape)).sum::<Rank0, _>();
+        let mut surrogate = (f.logits * self.dev.tensor_from_vec(grad, shape)).sum::<Rank0, _>();
+        if let (Some(feature_tensor), true) = (f.features, with_features) {
+            let shape = *feature_tensor.shape();
+            surrogate = surrogate
+                + (feature_tensor * self.dev.tensor_from_vec(grad_features, shape)).sum::<Rank0, _>();
+        }
         let grads = surrogate.backward();
         let g1 = grads.get(&f.z1);
         let dw1 = g1.permute::<_, Axes2<1, 0>>().matmul(f.x1);
@@ -174,11 +202,21 @@ impl Engine {
         let mut tracked = track.then_some(&mut positive);
         let leaf1: Mat<T> = T::leaf(z1.clone());
         if count == 1 {
-            return Forward { logits: leaf1, x1, z1, weights, positive, batch_stats, residual_scales };
+            return Forward {
+                logits: leaf1,
+                x1,
+                z1,
+                weights,
+                positive,
+                batch_stats,
+                residual_scales,
+                features: None,
+            };
         }
         // x: the input of the current layer (the previous layer's activation, with its skip)
         let mut x = self.activate(leaf1, &net.stage, tracked.as_deref_mut());
         for (l, layer) in net.layers.iter().enumerate().skip(1) {
+            let features = (l + 1 == count).then(|| x.retaped::<T>());
             let residual = net.stage.residual != Residual::None && layer.has_residual(l, count);
             let skip = residual.then(|| x.retaped::<T>());
             let mut h = match (net.stage.norm, pass) {
@@ -194,7 +232,16 @@ impl Engine {
             weights.push(w.clone());
             let z = h.matmul(T::leaf(w));
             if l + 1 == count {
-                return Forward { logits: z, x1, z1, weights, positive, batch_stats, residual_scales };
+                return Forward {
+                    logits: z,
+                    x1,
+                    z1,
+                    weights,
+                    positive,
+                    batch_stats,
+                    residual_scales,
+                    features,
+                };
             }
             let shape = *z.shape();
             let mut scaled = |skip: Mat<T>| {

@@ -146,6 +146,8 @@ struct Teacher {
     net: Network,
     engine: Engine,
     loss: Box<dyn qatlab_core::Distiller>,
+    /// Width of the teacher's last hidden layer (its penultimate features).
+    feature_width: usize,
 }
 
 impl Teacher {
@@ -160,7 +162,23 @@ impl Teacher {
         }
         let loss =
             registry.distillers.build(&spec.loss.name, &spec.loss.params).map_err(|e| bad(e.to_string()))?;
-        Ok(Self { net: run.trainer.net, engine: Engine::new(), loss })
+        let feature_width = run.config.model.hidden.last().copied().unwrap_or(0);
+        Ok(Self { net: run.trainer.net, engine: Engine::new(), loss, feature_width })
+    }
+}
+
+impl Teacher {
+    /// Check that a feature distiller compares features of one width.
+    fn matching_features(self, student: &RunConfig) -> Result<Self> {
+        let width = student.model.hidden.last().copied().unwrap_or(0);
+        if self.loss.uses_features() && (width == 0 || width != self.feature_width) {
+            return Err(Error::Config(format!(
+                "train.distill: this loss compares penultimate features, so the teacher's last hidden width \
+                 ({}) must equal the student's ({width}); use `kd`, or a teacher of that width",
+                self.feature_width
+            )));
+        }
+        Ok(self)
     }
 }
 
@@ -225,7 +243,7 @@ impl Trainer {
             config: config.clone(),
             step: 0,
             teacher: match &config.train.distill {
-                Some(spec) => Some(Teacher::load(spec, registry, features)?),
+                Some(spec) => Some(Teacher::load(spec, registry, features)?.matching_features(config)?),
                 None => None,
             },
             averages: Averages::default(),
@@ -255,23 +273,39 @@ impl Trainer {
         self.net.quantize_all(true, self.step, epoch, seed)?;
         let mut correct = 0;
         let smoothing = self.config.train.label_smoothing as f32;
-        let teacher =
-            self.teacher.as_ref().map(|t| (t.engine.logits(&t.net, x, labels.len(), Pass::Eval).0, &t.loss));
+        let batch = labels.len();
+        let teacher = self.teacher.as_ref().map(|t| {
+            let features =
+                if t.loss.uses_features() { t.engine.features(&t.net, x, batch) } else { Vec::new() };
+            (t.engine.logits(&t.net, x, batch, Pass::Eval).0, features, &t.loss)
+        });
         let loss_of = |logits: &[f32], labels: &[u8], grad: &mut [f32]| match &teacher {
-            Some((teacher_logits, distiller)) => {
+            Some((teacher_logits, _, distiller)) => {
                 distiller.loss(logits, teacher_logits, labels, CLASSES, grad)
             }
             None => cross_entropy_smoothed(logits, labels, CLASSES, smoothing, grad).0,
         };
-        let mut loss = self.engine.backward(&mut self.net, x, labels.len(), &mut |logits, grad| {
+        let with_features = teacher.as_ref().is_some_and(|t| !t.1.is_empty());
+        let mut loss_grad = |logits: &[f32],
+                             features: &[f32],
+                             grad: &mut [f32],
+                             grad_features: &mut [f32]| {
             correct = cross_entropy_sum(logits, labels, CLASSES).1;
-            let Some(m) = mixed else { return loss_of(logits, labels, grad) };
+            let feature_term = match &teacher {
+                Some((_, teacher_features, distiller)) if with_features => {
+                    distiller.feature_loss(features, teacher_features, features.len() / batch, grad_features)
+                }
+                _ => 0.0,
+            };
+            let Some(m) = mixed else { return loss_of(logits, labels, grad) + feature_term };
             let mut partner_grad = vec![0.0; grad.len()];
             let own = loss_of(logits, labels, grad);
             let partner = loss_of(logits, &m.partner_labels, &mut partner_grad);
             grad.iter_mut().zip(&partner_grad).for_each(|(g, p)| *g = m.lambda * *g + (1.0 - m.lambda) * p);
-            m.lambda * own + (1.0 - m.lambda) * partner
-        });
+            m.lambda * own + (1.0 - m.lambda) * partner + feature_term
+        };
+        let mut loss =
+            self.engine.backward_with_features(&mut self.net, x, batch, with_features, &mut loss_grad);
         for layer in &mut self.net.layers {
             layer.backward_quantizer();
             loss += layer.quantizer.regularizer(layer.shape, &mut layer.grad_params);

@@ -252,6 +252,27 @@ fn a_student_distils_from_a_finished_teacher_run() {
     assert_eq!(rows.len(), 3);
     assert!(rows[1..].iter().all(|r| r[4] == "success"), "{rows:?}");
     assert_ne!(rows[1][5], rows[2][5], "distillation changes the run");
+    // Feature distillation: the student's last hidden width must be the teacher's (32).
+    let feature = format!(
+        "name: featured\nquantizer: ternary\nmodel: {{hidden: [16, 32]}}\ntrain: {{epochs: 1, distill: {{teacher: {teacher_rel}, loss: feature}}}}\n"
+    );
+    std::fs::write(dir.path().join("f.yaml"), feature).unwrap();
+    let out = qat(&["run", "f.yaml", "-q"], dir.path());
+    assert!(out.status.success(), "{}", text(&out));
+    let rows = csv_rows(&dir.path().join("results/featured/results.csv"));
+    let column = |name: &str| rows[0].iter().position(|c| c == name).unwrap();
+    assert_eq!(rows[1][column("status")], "success", "{rows:?}");
+    assert!(rows[1][column("final_test_acc")].parse::<f64>().unwrap() > 80.0, "{rows:?}");
+    let narrow = format!(
+        "name: narrow\nquantizer: ternary\nmodel: {{hidden: [16]}}\ntrain: {{epochs: 1, distill: {{teacher: {teacher_rel}, loss: feature}}}}\n"
+    );
+    std::fs::write(dir.path().join("n.yaml"), narrow).unwrap();
+    let out = qat(&["run", "n.yaml", "-q"], dir.path());
+    assert!(
+        text(&out).contains("the teacher's last hidden width (32) must equal the student's (16)"),
+        "{}",
+        text(&out)
+    );
     std::fs::write(dir.path().join("bad.yaml"), "name: bad\ntrain: {distill: {teacher: results/nope}}\n")
         .unwrap();
     let bad = qat(&["run", "bad.yaml", "-q"], dir.path());
