@@ -73,6 +73,9 @@ struct Forward<T: Mode> {
     features: Option<Mat<T>>,
 }
 
+/// A loss on (logits, features) that writes (∂L/∂logits, ∂L/∂features) and returns L.
+pub type FeatureLoss<'a> = dyn FnMut(&[f32], &[f32], &mut [f32], &mut [f32]) -> f32 + 'a;
+
 /// Which statistics a forward pass normalises with (it matters for batch norm only).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pass {
@@ -139,7 +142,7 @@ impl Engine {
         x: &[f32],
         batch: usize,
         with_features: bool,
-        loss_grad: &mut dyn FnMut(&[f32], &[f32], &mut [f32], &mut [f32]) -> f32,
+        loss_grad: &mut FeatureLoss,
     ) -> f32 {
         let f = self.forward::<OwnedTape<f32, Cpu>>(net, x, batch, Pass::Train, false);
         for (running, batch) in net.norm_stats.iter_mut().zip(&f.batch_stats) {
