@@ -1,6 +1,6 @@
 //! Known-value tests of the built-in strategies.
 
-use qatlab_core::{Progress, QuantCtx, Quantized, Shape};
+use qatlab_core::{Progress, QuantCtx, Quantized, Quantizer, Shape};
 use qatlab_plugins::builtin_registry;
 use serde_yaml::Mapping;
 
@@ -456,4 +456,72 @@ fn feature_distillation_gradient_matches_finite_differences_and_known_values() {
     // The logit part is the cross-entropy: uniform logits over 3 classes give ln 3.
     let ce = feature.loss(&[0.0; 3], &[9.0, 0.0, 0.0], &[1], 3, &mut [0.0; 3]);
     assert!((ce - 3f32.ln()).abs() < 1e-6);
+}
+
+fn train_ctx(epoch: usize) -> qatlab_core::QuantCtx {
+    qatlab_core::QuantCtx { training: true, step: 3, epoch, seed: 9 }
+}
+
+#[test]
+fn soft_to_hard_anneals_to_rounding_and_its_derivative_matches_finite_differences() {
+    let registry = builtin_registry();
+    let mut soft =
+        registry.quantizers.build("soft", &params("{t_start: 0.3, t_end: 0.01, anneal_epochs: 10}")).unwrap();
+    let shape = Shape::new(20, 50);
+    let w: Vec<f32> = (0..shape.len()).map(|i| ((i * 37 % 101) as f32 / 50.0 - 1.0) * 0.1).collect();
+    let mut hard = Quantized::default();
+    soft.quantize(&w, shape, qatlab_core::QuantCtx::default(), &mut hard).unwrap();
+    let gamma = hard.scales[0];
+    assert!(hard.values.iter().all(|v| [-gamma, 0.0, gamma].contains(v)), "evaluation rounds hard");
+    let distance = |epoch: usize, soft: &mut Box<dyn Quantizer>| {
+        let mut q = Quantized::default();
+        soft.quantize(&w, shape, train_ctx(epoch), &mut q).unwrap();
+        q.values.iter().zip(&hard.values).map(|(a, b)| (a - b).abs()).sum::<f32>() / w.len() as f32
+    };
+    let (early, late) = (distance(0, &mut soft), distance(10, &mut soft));
+    assert!(early > 5.0 * late && late < 0.01 * gamma, "annealing hardens: {early} then {late}");
+    // The derivative at a mid temperature, against finite differences (γ moves by 1/n per weight).
+    let mut q = Quantized::default();
+    soft.quantize(&w, shape, train_ctx(5), &mut q).unwrap();
+    let ones = vec![1.0; w.len()];
+    let mut grad = vec![0.0; w.len()];
+    soft.backward(&w, shape, &q, &ones, &mut grad, &mut []);
+    for i in [3usize, 100, 517, 999] {
+        let h = 1e-4;
+        let (mut up, mut down) = (w.clone(), w.clone());
+        up[i] += h;
+        down[i] -= h;
+        let (mut qu, mut qd) = (Quantized::default(), Quantized::default());
+        soft.quantize(&up, shape, train_ctx(5), &mut qu).unwrap();
+        soft.quantize(&down, shape, train_ctx(5), &mut qd).unwrap();
+        let fd = (qu.values[i] - qd.values[i]) / (2.0 * h);
+        assert!((fd - grad[i]).abs() < 0.02 * (1.0 + grad[i].abs()), "weight {i}: {fd} vs {}", grad[i]);
+    }
+    let err =
+        registry.quantizers.build("soft", &params("{t_start: 0.01, t_end: 0.1}")).err().unwrap().to_string();
+    assert!(err.contains("need t_start >= t_end > 0"), "{err}");
+}
+
+#[test]
+fn the_stochastic_ramp_quantizes_a_rising_share_of_channels() {
+    let registry = builtin_registry();
+    let mut ramp = registry
+        .quantizers
+        .build("ternary-ramp", &params("{ratios: [0.5, 0.75], epochs_per_stage: 2}"))
+        .unwrap();
+    let shape = Shape::new(8, 16);
+    let w: Vec<f32> = (0..shape.len()).map(|i| ((i * 29 % 67) as f32 / 33.0 - 1.0) * 0.05).collect();
+    let quantized_rows = |epoch: Option<usize>, ramp: &mut Box<dyn Quantizer>| {
+        let mut q = Quantized::default();
+        let ctx = epoch.map_or(qatlab_core::QuantCtx::default(), train_ctx);
+        ramp.quantize(&w, shape, ctx, &mut q).unwrap();
+        let gamma = q.scales[0];
+        (0..8)
+            .filter(|r| q.values[r * 16..(r + 1) * 16].iter().all(|v| [-gamma, 0.0, gamma].contains(v)))
+            .count()
+    };
+    assert_eq!(quantized_rows(Some(0), &mut ramp), 4, "stage 1: half the channels");
+    assert_eq!(quantized_rows(Some(2), &mut ramp), 6, "stage 2: three quarters");
+    assert_eq!(quantized_rows(Some(4), &mut ramp), 8, "after the last stage: all");
+    assert_eq!(quantized_rows(None, &mut ramp), 8, "evaluation: all");
 }

@@ -14,6 +14,7 @@ pub mod lsq;
 pub mod nf4;
 pub mod pentary;
 pub mod self_compress;
+pub mod soft;
 pub mod stochastic;
 pub mod ternary;
 pub mod ttq;
@@ -54,5 +55,7 @@ pub fn register(catalog: &mut Catalog<dyn Quantizer>) -> Result<()> {
     catalog.register("fp130", fp130::SUMMARY, BUILT_IN, fp130::build)?;
     catalog.register("nf4", nf4::SUMMARY, BUILT_IN, nf4::build)?;
     catalog.register("self-compress", self_compress::SUMMARY, BUILT_IN, self_compress::build)?;
+    catalog.register("soft", soft::SOFT_SUMMARY, BUILT_IN, soft::build_soft)?;
+    catalog.register("ternary-ramp", soft::RAMP_SUMMARY, BUILT_IN, soft::build_ramp)?;
     Ok(())
 }
