@@ -50,12 +50,20 @@ pub struct EvalConfig {
     /// Post-training quantization: after training, evaluate the latent weights quantized by
     /// each of these quantizers (every layer; a fitted clip is fitted once to the final weights).
     pub post_quantize: Vec<PluginSpec>,
+    /// With batch norm, re-estimate its statistics on the training set with each
+    /// post-quantized network before evaluating it (PTQ calibration).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub recalibrate_batch_norm: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl EvalConfig {
     /// True when nothing extra is evaluated.
     pub fn is_empty(&self) -> bool {
-        self.post_quantize.is_empty()
+        self.post_quantize.is_empty() && !self.recalibrate_batch_norm
     }
 }
 

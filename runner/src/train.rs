@@ -553,6 +553,7 @@ impl Trainer {
         &mut self,
         registry: &Registry,
         spec: &qatlab_core::config::PluginSpec,
+        train: &Samples,
         test: &Samples,
     ) -> Result<f64> {
         let mut saved = Vec::new();
@@ -569,7 +570,13 @@ impl Trainer {
             saved.push(std::mem::replace(&mut layer.quantizer, q));
             layer.float_phase = false;
         }
-        let result = self.evaluate(test);
+        let saved_stats = self.net.norm_stats.clone();
+        let result = if self.config.eval.recalibrate_batch_norm {
+            self.reestimate_batch_norm(train).and_then(|_| self.evaluate(test))
+        } else {
+            self.evaluate(test)
+        };
+        self.net.norm_stats = saved_stats;
         for (layer, q) in self.net.layers.iter_mut().zip(saved) {
             layer.quantizer = q;
         }
@@ -733,7 +740,7 @@ pub fn train(
     for spec in &config.eval.post_quantize {
         post_quantized.push((
             qatlab_core::config::spec_label(spec),
-            trainer.evaluate_quantized_by(registry, spec, &data.test)?,
+            trainer.evaluate_quantized_by(registry, spec, &data.train, &data.test)?,
         ));
     }
     let swa_test_acc = trainer.evaluate_swa(&data.train, &data.test)?;

@@ -202,3 +202,18 @@ fn progressive_precision_switches_quantizers_and_resumes_identically() {
     assert_eq!(keep.0, epochs, "resumed metrics equal the uninterrupted run's");
     assert_eq!(resumed.trainer.net.layers[0].weight, finished.trainer.net.layers[0].weight);
 }
+
+#[test]
+fn batch_norm_recalibration_changes_post_training_quantization() {
+    let base = "name: bnptq\nquantizer: none\nmodel: {hidden: [32], norm: batch}\ntrain: {epochs: 1}\n\
+                eval: {post_quantize: [ternary]";
+    let (plain, _) = run_with(&format!("{base}}}"));
+    let (calibrated, _) = run_with(&format!("{base}, recalibrate_batch_norm: true}}"));
+    let (a, b) = (plain.post_quantized[0].1, calibrated.post_quantized[0].1);
+    assert!(a > 0.1 && b > 0.1, "{a} {b}");
+    assert_ne!(a, b, "re-estimated statistics change the evaluation");
+    assert_eq!(
+        plain.trainer.net.norm_stats, calibrated.trainer.net.norm_stats,
+        "the trained statistics are put back"
+    );
+}
