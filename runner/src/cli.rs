@@ -54,6 +54,10 @@ pub enum Command {
 pub struct AnalyzeArgs {
     /// The run directory (`results/<experiment>/<run id>`).
     pub run: PathBuf,
+    /// Also evaluate the run's weights post-quantized by this quantizer (YAML, e.g.
+    /// `"{name: int, bits: 4}"`); repeatable. Nothing is retrained.
+    #[arg(long = "post-quantize", value_name = "QUANTIZER")]
+    pub post_quantize: Vec<String>,
 }
 
 /// Arguments of `qat export`.

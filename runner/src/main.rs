@@ -333,6 +333,16 @@ fn analyze(args: &AnalyzeArgs, registry: &qatlab_core::Registry) -> Result<ExitC
     let data = RunData::load(&run.config.data)?;
     let analysis = qatlab_runner::analysis::analyze(&mut run.trainer, &data.test)?;
     print!("{}", qatlab_runner::analysis::summary(&analysis));
+    for text in &args.post_quantize {
+        let spec: qatlab_core::config::PluginSpec =
+            serde_yaml::from_str(text).map_err(|e| Error::Config(format!("--post-quantize {text}: {e}")))?;
+        registry
+            .quantizers
+            .validate(&spec.name, &spec.params)
+            .map_err(|e| Error::Config(format!("--post-quantize {text}: {e}")))?;
+        let accuracy = run.trainer.evaluate_quantized_by(registry, &spec, &data.train, &data.test)?;
+        println!("post-quantized by {text}: {:.2}%", 100.0 * accuracy);
+    }
     let dir = qatlab_runner::outputs::RunDir { path: args.run.clone() };
     if let Some(mut record) = dir.read_record() {
         record.analysis = Some(analysis);

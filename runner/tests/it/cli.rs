@@ -190,4 +190,14 @@ fn every_run_records_its_analysis_and_qat_analyze_prints_it() {
     assert!(report.contains("macro F1") && report.contains("ECE (15 bins)"), "{report}");
     assert!(report.contains("confusion (rows: true class, columns: predicted)"), "{report}");
     assert!(report.contains("fc3         3"), "{report}");
+    let out = qat(&["analyze", run.to_str().unwrap(), "--post-quantize", "{name: int, bits: 4}"], dir.path());
+    let report = text(&out);
+    assert!(out.status.success(), "{report}");
+    let line =
+        report.lines().find(|l| l.starts_with("post-quantized by {name: int, bits: 4}: ")).expect(&report);
+    let accuracy: f64 = line.rsplit(' ').next().unwrap().trim_end_matches('%').parse().unwrap();
+    assert!(accuracy > 50.0, "{line}");
+    let out = qat(&["analyze", run.to_str().unwrap(), "--post-quantize", "{name: int, bitz: 4}"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("--post-quantize {name: int, bitz: 4}: "), "{}", text(&out));
 }
