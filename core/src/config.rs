@@ -41,6 +41,11 @@ pub struct RunConfig {
     /// Parameter sweep over this config (expanded by the runner); absent in a resolved run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sweep: Option<Value>,
+    /// Distillation teachers by name, each a set of overrides of this config; the runner trains
+    /// them first (into `<name>-teachers/`) and `train.distill.teacher: <name>` picks one.
+    /// Absent in a resolved run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teachers: Option<Value>,
 }
 
 /// Evaluations after training.
@@ -423,12 +428,24 @@ fn is_zero_f64(v: &f64) -> bool {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DistillConfig {
-    /// The teacher's run directory (holding config.yaml and checkpoint.json), relative to the
-    /// directory qat runs in.
+    /// The teacher: a finished run's directory (holding config.yaml and checkpoint.json),
+    /// relative to the directory qat runs in, or the name of an entry of the experiment's
+    /// `teachers:` (trained first by the runner).
     pub teacher: String,
     /// The distillation loss (a registered distiller).
     #[serde(default = "default_distiller")]
     pub loss: PluginSpec,
+    /// The directory a named teacher was trained in, set by the runner; not part of the config
+    /// (so not of the run id).
+    #[serde(skip)]
+    pub resolved_dir: Option<String>,
+}
+
+impl DistillConfig {
+    /// The teacher's run directory.
+    pub fn teacher_dir(&self) -> &str {
+        self.resolved_dir.as_deref().unwrap_or(&self.teacher)
+    }
 }
 
 fn default_distiller() -> PluginSpec {

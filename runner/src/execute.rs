@@ -64,6 +64,8 @@ pub fn execute(
     registry: &Registry,
     options: &ExecOptions,
 ) -> Result<Vec<Outcome>> {
+    let teacher_dirs = train_teachers(plan, registry, options)?;
+    let resolved: Vec<PlannedRun> = plan.runs.iter().map(|r| with_teacher_dir(r, &teacher_dirs)).collect();
     let mut outcomes: Vec<Option<Outcome>> = vec![None; plan.runs.len()];
     let mut todo = Vec::new();
     for &i in selected {
@@ -103,7 +105,7 @@ pub fn execute(
                 if INTERRUPTED.load(Ordering::SeqCst) {
                     break;
                 }
-                let run = &plan.runs[i];
+                let run = &resolved[i];
                 let data = &datasets[&data_key(&run.config)];
                 let dir = RunDir::new(&options.results, &run.config);
                 match run_isolated(run, &plan.swept, registry, data, &dir, &progress) {
@@ -129,6 +131,50 @@ pub fn execute(
         return Err(e);
     }
     Ok(done.into_inner().expect("threads joined").into_iter().flatten().collect())
+}
+
+/// Train the plan's named teachers (resuming like any sweep) and return where each lives.
+fn train_teachers(
+    plan: &RunPlan,
+    registry: &Registry,
+    options: &ExecOptions,
+) -> Result<HashMap<String, String>> {
+    if plan.teachers.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let runs: Vec<PlannedRun> = plan.teachers.iter().map(|(_, r)| r.clone()).collect();
+    let teacher_plan = RunPlan {
+        file: plan.file.clone(),
+        experiment: runs[0].config.name.clone(),
+        swept: vec!["teacher".into()],
+        runs,
+        teachers: Vec::new(),
+    };
+    let all: Vec<usize> = (0..teacher_plan.runs.len()).collect();
+    let outcomes = execute(&teacher_plan, &all, registry, options)?;
+    let mut dirs = HashMap::new();
+    for ((name, _), outcome) in plan.teachers.iter().zip(&outcomes) {
+        if outcome.record.status != Status::Success {
+            return Err(Error::Config(format!(
+                "teacher `{name}` did not finish ({:?}: {}); see {}",
+                outcome.record.status,
+                outcome.record.error.as_deref().unwrap_or("no error recorded"),
+                outcome.dir.display()
+            )));
+        }
+        dirs.insert(name.clone(), outcome.dir.display().to_string());
+    }
+    Ok(dirs)
+}
+
+/// `run` with its named teacher pointed at the directory it was trained in (the config's
+/// identity, and so its run id, keeps the name).
+fn with_teacher_dir(run: &PlannedRun, teacher_dirs: &HashMap<String, String>) -> PlannedRun {
+    let mut run = run.clone();
+    if let Some(distill) = run.config.train.distill.as_mut() {
+        distill.resolved_dir = teacher_dirs.get(&distill.teacher).cloned();
+    }
+    run
 }
 
 fn previous_failed(dir: &RunDir) -> bool {

@@ -33,6 +33,8 @@ pub struct RunPlan {
     pub swept: Vec<String>,
     /// Fully resolved runs, in order.
     pub runs: Vec<PlannedRun>,
+    /// Named distillation teachers (`teachers:`), trained before the runs.
+    pub teachers: Vec<(String, PlannedRun)>,
 }
 
 impl RunPlan {
@@ -64,8 +66,18 @@ impl RunPlan {
 }
 
 /// Top-level keys of an experiment file, for did-you-mean suggestions.
-const TOP_KEYS: &[&str] =
-    &["name", "description", "extends", "plugins", "data", "model", "quantizer", "train", "sweep"];
+const TOP_KEYS: &[&str] = &[
+    "name",
+    "description",
+    "extends",
+    "plugins",
+    "data",
+    "model",
+    "quantizer",
+    "train",
+    "sweep",
+    "teachers",
+];
 
 /// The plugin libraries `file` and its `extends` bases list, each resolved relative to the
 /// file that names it. Read before the plan, since the plan's plugin names must be registered.
@@ -95,6 +107,7 @@ pub fn load(file: &Path, registry: &Registry) -> Result<RunPlan> {
     let merged = read_merged(file, &mut Vec::new())?;
     let mut base = merged.clone();
     let sweep_value = base.as_mapping_mut().and_then(|m| m.remove("sweep"));
+    let teachers_value = base.as_mapping_mut().and_then(|m| m.remove("teachers"));
     if let Some(m) = base.as_mapping_mut() {
         m.remove("extends");
     }
@@ -118,6 +131,8 @@ pub fn load(file: &Path, registry: &Registry) -> Result<RunPlan> {
             (points, swept)
         }
     };
+    let teachers = teacher_runs(teachers_value, &resolved, &config.name, &shown, registry)?;
+    let names: Vec<String> = teachers.iter().map(|(n, _)| n.clone()).collect();
     let mut runs = Vec::new();
     for (index, point) in points.into_iter().enumerate() {
         let mut value = resolved.clone();
@@ -126,12 +141,49 @@ pub fn load(file: &Path, registry: &Registry) -> Result<RunPlan> {
         }
         let describe = || describe(&point.overrides);
         let config = from_value(&value, &format!("{shown}: run {index} ({})", describe()))?;
-        check(&config, registry)
+        check_with_teachers(&config, registry, &names)
             .map_err(|e| Error::Config(format!("{shown}: run {index} ({}): {e}", describe())))?;
         runs.push(PlannedRun { index, config, overrides: point.overrides });
     }
     let experiment = runs[0].config.name.clone();
-    Ok(RunPlan { file: file.to_path_buf(), experiment, swept, runs })
+    Ok(RunPlan { file: file.to_path_buf(), experiment, swept, runs, teachers })
+}
+
+/// The runs of `teachers:`: each the base config with its overrides, named
+/// `<experiment>-teachers`, without distillation of its own.
+fn teacher_runs(
+    teachers: Option<Value>,
+    resolved: &Value,
+    experiment: &str,
+    shown: &str,
+    registry: &Registry,
+) -> Result<Vec<(String, PlannedRun)>> {
+    let Some(Value::Mapping(map)) = teachers else {
+        return match teachers {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(_) => Err(Error::Config(format!(
+                "{shown}: teachers: expected a mapping of names to overrides, e.g. `teachers: {{float: {{quantizer: none}}}}`"
+            ))),
+        };
+    };
+    let mut out = Vec::new();
+    for (index, (name, overrides)) in map.into_iter().enumerate() {
+        let Some(name) = name.as_str().map(str::to_string) else {
+            return Err(Error::Config(format!("{shown}: teachers: names must be strings")));
+        };
+        let origin = format!("{shown}: teachers.{name}");
+        let mut value = resolved.clone();
+        sweep::merge(&mut value, overrides.clone());
+        set_path(&mut value, "name", Value::String(format!("{experiment}-teachers")));
+        if let Some(train) = value.get_mut("train").and_then(Value::as_mapping_mut) {
+            train.remove("distill");
+        }
+        let config = from_value(&value, &origin)?;
+        check(&config, registry).map_err(|e| Error::Config(format!("{origin}: {e}")))?;
+        let overrides = vec![("teacher".to_string(), Value::String(name.clone()))];
+        out.push((name, PlannedRun { index, config, overrides }));
+    }
+    Ok(out)
 }
 
 /// `path=value` pairs on one line.
@@ -234,6 +286,15 @@ fn with_hint(mut message: String) -> String {
 
 /// Range checks and registry checks of a parsed config.
 pub fn check(config: &RunConfig, registry: &Registry) -> Result<(), String> {
+    check_with_teachers(config, registry, &[])
+}
+
+/// [`check`], where `train.distill.teacher` may also name one of `teachers`.
+pub fn check_with_teachers(
+    config: &RunConfig,
+    registry: &Registry,
+    teachers: &[String],
+) -> Result<(), String> {
     config.validate()?;
     let q = &config.quantizer;
     registry.quantizers.validate(&q.name, &q.params).map_err(|e| format!("quantizer: {e}"))?;
@@ -262,9 +323,12 @@ pub fn check(config: &RunConfig, registry: &Registry) -> Result<(), String> {
             .validate(&d.loss.name, &d.loss.params)
             .map_err(|e| format!("train.distill.loss: {e}"))?;
         let teacher = Path::new(&d.teacher);
+        if teachers.contains(&d.teacher) {
+            return Ok(());
+        }
         if !teacher.join("config.yaml").is_file() || !teacher.join(crate::outputs::CHECKPOINT).is_file() {
             return Err(format!(
-                "train.distill.teacher: {} is not a finished run directory (no config.yaml and checkpoint.json); train the teacher first",
+                "train.distill.teacher: {} is not a finished run directory (no config.yaml and checkpoint.json) nor a name under `teachers:`; train the teacher first, or define it under `teachers:`",
                 d.teacher
             ));
         }

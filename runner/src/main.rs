@@ -158,6 +158,18 @@ fn submit(
 ) -> Result<ExitCode, Error> {
     let plan = experiment::load(&args.file, registry)?;
     let selected = plan.selection(&args.only)?;
+    // Array tasks would all train an unfinished teacher at once, in one directory.
+    for (name, teacher) in &plan.teachers {
+        let dir = qatlab_runner::outputs::RunDir::new(&args.results, &teacher.config);
+        if dir.read_record().map(|r| r.status) != Some(Status::Success) {
+            return Err(Error::Config(format!(
+                "{}: teacher `{name}` is not trained yet; train it first (for example `qat run` the \
+                 file locally with a one-run sweep, or point train.distill.teacher at a finished run \
+                 directory), then submit",
+                args.file.display()
+            )));
+        }
+    }
     let options = qatlab_runner::slurm::SlurmOptions {
         partition: args.partition.clone(),
         time: args.time.clone(),

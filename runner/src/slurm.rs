@@ -93,6 +93,7 @@ impl Manifest {
                     overrides: r.overrides.clone(),
                 })
                 .collect(),
+            teachers: Vec::new(),
         }
     }
 

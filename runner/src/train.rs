@@ -153,7 +153,7 @@ struct Teacher {
 impl Teacher {
     /// Load the teacher named in `config` (its resolved config and last checkpoint).
     fn load(spec: &qatlab_core::config::DistillConfig, registry: &Registry, features: usize) -> Result<Self> {
-        let dir = std::path::Path::new(&spec.teacher);
+        let dir = std::path::Path::new(spec.teacher_dir());
         let bad = |what: String| Error::Config(format!("train.distill.teacher: {}: {what}", dir.display()));
         let run = load_finished(dir, registry).map_err(|e| bad(e.to_string()))?;
         let size = run.config.data.image_size;
@@ -242,14 +242,20 @@ impl Trainer {
             residual_state: vec![AdamState::default(); layers],
             config: config.clone(),
             step: 0,
-            teacher: match &config.train.distill {
-                Some(spec) => Some(Teacher::load(spec, registry, features)?.matching_features(config)?),
-                None => None,
-            },
+            teacher: None,
             averages: Averages::default(),
             accumulator: Accumulator::default(),
             layer_specs: (0..layers).map(|i| config.model.layer(i, layers, &config.quantizer).0).collect(),
         })
+    }
+
+    /// Load the distillation teacher the config names (training only: restoring a finished
+    /// run for evaluation or export does not need it).
+    pub fn attach_teacher(&mut self, registry: &Registry, features: usize) -> Result<()> {
+        if let Some(spec) = &self.config.train.distill {
+            self.teacher = Some(Teacher::load(spec, registry, features)?.matching_features(&self.config)?);
+        }
+        Ok(())
     }
 
     /// Learning rate of `epoch`.
@@ -666,6 +672,7 @@ pub fn train(
     resume: Option<&Checkpoint>,
 ) -> Result<Finished> {
     let mut trainer = Trainer::new(config, registry, data.train.features)?;
+    trainer.attach_teacher(registry, data.train.features)?;
     let (epochs, batch) = (config.train.epochs, config.train.batch_size);
     let mut history = Vec::new();
     if let Some(checkpoint) = resume {

@@ -90,7 +90,7 @@ fn unknown_quantizer_lists_the_registered_ones() {
         "name: x\nquantizer: ternry\n",
         &[
             "quantizer: unknown quantizer `ternry` (did you mean `ternary`?)",
-            "registered quantizers: binary, fp130, int, lsq, nf4, none, pentary, self-compress, ternary, ternary-stochastic, ternary-ttq, ternary-twn",
+            "registered quantizers: binary, fp130, int, lsq, nf4, none, pentary, self-compress, soft, ternary, ternary-ramp, ternary-stochastic, ternary-ttq, ternary-twn",
         ],
     );
 }

@@ -283,3 +283,30 @@ fn a_student_distils_from_a_finished_teacher_run() {
         text(&bad)
     );
 }
+
+#[test]
+fn named_teachers_are_trained_first_and_distilled_from() {
+    let dir = workdir();
+    let yaml = "name: named\nquantizer: ternary\nmodel: {hidden: [16]}\ntrain: {epochs: 1, distill: {teacher: wide}}\n\
+                teachers:\n  wide: {quantizer: none, model: {hidden: [48]}}\n";
+    std::fs::write(dir.path().join("n.yaml"), yaml).unwrap();
+    let out = qat(&["run", "n.yaml", "-q"], dir.path());
+    assert!(out.status.success(), "{}", text(&out));
+    let teachers = run_dirs(&dir.path().join("results/named-teachers"));
+    assert_eq!(teachers.len(), 1);
+    let teacher_config = std::fs::read_to_string(teachers[0].join("config.yaml")).unwrap();
+    assert!(teacher_config.contains("- 48") && !teacher_config.contains("distill"), "{teacher_config}");
+    let students = run_dirs(&dir.path().join("results/named"));
+    let student_config = std::fs::read_to_string(students[0].join("config.yaml")).unwrap();
+    assert!(student_config.contains("teacher: wide"), "the run keeps the name: {student_config}");
+    // Rerun: both are done; a finished student analyses without its teacher.
+    let again = qat(&["run", "n.yaml", "-q"], dir.path());
+    assert!(again.status.success() && !text(&again).contains("epoch   1"), "{}", text(&again));
+    let out = qat(&["analyze", students[0].to_str().unwrap()], dir.path());
+    assert!(out.status.success(), "{}", text(&out));
+    // An unknown name says where teachers come from.
+    std::fs::write(dir.path().join("u.yaml"), yaml.replace("teacher: wide", "teacher: tall")).unwrap();
+    let out = qat(&["run", "u.yaml", "-q"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("tall is not a finished run directory (no config.yaml and checkpoint.json) nor a name under `teachers:`"), "{}", text(&out));
+}
