@@ -191,6 +191,74 @@ pub struct ModelConfig {
     /// an index wins over `first`/`last`.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub layers: std::collections::BTreeMap<String, LayerOverride>,
+    /// Convolutional layers before the fully connected ones (3×3, stride 1, zero padding 1, no
+    /// bias), each quantized by its own quantizer like any layer and counted in `layers` keys.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub conv: Vec<ConvSpec>,
+}
+
+/// One 3×3 convolution of the convolutional front-end.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConvSpec {
+    /// Output channels.
+    pub channels: usize,
+    /// One filter per channel (groups = channels); the channel count must stay the same.
+    #[serde(default)]
+    pub depthwise: bool,
+    /// 2×2 max-pooling (stride 2) after the activation.
+    #[serde(default)]
+    pub pool: bool,
+}
+
+impl ModelConfig {
+    /// Number of weight layers: convolutions, hidden layers and the output layer.
+    pub fn layer_count(&self) -> usize {
+        self.conv.len() + self.hidden.len() + 1
+    }
+
+    /// Problems of the convolutional front-end on `size × size` single-channel images.
+    pub fn check_conv(&self, size: usize) -> Result<(), String> {
+        let (mut channels, mut side) = (1usize, size);
+        for (i, c) in self.conv.iter().enumerate() {
+            if c.channels == 0 {
+                return Err(format!("model.conv[{i}].channels: must be at least 1"));
+            }
+            if c.depthwise && c.channels != channels {
+                return Err(format!(
+                    "model.conv[{i}]: a depthwise convolution keeps the channel count ({channels}), got {}",
+                    c.channels
+                ));
+            }
+            if i > 0 && !c.depthwise {
+                return Err(format!(
+                    "model.conv[{i}]: only the first convolution may mix channels; set depthwise: true"
+                ));
+            }
+            if c.pool && side % 2 != 0 {
+                return Err(format!("model.conv[{i}].pool: the {side}×{side} map has an odd side"));
+            }
+            channels = c.channels;
+            side /= if c.pool { 2 } else { 1 };
+        }
+        if !self.conv.is_empty() && !matches!(self.norm, Norm::Rms | Norm::None) {
+            return Err("model.norm: with model.conv, use rms or none".into());
+        }
+        if !self.conv.is_empty() && self.residual != Residual::None {
+            return Err("model.residual: not supported with model.conv".into());
+        }
+        Ok(())
+    }
+
+    /// Flattened features after the convolutions (`size²` without any).
+    pub fn conv_features(&self, size: usize) -> usize {
+        let (mut channels, mut side) = (1, size);
+        for c in &self.conv {
+            channels = c.channels;
+            side /= if c.pool { 2 } else { 1 };
+        }
+        side * side * channels
+    }
 }
 
 /// What one layer does differently from the rest.
@@ -261,6 +329,7 @@ impl Default for ModelConfig {
             activation: PluginSpec::named("relu"),
             residual: Residual::None,
             layers: Default::default(),
+            conv: Vec::new(),
         }
     }
 }
@@ -689,7 +758,10 @@ impl RunConfig {
         if t.float_fraction.is_some_and(|f| !(0.0..1.0).contains(&f)) {
             problems.push(format!("train.float_fraction: must lie in [0, 1), got {:?}", t.float_fraction));
         }
-        if let Err(e) = self.model.check_layer_keys(self.model.hidden.len() + 1) {
+        if let Err(e) = self.model.check_layer_keys(self.model.layer_count()) {
+            problems.push(e);
+        }
+        if let Err(e) = self.model.check_conv(self.data.image_size) {
             problems.push(e);
         }
         if !(4..=28).contains(&self.data.image_size) {

@@ -71,6 +71,9 @@ struct Forward<T: Mode> {
     /// The last layer's input before its norm: the penultimate features (None without hidden
     /// layers).
     features: Option<Mat<T>>,
+    /// The convolutional front-end's cache and its output before the first fully connected
+    /// layer's norm (None without convolutions).
+    conv: Option<(crate::conv::ConvCache, Vec<f32>)>,
 }
 
 /// A loss on (logits, features) that writes (∂L/∂logits, ∂L/∂features) and returns L.
@@ -160,10 +163,22 @@ impl Engine {
                 + (feature_tensor * self.dev.tensor_from_vec(grad_features, shape)).sum::<Rank0, _>();
         }
         let grads = surrogate.backward();
+        let convs = net.conv_count();
         let g1 = grads.get(&f.z1);
+        if let Some((cache, features)) = &f.conv {
+            // ∂L/∂x₁ = G·W₁, then back through the input quantization (straight through) and the
+            // norm to the convolutional front-end.
+            let first = &net.layers[convs];
+            let w1 = self
+                .dev
+                .tensor_from_vec(first.quantized.values.clone(), (first.shape.rows, first.shape.cols));
+            let grad_x1 = host(&g1.clone().matmul(w1));
+            let grad_features = norm_backward(net.stage.norm, features, grad_x1, first.shape.cols);
+            crate::conv::backward(&mut net.layers[..convs], cache, &grad_features);
+        }
         let dw1 = g1.permute::<_, Axes2<1, 0>>().matmul(f.x1);
-        net.layers[0].grad_values = host(&dw1);
-        for (layer, leaf) in net.layers[1..].iter_mut().zip(&f.weights) {
+        net.layers[convs].grad_values = host(&dw1);
+        for (layer, leaf) in net.layers[convs + 1..].iter_mut().zip(&f.weights) {
             layer.grad_values = transpose(&host(&grads.get(leaf)), layer.shape.cols, layer.shape.rows);
         }
         for (l, leaf) in &f.residual_scales {
@@ -180,12 +195,21 @@ impl Engine {
         pass: Pass,
         track: bool,
     ) -> Forward<T> {
-        let first = &net.layers[0];
-        let mut input = x.to_vec();
+        let convs = net.conv_count();
+        let (mut input, mut conv) = if convs > 0 {
+            let (features, cache) = crate::conv::forward(&net.layers[..convs], &net.stage, x, batch);
+            (features.clone(), Some((cache, features)))
+        } else {
+            (x.to_vec(), None)
+        };
+        if pass == Pass::Eval {
+            conv = None; // only a backward pass needs it
+        }
+        let first = &net.layers[convs];
         let mut batch_stats = Vec::new();
         let features = first.shape.cols;
         if net.stage.norm == Norm::Batch {
-            let stats = &net.norm_stats[0];
+            let stats = &net.norm_stats[convs];
             match pass {
                 Pass::Eval => BatchStats::normalise(&mut input, &stats.mean, &stats.var),
                 Pass::Train => {
@@ -204,7 +228,7 @@ impl Engine {
         let mut positive = (0, 0);
         let mut tracked = track.then_some(&mut positive);
         let leaf1: Mat<T> = T::leaf(z1.clone());
-        if count == 1 {
+        if count == convs + 1 {
             return Forward {
                 logits: leaf1,
                 x1,
@@ -214,11 +238,12 @@ impl Engine {
                 batch_stats,
                 residual_scales,
                 features: None,
+                conv,
             };
         }
         // x: the input of the current layer (the previous layer's activation, with its skip)
         let mut x = self.activate(leaf1, &net.stage, tracked.as_deref_mut());
-        for (l, layer) in net.layers.iter().enumerate().skip(1) {
+        for (l, layer) in net.layers.iter().enumerate().skip(convs + 1) {
             let features = (l + 1 == count).then(|| x.retaped::<T>());
             let residual = net.stage.residual != Residual::None && layer.has_residual(l, count);
             let skip = residual.then(|| x.retaped::<T>());
@@ -244,6 +269,7 @@ impl Engine {
                     batch_stats,
                     residual_scales,
                     features,
+                    conv,
                 };
             }
             let shape = *z.shape();
@@ -334,6 +360,20 @@ fn host<T>(t: &Tensor<(usize, usize), f32, Cpu, T>) -> Vec<f32> {
     let mut out = vec![0.0; t.shape().0 * t.shape().1];
     t.copy_into(&mut out);
     out
+}
+
+/// ∂L/∂x of the host-side input norm from ∂L/∂y (`x` before the norm, rows of `features`).
+/// RMS: y = x·r, r = (mean x² + ε)^(−1/2), so ∂L/∂x = r·(∂L/∂y − y·mean(∂L/∂y·y)).
+fn norm_backward(norm: Norm, x: &[f32], mut grad: Vec<f32>, features: usize) -> Vec<f32> {
+    if norm != Norm::Rms {
+        return grad; // none (batch and layer norm are rejected with convolutions)
+    }
+    for (row, g) in x.chunks_exact(features).zip(grad.chunks_exact_mut(features)) {
+        let r = 1.0 / (row.iter().map(|v| v * v).sum::<f32>() / features as f32 + RMS_EPS).sqrt();
+        let mean: f32 = row.iter().zip(g.iter()).map(|(x, d)| x * r * d).sum::<f32>() / features as f32;
+        g.iter_mut().zip(row).for_each(|(d, x)| *d = r * (*d - x * r * mean));
+    }
+    grad
 }
 
 /// Norm and activation quantization of the (constant) network input, on the host.

@@ -66,6 +66,9 @@ pub fn export_run(dir: &Path, registry: &Registry, packing: PackingChoice) -> Re
             config.model.activation.name
         )));
     }
+    if !config.model.conv.is_empty() {
+        return Err(unsupported("convolution layers are not supported by the deployment kernels yet".into()));
+    }
     if config.model.residual != Residual::None {
         return Err(unsupported("residual connections are not supported by the kernels yet".into()));
     }

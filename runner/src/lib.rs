@@ -9,6 +9,7 @@ pub mod analysis;
 pub mod bench;
 pub mod c_export;
 pub mod cli;
+pub mod conv;
 pub mod data;
 pub mod dynamic;
 pub mod engine;

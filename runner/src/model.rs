@@ -33,13 +33,31 @@ pub struct Layer {
     pub residual_scale: Vec<f32>,
     /// ∂L/∂a from the last backward pass.
     pub grad_residual: Vec<f32>,
+    /// The geometry of a convolution (None for a fully connected layer).
+    pub conv: Option<ConvGeom>,
+}
+
+/// Where a 3×3 convolution layer sits: its input map, channels and pooling. Its weights are
+/// `channels × (9·in_channels)` (full) or `channels × 9` (depthwise), tap-major.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeom {
+    /// Input height and width.
+    pub side: usize,
+    /// Input channels.
+    pub in_channels: usize,
+    /// Output channels.
+    pub channels: usize,
+    /// One filter per channel.
+    pub depthwise: bool,
+    /// 2×2 max-pool after the activation.
+    pub pool: bool,
 }
 
 impl Layer {
     /// Whether this layer (index `i` of `count`) gets the network's skip connection: hidden
     /// layers whose input and output widths match.
     pub fn has_residual(&self, i: usize, count: usize) -> bool {
-        i + 1 != count && self.shape.rows == self.shape.cols
+        self.conv.is_none() && i + 1 != count && self.shape.rows == self.shape.cols
     }
 
     /// Refresh `quantized` from the latent weights.
@@ -170,8 +188,8 @@ pub struct Network {
 }
 
 impl Network {
-    /// Build the network `inputs → hidden... → classes` with PyTorch's default `nn.Linear`
-    /// initialisation (U(−1/√fan_in, 1/√fan_in)), seeded.
+    /// Build the network `inputs → [convolutions →] hidden... → classes` with PyTorch's default
+    /// `nn.Linear`/`nn.Conv2d` initialisation (U(−1/√fan_in, 1/√fan_in)), seeded.
     pub fn new(
         registry: &Registry,
         config: &qatlab_core::config::RunConfig,
@@ -184,13 +202,30 @@ impl Network {
             .build(&act.name, &act.params)
             .map_err(|e| Error::Config(format!("model.activation: {e}")))?;
         let mut rng = ChaCha8Rng::seed_from_u64(config.train.seed ^ 0x1417_7e11);
-        let mut widths = vec![inputs];
+        let side = (inputs as f64).sqrt().round() as usize;
+        let mut geometry: Vec<(Shape, Option<ConvGeom>)> = Vec::new();
+        let (mut channels, mut map) = (1, side);
+        for c in &config.model.conv {
+            let taps = if c.depthwise { 9 } else { 9 * channels };
+            let geom = ConvGeom {
+                side: map,
+                in_channels: channels,
+                channels: c.channels,
+                depthwise: c.depthwise,
+                pool: c.pool,
+            };
+            geometry.push((Shape::new(c.channels, taps), Some(geom)));
+            channels = c.channels;
+            map /= if c.pool { 2 } else { 1 };
+        }
+        let mut widths = vec![if config.model.conv.is_empty() { inputs } else { map * map * channels }];
         widths.extend(&config.model.hidden);
         widths.push(classes);
+        geometry.extend(widths.windows(2).map(|pair| (Shape::new(pair[1], pair[0]), None)));
         let mut layers = Vec::new();
-        let count = widths.len() - 1;
-        for (i, pair) in widths.windows(2).enumerate() {
-            let shape = Shape::new(pair[1], pair[0]);
+        let count = geometry.len();
+        let convs = config.model.conv.len();
+        for (i, &(shape, conv)) in geometry.iter().enumerate() {
             let bound = 1.0 / (shape.cols as f32).sqrt();
             let weight = (0..shape.len()).map(|_| rng.gen_range(-bound..bound)).collect();
             let (spec, activation_bits) = config.model.layer(i, count, &config.quantizer);
@@ -198,8 +233,9 @@ impl Network {
                 .quantizers
                 .build(&spec.name, &spec.params)
                 .map_err(|e| Error::Config(format!("quantizer of fc{}: {e}", i + 1)))?;
+            let name = if conv.is_some() { format!("conv{}", i + 1) } else { format!("fc{}", i + 1 - convs) };
             layers.push(Layer {
-                name: format!("fc{}", i + 1),
+                name,
                 activation_bits,
                 shape,
                 weight,
@@ -211,6 +247,7 @@ impl Network {
                 float_phase: false,
                 residual_scale: Vec::new(),
                 grad_residual: Vec::new(),
+                conv,
             });
         }
         let stage = Stage { norm: config.model.norm, residual: config.model.residual, activation };
@@ -228,6 +265,11 @@ impl Network {
     /// Σ weights × bits per weight over all layers.
     pub fn total_weight_bits(&self) -> f64 {
         self.layers.iter().map(|l| l.shape.len() as f64 * l.quantizer.bits_per_weight()).sum()
+    }
+
+    /// Number of convolution layers (they come first).
+    pub fn conv_count(&self) -> usize {
+        self.layers.iter().take_while(|l| l.conv.is_some()).count()
     }
 
     /// Number of weights.

@@ -37,17 +37,25 @@ fn registry() -> Registry {
 }
 
 fn network(yaml: &str) -> Network {
-    let config = crate::config(&format!("name: grad\n{yaml}"));
-    Network::new(&registry(), &config, INPUTS, CLASSES).unwrap()
+    network_of(yaml, INPUTS)
 }
 
-fn batch() -> (Vec<f32>, Vec<u8>) {
-    let x = (0..BATCH * INPUTS).map(|i| ((i * 7 % 11) as f32 - 5.0) / 3.0).collect();
+fn network_of(yaml: &str, inputs: usize) -> Network {
+    let config = crate::config(&format!("name: grad\n{yaml}"));
+    Network::new(&registry(), &config, inputs, CLASSES).unwrap()
+}
+
+/// A fixed batch for `net` (its input width: the first layer's, or the image of its first
+/// convolution).
+fn batch_for(net: &Network) -> (Vec<f32>, Vec<u8>) {
+    let first = &net.layers[0];
+    let inputs = first.conv.map_or(first.shape.cols, |g| g.side * g.side);
+    let x = (0..BATCH * inputs).map(|i| ((i * 7 % 11) as f32 - 5.0) / 3.0).collect();
     (x, vec![0, 3, 1])
 }
 
 fn loss(engine: &Engine, net: &mut Network) -> f64 {
-    let (x, labels) = batch();
+    let (x, labels) = batch_for(net);
     net.quantize_all(false, 0, 0, 0).unwrap();
     let (logits, _) = engine.logits(net, &x, BATCH, Pass::Train);
     let mut g = vec![0.0; logits.len()];
@@ -55,7 +63,7 @@ fn loss(engine: &Engine, net: &mut Network) -> f64 {
 }
 
 fn backward(engine: &Engine, net: &mut Network) {
-    let (x, labels) = batch();
+    let (x, labels) = batch_for(net);
     net.quantize_all(false, 0, 0, 0).unwrap();
     engine.backward(net, &x, BATCH, &mut |logits, grad| cross_entropy(logits, &labels, CLASSES, grad).0);
     net.layers.iter_mut().for_each(|l| l.backward_quantizer());
@@ -75,8 +83,12 @@ fn check_weight_gradients(yaml: &str) {
 }
 
 fn check_weight_gradients_with(yaml: &str, eps: f32) {
+    check_weight_gradients_of(yaml, eps, INPUTS);
+}
+
+fn check_weight_gradients_of(yaml: &str, eps: f32, inputs: usize) {
     let engine = Engine::new();
-    let mut net = network(yaml);
+    let mut net = network_of(yaml, inputs);
     backward(&engine, &mut net);
     for l in 0..net.layers.len() {
         let analytic = net.layers[l].grad_weight.clone();
@@ -87,7 +99,7 @@ fn check_weight_gradients_with(yaml: &str, eps: f32) {
             net.layers[l].weight[i] = w - eps;
             let down = loss(&engine, &mut net);
             net.layers[l].weight[i] = w;
-            assert_close(a, (up - down) / (2.0 * eps as f64), &format!("fc{}[{i}]", l + 1));
+            assert_close(a, (up - down) / (2.0 * eps as f64), &format!("{}[{i}]", net.layers[l].name));
         }
     }
 }
@@ -113,7 +125,7 @@ fn batch_norm_training_gradients_match_finite_differences() {
 fn batch_norm_keeps_running_statistics_and_evaluates_samples_independently() {
     let engine = Engine::new();
     let mut net = network("model: {hidden: [5], norm: batch, activation_bits: null}");
-    let (x, _) = batch();
+    let (x, _) = batch_for(&net);
     backward(&engine, &mut net);
     // running = 0.9·(0, 1) + 0.1·(batch mean, unbiased batch variance) of the first layer's input
     for f in 0..INPUTS {
@@ -252,4 +264,33 @@ fn gradient_clipping_scales_every_gradient_to_the_global_norm() {
         after,
         "under the limit nothing changes"
     );
+}
+
+#[test]
+fn convolution_gradients_match_finite_differences() {
+    // Softplus keeps the loss smooth, so central differences are exact to O(ε²): a full 3×3
+    // convolution, a depthwise one, max-pooling, with and without the RMS norm of the head.
+    let check = |yaml: &str| check_weight_gradients_of(yaml, 1e-3, 16);
+    check("model: {conv: [{channels: 3}], hidden: [5], activation: softplus, norm: none, activation_bits: null}");
+    check("model: {conv: [{channels: 3}, {channels: 3, depthwise: true}], hidden: [5], activation: softplus, activation_bits: null}");
+    check("model: {conv: [{channels: 2, pool: true}, {channels: 2, depthwise: true, pool: true}], hidden: [4], activation: softplus, activation_bits: null}");
+}
+
+#[test]
+fn convolutions_see_their_neighbourhood_with_zero_padding() {
+    // One full convolution with a single filter whose only non-zero tap is the centre's right
+    // neighbour: the output is the input shifted left by one column, zero at the right edge.
+    let side = 4;
+    let mut net =
+        network_of("model: {conv: [{channels: 1}], hidden: [], activation_bits: null}", side * side);
+    net.layers[0].weight = vec![0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0];
+    net.quantize_all(false, 0, 0, 0).unwrap();
+    let x: Vec<f32> = (0..side * side).map(|i| i as f32).collect();
+    let (features, _) = qatlab_runner::conv::forward(&net.layers[..1], &net.stage, &x, 1);
+    for y in 0..side {
+        for c in 0..side {
+            let expected = if c + 1 < side { (y * side + c + 1) as f32 } else { 0.0 };
+            assert_eq!(features[y * side + c], expected, "({y}, {c})");
+        }
+    }
 }

@@ -217,3 +217,30 @@ fn batch_norm_recalibration_changes_post_training_quantization() {
         "the trained statistics are put back"
     );
 }
+
+#[test]
+fn a_small_depthwise_cnn_trains_and_resumes_identically() {
+    let yaml = "name: cnn\nquantizer: ternary\nmodel: {conv: [{channels: 4}, {channels: 4, depthwise: true, pool: true}], \
+                hidden: [16]}\ntrain: {epochs: 2}";
+    let (finished, epochs) = run_with(yaml);
+    assert!(epochs[1].test_acc > 0.9, "{}", epochs[1].test_acc);
+    let names: Vec<&str> = finished.trainer.net.layers.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["conv1", "conv2", "fc1", "fc2"]);
+    assert_eq!(finished.trainer.net.layers[2].shape.cols, 8 * 8 * 4, "pooled 16×16 map, 4 channels");
+    // Resume from the first epoch's checkpoint: the same second epoch.
+    let config = crate::config(yaml);
+    let data = RunData::load(&config.data).unwrap();
+    let registry = qatlab_plugins::builtin_registry();
+    struct First(Option<qatlab_runner::train::Checkpoint>);
+    impl Observer for First {
+        fn on_checkpoint(&mut self, c: &qatlab_runner::train::Checkpoint) -> qatlab_runner::error::Result<()> {
+            self.0.get_or_insert_with(|| c.clone());
+            Ok(())
+        }
+    }
+    let mut first = First(None);
+    single_threaded(|| train(&config, &registry, &data, &mut first, None)).unwrap();
+    let mut keep = Keep(Vec::new());
+    single_threaded(|| train(&config, &registry, &data, &mut keep, first.0.as_ref())).unwrap();
+    assert_eq!(keep.0, epochs);
+}
