@@ -195,6 +195,10 @@ pub struct ModelConfig {
     /// bias), each quantized by its own quantizer like any layer and counted in `layers` keys.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub conv: Vec<ConvSpec>,
+    /// With `norm: layer`, a learned per-feature gain and bias after the normalisation
+    /// (PyTorch's `elementwise_affine`), initialised to 1 and 0.
+    #[serde(skip_serializing_if = "is_false")]
+    pub norm_affine: bool,
 }
 
 /// One 3×3 convolution of the convolutional front-end.
@@ -330,6 +334,7 @@ impl Default for ModelConfig {
             residual: Residual::None,
             layers: Default::default(),
             conv: Vec::new(),
+            norm_affine: false,
         }
     }
 }
@@ -764,6 +769,12 @@ impl RunConfig {
         if let Err(e) = self.model.check_conv(self.data.image_size) {
             problems.push(e);
         }
+        if self.model.norm_affine && self.model.norm != Norm::Layer {
+            problems.push(format!(
+                "model.norm_affine: the learned gain and bias belong to norm: layer, not {:?}",
+                self.model.norm
+            ));
+        }
         if !(4..=28).contains(&self.data.image_size) {
             problems.push(format!("data.image_size: must be between 4 and 28, got {}", self.data.image_size));
         }
@@ -877,6 +888,17 @@ mod tests {
         assert!(err.contains("train.quantizer_schedule: epochs must rise strictly and lie in 1..4"), "{err}");
         assert_eq!(c.quantizer_at(0), &PluginSpec::float());
         assert_eq!(c.quantizer_at(3).name, "binary");
+        let c: RunConfig = serde_yaml::from_str("name: x\nmodel: {norm: rms, norm_affine: true}").unwrap();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .contains("model.norm_affine: the learned gain and bias belong to norm: layer"));
+        let c: RunConfig = serde_yaml::from_str(
+            "name: x\nmodel: {conv: [{channels: 4}, {channels: 8}, {channels: 8, depthwise: true, pool: true}]}",
+        )
+        .unwrap();
+        let err = c.validate().unwrap_err();
+        assert!(err.contains("model.conv[1]: only the first convolution may mix channels"), "{err}");
         let unknown = serde_yaml::from_str::<RunConfig>("name: x\ntrain: {mix: {kind: blend}}").unwrap_err();
         assert!(
             unknown.to_string().contains("unknown variant `blend`, expected `mixup` or `cutmix`"),

@@ -27,12 +27,16 @@ type Mat<T = NoneTape> = Tensor<(usize, usize), f32, Cpu, T>;
 
 type Scalar<T = NoneTape> = Tensor<(), f32, Cpu, T>;
 
+type Row<T = NoneTape> = Tensor<(usize,), f32, Cpu, T>;
+
 /// A tape mode: either recording (training) or not (evaluation).
 trait Mode: Tape<f32, Cpu> + Merge<NoneTape> + 'static {
     /// Turn a constant into a graph leaf (or leave it as is when not recording).
     fn leaf(t: Mat) -> Mat<Self>;
     /// The same for a scalar.
     fn leaf0(t: Scalar) -> Scalar<Self>;
+    /// The same for a vector.
+    fn leaf1(t: Row) -> Row<Self>;
 }
 
 impl Mode for NoneTape {
@@ -42,6 +46,9 @@ impl Mode for NoneTape {
     fn leaf0(t: Scalar) -> Scalar {
         t
     }
+    fn leaf1(t: Row) -> Row {
+        t
+    }
 }
 
 impl Mode for OwnedTape<f32, Cpu> {
@@ -49,6 +56,9 @@ impl Mode for OwnedTape<f32, Cpu> {
         t.leaky_traced()
     }
     fn leaf0(t: Scalar) -> Scalar<Self> {
+        t.leaky_traced()
+    }
+    fn leaf1(t: Row) -> Row<Self> {
         t.leaky_traced()
     }
 }
@@ -74,6 +84,10 @@ struct Forward<T: Mode> {
     /// The convolutional front-end's cache and its output before the first fully connected
     /// layer's norm (None without convolutions).
     conv: Option<(crate::conv::ConvCache, Vec<f32>)>,
+    /// The first layer's normalised input before its learned gain and bias (when it has them).
+    first_normalised: Option<Vec<f32>>,
+    /// Leaves of the learned layer-norm gains and biases, by layer index.
+    affine: Vec<(usize, Row, Row)>,
 }
 
 /// A loss on (logits, features) that writes (∂L/∂logits, ∂L/∂features) and returns L.
@@ -165,16 +179,30 @@ impl Engine {
         let grads = surrogate.backward();
         let convs = net.conv_count();
         let g1 = grads.get(&f.z1);
-        if let Some((cache, features)) = &f.conv {
-            // ∂L/∂x₁ = G·W₁, then back through the input quantization (straight through) and the
-            // norm to the convolutional front-end.
+        if f.conv.is_some() || f.first_normalised.is_some() {
+            // ∂L/∂x₁ = G·W₁ (through the input quantization, straight through), for the first
+            // layer's learned norm gain and bias or the convolutional front-end.
             let first = &net.layers[convs];
-            let w1 = self
-                .dev
-                .tensor_from_vec(first.quantized.values.clone(), (first.shape.rows, first.shape.cols));
+            let cols = first.shape.cols;
+            let w1 = self.dev.tensor_from_vec(first.quantized.values.clone(), (first.shape.rows, cols));
             let grad_x1 = host(&g1.clone().matmul(w1));
-            let grad_features = norm_backward(net.stage.norm, features, grad_x1, first.shape.cols);
-            crate::conv::backward(&mut net.layers[..convs], cache, &grad_features);
+            if let Some(normalised) = &f.first_normalised {
+                let mut grad = vec![0.0f32; 2 * cols];
+                for (row, g) in normalised.chunks_exact(cols).zip(grad_x1.chunks_exact(cols)) {
+                    for j in 0..cols {
+                        grad[j] += row[j] * g[j];
+                        grad[cols + j] += g[j];
+                    }
+                }
+                net.layers[convs].grad_norm_affine = grad;
+            }
+            if let Some((cache, features)) = &f.conv {
+                let grad_features = norm_backward(net.stage.norm, features, grad_x1, cols);
+                crate::conv::backward(&mut net.layers[..convs], cache, &grad_features);
+            }
+        }
+        for (l, gain, bias) in &f.affine {
+            net.layers[*l].grad_norm_affine = [grads.get(gain).as_vec(), grads.get(bias).as_vec()].concat();
         }
         let dw1 = g1.permute::<_, Axes2<1, 0>>().matmul(f.x1);
         net.layers[convs].grad_values = host(&dw1);
@@ -219,7 +247,8 @@ impl Engine {
                 }
             }
         }
-        prepare_input_on_host(&net.stage, first.activation_bits, &mut input, features);
+        let first_normalised = prepare_input_on_host(&net.stage, first, &mut input, features);
+        let mut affine = Vec::new();
         let x1 = self.dev.tensor_from_vec(input, (batch, features));
         let z1 = x1.clone().matmul(self.weight_t(first));
         let count = net.layers.len();
@@ -239,6 +268,8 @@ impl Engine {
                 residual_scales,
                 features: None,
                 conv,
+                first_normalised,
+                affine,
             };
         }
         // x: the input of the current layer (the previous layer's activation, with its skip)
@@ -255,6 +286,15 @@ impl Engine {
                 (Norm::Batch, Pass::Eval) => self.normalize_with(x, &net.norm_stats[l]),
                 (norm, _) => normalize(x, norm),
             };
+            if !layer.norm_affine.is_empty() {
+                let (gain, bias) = layer.norm_affine.split_at(layer.shape.cols);
+                let shape = *h.shape();
+                let gain = self.dev.tensor_from_vec(gain.to_vec(), (shape.1,));
+                let bias = self.dev.tensor_from_vec(bias.to_vec(), (shape.1,));
+                affine.push((l, gain.clone(), bias.clone()));
+                h = h * T::leaf1(gain).broadcast_like::<_, Axis<0>>(&shape)
+                    + T::leaf1(bias).broadcast_like::<_, Axis<0>>(&shape);
+            }
             h = self.quantize_input(h, layer.activation_bits);
             let w = self.weight_t(layer);
             weights.push(w.clone());
@@ -270,6 +310,8 @@ impl Engine {
                     residual_scales,
                     features,
                     conv,
+                    first_normalised,
+                    affine,
                 };
             }
             let shape = *z.shape();
@@ -376,17 +418,32 @@ fn norm_backward(norm: Norm, x: &[f32], mut grad: Vec<f32>, features: usize) -> 
     grad
 }
 
-/// Norm and activation quantization of the (constant) network input, on the host.
-fn prepare_input_on_host(stage: &Stage, bits: Option<u32>, x: &mut [f32], features: usize) {
+/// Norm (with the layer's learned gain and bias, if any) and activation quantization of the
+/// (constant) network input, on the host. Returns the normalised input before the gain and bias
+/// when the layer has them (their gradients need it).
+fn prepare_input_on_host(
+    stage: &Stage,
+    layer: &crate::model::Layer,
+    x: &mut [f32],
+    features: usize,
+) -> Option<Vec<f32>> {
     match stage.norm {
         Norm::Rms => rms_norm_rows(x, features),
         Norm::Layer => layer_norm_rows(x, features),
         Norm::None | Norm::Batch => {}
     }
-    if let Some(bits) = bits {
+    let normalised = (!layer.norm_affine.is_empty()).then(|| x.to_vec());
+    if normalised.is_some() {
+        let (gain, bias) = layer.norm_affine.split_at(features);
+        for row in x.chunks_exact_mut(features) {
+            row.iter_mut().zip(gain).zip(bias).for_each(|((v, g), b)| *v = *v * g + b);
+        }
+    }
+    if let Some(bits) = layer.activation_bits {
         let copy = x.to_vec();
         quantize_activations(&copy, features, bits, x);
     }
+    normalised
 }
 
 fn normalize<T: Mode>(h: Mat<T>, norm: Norm) -> Mat<T> {

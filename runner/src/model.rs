@@ -35,6 +35,11 @@ pub struct Layer {
     pub grad_residual: Vec<f32>,
     /// The geometry of a convolution (None for a fully connected layer).
     pub conv: Option<ConvGeom>,
+    /// Learned layer-norm gain then bias of this layer's input, `2 × cols` (empty without
+    /// `model.norm_affine`).
+    pub norm_affine: Vec<f32>,
+    /// ∂L/∂(gain, bias) from the last backward pass.
+    pub grad_norm_affine: Vec<f32>,
 }
 
 /// Where a 3×3 convolution layer sits: its input map, channels and pooling. Its weights are
@@ -248,6 +253,12 @@ impl Network {
                 residual_scale: Vec::new(),
                 grad_residual: Vec::new(),
                 conv,
+                norm_affine: if config.model.norm_affine && conv.is_none() {
+                    [vec![1.0; shape.cols], vec![0.0; shape.cols]].concat()
+                } else {
+                    Vec::new()
+                },
+                grad_norm_affine: Vec::new(),
             });
         }
         let stage = Stage { norm: config.model.norm, residual: config.model.residual, activation };

@@ -34,6 +34,11 @@ pub struct AdamState {
 }
 
 impl AdamState {
+    /// True before the first step (checkpoints then omit it).
+    pub fn is_empty(&self) -> bool {
+        self.m.is_empty() && self.v.is_empty() && self.t == 0
+    }
+
     /// One optimizer step of `params` with gradient `grad` at learning rate `lr`.
     /// `decay` turns weight decay on for this buffer (off for scales and norms).
     pub fn step(&mut self, cfg: &AdamConfig, lr: f32, params: &mut [f32], grad: &[f32], decay: bool) {

@@ -65,7 +65,7 @@ pub fn swap_weights(average: &mut [Vec<f32>], layers: &mut [Layer]) {
 /// Gradients summed over micro-batches until an optimizer step.
 #[derive(Default)]
 pub struct Accumulator {
-    sums: Vec<[Vec<f32>; 3]>,
+    sums: Vec<[Vec<f32>; 4]>,
     pending: usize,
 }
 
@@ -75,13 +75,19 @@ impl Accumulator {
         self.pending
     }
 
-    /// Add the layers' current gradients (weights, quantizer parameters, residual scale).
+    /// Add the layers' current gradients (weights, quantizer parameters, residual scale, norm
+    /// gain and bias).
     pub fn add(&mut self, layers: &[Layer]) {
         if self.sums.len() != layers.len() {
             self.sums = layers.iter().map(|_| Default::default()).collect();
         }
         for (sum, layer) in self.sums.iter_mut().zip(layers) {
-            for (s, g) in sum.iter_mut().zip([&layer.grad_weight, &layer.grad_params, &layer.grad_residual]) {
+            for (s, g) in sum.iter_mut().zip([
+                &layer.grad_weight,
+                &layer.grad_params,
+                &layer.grad_residual,
+                &layer.grad_norm_affine,
+            ]) {
                 s.resize(g.len(), 0.0);
                 s.iter_mut().zip(g).for_each(|(s, g)| *s += g);
             }
@@ -93,9 +99,12 @@ impl Accumulator {
     pub fn take_mean_into(&mut self, layers: &mut [Layer]) {
         let n = self.pending.max(1) as f32;
         for (sum, layer) in self.sums.iter_mut().zip(layers) {
-            for (s, g) in
-                sum.iter_mut().zip([&mut layer.grad_weight, &mut layer.grad_params, &mut layer.grad_residual])
-            {
+            for (s, g) in sum.iter_mut().zip([
+                &mut layer.grad_weight,
+                &mut layer.grad_params,
+                &mut layer.grad_residual,
+                &mut layer.grad_norm_affine,
+            ]) {
                 g.iter_mut().zip(s.iter_mut()).for_each(|(g, s)| {
                     *g = *s / n;
                     *s = 0.0;

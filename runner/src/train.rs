@@ -93,6 +93,12 @@ pub struct LayerCheckpoint {
     /// Its Adam moments.
     #[serde(default)]
     pub adam_residual: AdamState,
+    /// Learned layer-norm gain and bias (empty without them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub norm_affine: Vec<f32>,
+    /// Their Adam moments.
+    #[serde(default, skip_serializing_if = "AdamState::is_empty")]
+    pub adam_norm_affine: AdamState,
     /// Batch-norm running mean and variance of the layer's input.
     pub norm_mean: Vec<f32>,
     /// See `norm_mean`.
@@ -132,6 +138,7 @@ pub struct Trainer {
     weight_state: Vec<AdamState>,
     param_state: Vec<AdamState>,
     residual_state: Vec<AdamState>,
+    affine_state: Vec<AdamState>,
     config: RunConfig,
     step: u64,
     teacher: Option<Teacher>,
@@ -240,6 +247,7 @@ impl Trainer {
             weight_state: vec![AdamState::default(); layers],
             param_state: vec![AdamState::default(); layers],
             residual_state: vec![AdamState::default(); layers],
+            affine_state: vec![AdamState::default(); layers],
             config: config.clone(),
             step: 0,
             teacher: None,
@@ -357,6 +365,17 @@ impl Trainer {
                     lr,
                     &mut layer.residual_scale,
                     &layer.grad_residual,
+                    false,
+                );
+            }
+        }
+        for (i, layer) in self.net.layers.iter_mut().enumerate() {
+            if !layer.norm_affine.is_empty() {
+                self.affine_state[i].step(
+                    &self.adam,
+                    lr,
+                    &mut layer.norm_affine,
+                    &layer.grad_norm_affine,
                     false,
                 );
             }
@@ -485,6 +504,8 @@ impl Trainer {
                 adam_params: self.param_state[i].clone(),
                 residual: l.residual_scale.clone(),
                 adam_residual: self.residual_state[i].clone(),
+                norm_affine: l.norm_affine.clone(),
+                adam_norm_affine: self.affine_state[i].clone(),
                 norm_mean: self.net.norm_stats[i].mean.clone(),
                 norm_var: self.net.norm_stats[i].var.clone(),
             })
@@ -545,6 +566,10 @@ impl Trainer {
             self.param_state[i] = saved.adam_params.clone();
             layer.residual_scale.clone_from(&saved.residual);
             self.residual_state[i] = saved.adam_residual.clone();
+            if !saved.norm_affine.is_empty() {
+                layer.norm_affine.clone_from(&saved.norm_affine);
+                self.affine_state[i] = saved.adam_norm_affine.clone();
+            }
             self.net.norm_stats[i].mean.clone_from(&saved.norm_mean);
             self.net.norm_stats[i].var.clone_from(&saved.norm_var);
         }
@@ -607,7 +632,9 @@ pub fn clip_global_norm(net: &mut Network, max_norm: f32) -> f32 {
     let squares: f64 = net
         .layers
         .iter()
-        .flat_map(|l| l.grad_weight.iter().chain(&l.grad_params).chain(&l.grad_residual))
+        .flat_map(|l| {
+            l.grad_weight.iter().chain(&l.grad_params).chain(&l.grad_residual).chain(&l.grad_norm_affine)
+        })
         .map(|g| (*g as f64) * (*g as f64))
         .sum();
     let norm = squares.sqrt() as f32;
@@ -618,6 +645,7 @@ pub fn clip_global_norm(net: &mut Network, max_norm: f32) -> f32 {
                 .iter_mut()
                 .chain(l.grad_params.iter_mut())
                 .chain(l.grad_residual.iter_mut())
+                .chain(l.grad_norm_affine.iter_mut())
                 .for_each(|g| *g *= factor);
         }
     }

@@ -294,3 +294,35 @@ fn convolutions_see_their_neighbourhood_with_zero_padding() {
         }
     }
 }
+
+#[test]
+fn layer_norm_gain_and_bias_gradients_match_finite_differences() {
+    let engine = Engine::new();
+    let mut net = network("model: {hidden: [5, 4], norm: layer, norm_affine: true, activation: softplus, activation_bits: null}");
+    for layer in &mut net.layers {
+        let n = layer.norm_affine.len();
+        assert_eq!(n, 2 * layer.shape.cols, "a gain and a bias per input feature");
+        layer.norm_affine.iter_mut().enumerate().for_each(|(i, v)| {
+            *v = if i < n / 2 { 0.8 + 0.05 * i as f32 } else { 0.1 * (i % 3) as f32 - 0.1 }
+        });
+    }
+    backward(&engine, &mut net);
+    let eps = 1e-3;
+    for l in 0..net.layers.len() {
+        for i in 0..net.layers[l].norm_affine.len() {
+            let a = net.layers[l].norm_affine[i];
+            net.layers[l].norm_affine[i] = a + eps;
+            let up = loss(&engine, &mut net);
+            net.layers[l].norm_affine[i] = a - eps;
+            let down = loss(&engine, &mut net);
+            net.layers[l].norm_affine[i] = a;
+            let what = format!(
+                "{}.{}[{i}]",
+                net.layers[l].name,
+                if i < net.layers[l].shape.cols { "gain" } else { "bias" }
+            );
+            assert_close(net.layers[l].grad_norm_affine[i], (up - down) / (2.0 * eps as f64), &what);
+        }
+    }
+    check_weight_gradients("model: {hidden: [5], norm: layer, norm_affine: true, activation_bits: null}");
+}

@@ -233,7 +233,10 @@ fn a_small_depthwise_cnn_trains_and_resumes_identically() {
     let registry = qatlab_plugins::builtin_registry();
     struct First(Option<qatlab_runner::train::Checkpoint>);
     impl Observer for First {
-        fn on_checkpoint(&mut self, c: &qatlab_runner::train::Checkpoint) -> qatlab_runner::error::Result<()> {
+        fn on_checkpoint(
+            &mut self,
+            c: &qatlab_runner::train::Checkpoint,
+        ) -> qatlab_runner::error::Result<()> {
             self.0.get_or_insert_with(|| c.clone());
             Ok(())
         }
