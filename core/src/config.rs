@@ -59,6 +59,12 @@ pub struct EvalConfig {
     /// post-quantized network before evaluating it (PTQ calibration).
     #[serde(default, skip_serializing_if = "is_false")]
     pub recalibrate_batch_norm: bool,
+    /// Empirical bias correction (Nagel et al. 2019) of each post-quantized network: every
+    /// fully connected layer gets the output bias (W − Ŵ)·E[x], E[x] its mean input in the float
+    /// network over the first 4,096 training images, so the quantization error no longer shifts
+    /// its mean output.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub bias_correction: bool,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -68,7 +74,7 @@ fn is_false(b: &bool) -> bool {
 impl EvalConfig {
     /// True when nothing extra is evaluated.
     pub fn is_empty(&self) -> bool {
-        self.post_quantize.is_empty() && !self.recalibrate_batch_norm
+        self.post_quantize.is_empty() && !self.recalibrate_batch_norm && !self.bias_correction
     }
 }
 

@@ -58,6 +58,12 @@ pub struct AnalyzeArgs {
     /// `"{name: int, bits: 4}"`); repeatable. Nothing is retrained.
     #[arg(long = "post-quantize", value_name = "QUANTIZER")]
     pub post_quantize: Vec<String>,
+    /// With --post-quantize: apply empirical bias correction to each post-quantized network.
+    #[arg(long)]
+    pub bias_correction: bool,
+    /// With --post-quantize: re-estimate batch-norm statistics for each post-quantized network.
+    #[arg(long)]
+    pub recalibrate_batch_norm: bool,
 }
 
 /// Arguments of `qat export`.

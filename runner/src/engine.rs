@@ -88,6 +88,8 @@ struct Forward<T: Mode> {
     first_normalised: Option<Vec<f32>>,
     /// Leaves of the learned layer-norm gains and biases, by layer index.
     affine: Vec<(usize, Row, Row)>,
+    /// Each fully connected layer's matmul input (`batch × cols`), when collected.
+    inputs: Vec<(usize, Vec<f32>)>,
 }
 
 /// A loss on (logits, features) that writes (∂L/∂logits, ∂L/∂features) and returns L.
@@ -123,20 +125,22 @@ impl Engine {
     /// Logits for `batch` samples of `x` (row-major `batch × inputs`), without recording a
     /// tape. Also returns (positive activations, activations) over the hidden layers.
     pub fn logits(&self, net: &Network, x: &[f32], batch: usize, pass: Pass) -> (Vec<f32>, (u64, u64)) {
-        let f = self.forward::<NoneTape>(net, x, batch, pass, true);
+        let f = self.forward::<NoneTape>(net, x, batch, pass, true, false);
         (host(&f.logits), f.positive)
     }
 
     /// Each batch-normalised layer input's statistics over `batch` samples of `x` (a training
     /// forward pass without a tape), for re-estimating running statistics.
     pub fn batch_statistics(&self, net: &Network, x: &[f32], batch: usize) -> Vec<BatchStats> {
-        self.forward::<NoneTape>(net, x, batch, Pass::Train, false).batch_stats
+        self.forward::<NoneTape>(net, x, batch, Pass::Train, false, false).batch_stats
     }
 
     /// The penultimate features (the last layer's input before its norm, `batch × width`) of an
     /// evaluation pass; empty for a network without hidden layers.
     pub fn features(&self, net: &Network, x: &[f32], batch: usize) -> Vec<f32> {
-        self.forward::<NoneTape>(net, x, batch, Pass::Eval, false).features.map_or(Vec::new(), |f| host(&f))
+        self.forward::<NoneTape>(net, x, batch, Pass::Eval, false, false)
+            .features
+            .map_or(Vec::new(), |f| host(&f))
     }
 
     /// One training forward and backward pass. `loss_grad` receives the logits and writes
@@ -161,7 +165,7 @@ impl Engine {
         with_features: bool,
         loss_grad: &mut FeatureLoss,
     ) -> f32 {
-        let f = self.forward::<OwnedTape<f32, Cpu>>(net, x, batch, Pass::Train, false);
+        let f = self.forward::<OwnedTape<f32, Cpu>>(net, x, batch, Pass::Train, false, false);
         for (running, batch) in net.norm_stats.iter_mut().zip(&f.batch_stats) {
             running.update(batch);
         }
@@ -222,6 +226,7 @@ impl Engine {
         batch: usize,
         pass: Pass,
         track: bool,
+        collect_inputs: bool,
     ) -> Forward<T> {
         let convs = net.conv_count();
         let (mut input, mut conv) = if convs > 0 {
@@ -250,7 +255,11 @@ impl Engine {
         let first_normalised = prepare_input_on_host(&net.stage, first, &mut input, features);
         let mut affine = Vec::new();
         let x1 = self.dev.tensor_from_vec(input, (batch, features));
-        let z1 = x1.clone().matmul(self.weight_t(first));
+        let mut inputs = Vec::new();
+        if collect_inputs {
+            inputs.push((convs, host(&x1)));
+        }
+        let z1 = self.add_bias(x1.clone().matmul(self.weight_t(first)), first);
         let count = net.layers.len();
         let mut weights = Vec::new();
         let mut residual_scales = Vec::new();
@@ -270,6 +279,7 @@ impl Engine {
                 conv,
                 first_normalised,
                 affine,
+                inputs,
             };
         }
         // x: the input of the current layer (the previous layer's activation, with its skip)
@@ -298,7 +308,10 @@ impl Engine {
             h = self.quantize_input(h, layer.activation_bits);
             let w = self.weight_t(layer);
             weights.push(w.clone());
-            let z = h.matmul(T::leaf(w));
+            if collect_inputs {
+                inputs.push((l, host(&h)));
+            }
+            let z = self.add_bias(h.matmul(T::leaf(w)), layer);
             if l + 1 == count {
                 return Forward {
                     logits: z,
@@ -312,6 +325,7 @@ impl Engine {
                     conv,
                     first_normalised,
                     affine,
+                    inputs,
                 };
             }
             let shape = *z.shape();
@@ -336,6 +350,31 @@ impl Engine {
             };
         }
         unreachable!("the last layer returns the logits")
+    }
+
+    /// z plus the layer's output bias, when it has one (post-training bias correction).
+    fn add_bias<T: Mode>(&self, z: Mat<T>, layer: &crate::model::Layer) -> Mat<T> {
+        if layer.bias.is_empty() {
+            return z;
+        }
+        let shape = *z.shape();
+        z + self.dev.tensor_from_vec(layer.bias.clone(), (shape.1,)).broadcast_like::<_, Axis<0>>(&shape)
+    }
+
+    /// The mean over `batch` samples of each fully connected layer's matmul input (after its
+    /// norm and activation quantization), by layer index.
+    pub fn mean_layer_inputs(&self, net: &Network, x: &[f32], batch: usize) -> Vec<(usize, Vec<f32>)> {
+        let f = self.forward::<NoneTape>(net, x, batch, Pass::Eval, false, true);
+        f.inputs
+            .into_iter()
+            .map(|(l, values)| {
+                let cols = values.len() / batch.max(1);
+                let mut mean = vec![0.0f32; cols];
+                values.chunks_exact(cols).for_each(|row| mean.iter_mut().zip(row).for_each(|(m, v)| *m += v));
+                mean.iter_mut().for_each(|m| *m /= batch.max(1) as f32);
+                (l, mean)
+            })
+            .collect()
     }
 
     /// (h − mean)/sqrt(var + ε) per feature with fixed (running) statistics.

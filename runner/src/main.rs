@@ -343,6 +343,12 @@ fn bench_infer(args: &BenchInferArgs) -> Result<ExitCode, Error> {
 fn analyze(args: &AnalyzeArgs, registry: &qatlab_core::Registry) -> Result<ExitCode, Error> {
     let mut run = qatlab_runner::train::load_finished(&args.run, registry)?;
     let data = RunData::load(&run.config.data)?;
+    if args.bias_correction || args.recalibrate_batch_norm {
+        let mut config = run.config.clone();
+        config.eval.bias_correction |= args.bias_correction;
+        config.eval.recalibrate_batch_norm |= args.recalibrate_batch_norm;
+        run.trainer.set_eval_options(&config.eval);
+    }
     let analysis = qatlab_runner::analysis::analyze(&mut run.trainer, &data.test)?;
     print!("{}", qatlab_runner::analysis::summary(&analysis));
     for text in &args.post_quantize {

@@ -40,6 +40,9 @@ pub struct Layer {
     pub norm_affine: Vec<f32>,
     /// ∂L/∂(gain, bias) from the last backward pass.
     pub grad_norm_affine: Vec<f32>,
+    /// An output bias added after the matmul (empty: none). Only post-training bias
+    /// correction sets one; training never does.
+    pub bias: Vec<f32>,
 }
 
 /// Where a 3×3 convolution layer sits: its input map, channels and pooling. Its weights are
@@ -259,6 +262,7 @@ impl Network {
                     Vec::new()
                 },
                 grad_norm_affine: Vec::new(),
+                bias: Vec::new(),
             });
         }
         let stage = Stage { norm: config.model.norm, residual: config.model.residual, activation };

@@ -21,6 +21,8 @@ use crate::recipe::{mix_batch, swap_weights, Accumulator, Averages, Mixed};
 pub const CLASSES: usize = 10;
 /// Test-set evaluation batch size (any size gives the same numbers).
 const EVAL_BATCH: usize = 1000;
+/// Training images whose mean layer inputs calibrate bias correction.
+pub const CALIBRATION_SAMPLES: usize = 4096;
 
 /// Statistics of one layer's quantized weights.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -407,6 +409,51 @@ impl Trainer {
         Ok(Some(result?.1))
     }
 
+    /// Override the post-training evaluation options (calibration) of this run.
+    pub fn set_eval_options(&mut self, eval: &qatlab_core::config::EvalConfig) {
+        self.config.eval = eval.clone();
+    }
+
+    /// Empirical bias correction: give every fully connected layer the output bias
+    /// (W − Ŵ)·E[x], with E[x] its mean input in the float network over the first
+    /// [`CALIBRATION_SAMPLES`] of `train` and Ŵ its current quantizer's weights.
+    pub fn correct_biases(&mut self, train: &Samples) -> Result<()> {
+        let seed = self.config.train.seed;
+        let phases: Vec<bool> = self.net.layers.iter().map(|l| l.float_phase).collect();
+        self.net.layers.iter_mut().for_each(|l| l.float_phase = true);
+        self.net.quantize_all(false, self.step, 0, seed)?;
+        let n = train.len().min(CALIBRATION_SAMPLES);
+        let f = train.features;
+        let mut sums: Vec<(usize, Vec<f32>)> = Vec::new();
+        for start in (0..n).step_by(EVAL_BATCH) {
+            let count = EVAL_BATCH.min(n - start);
+            let means =
+                self.engine.mean_layer_inputs(&self.net, &train.x[start * f..(start + count) * f], count);
+            if sums.is_empty() {
+                sums = means.iter().map(|(l, m)| (*l, vec![0.0; m.len()])).collect();
+            }
+            for ((_, sum), (_, mean)) in sums.iter_mut().zip(&means) {
+                sum.iter_mut().zip(mean).for_each(|(s, m)| *s += m * count as f32 / n as f32);
+            }
+        }
+        self.net.layers.iter_mut().zip(phases).for_each(|(l, phase)| l.float_phase = phase);
+        self.net.quantize_all(false, self.step, 0, seed)?;
+        for (l, mean) in sums {
+            let layer = &mut self.net.layers[l];
+            let cols = layer.shape.cols;
+            layer.bias = (0..layer.shape.rows)
+                .map(|r| {
+                    let (w, q) = (
+                        &layer.weight[r * cols..(r + 1) * cols],
+                        &layer.quantized.values[r * cols..(r + 1) * cols],
+                    );
+                    w.iter().zip(q).zip(&mean).map(|((w, q), m)| (w - q) * m).sum()
+                })
+                .collect();
+        }
+        Ok(())
+    }
+
     /// Replace the batch-norm running statistics by their average over the batches of `train`
     /// with the current (evaluation-quantized) weights. Nothing to do without batch norm.
     pub fn reestimate_batch_norm(&mut self, train: &Samples) -> Result<()> {
@@ -602,12 +649,16 @@ impl Trainer {
             layer.float_phase = false;
         }
         let saved_stats = self.net.norm_stats.clone();
-        let result = if self.config.eval.recalibrate_batch_norm {
-            self.reestimate_batch_norm(train).and_then(|_| self.evaluate(test))
-        } else {
-            self.evaluate(test)
-        };
+        let mut result = Ok(());
+        if self.config.eval.bias_correction {
+            result = self.correct_biases(train);
+        }
+        if self.config.eval.recalibrate_batch_norm {
+            result = result.and_then(|_| self.reestimate_batch_norm(train));
+        }
+        let result = result.and_then(|_| self.evaluate(test));
         self.net.norm_stats = saved_stats;
+        self.net.layers.iter_mut().for_each(|l| l.bias.clear());
         for (layer, q) in self.net.layers.iter_mut().zip(saved) {
             layer.quantizer = q;
         }

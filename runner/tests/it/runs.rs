@@ -247,3 +247,18 @@ fn a_small_depthwise_cnn_trains_and_resumes_identically() {
     single_threaded(|| train(&config, &registry, &data, &mut keep, first.0.as_ref())).unwrap();
     assert_eq!(keep.0, epochs);
 }
+
+#[test]
+fn bias_correction_changes_post_training_quantization_and_is_removed_after() {
+    let base = "name: bc\nquantizer: none\nmodel: {hidden: [32]}\ntrain: {epochs: 1}\n\
+                eval: {post_quantize: [{name: int, bits: 2, symmetric: true}]";
+    let (plain, _) = run_with(&format!("{base}}}"));
+    let (corrected, _) = run_with(&format!("{base}, bias_correction: true}}"));
+    let (a, b) = (plain.post_quantized[0].1, corrected.post_quantized[0].1);
+    assert!(a > 0.1 && b > 0.1, "{a} {b}");
+    assert_ne!(a, b, "the corrected network predicts differently");
+    assert!(
+        corrected.trainer.net.layers.iter().all(|l| l.bias.is_empty()),
+        "biases exist only during the PTQ evaluation"
+    );
+}
