@@ -213,7 +213,8 @@ pub struct ModelConfig {
 pub struct ConvSpec {
     /// Output channels.
     pub channels: usize,
-    /// One filter per channel (groups = channels); the channel count must stay the same.
+    /// One filter per channel (groups = channels; the channel count must stay the same);
+    /// otherwise a full convolution (groups = 1).
     #[serde(default)]
     pub depthwise: bool,
     /// 2×2 max-pooling (stride 2) after the activation.
@@ -238,11 +239,6 @@ impl ModelConfig {
                 return Err(format!(
                     "model.conv[{i}]: a depthwise convolution keeps the channel count ({channels}), got {}",
                     c.channels
-                ));
-            }
-            if i > 0 && !c.depthwise {
-                return Err(format!(
-                    "model.conv[{i}]: only the first convolution may mix channels; set depthwise: true"
                 ));
             }
             if c.pool && side % 2 != 0 {
@@ -900,11 +896,14 @@ mod tests {
             .unwrap_err()
             .contains("model.norm_affine: the learned gain and bias belong to norm: layer"));
         let c: RunConfig = serde_yaml::from_str(
-            "name: x\nmodel: {conv: [{channels: 4}, {channels: 8}, {channels: 8, depthwise: true, pool: true}]}",
+            "name: x\nmodel: {conv: [{channels: 4}, {channels: 8, depthwise: true}, {channels: 8, pool: true}]}",
         )
         .unwrap();
         let err = c.validate().unwrap_err();
-        assert!(err.contains("model.conv[1]: only the first convolution may mix channels"), "{err}");
+        assert!(
+            err.contains("model.conv[1]: a depthwise convolution keeps the channel count (4), got 8"),
+            "{err}"
+        );
         let unknown = serde_yaml::from_str::<RunConfig>("name: x\ntrain: {mix: {kind: blend}}").unwrap_err();
         assert!(
             unknown.to_string().contains("unknown variant `blend`, expected `mixup` or `cutmix`"),

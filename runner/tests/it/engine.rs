@@ -274,6 +274,15 @@ fn convolution_gradients_match_finite_differences() {
     check("model: {conv: [{channels: 3}], hidden: [5], activation: softplus, norm: none, activation_bits: null}");
     check("model: {conv: [{channels: 3}, {channels: 3, depthwise: true}], hidden: [5], activation: softplus, activation_bits: null}");
     check("model: {conv: [{channels: 2, pool: true}, {channels: 2, depthwise: true, pool: true}], hidden: [4], activation: softplus, activation_bits: null}");
+    // A full convolution after the first mixes channels and passes gradients to its input.
+    check("model: {conv: [{channels: 2}, {channels: 3}], hidden: [4], activation: softplus, activation_bits: null}");
+    // With pooling after it, two window values lie within 1e-3 of each other here: a smaller step
+    // keeps the same maximum on both sides.
+    check_weight_gradients_of(
+        "model: {conv: [{channels: 2}, {channels: 3, pool: true}], hidden: [4], activation: softplus, activation_bits: null}",
+        2e-4,
+        16,
+    );
 }
 
 #[test]
