@@ -88,25 +88,55 @@ fn tile(w: &[f32], times: usize) -> Vec<f32> {
     w.iter().copied().cycle().take(w.len() * times).collect()
 }
 
+/// How a convolution walks its rows. Depthwise: along a row, output and source are contiguous
+/// runs of (x, channel) values, so each (tap, row) is one long multiply-add against the tap's
+/// weights tiled across the row. A single-channel input (the image) is first repeated across
+/// the output channels, so a full convolution of it takes the same contiguous path.
+struct RowPlan {
+    /// Whether the contiguous path applies.
+    runs: bool,
+    /// Per tap, its weights repeated across a row (contiguous path only).
+    tiles: Vec<Vec<f32>>,
+    /// The current sample's input repeated across channels (single-channel full convolution).
+    expanded: Vec<f32>,
+    /// Channels per source pixel on the path taken.
+    c_run: usize,
+}
+
+impl RowPlan {
+    fn new(w: &[f32], g: &ConvGeom) -> Self {
+        let (side, c_in, c_out) = (g.side, g.in_channels, g.channels);
+        let runs = g.depthwise || c_in == 1;
+        let tiles = if runs {
+            (0..9).map(|k| tile(&w[k * c_out..(k + 1) * c_out], side)).collect()
+        } else {
+            Vec::new()
+        };
+        let expanded = vec![0.0f32; if c_in == 1 && !g.depthwise { side * side * c_out } else { 0 }];
+        Self { runs, tiles, expanded, c_run: if runs { c_out } else { c_in } }
+    }
+
+    /// Sample `b`'s source map on the path taken.
+    fn source<'a>(&'a mut self, input: &'a [f32], b: usize, g: &ConvGeom) -> &'a [f32] {
+        let len = g.side * g.side * g.in_channels;
+        let src = &input[b * len..(b + 1) * len];
+        if self.expanded.is_empty() {
+            return src;
+        }
+        self.expanded.chunks_exact_mut(g.channels).zip(src).for_each(|(e, &a)| e.fill(a));
+        &self.expanded
+    }
+}
+
 fn convolve(input: &[f32], w: &[f32], g: &ConvGeom, batch: usize) -> Vec<f32> {
     let (side, c_in, c_out) = (g.side, g.in_channels, g.channels);
     let pixels = side * side;
     let mut z = vec![0.0f32; batch * pixels * c_out];
-    // Depthwise: along a row, output and source are contiguous runs of (x, channel) values, so
-    // each (tap, row) is one long multiply-add against the tap's weights tiled across the row.
-    // A single-channel input (the image) is repeated across the output channels, so the full
-    // convolution takes the same contiguous path.
-    let runs = g.depthwise || c_in == 1;
-    let tiles: Vec<Vec<f32>> =
-        if runs { (0..9).map(|k| tile(&w[k * c_out..(k + 1) * c_out], side)).collect() } else { Vec::new() };
-    let mut expanded = vec![0.0f32; if c_in == 1 && !g.depthwise { pixels * c_out } else { 0 }];
+    let mut plan = RowPlan::new(w, g);
+    let (runs, c_run) = (plan.runs, plan.c_run);
+    let tiles = std::mem::take(&mut plan.tiles);
     for b in 0..batch {
-        let mut src = &input[b * pixels * c_in..(b + 1) * pixels * c_in];
-        if !expanded.is_empty() {
-            expanded.chunks_exact_mut(c_out).zip(src).for_each(|(e, &a)| e.fill(a));
-            src = &expanded;
-        }
-        let c_run = if runs { c_out } else { c_in };
+        let src = plan.source(input, b, g);
         let dst = &mut z[b * pixels * c_out..(b + 1) * pixels * c_out];
         for k in 0..9 {
             for y in 0..side {
@@ -201,20 +231,14 @@ fn convolve_backward(
     let pixels = side * side;
     let mut grad_w = vec![0.0f32; w.len()];
     let mut grad_in = vec![0.0f32; if need_input { input.len() } else { 0 }];
-    // As in `convolve`, depthwise layers and single-channel inputs run along contiguous rows;
-    // their weight gradients accumulate per (tap, x, channel), folded over x at the end.
-    let runs = g.depthwise || c_in == 1;
+    // The same row plan as `convolve`; on the contiguous path the weight gradients accumulate per
+    // (tap, x, channel), folded over x at the end.
+    let mut plan = RowPlan::new(w, g);
+    let (runs, c_run) = (plan.runs, plan.c_run);
+    let tiles = std::mem::take(&mut plan.tiles);
     let mut partial = vec![vec![0.0f32; if runs { side * c_out } else { 0 }]; 9];
-    let tiles: Vec<Vec<f32>> =
-        if runs { (0..9).map(|k| tile(&w[k * c_out..(k + 1) * c_out], side)).collect() } else { Vec::new() };
-    let mut expanded = vec![0.0f32; if c_in == 1 && !g.depthwise { pixels * c_out } else { 0 }];
     for b in 0..batch {
-        let mut src = &input[b * pixels * c_in..(b + 1) * pixels * c_in];
-        if !expanded.is_empty() {
-            expanded.chunks_exact_mut(c_out).zip(src).for_each(|(e, &a)| e.fill(a));
-            src = &expanded;
-        }
-        let c_run = if runs { c_out } else { c_in };
+        let src = plan.source(input, b, g);
         let gz_sample = &grad_z[b * pixels * c_out..(b + 1) * pixels * c_out];
         for k in 0..9 {
             for y in 0..side {
