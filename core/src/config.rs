@@ -255,16 +255,6 @@ impl ModelConfig {
         }
         Ok(())
     }
-
-    /// Flattened features after the convolutions (`size²` without any).
-    pub fn conv_features(&self, size: usize) -> usize {
-        let (mut channels, mut side) = (1, size);
-        for c in &self.conv {
-            channels = c.channels;
-            side /= if c.pool { 2 } else { 1 };
-        }
-        side * side * channels
-    }
 }
 
 /// What one layer does differently from the rest.

@@ -60,15 +60,6 @@ impl Packing {
         }
     }
 
-    /// Storage bits per code (without scales).
-    pub fn bits_per_code(self) -> f64 {
-        match self {
-            Packing::Bits { bits } => bits as f64,
-            Packing::Base3Bytes | Packing::Base3Words => 1.6,
-            Packing::Base5Groups => 7.0 / 3.0,
-        }
-    }
-
     /// Pack `codes` (each below [`Packing::max_levels`]).
     pub fn pack(self, codes: &[u8]) -> Result<Vec<u8>> {
         if let Some(bad) = codes.iter().find(|&&c| c as usize >= self.max_levels()) {

@@ -127,11 +127,6 @@ impl Runtime {
         &self.header
     }
 
-    /// Which layers run on integer kernels (true) or dequantized weights (false).
-    pub fn integer_layers(&self) -> Vec<bool> {
-        self.layers.iter().map(|l| matches!(l.weights, Weights::Int(..))).collect()
-    }
-
     /// Logits (`n × classes`, row-major) of `n` preprocessed inputs (`n × image_size²`).
     pub fn logits(&self, x: &[f32], n: usize) -> Vec<f32> {
         let first = &self.layers[0];

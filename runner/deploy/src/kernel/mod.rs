@@ -89,11 +89,6 @@ impl Layout {
     pub fn block_cols(self) -> usize {
         BLOCK_BYTES * self.fields()
     }
-
-    /// Storage bits per code.
-    pub fn bits_per_code(self) -> f64 {
-        8.0 / self.fields() as f64
-    }
 }
 
 /// Unsigned codes of a `rows × cols` matrix in a kernel layout.
