@@ -266,90 +266,81 @@ impl Engine {
         let mut positive = (0, 0);
         let mut tracked = track.then_some(&mut positive);
         let leaf1: Mat<T> = T::leaf(z1.clone());
-        if count == convs + 1 {
-            return Forward {
-                logits: leaf1,
-                x1,
-                z1,
-                weights,
-                positive,
-                batch_stats,
-                residual_scales,
-                features: None,
-                conv,
-                first_normalised,
-                affine,
-                inputs,
-            };
-        }
-        // x: the input of the current layer (the previous layer's activation, with its skip)
-        let mut x = self.activate(leaf1, &net.stage, tracked.as_deref_mut());
-        for (l, layer) in net.layers.iter().enumerate().skip(convs + 1) {
-            let features = (l + 1 == count).then(|| x.retaped::<T>());
-            let residual = net.stage.residual != Residual::None && layer.has_residual(l, count);
-            let skip = residual.then(|| x.retaped::<T>());
-            let mut h = match (net.stage.norm, pass) {
-                (Norm::Batch, Pass::Train) => {
-                    batch_stats.push(BatchStats::of(&host(&x), layer.shape.cols));
-                    x.normalize::<Axis<0>>(BATCH_NORM_EPS)
+        let (logits, features) = if count == convs + 1 {
+            (leaf1, None)
+        } else {
+            let mut last = None;
+            // x: the input of the current layer (the previous layer's activation, with its skip)
+            let mut x = self.activate(leaf1, &net.stage, tracked.as_deref_mut());
+            for (l, layer) in net.layers.iter().enumerate().skip(convs + 1) {
+                let features = (l + 1 == count).then(|| x.retaped::<T>());
+                let residual = net.stage.residual != Residual::None && layer.has_residual(l, count);
+                let skip = residual.then(|| x.retaped::<T>());
+                let mut h = match (net.stage.norm, pass) {
+                    (Norm::Batch, Pass::Train) => {
+                        batch_stats.push(BatchStats::of(&host(&x), layer.shape.cols));
+                        x.normalize::<Axis<0>>(BATCH_NORM_EPS)
+                    }
+                    (Norm::Batch, Pass::Eval) => self.normalize_with(x, &net.norm_stats[l]),
+                    (norm, _) => normalize(x, norm),
+                };
+                if !layer.norm_affine.is_empty() {
+                    let (gain, bias) = layer.norm_affine.split_at(layer.shape.cols);
+                    let shape = *h.shape();
+                    let gain = self.dev.tensor_from_vec(gain.to_vec(), (shape.1,));
+                    let bias = self.dev.tensor_from_vec(bias.to_vec(), (shape.1,));
+                    affine.push((l, gain.clone(), bias.clone()));
+                    h = h * T::leaf1(gain).broadcast_like::<_, Axis<0>>(&shape)
+                        + T::leaf1(bias).broadcast_like::<_, Axis<0>>(&shape);
                 }
-                (Norm::Batch, Pass::Eval) => self.normalize_with(x, &net.norm_stats[l]),
-                (norm, _) => normalize(x, norm),
-            };
-            if !layer.norm_affine.is_empty() {
-                let (gain, bias) = layer.norm_affine.split_at(layer.shape.cols);
-                let shape = *h.shape();
-                let gain = self.dev.tensor_from_vec(gain.to_vec(), (shape.1,));
-                let bias = self.dev.tensor_from_vec(bias.to_vec(), (shape.1,));
-                affine.push((l, gain.clone(), bias.clone()));
-                h = h * T::leaf1(gain).broadcast_like::<_, Axis<0>>(&shape)
-                    + T::leaf1(bias).broadcast_like::<_, Axis<0>>(&shape);
-            }
-            h = self.quantize_input(h, layer.activation_bits);
-            let w = self.weight_t(layer);
-            weights.push(w.clone());
-            if collect_inputs {
-                inputs.push((l, host(&h)));
-            }
-            let z = self.add_bias(h.matmul(T::leaf(w)), layer);
-            if l + 1 == count {
-                return Forward {
-                    logits: z,
-                    x1,
-                    z1,
-                    weights,
-                    positive,
-                    batch_stats,
-                    residual_scales,
-                    features,
-                    conv,
-                    first_normalised,
-                    affine,
-                    inputs,
+                h = self.quantize_input(h, layer.activation_bits);
+                let w = self.weight_t(layer);
+                weights.push(w.clone());
+                if collect_inputs {
+                    inputs.push((l, host(&h)));
+                }
+                let z = self.add_bias(h.matmul(T::leaf(w)), layer);
+                if l + 1 == count {
+                    last = Some((z, features));
+                    break;
+                }
+                let shape = *z.shape();
+                let mut scaled = |skip: Mat<T>| {
+                    let a = self.dev.tensor(layer.residual_scale.first().copied().unwrap_or(1.0));
+                    residual_scales.push((l, a.clone()));
+                    skip * T::leaf0(a).broadcast_like::<_, Axes2<0, 1>>(&shape)
+                };
+                let stage = &net.stage;
+                x = match (skip, stage.residual) {
+                    (Some(s), Residual::ReluSum) => self.activate(z + s, stage, tracked.as_deref_mut()),
+                    (Some(s), Residual::SumRelu) => s + self.activate(z, stage, tracked.as_deref_mut()),
+                    (Some(s), Residual::ScaledSumRelu) => {
+                        let s = scaled(s);
+                        s + self.activate(z, stage, tracked.as_deref_mut())
+                    }
+                    (Some(s), Residual::ReluScaledSum) => {
+                        let s = scaled(s);
+                        self.activate(s + z, stage, tracked.as_deref_mut())
+                    }
+                    _ => self.activate(z, stage, tracked.as_deref_mut()),
                 };
             }
-            let shape = *z.shape();
-            let mut scaled = |skip: Mat<T>| {
-                let a = self.dev.tensor(layer.residual_scale.first().copied().unwrap_or(1.0));
-                residual_scales.push((l, a.clone()));
-                skip * T::leaf0(a).broadcast_like::<_, Axes2<0, 1>>(&shape)
-            };
-            let stage = &net.stage;
-            x = match (skip, stage.residual) {
-                (Some(s), Residual::ReluSum) => self.activate(z + s, stage, tracked.as_deref_mut()),
-                (Some(s), Residual::SumRelu) => s + self.activate(z, stage, tracked.as_deref_mut()),
-                (Some(s), Residual::ScaledSumRelu) => {
-                    let s = scaled(s);
-                    s + self.activate(z, stage, tracked.as_deref_mut())
-                }
-                (Some(s), Residual::ReluScaledSum) => {
-                    let s = scaled(s);
-                    self.activate(s + z, stage, tracked.as_deref_mut())
-                }
-                _ => self.activate(z, stage, tracked.as_deref_mut()),
-            };
+            last.expect("the last layer ends the loop")
+        };
+        Forward {
+            logits,
+            x1,
+            z1,
+            weights,
+            positive,
+            batch_stats,
+            residual_scales,
+            features,
+            conv,
+            first_normalised,
+            affine,
+            inputs,
         }
-        unreachable!("the last layer returns the logits")
     }
 
     /// z plus the layer's output bias, when it has one (post-training bias correction).
