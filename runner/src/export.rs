@@ -11,7 +11,7 @@ use qatlab_deploy::format::{
 };
 use qatlab_deploy::kernel::Path as KernelPath;
 use qatlab_deploy::pack::Packing;
-use qatlab_deploy::runtime::{IntGrid, Runtime};
+use qatlab_deploy::runtime::{argmax, IntGrid, Runtime};
 
 use crate::data::{self, Samples, MEAN, STD};
 use crate::engine::{Engine, Pass};
@@ -108,7 +108,7 @@ pub fn export_run(dir: &Path, registry: &Registry, packing: PackingChoice) -> Re
         name: config.name.clone(),
         run_id: crate::outputs::run_id(config),
         input: InputSpec {
-            dataset: dataset_name(config.data.dataset),
+            dataset: config.data.dataset.dir_name().to_string(),
             image_size: config.data.image_size,
             mean: MEAN,
             std: STD,
@@ -119,10 +119,6 @@ pub fn export_run(dir: &Path, registry: &Registry, packing: PackingChoice) -> Re
         layers: Vec::new(),
     };
     ModelFile::new(header, layers).map_err(|e| unsupported(e.to_string()))
-}
-
-fn dataset_name(dataset: Dataset) -> String {
-    dataset.dir_name().to_string()
 }
 
 /// Read a model file, naming it in any error.
@@ -223,9 +219,12 @@ pub fn infer(runtime: &Runtime, samples: &Samples, batch: usize) -> Inference {
         predictions.extend(runtime.predict(&samples.x[first * f..(first + n) * f], n));
     }
     let seconds = start.elapsed().as_secs_f64();
-    let correct = predictions.iter().zip(&samples.labels).filter(|(p, l)| **p == **l as usize).count();
     let n = samples.len().max(1) as f64;
-    Inference { predictions, accuracy: correct as f64 / n, seconds_per_sample: seconds / n }
+    Inference {
+        accuracy: accuracy(&predictions, &samples.labels),
+        predictions,
+        seconds_per_sample: seconds / n,
+    }
 }
 
 /// The training-time evaluation's prediction for each sample (the run's own forward pass).
@@ -243,8 +242,10 @@ pub fn training_predictions(dir: &Path, registry: &Registry, samples: &Samples) 
     Ok(predictions)
 }
 
-fn argmax(row: &[f32]) -> usize {
-    row.iter().enumerate().fold(0, |best, (i, v)| if *v > row[best] { i } else { best })
+/// Share of `predictions` equal to their `labels`.
+pub fn accuracy(predictions: &[usize], labels: &[u8]) -> f64 {
+    let correct = predictions.iter().zip(labels).filter(|(p, l)| **p == **l as usize).count();
+    correct as f64 / predictions.len().max(1) as f64
 }
 
 /// Parse a kernel path name (`auto` picks the fastest this CPU has).

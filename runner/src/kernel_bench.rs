@@ -157,36 +157,40 @@ fn measure(
         Subject::Int(m, path, name) => (format!("{name} ({})", path.name()), m[0].codes.bytes(), m.len()),
         Subject::F32(w) => ("f32".to_string(), w[0].len() * 4, w.len()),
     };
-    let mut times = Vec::new();
-    let started = Instant::now();
-    let mut i = 0usize;
-    pool.install(|| match subject {
+    let pick = |i: usize| if cold { i % copies } else { 0 };
+    let seconds = pool.install(|| match subject {
         Subject::Int(m, path, _) => {
             let stride = m[0].codes.padded_cols();
             let x: Vec<i8> = (0..n * stride).map(|k| if k % stride < cols { rng.gen() } else { 0 }).collect();
             let mut out = vec![0i32; rows * n];
-            while started.elapsed().as_secs_f64() < seconds || times.len() < 5 {
-                let t = Instant::now();
-                m[if cold { i % copies } else { 0 }].forward(&x, n, &mut out, *path, threads > 1);
-                times.push(t.elapsed().as_secs_f64());
+            median_call(seconds, |i| {
+                m[pick(i)].forward(&x, n, &mut out, *path, threads > 1);
                 black_box(&out);
-                i += 1;
-            }
+            })
         }
         Subject::F32(w) => {
             let x: Vec<f32> = (0..n * cols).map(|_| rng.gen_range(-1.0..1.0)).collect();
             let mut out = vec![0f32; rows * n];
-            while started.elapsed().as_secs_f64() < seconds || times.len() < 5 {
-                let t = Instant::now();
-                f32_gemm(&w[if cold { i % copies } else { 0 }], cols, &x, n, &mut out, threads > 1);
-                times.push(t.elapsed().as_secs_f64());
+            median_call(seconds, |i| {
+                f32_gemm(&w[pick(i)], cols, &x, n, &mut out, threads > 1);
                 black_box(&out);
-                i += 1;
-            }
+            })
         }
     });
+    Row { shape: (rows, cols), n, kind, threads, cold, seconds, weight_bytes: bytes }
+}
+
+/// Median wall time of `call(i)` for i = 0, 1, ..., repeated for `seconds` (at least 5 calls).
+fn median_call(seconds: f64, mut call: impl FnMut(usize)) -> f64 {
+    let started = Instant::now();
+    let mut times = Vec::new();
+    while started.elapsed().as_secs_f64() < seconds || times.len() < 5 {
+        let t = Instant::now();
+        call(times.len());
+        times.push(t.elapsed().as_secs_f64());
+    }
     times.sort_by(f64::total_cmp);
-    Row { shape: (rows, cols), n, kind, threads, cold, seconds: times[times.len() / 2], weight_bytes: bytes }
+    times[times.len() / 2]
 }
 
 /// The f32 baseline: `out[r·n + i] = Σ w[r][c]·x[i][c]`, sixteen accumulators per dot so the

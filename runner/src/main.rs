@@ -322,11 +322,11 @@ fn infer(args: &InferArgs, registry: &qatlab_core::Registry) -> Result<ExitCode,
     );
     if let Some(run) = &args.compare {
         let trained = export::training_predictions(run, registry, &samples)?;
-        let correct = trained.iter().zip(&samples.labels).filter(|(p, l)| **p == **l as usize).count();
+        let trained_accuracy = export::accuracy(&trained, &samples.labels);
         let differ = trained.iter().zip(&result.predictions).filter(|(a, b)| a != b).count();
         println!(
             "training-time evaluation: {:.2}%; predictions differ on {differ} of {} images",
-            100.0 * correct as f64 / samples.len().max(1) as f64,
+            100.0 * trained_accuracy,
             samples.len()
         );
     }

@@ -11,6 +11,11 @@ use crate::error::{DeployError, Result};
 use crate::format::{LayerSpec, ModelFile, ModelHeader, NormKind};
 use crate::kernel::{CodeMatrix, IntLinear, Path};
 
+/// Index of the largest value (the first of ties).
+pub fn argmax(row: &[f32]) -> usize {
+    row.iter().enumerate().fold(0, |best, (i, v)| if *v > row[best] { i } else { best })
+}
+
 /// Integer form of a level set: `levels[k] · multiplier = offset + step·k` exactly.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IntGrid {
@@ -151,10 +156,7 @@ impl Runtime {
     /// Index of the largest logit per input.
     pub fn predict(&self, x: &[f32], n: usize) -> Vec<usize> {
         let classes = self.header.classes;
-        self.logits(x, n)
-            .chunks_exact(classes)
-            .map(|row| row.iter().enumerate().fold(0, |best, (i, v)| if *v > row[best] { i } else { best }))
-            .collect()
+        self.logits(x, n).chunks_exact(classes).map(argmax).collect()
     }
 
     /// Norm and absmax quantization of float rows for `layer`.
