@@ -71,8 +71,10 @@ pub enum Layout {
     /// `bits`-bit fields (2, 4 or 8): byte `j` holds columns `j + 64·k` at bits `bits·k`.
     Bits(u32),
     /// Five trits per byte (1.6 bits per weight): byte `j` holds columns `j + 64·k`, k = 0..5,
-    /// as the base-3 number v (column j first, most significant) stored as ⌈v·256/243⌉, so
-    /// trit k is `(3·m_k) >> 8` with m_0 the byte and m_(k+1) = 3·m_k mod 256.
+    /// as `28·(3·t0 + t1) + 9·t2 + 3·t3 + t4` (t_k the code of column j + 64·k; see
+    /// [`trit_byte`]): the first two trits are a function of the top six bits and the last
+    /// three of the remainder, which table-lookup decoders want (the storage format's scaled
+    /// base-3 bytes need arithmetic or 256-entry tables).
     Trits,
 }
 
@@ -119,8 +121,7 @@ impl CodeMatrix {
     pub fn from_trits(codes: &[u8], rows: usize, cols: usize) -> Self {
         assert!(codes.iter().all(|&c| c < 3), "trits are 0, 1 or 2");
         Self::lay_out(codes, rows, cols, Layout::Trits, |fields| {
-            let v = fields.iter().fold(0u32, |v, &t| 3 * v + t as u32);
-            (v * 256).div_ceil(243) as u8
+            trit_byte(fields.try_into().expect("five trits per byte"))
         })
     }
 
@@ -202,14 +203,13 @@ impl CodeMatrix {
                 (Layout::Bits(bits), Path::Avx512Vnni) => unsafe {
                     avx512::code_dots(data, bits, row_bytes, x, stride, n, out)
                 },
-                // Base-3 decoding needs unsigned byte compares, which AVX2 lacks: scalar there.
-                (Layout::Trits, Path::Scalar | Path::Avx2) => {
-                    scalar::trit_dots(data, row_bytes, x, stride, n, out)
-                }
-                // SAFETY: as above.
-                (Layout::Trits, Path::Avx512Vnni) => unsafe {
+                // SAFETY: as above, and `has_byte_permutes` confirmed VBMI.
+                (Layout::Trits, Path::Avx512Vnni) if has_byte_permutes() => unsafe {
                     avx512::trit_dots(data, row_bytes, x, stride, n, out)
                 },
+                // The trit decoder's 256-entry lookups need AVX-512 VBMI byte permutes, which AVX2
+                // and some VNNI CPUs (Cascade Lake) lack: scalar there.
+                (Layout::Trits, _) => scalar::trit_dots(data, row_bytes, x, stride, n, out),
             }
         };
         let out = &mut out[..n * self.rows];
@@ -222,6 +222,59 @@ impl CodeMatrix {
             run((0, out));
         }
     }
+}
+
+/// The trits of a byte of the [`Layout::Trits`] layout, first first (zeros past the last code,
+/// 250, which the layout never writes).
+pub const fn trits_of(byte: u8) -> [u8; 5] {
+    let (lead, rest) = (byte / TRIT_LEAD_STEP, byte % TRIT_LEAD_STEP);
+    if byte > TRIT_LAST_CODE {
+        return [0; 5];
+    }
+    [lead / 3, lead % 3, rest / 9, rest / 3 % 3, rest % 3]
+}
+
+/// The layout byte of five trits, first first.
+pub const fn trit_byte(t: [u8; 5]) -> u8 {
+    TRIT_LEAD_STEP * (3 * t[0] + t[1]) + 9 * t[2] + 3 * t[3] + t[4]
+}
+
+/// The first two trits count in steps of 28, a multiple of 4, so they are a function of the
+/// byte's top six bits; the last three (0–26) fit below it.
+const TRIT_LEAD_STEP: u8 = 28;
+const TRIT_LAST_CODE: u8 = trit_byte([2; 5]);
+
+/// 64-entry decoding tables of the trit layout for `vpermb`: indexed by the byte's top six
+/// bits, the offset of its first two trits and those trits; indexed by the byte less that
+/// offset, the last three trits.
+struct TritTables {
+    offset: [u8; 64],
+    trits: [[u8; 64]; 5],
+}
+
+const TRIT_TABLES: TritTables = {
+    let mut tables = TritTables { offset: [0; 64], trits: [[0; 64]; 5] };
+    let mut i = 0;
+    while i < 64 {
+        // Index i as the top six bits (first two trits) and as the remainder (last three).
+        let (lead, rest) = (trits_of(4 * i as u8), trits_of(i as u8));
+        tables.offset[i] = 4 * i as u8 - 4 * i as u8 % TRIT_LEAD_STEP;
+        tables.trits[0][i] = lead[0];
+        tables.trits[1][i] = lead[1];
+        tables.trits[2][i] = rest[2];
+        tables.trits[3][i] = rest[3];
+        tables.trits[4][i] = rest[4];
+        i += 1;
+    }
+    tables
+};
+
+/// Whether the CPU has the AVX-512 VBMI byte permutes the trit decoder looks up with.
+fn has_byte_permutes() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::is_x86_feature_detected!("avx512vbmi");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// Columns per 64-byte block of `bits`-bit fields.
@@ -309,12 +362,30 @@ mod tests {
         let m = CodeMatrix::from_codes(&codes, 1, 256, 2);
         assert_eq!(m.bytes(), 64);
         assert!(m.data.iter().all(|&b| b == 0b11_10_01_00), "fields k = 0..3 hold columns j + 64k");
-        // Trits: column j first (most significant); 0,1,2,0,1 is v = 0·81 + 1·27 + 2·9 + 0·3 + 1 = 46.
+        // Trits: 0,1,2,0,1 is 28·(3·0 + 1) + 9·2 + 3·0 + 1 = 47.
         let trits: Vec<u8> = (0..320).map(|c| [0, 1, 2, 0, 1][c / 64]).collect();
         let t = CodeMatrix::from_trits(&trits, 1, 320);
         assert_eq!(t.bytes(), 64);
-        assert!(t.data.iter().all(|&b| b as u32 == (46 * 256u32).div_ceil(243)));
+        assert!(t.data.iter().all(|&b| b == 47));
         assert_eq!(CodeMatrix::from_codes(&[1; 65], 1, 65, 4).padded_cols(), 128);
+    }
+
+    #[test]
+    fn every_five_trits_round_trip_through_a_layout_byte_and_its_lookup_tables() {
+        let mut seen = std::collections::HashSet::new();
+        for v in 0..243u32 {
+            let t = [81, 27, 9, 3, 1].map(|p| (v / p % 3) as u8);
+            let byte = trit_byte(t);
+            assert!(seen.insert(byte), "{t:?} shares byte {byte}");
+            assert_eq!(trits_of(byte), t);
+            // What the vpermb decoder does: first two trits by the top six bits, last three by
+            // the byte less their offset.
+            let top = (byte >> 2) as usize;
+            let rest = (byte - TRIT_TABLES.offset[top]) as usize;
+            let looked_up = [0, 1, 2, 3, 4].map(|k| TRIT_TABLES.trits[k][if k < 2 { top } else { rest }]);
+            assert_eq!(looked_up, t, "byte {byte}");
+        }
+        assert_eq!(TRIT_LAST_CODE, 250);
     }
 
     #[test]

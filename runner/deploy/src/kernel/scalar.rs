@@ -41,10 +41,7 @@ pub fn trit_dots(data: &[u8], row_bytes: usize, x: &[i8], stride: usize, n: usiz
             let mut sum = 0i32;
             for (b, block) in row.chunks_exact(BLOCK_BYTES).enumerate() {
                 for (lane, &byte) in block.iter().enumerate() {
-                    let mut m = byte as u32;
-                    for k in 0..5 {
-                        let t = (3 * m) >> 8;
-                        m = (3 * m) & 0xFF;
+                    for (k, t) in super::trits_of(byte).into_iter().enumerate() {
                         sum += t as i32 * x[b * per_block + k * BLOCK_BYTES + lane] as i32;
                     }
                 }
