@@ -36,9 +36,16 @@ pub fn header_text(model: &ModelFile) -> String {
     let _ = writeln!(s, "#define QAT_CLASSES {}", h.classes);
     let _ = writeln!(s, "#define QAT_RMS_NORM {}", u8::from(h.norm == NormKind::Rms));
     let _ = writeln!(s, "#define QAT_LAYERS {}", h.layers.len());
-    let widest = h.layers.iter().map(|l| l.rows.max(l.cols)).max().unwrap_or(0);
+    // Buffers hold any layer's input and its output map before pooling.
+    let widest = h
+        .layers
+        .iter()
+        .map(|l| l.input_features().max(l.conv.map_or(l.rows, |c| c.side * c.side * l.rows)))
+        .max()
+        .unwrap_or(0);
     let _ = writeln!(s, "#define QAT_MAX_WIDTH {widest}\n");
     s += "typedef struct {\n    int rows, cols, code_bits, activation_bits, per_row_scales;\n    \
+          int side, in_channels, depthwise, pool; /* a 3x3 convolution over a side x side HWC map; side 0: fully connected */\n    \
           const uint8_t *codes; /* code i at bit code_bits*i, little-endian */\n    \
           const float *levels;\n    const float *scales;\n} qat_layer;\n\n";
     for (spec, codes) in h.layers.iter().zip(&model.codes) {
@@ -91,11 +98,15 @@ pub fn header_text(model: &ModelFile) -> String {
         };
         let _ = writeln!(
             s,
-            "    {{{}, {}, {bits}, {}, {}, qat_{n}_codes, qat_{n}_levels, qat_{n}_scales}},",
+            "    {{{}, {}, {bits}, {}, {}, {}, {}, {}, {}, qat_{n}_codes, qat_{n}_levels, qat_{n}_scales}},",
             spec.rows,
             spec.cols,
             spec.activation_bits,
             u8::from(spec.scales.len() > 1),
+            spec.conv.map_or(0, |c| c.side),
+            spec.conv.map_or(0, |c| c.in_channels),
+            u8::from(spec.conv.is_some_and(|c| c.depthwise)),
+            u8::from(spec.conv.is_some_and(|c| c.pool)),
             n = spec.name
         );
     }

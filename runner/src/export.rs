@@ -7,7 +7,7 @@ use std::time::Instant;
 use qatlab_core::config::{Dataset, Norm, Residual};
 use qatlab_core::Registry;
 use qatlab_deploy::format::{
-    ActivationKind, InputSpec, LayerData, LayerSpec, ModelFile, ModelHeader, NormKind,
+    ActivationKind, ConvSpec, InputSpec, LayerData, LayerSpec, ModelFile, ModelHeader, NormKind,
 };
 use qatlab_deploy::kernel::Path as KernelPath;
 use qatlab_deploy::pack::Packing;
@@ -66,9 +66,6 @@ pub fn export_run(dir: &Path, registry: &Registry, packing: PackingChoice) -> Re
             config.model.activation.name
         )));
     }
-    if !config.model.conv.is_empty() {
-        return Err(unsupported("convolution layers are not supported by the deployment kernels yet".into()));
-    }
     if config.model.residual != Residual::None {
         return Err(unsupported("residual connections are not supported by the kernels yet".into()));
     }
@@ -100,13 +97,23 @@ pub fn export_run(dir: &Path, registry: &Registry, packing: PackingChoice) -> Re
                 activation_bits: bits,
                 offset: 0,
                 bytes: 0,
+                conv: layer.conv.map(|g| ConvSpec {
+                    side: g.side,
+                    in_channels: g.in_channels,
+                    depthwise: g.depthwise,
+                    pool: g.pool,
+                }),
             },
             codes: q.codes.clone(),
         });
     }
     let header = ModelHeader {
         name: config.name.clone(),
-        run_id: crate::outputs::run_id(config),
+        // The id the run is stored under (its record), which a re-serialised config need not
+        // reproduce byte for byte.
+        run_id: crate::outputs::RunDir { path: dir.to_path_buf() }
+            .read_record()
+            .map_or_else(|| crate::outputs::run_id(config), |r| r.run_id),
         input: InputSpec {
             dataset: config.data.dataset.dir_name().to_string(),
             image_size: config.data.image_size,
@@ -146,8 +153,17 @@ pub fn describe(model: &ModelFile, file_bytes: usize) -> String {
         h.input.image_size, h.input.mean, h.input.std
     );
     out += &format!(
-        "{:<6} {:>11} {:<28} {:>6} {:<18} {:>7} {:>8} {:>7} {:<8}\n",
-        "layer", "shape", "quantizer", "levels", "packing", "scales", "bytes", "bits/w", "kernel"
+        "{:<6} {:>11} {:<28} {:>6} {:<18} {:>7} {:>8} {:>7} {:<8} {}\n",
+        "layer",
+        "shape",
+        "quantizer",
+        "levels",
+        "packing",
+        "scales",
+        "bytes",
+        "bits/w",
+        "kernel",
+        "operation"
     );
     let mut weights = 0;
     for spec in &h.layers {
@@ -156,7 +172,7 @@ pub fn describe(model: &ModelFile, file_bytes: usize) -> String {
             None => "f32".into(),
         };
         out += &format!(
-            "{:<6} {:>11} {:<28} {:>6} {:<18} {:>7} {:>8} {:>7.3} {:<8}\n",
+            "{:<6} {:>11} {:<28} {:>6} {:<18} {:>7} {:>8} {:>7.3} {:<8} {}\n",
             spec.name,
             format!("{}×{}", spec.rows, spec.cols),
             spec.quantizer,
@@ -165,7 +181,8 @@ pub fn describe(model: &ModelFile, file_bytes: usize) -> String {
             spec.scales.len(),
             spec.bytes + 4 * spec.scales.len(),
             spec.bits_per_weight(),
-            kernel
+            kernel,
+            operation(spec)
         );
         weights += spec.rows * spec.cols;
     }
@@ -175,6 +192,21 @@ pub fn describe(model: &ModelFile, file_bytes: usize) -> String {
         model.weight_bytes() as f64 * 8.0 / weights as f64
     );
     out
+}
+
+/// What a layer computes, e.g. `fc 256→96` or `dw3×3 16×16×4→4, pool`.
+fn operation(spec: &LayerSpec) -> String {
+    match spec.conv {
+        None => format!("fc {}→{}", spec.cols, spec.rows),
+        Some(c) => format!(
+            "{}3×3 {1}×{1}×{2}→{3}{4}",
+            if c.depthwise { "dw" } else { "conv" },
+            c.side,
+            c.in_channels,
+            spec.rows,
+            if c.pool { ", pool" } else { "" }
+        ),
+    }
 }
 
 fn packing_name(p: Packing) -> String {

@@ -24,12 +24,14 @@ pub enum DeployError {
         expected: &'static [u8],
     },
     /// A format version this build cannot read.
-    #[error("model file version {found}; this build reads version {supported}: re-export with this qat or upgrade qat")]
+    #[error("model file version {found}; this build reads versions {oldest} to {newest}: re-export with this qat or upgrade qat")]
     Version {
         /// Version in the file.
         found: u32,
-        /// Version this build reads.
-        supported: u32,
+        /// Oldest version this build reads.
+        oldest: u32,
+        /// Version this build writes.
+        newest: u32,
     },
     /// The stored checksum does not match the contents.
     #[error("checksum mismatch (stored {stored:08x}, computed {computed:08x}): the file is corrupted")]

@@ -20,8 +20,10 @@ use crate::pack::Packing;
 
 /// First bytes of every model file.
 pub const MAGIC: &[u8; 8] = b"QATMODEL";
-/// The format version this build writes and reads.
-pub const VERSION: u32 = 1;
+/// The format version this build writes (2: convolution layers).
+pub const VERSION: u32 = 2;
+/// The oldest version this build reads (1: fully connected layers only, otherwise the same).
+pub const OLDEST_VERSION: u32 = 1;
 const PREAMBLE: usize = 16;
 
 /// How raw images become the network's input.
@@ -56,7 +58,44 @@ pub enum ActivationKind {
     Relu,
 }
 
-/// One fully connected layer (no bias): `rows` outputs × `cols` inputs.
+/// A 3×3 convolution, stride 1, zero padding 1, over a square map stored HWC (channels
+/// innermost), then the activation and an optional 2×2 max-pool. Its weights are the layer's
+/// `rows` (output channels) × `cols` matrix, each row the 9 taps (row-major, (dy, dx) from
+/// (−1, −1)) × the input channels it reads (all of them, or its own one when depthwise).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConvSpec {
+    /// Height and width of the input map.
+    pub side: usize,
+    /// Channels of the input map.
+    pub in_channels: usize,
+    /// One filter per channel (`in_channels` = `rows`) instead of one over all channels.
+    pub depthwise: bool,
+    /// 2×2 max-pool, stride 2, after the activation (`side` even).
+    pub pool: bool,
+}
+
+impl ConvSpec {
+    /// Inputs each filter reads per tap.
+    pub fn taps_in(&self) -> usize {
+        if self.depthwise {
+            1
+        } else {
+            self.in_channels
+        }
+    }
+
+    /// Side of the output map (after pooling).
+    pub fn out_side(&self) -> usize {
+        if self.pool {
+            self.side / 2
+        } else {
+            self.side
+        }
+    }
+}
+
+/// One layer without bias, `rows` outputs × `cols` inputs: fully connected, or a convolution.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LayerSpec {
@@ -80,9 +119,22 @@ pub struct LayerSpec {
     pub offset: usize,
     /// Length of the packed codes.
     pub bytes: usize,
+    /// The convolution this layer's weights are the filters of (absent: fully connected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conv: Option<ConvSpec>,
 }
 
 impl LayerSpec {
+    /// Values per sample this layer reads: `cols`, or the whole input map of a convolution.
+    pub fn input_features(&self) -> usize {
+        self.conv.map_or(self.cols, |c| c.side * c.side * c.in_channels)
+    }
+
+    /// Values per sample this layer gives: `rows`, or the whole (pooled) output map.
+    pub fn output_features(&self) -> usize {
+        self.conv.map_or(self.rows, |c| c.out_side() * c.out_side() * self.rows)
+    }
+
     /// Storage bits per weight including the scales (f32 each).
     pub fn bits_per_weight(&self) -> f64 {
         (self.bytes as f64 * 8.0 + self.scales.len() as f64 * 32.0) / (self.rows * self.cols).max(1) as f64
@@ -173,8 +225,8 @@ impl ModelFile {
             return Err(truncated("the preamble and checksum", 0, PREAMBLE + 4));
         }
         let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
-        if version != VERSION {
-            return Err(DeployError::Version { found: version, supported: VERSION });
+        if !(OLDEST_VERSION..=VERSION).contains(&version) {
+            return Err(DeployError::Version { found: version, oldest: OLDEST_VERSION, newest: VERSION });
         }
         let header_len = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]) as usize;
         if header_len > have - PREAMBLE - 4 {
@@ -219,11 +271,22 @@ impl ModelFile {
                 h.input.mean, h.input.std
             )));
         }
+        if h.layers.last().is_some_and(|l| l.conv.is_some()) {
+            return Err(invalid(
+                "the last layer gives the logits and must be fully connected, not a convolution",
+            ));
+        }
         let mut next_offset = 0usize;
         for spec in &h.layers {
             let at = |what: String| invalid(format!("layer {}: {what}", spec.name));
-            if spec.cols != inputs {
-                return Err(at(format!("takes {} inputs but the previous stage gives {inputs}", spec.cols)));
+            if let Some(conv) = spec.conv {
+                validate_conv(&conv, spec).map_err(at)?;
+            }
+            if spec.input_features() != inputs {
+                return Err(at(format!(
+                    "takes {} inputs but the previous stage gives {inputs}",
+                    spec.input_features()
+                )));
             }
             let count = spec
                 .rows
@@ -268,7 +331,7 @@ impl ModelFile {
             if !(2..=8).contains(&spec.activation_bits) {
                 return Err(at(format!("activation_bits {} (2 to 8 are supported)", spec.activation_bits)));
             }
-            inputs = spec.rows;
+            inputs = spec.output_features();
         }
         if inputs != h.classes {
             return Err(invalid(format!("the last layer has {inputs} outputs for {} classes", h.classes)));
@@ -310,6 +373,35 @@ impl ModelFile {
     }
 }
 
+/// A convolution's geometry agrees with its weight matrix and can run. Bounds the map so that
+/// the feature counts computed from it cannot overflow.
+fn validate_conv(conv: &ConvSpec, spec: &LayerSpec) -> std::result::Result<(), String> {
+    if conv.side == 0 || conv.side > 4096 || conv.in_channels == 0 || conv.in_channels > 65536 {
+        return Err(format!(
+            "conv side {} and in_channels {} must be 1 to 4096 and 1 to 65536",
+            conv.side, conv.in_channels
+        ));
+    }
+    if conv.pool && !conv.side.is_multiple_of(2) {
+        return Err(format!("2×2 pooling needs an even side, not {}", conv.side));
+    }
+    if conv.depthwise && conv.in_channels != spec.rows {
+        return Err(format!(
+            "a depthwise conv keeps its channels: in_channels {} but {} filters",
+            conv.in_channels, spec.rows
+        ));
+    }
+    if spec.cols != 9 * conv.taps_in() {
+        return Err(format!(
+            "a 3×3 conv over {} input channel(s) per filter has {} weights per filter, not {}",
+            conv.taps_in(),
+            9 * conv.taps_in(),
+            spec.cols
+        ));
+    }
+    Ok(())
+}
+
 fn in_layer(name: &str, e: DeployError) -> DeployError {
     match e {
         DeployError::Invalid(m) => invalid(format!("layer {name}: {m}")),
@@ -335,6 +427,7 @@ mod tests {
                 activation_bits: 8,
                 offset: 0,
                 bytes: 0,
+                conv: None,
             },
             codes,
         };
@@ -355,6 +448,29 @@ mod tests {
     }
 
     type HeaderEdit = dyn Fn(&mut serde_json::Value);
+
+    fn conv(side: usize, in_channels: usize, depthwise: bool, pool: bool) -> serde_json::Value {
+        serde_json::json!({"side": side, "in_channels": in_channels, "depthwise": depthwise, "pool": pool})
+    }
+
+    #[test]
+    fn a_convolutional_model_round_trips_and_chains_its_maps() {
+        // 2×2 image → 3 full 3×3 filters, pooled to 1×1×3 → 2 classes.
+        let mut model = tiny();
+        model.header.layers[0].cols = 9;
+        model.header.layers[0].conv =
+            Some(ConvSpec { side: 2, in_channels: 1, depthwise: false, pool: true });
+        model.codes[0] = (0..27).map(|i| (i % 3) as u8).collect();
+        let layers = model.header.layers.iter().zip(&model.codes);
+        let data =
+            layers.map(|(spec, codes)| LayerData { spec: spec.clone(), codes: codes.clone() }).collect();
+        let model = ModelFile::new(model.header.clone(), data).unwrap();
+        assert_eq!(model.header.layers[0].output_features(), 3);
+        assert_eq!(ModelFile::read(&model.to_bytes().unwrap()).unwrap(), model);
+        // Without pooling the map is 2×2×3 = 12 values, which the 3-input fc2 cannot take.
+        let err = error_of(&with_header(&model, |h| h["layers"][0]["conv"]["pool"] = false.into()));
+        assert!(err.contains("layer fc2: takes 3 inputs but the previous stage gives 12"), "{err}");
+    }
 
     fn error_of(bytes: &[u8]) -> String {
         ModelFile::read(bytes).unwrap_err().to_string()
@@ -415,7 +531,7 @@ mod tests {
         bytes[8] = 9;
         assert_eq!(
             error_of(&bytes),
-            "model file version 9; this build reads version 1: re-export with this qat or upgrade qat"
+            "model file version 9; this build reads versions 1 to 2: re-export with this qat or upgrade qat"
         );
         assert!(error_of(b"GIF89a....").starts_with("not a qatlab model file"));
     }
@@ -449,6 +565,22 @@ mod tests {
                 "layer fc1: empty or overflowing shape",
             ),
             (Box::new(|h| h["norm"] = "batch".into()), "header JSON: unknown variant `batch`"),
+            (
+                Box::new(|h| h["layers"][0]["conv"] = conv(2, 1, false, false)),
+                "layer fc1: a 3×3 conv over 1 input channel(s) per filter has 9 weights per filter, not 4",
+            ),
+            (
+                Box::new(|h| h["layers"][0]["conv"] = conv(2, 1, true, false)),
+                "layer fc1: a depthwise conv keeps its channels: in_channels 1 but 3 filters",
+            ),
+            (
+                Box::new(|h| h["layers"][0]["conv"] = conv(3, 1, false, true)),
+                "layer fc1: 2×2 pooling needs an even side, not 3",
+            ),
+            (
+                Box::new(|h| h["layers"][1]["conv"] = conv(1, 3, false, false)),
+                "the last layer gives the logits and must be fully connected",
+            ),
             (
                 Box::new(|h| h["layers"][1]["levels"] = serde_json::json!([-1.0, 1.0])),
                 "layer fc2: weight 0 has code 2 but there are 2 levels",

@@ -3,6 +3,7 @@
 //! evaluation. No training code: a deployment pulls in this crate alone.
 
 pub mod act;
+pub mod conv;
 pub mod error;
 pub mod format;
 pub mod kernel;

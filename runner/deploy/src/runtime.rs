@@ -1,5 +1,6 @@
 //! Runs a [`ModelFile`] on the integer kernels, reproducing training's evaluation pass:
-//! norm → absmax activation quantization → matmul with the quantized weights → ReLU, per layer.
+//! norm (fully connected layers) → absmax activation quantization → matmul or 3×3 convolution
+//! with the quantized weights → ReLU (→ max-pool), per layer.
 //!
 //! Layers whose levels are a uniform grid (ternary, binary, pentary, k-bit) run on the integer
 //! kernels, repacked once at load; the rest (NF4, FP130) multiply dequantized f32 weights by
@@ -7,6 +8,7 @@
 //! requantization is done in integers (norm and scales cancel in absmax quantization).
 
 use crate::act::{qmax, quantize_row, requantize_relu, rms_norm_rows};
+use crate::conv;
 use crate::error::{DeployError, Result};
 use crate::format::{LayerSpec, ModelFile, ModelHeader, NormKind};
 use crate::kernel::{CodeMatrix, IntLinear, Path};
@@ -44,8 +46,10 @@ impl IntGrid {
 
 /// A layer ready to run.
 enum Weights {
-    /// Integer kernel over codes.
+    /// Integer kernel over codes: a fully connected layer, or a full convolution over patches.
     Int(IntLinear, IntGrid),
+    /// A depthwise convolution's integer levels (`offset + step·code`), nine per channel.
+    IntTaps(Vec<i32>, IntGrid),
     /// Dequantized f32 weights (levels[code] · scale), row-major.
     Float(Vec<f32>),
 }
@@ -56,20 +60,76 @@ struct Layer {
 }
 
 impl Layer {
+    fn new(spec: &LayerSpec, codes: &[u8]) -> Self {
+        let depthwise = spec.conv.is_some_and(|c| c.depthwise);
+        let weights = match IntGrid::of(&spec.levels) {
+            Some(grid) if depthwise => {
+                Weights::IntTaps(codes.iter().map(|&c| grid.offset + grid.step * c as i32).collect(), grid)
+            }
+            Some(grid) => {
+                let bits = [2, 4, 8].into_iter().find(|&b| spec.levels.len() <= 1 << b).unwrap_or(8);
+                let codes = CodeMatrix::from_codes(codes, spec.rows, spec.cols, bits);
+                Weights::Int(IntLinear { codes, offset: grid.offset, step: grid.step }, grid)
+            }
+            None => Weights::Float(
+                codes
+                    .chunks_exact(spec.cols)
+                    .enumerate()
+                    .flat_map(|(r, row)| {
+                        let s = spec.scales[if spec.scales.len() == 1 { 0 } else { r }];
+                        row.iter().map(move |&c| spec.levels[c as usize] * s)
+                    })
+                    .collect(),
+            ),
+        };
+        Layer { spec: spec.clone(), weights }
+    }
+
+    /// Length of one input row of codes: the kernel's padded row for a fully connected integer
+    /// layer, otherwise exactly the layer's input features.
     fn stride(&self) -> usize {
-        match &self.weights {
-            Weights::Int(l, _) => l.codes.padded_cols(),
-            Weights::Float(_) => self.spec.cols,
+        match (&self.weights, self.spec.conv) {
+            (Weights::Int(l, _), None) => l.codes.padded_cols(),
+            _ => self.spec.input_features(),
         }
     }
 
-    fn scale(&self, row: usize) -> f32 {
-        self.spec.scales[if self.spec.scales.len() == 1 { 0 } else { row }]
+    /// The scale of output feature `f` (a convolution's maps are HWC: channel = f mod rows).
+    fn scale(&self, f: usize) -> f32 {
+        self.spec.scales[if self.spec.scales.len() == 1 { 0 } else { f % self.spec.rows }]
+    }
+
+    /// What integer weights were multiplied by (1 for float weights).
+    fn multiplier(&self) -> i32 {
+        match &self.weights {
+            Weights::Int(_, grid) | Weights::IntTaps(_, grid) => grid.multiplier,
+            Weights::Float(_) => 1,
+        }
     }
 
     /// Whether the next layer's input can be requantized in integers from this layer's sums.
     fn integer_requant(&self) -> bool {
-        matches!(self.weights, Weights::Int(..)) && self.spec.scales.len() == 1 && self.spec.scales[0] > 0.0
+        !matches!(self.weights, Weights::Float(_)) && self.spec.scales.len() == 1 && self.spec.scales[0] > 0.0
+    }
+
+    /// Whether training normalises this layer's input (fully connected layers only; absmax
+    /// quantization makes it matter only for the input scale).
+    fn normalised(&self, norm: NormKind) -> bool {
+        norm == NormKind::Rms && self.spec.conv.is_none()
+    }
+
+    /// Output features before pooling.
+    fn map_features(&self) -> usize {
+        self.spec.conv.map_or(self.spec.rows, |c| c.side * c.side * self.spec.rows)
+    }
+
+    /// ReLU, then the 2×2 max-pool of a pooling convolution, on one sample's outputs.
+    fn activate<T: Copy + PartialOrd + Default>(&self, outputs: &[T]) -> Vec<T> {
+        let relu: Vec<T> = outputs.iter().map(|&v| if v > T::default() { v } else { T::default() }).collect();
+        match self.spec.conv {
+            Some(c) if c.pool => conv::max_pool(&relu, c.side, self.spec.rows),
+            _ => relu,
+        }
     }
 }
 
@@ -88,6 +148,13 @@ struct Codes {
     scales: Vec<f32>,
 }
 
+/// A layer's raw products per sample (`n × map features`): integer level sums, or float sums
+/// of dequantized weights times codes.
+enum Sums {
+    Int(Vec<i32>),
+    Float(Vec<f32>),
+}
+
 impl Runtime {
     /// Repack `model` for `path` (see [`Path::best`]); `parallel` splits large layers' rows
     /// over the current rayon pool.
@@ -98,32 +165,7 @@ impl Runtime {
                 path.name()
             )));
         }
-        let layers = model
-            .header
-            .layers
-            .iter()
-            .zip(&model.codes)
-            .map(|(spec, codes)| {
-                let weights = match IntGrid::of(&spec.levels) {
-                    Some(grid) => {
-                        let bits = [2, 4, 8].into_iter().find(|&b| spec.levels.len() <= 1 << b).unwrap_or(8);
-                        let codes = CodeMatrix::from_codes(codes, spec.rows, spec.cols, bits);
-                        Weights::Int(IntLinear { codes, offset: grid.offset, step: grid.step }, grid)
-                    }
-                    None => Weights::Float(
-                        codes
-                            .chunks_exact(spec.cols)
-                            .enumerate()
-                            .flat_map(|(r, row)| {
-                                let s = spec.scales[if spec.scales.len() == 1 { 0 } else { r }];
-                                row.iter().map(move |&c| spec.levels[c as usize] * s)
-                            })
-                            .collect(),
-                    ),
-                };
-                Layer { spec: spec.clone(), weights }
-            })
-            .collect();
+        let layers = model.header.layers.iter().zip(&model.codes).map(|(s, c)| Layer::new(s, c)).collect();
         Ok(Self { header: model.header.clone(), layers, path, parallel })
     }
 
@@ -135,7 +177,7 @@ impl Runtime {
     /// Logits (`n × classes`, row-major) of `n` preprocessed inputs (`n × image_size²`).
     pub fn logits(&self, x: &[f32], n: usize) -> Vec<f32> {
         let first = &self.layers[0];
-        let mut input = x[..n * first.spec.cols].to_vec();
+        let mut input = x[..n * first.spec.input_features()].to_vec();
         let mut codes = self.quantize_float(&mut input, n, first);
         for (l, layer) in self.layers.iter().enumerate() {
             let sums = self.multiply(layer, &codes.q, n);
@@ -145,8 +187,9 @@ impl Runtime {
             codes = if layer.integer_requant() {
                 self.requantize_integers(layer, &sums, &codes.scales, n, next)
             } else {
-                let mut y = self.real_outputs(layer, &sums, &codes.scales, n);
-                y.iter_mut().for_each(|v| *v = v.max(0.0));
+                let y = self.real_outputs(layer, &sums, &codes.scales, n);
+                let mut y: Vec<f32> =
+                    y.chunks_exact(layer.map_features()).flat_map(|s| layer.activate(s)).collect();
                 self.quantize_float(&mut y, n, next)
             };
         }
@@ -159,66 +202,94 @@ impl Runtime {
         self.logits(x, n).chunks_exact(classes).map(argmax).collect()
     }
 
-    /// Norm and absmax quantization of float rows for `layer`.
+    /// Norm (where training has one) and absmax quantization of float rows for `layer`.
     fn quantize_float(&self, x: &mut [f32], n: usize, layer: &Layer) -> Codes {
-        let cols = layer.spec.cols;
-        if self.header.norm == NormKind::Rms {
-            rms_norm_rows(x, cols);
+        let features = layer.spec.input_features();
+        if layer.normalised(self.header.norm) {
+            rms_norm_rows(x, features);
         }
         let stride = layer.stride();
         let mut q = vec![0i8; n * stride];
         let scales = x
-            .chunks_exact(cols)
+            .chunks_exact(features)
             .zip(q.chunks_exact_mut(stride))
-            .map(|(row, out)| quantize_row(row, layer.spec.activation_bits, &mut out[..cols]))
+            .map(|(row, out)| quantize_row(row, layer.spec.activation_bits, &mut out[..features]))
             .collect();
         Codes { q, scales }
     }
 
-    /// Raw products in `rows × n` layout: integer level sums, or float sums of dequantized
-    /// weights times codes.
+    /// The layer's raw products, `n × map features`.
     fn multiply(&self, layer: &Layer, q: &[i8], n: usize) -> Sums {
+        let Some(conv) = layer.spec.conv else { return self.fully_connected(layer, q, n) };
+        let (stride, pixels, rows) = (layer.stride(), conv.side * conv.side, layer.spec.rows);
+        // Rows of every pixel's neighbourhood, at the stride the weights want.
+        let patch_stride = match &layer.weights {
+            Weights::Int(linear, _) => linear.codes.padded_cols(),
+            _ => layer.spec.cols.max(9 * conv.in_channels),
+        };
+        let mut patches = Vec::with_capacity(n * pixels * patch_stride);
+        for sample in q.chunks_exact(stride).take(n) {
+            conv::patches(sample, conv.side, conv.in_channels, patch_stride, &mut patches);
+        }
+        let per_sample = pixels * patch_stride;
+        match &layer.weights {
+            Weights::Int(linear, _) => {
+                let mut out = vec![0i32; rows * n * pixels];
+                linear.forward(&patches, n * pixels, &mut out, self.path, self.parallel);
+                Sums::Int(transpose(&out, rows, n * pixels))
+            }
+            Weights::IntTaps(taps, _) => {
+                let mut out = vec![0i32; n * pixels * rows];
+                for (p, o) in patches.chunks_exact(per_sample).zip(out.chunks_exact_mut(pixels * rows)) {
+                    conv::depthwise(p, patch_stride, rows, taps, o);
+                }
+                Sums::Int(out)
+            }
+            Weights::Float(w) if conv.depthwise => {
+                let mut out = vec![0f32; n * pixels * rows];
+                for (p, o) in patches.chunks_exact(per_sample).zip(out.chunks_exact_mut(pixels * rows)) {
+                    conv::depthwise(p, patch_stride, rows, w, o);
+                }
+                Sums::Float(out)
+            }
+            Weights::Float(w) => {
+                Sums::Float(float_products(w, layer.spec.cols, &patches, patch_stride, n * pixels))
+            }
+        }
+    }
+
+    /// A fully connected layer's products, `n × rows`.
+    fn fully_connected(&self, layer: &Layer, q: &[i8], n: usize) -> Sums {
         let rows = layer.spec.rows;
         match &layer.weights {
             Weights::Int(linear, _) => {
                 let mut out = vec![0i32; rows * n];
                 linear.forward(q, n, &mut out, self.path, self.parallel);
-                Sums::Int(out)
+                Sums::Int(transpose(&out, rows, n))
             }
-            Weights::Float(w) => {
-                let cols = layer.spec.cols;
-                let mut out = vec![0f32; rows * n];
-                for (r, wr) in w.chunks_exact(cols).enumerate() {
-                    for i in 0..n {
-                        let x = &q[i * cols..(i + 1) * cols];
-                        out[r * n + i] = wr.iter().zip(x).map(|(w, &x)| w * x as f32).sum();
-                    }
-                }
-                Sums::Float(out)
-            }
+            Weights::Float(w) => Sums::Float(float_products(w, layer.spec.cols, q, layer.stride(), n)),
+            Weights::IntTaps(..) => unreachable!("only convolutions have taps"),
         }
     }
 
-    /// Real-valued outputs (`n × rows`): sums × row scale / (multiplier × input scale).
+    /// Real-valued outputs (`n × map features`): sums × scale / (multiplier × input scale).
     fn real_outputs(&self, layer: &Layer, sums: &Sums, input_scales: &[f32], n: usize) -> Vec<f32> {
-        let rows = layer.spec.rows;
-        let mut y = vec![0f32; n * rows];
-        for i in 0..n {
-            for r in 0..rows {
-                y[i * rows + r] = match (sums, &layer.weights) {
-                    (Sums::Int(s), Weights::Int(_, grid)) => {
-                        s[r * n + i] as f32 * layer.scale(r) / (grid.multiplier as f32 * input_scales[i])
-                    }
-                    (Sums::Float(s), _) => s[r * n + i] / input_scales[i],
-                    _ => unreachable!("sums match their layer"),
+        let features = layer.map_features();
+        let mut y = vec![0f32; n * features];
+        for (i, row) in y.chunks_exact_mut(features).enumerate() {
+            let per_unit = 1.0 / (layer.multiplier() as f32 * input_scales[i]);
+            for (f, v) in row.iter_mut().enumerate() {
+                *v = match sums {
+                    Sums::Int(s) => s[i * features + f] as f32 * layer.scale(f) * per_unit,
+                    Sums::Float(s) => s[i * features + f] * per_unit,
                 };
             }
         }
         y
     }
 
-    /// ReLU and absmax requantization straight from the integer sums. The next layer's input
-    /// scale (needed only for real-valued logits) follows from the sums as well.
+    /// ReLU, pooling and absmax requantization straight from the integer sums. The next
+    /// layer's input scale (needed only for real-valued logits) follows from the sums as well.
     fn requantize_integers(
         &self,
         layer: &Layer,
@@ -228,22 +299,19 @@ impl Runtime {
         next: &Layer,
     ) -> Codes {
         let Sums::Int(sums) = sums else { unreachable!("integer layers give integer sums") };
-        let (rows, stride, bits) = (layer.spec.rows, next.stride(), next.spec.activation_bits);
-        let Weights::Int(_, grid) = &layer.weights else { unreachable!("checked by integer_requant") };
+        let (stride, bits) = (next.stride(), next.spec.activation_bits);
         let mut q = vec![0i8; n * stride];
         let mut scales = Vec::with_capacity(n);
-        let mut column = vec![0i32; rows];
-        for i in 0..n {
-            column.iter_mut().enumerate().for_each(|(r, a)| *a = sums[r * n + i].max(0));
-            requantize_relu(&column, bits, &mut q[i * stride..i * stride + rows]);
+        for (i, sample) in sums.chunks_exact(layer.map_features()).enumerate() {
+            let column = layer.activate(sample);
+            requantize_relu(&column, bits, &mut q[i * stride..i * stride + column.len()]);
             let max = column.iter().copied().max().unwrap_or(0).max(1) as f64;
-            let real_per_unit = layer.scale(0) as f64 / (grid.multiplier as f64 * input_scales[i] as f64);
-            let divisor = match self.header.norm {
-                NormKind::Rms => {
-                    let ms = column.iter().map(|&a| (a as f64) * (a as f64)).sum::<f64>() / rows as f64;
-                    ms.sqrt()
-                }
-                NormKind::None => 1.0 / real_per_unit,
+            let real_per_unit = layer.scale(0) as f64 / (layer.multiplier() as f64 * input_scales[i] as f64);
+            let divisor = if next.normalised(self.header.norm) {
+                let ms = column.iter().map(|&a| (a as f64) * (a as f64)).sum::<f64>() / column.len() as f64;
+                ms.sqrt()
+            } else {
+                1.0 / real_per_unit
             };
             scales.push((qmax(bits) as f64 * divisor / max) as f32);
         }
@@ -251,7 +319,20 @@ impl Runtime {
     }
 }
 
-enum Sums {
-    Int(Vec<i32>),
-    Float(Vec<f32>),
+/// `rows × cols` to `cols × rows`.
+fn transpose<T: Copy>(m: &[T], rows: usize, cols: usize) -> Vec<T> {
+    (0..cols).flat_map(|c| (0..rows).map(move |r| m[r * cols + c])).collect()
+}
+
+/// `out[i·rows + r] = Σ_c w[r·cols + c] · x[i·stride + c]` for `n` rows of codes.
+fn float_products(w: &[f32], cols: usize, x: &[i8], stride: usize, n: usize) -> Vec<f32> {
+    let rows = w.len() / cols;
+    let mut out = vec![0f32; n * rows];
+    for (i, o) in out.chunks_exact_mut(rows).enumerate() {
+        let x = &x[i * stride..i * stride + cols];
+        for (o, wr) in o.iter_mut().zip(w.chunks_exact(cols)) {
+            *o = wr.iter().zip(x).map(|(w, &x)| w * x as f32).sum();
+        }
+    }
+    out
 }

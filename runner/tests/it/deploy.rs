@@ -101,16 +101,29 @@ fn export_inspect_and_every_kernel_path_agree() {
 }
 
 #[test]
-fn the_exported_c_code_compiles_and_predicts_as_the_runtime() {
+fn a_convolutional_model_deploys_and_its_c_code_predicts_as_the_runtime() {
     let dir = workdir();
+    // A full convolution, a pooled depthwise one, then two fully connected layers.
     std::fs::write(
         dir.path().join("c.yaml"),
-        "name: c\nquantizer: {name: int, bits: 4, symmetric: true}\nmodel: {hidden: [48, 32], activation_bits: 8}\n\
-         train: {epochs: 1}\n",
+        "name: c\nquantizer: {name: int, bits: 4, symmetric: true}\ndata: {image_size: 16}\n\
+         model: {conv: [{channels: 4}, {channels: 4, depthwise: true, pool: true}], hidden: [32], norm: rms, \
+         activation_bits: 8}\ntrain: {epochs: 1}\n",
     )
     .unwrap();
     assert!(qat(&["run", "c.yaml", "-q"], dir.path()).status.success());
     let run = run_dirs(dir.path(), "c").remove(0);
+    let file = dir.path().join("c.qat");
+    assert!(qat(&["export", run.to_str().unwrap(), "-o", file.to_str().unwrap()], dir.path())
+        .status
+        .success());
+    let out = qat(&["infer", file.to_str().unwrap(), "--compare", run.to_str().unwrap()], dir.path());
+    let report = text(&out);
+    assert!(out.status.success(), "{report}");
+    assert!(number_after(&report, "predictions differ on ") <= 10.0, "{report}");
+    assert!(number_after(&report, "test accuracy ") > 90.0, "{report}");
+    let listing = text(&qat(&["inspect", file.to_str().unwrap()], dir.path()));
+    assert!(listing.contains("dw3×3 16×16×4→4, pool"), "{listing}");
     let header = dir.path().join("model.h");
     let out = qat(
         &["export", run.to_str().unwrap(), "-o", header.to_str().unwrap(), "--format", "c-header"],
