@@ -5,7 +5,7 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::{block_cols, BLOCK_BYTES};
+use super::{block_cols, prefetch_ahead, BLOCK_BYTES};
 
 /// See [`super::CodeMatrix::code_dots`].
 ///
@@ -44,6 +44,7 @@ pub unsafe fn code_dots(
             let xi = x.as_ptr().add(i * stride);
             let mut acc = _mm256_setzero_si256();
             for (b, block) in row.chunks_exact(BLOCK_BYTES).enumerate() {
+                prefetch_ahead(block.as_ptr());
                 let base = b * per_block;
                 for half in 0..2 {
                     let mut packed = _mm256_loadu_si256(block.as_ptr().add(32 * half) as *const _);

@@ -4,10 +4,7 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::{block_cols, BLOCK_BYTES};
-
-/// How far ahead of the block being decoded to prefetch (measured with `qat bench kernels`).
-pub(super) const PREFETCH_BYTES: usize = 2048;
+use super::{block_cols, prefetch_ahead, BLOCK_BYTES};
 
 /// See [`super::CodeMatrix::code_dots`].
 ///
@@ -73,8 +70,7 @@ unsafe fn rows<const BITS: u32, const N: usize>(
     for (r, row) in data.chunks_exact(row_bytes).enumerate() {
         let mut acc = [[_mm512_setzero_si512(); 4]; N];
         for (b, block) in row.chunks_exact(BLOCK_BYTES).enumerate() {
-            // Streaming from DRAM, the hardware prefetcher alone leaves half the bandwidth unused.
-            _mm_prefetch::<_MM_HINT_T0>(block.as_ptr().wrapping_add(PREFETCH_BYTES) as *const i8);
+            prefetch_ahead(block.as_ptr());
             let packed = _mm512_loadu_si512(block.as_ptr() as *const _);
             let base = b * per_block;
             for k in 0..fields {
@@ -147,7 +143,7 @@ unsafe fn trit_rows<const N: usize>(
     for (r, row) in data.chunks_exact(row_bytes).enumerate() {
         let mut acc = [[_mm512_setzero_si512(); 5]; N];
         for (b, block) in row.chunks_exact(BLOCK_BYTES).enumerate() {
-            _mm_prefetch::<_MM_HINT_T0>(block.as_ptr().wrapping_add(PREFETCH_BYTES) as *const i8);
+            prefetch_ahead(block.as_ptr());
             let bytes = _mm512_loadu_si512(block.as_ptr() as *const _);
             // `vpermb` reads the low six bits of each index byte: the bits the 16-bit shift
             // brings in from the neighbouring byte are ignored.

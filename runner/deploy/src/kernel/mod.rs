@@ -309,18 +309,32 @@ impl IntLinear {
     }
 }
 
+/// Software prefetch for a stream read 64 bytes at a time from `at`: the line 1 KiB ahead into
+/// L1, and the line 8 KiB ahead into L2. Streaming from DRAM, the hardware prefetchers alone left
+/// half the bandwidth unused, and the L1 prefetch alone a fifth: a core has few L1 miss buffers
+/// but more L2 ones, so the far L2 requests keep more lines in flight. Measured with
+/// `qat bench kernels` (4096² ternary 2-bit, cold, one thread: 678 µs without prefetch, 335–390
+/// with the L1 one, 271–280 with both).
+#[inline(always)]
+pub(crate) fn prefetch_ahead(at: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults, whatever the address; SSE is part of x86-64.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
+        _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(1024) as *const i8);
+        _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(8192) as *const i8);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = at;
+}
+
 /// Wrapping sum of `words`, read in 16 independent lanes with the kernels' software prefetch,
 /// so memory, not an add chain, sets the pace: `qat bench kernels` measures the read bandwidth
 /// the kernels are compared against with it.
 pub fn stream_sum(words: &[u64]) -> u64 {
     let mut lanes = [0u64; 16];
     for chunk in words.chunks_exact(16) {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: a prefetch never faults, whatever the address; SSE is part of x86-64.
-        unsafe {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            _mm_prefetch::<_MM_HINT_T0>(chunk.as_ptr().wrapping_add(avx512::PREFETCH_BYTES / 8) as *const i8);
-        }
+        prefetch_ahead(chunk.as_ptr() as *const u8);
         let chunk: &[u64; 16] = chunk.try_into().expect("chunks of 16");
         for k in 0..16 {
             lanes[k] = lanes[k].wrapping_add(chunk[k]);
