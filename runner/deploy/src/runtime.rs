@@ -3,7 +3,8 @@
 //! with the quantized weights → ReLU (→ max-pool), per layer.
 //!
 //! Layers whose levels are a uniform grid (ternary, binary, pentary, k-bit) run on the integer
-//! kernels, repacked once at load; the rest (NF4, FP130) multiply dequantized f32 weights by
+//! kernels, repacked once at load (large ternary layers into five trits per byte where the path
+//! decodes that as fast as 2-bit codes); the rest (NF4, FP130) multiply dequantized f32 weights by
 //! the int8 activations. Between two integer layers with one positive scale per tensor, the
 //! requantization is done in integers (norm and scales cancel in absmax quantization).
 
@@ -11,7 +12,7 @@ use crate::act::{qmax, quantize_row, requantize_relu, rms_norm_rows};
 use crate::conv;
 use crate::error::{DeployError, Result};
 use crate::format::{LayerSpec, ModelFile, ModelHeader, NormKind};
-use crate::kernel::{CodeMatrix, IntLinear, Path};
+use crate::kernel::{prefers_trits, CodeMatrix, IntLinear, Path};
 
 /// Index of the largest value (the first of ties).
 pub fn argmax(row: &[f32]) -> usize {
@@ -60,15 +61,19 @@ struct Layer {
 }
 
 impl Layer {
-    fn new(spec: &LayerSpec, codes: &[u8]) -> Self {
+    fn new(spec: &LayerSpec, codes: &[u8], path: Path) -> Self {
         let depthwise = spec.conv.is_some_and(|c| c.depthwise);
         let weights = match IntGrid::of(&spec.levels) {
             Some(grid) if depthwise => {
                 Weights::IntTaps(codes.iter().map(|&c| grid.offset + grid.step * c as i32).collect(), grid)
             }
             Some(grid) => {
-                let bits = [2, 4, 8].into_iter().find(|&b| spec.levels.len() <= 1 << b).unwrap_or(8);
-                let codes = CodeMatrix::from_codes(codes, spec.rows, spec.cols, bits);
+                let codes = if spec.levels.len() == 3 && prefers_trits(path, spec.rows, spec.cols) {
+                    CodeMatrix::from_trits(codes, spec.rows, spec.cols)
+                } else {
+                    let bits = [2, 4, 8].into_iter().find(|&b| spec.levels.len() <= 1 << b).unwrap_or(8);
+                    CodeMatrix::from_codes(codes, spec.rows, spec.cols, bits)
+                };
                 Weights::Int(IntLinear { codes, offset: grid.offset, step: grid.step }, grid)
             }
             None => Weights::Float(
@@ -165,7 +170,8 @@ impl Runtime {
                 path.name()
             )));
         }
-        let layers = model.header.layers.iter().zip(&model.codes).map(|(s, c)| Layer::new(s, c)).collect();
+        let layers =
+            model.header.layers.iter().zip(&model.codes).map(|(s, c)| Layer::new(s, c, path)).collect();
         Ok(Self { header: model.header.clone(), layers, path, parallel })
     }
 
@@ -335,4 +341,69 @@ fn float_products(w: &[f32], cols: usize, x: &[i8], stride: usize, n: usize) -> 
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{ActivationKind, InputSpec, LayerData};
+    use crate::pack::Packing;
+
+    /// A ternary model whose first layer is large enough for the trit layout (64×64 inputs,
+    /// 1100 hidden, 10 classes), with codes from a fixed generator.
+    fn large_ternary() -> ModelFile {
+        let mut state = 0x9e3779b97f4a7c15u64;
+        let mut codes = |n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    (state % 3) as u8
+                })
+                .collect()
+        };
+        let layer = |name: &str, rows: usize, cols: usize, codes: Vec<u8>| LayerData {
+            spec: LayerSpec {
+                name: name.into(),
+                rows,
+                cols,
+                quantizer: "ternary".into(),
+                levels: vec![-1.0, 0.0, 1.0],
+                packing: Packing::Bits { bits: 2 },
+                scales: vec![0.05],
+                activation_bits: 8,
+                offset: 0,
+                bytes: 0,
+                conv: None,
+            },
+            codes,
+        };
+        let header = ModelHeader {
+            name: "large".into(),
+            run_id: "0000000000".into(),
+            input: InputSpec { dataset: "mnist".into(), image_size: 64, mean: 0.0, std: 1.0 },
+            classes: 10,
+            norm: NormKind::Rms,
+            activation: ActivationKind::Relu,
+            layers: Vec::new(),
+        };
+        let layers = vec![layer("fc1", 1100, 4096, codes(1100 * 4096)), layer("fc2", 10, 1100, codes(11000))];
+        ModelFile::new(header, layers).unwrap()
+    }
+
+    #[test]
+    fn large_ternary_layers_on_the_trit_layout_give_the_scalar_paths_logits() {
+        let model = large_ternary();
+        assert!(
+            prefers_trits(Path::Avx512Vnni, 1100, 4096) || !Path::available().contains(&Path::Avx512Vnni)
+        );
+        assert!(!prefers_trits(Path::Avx512Vnni, 10, 1100), "small layers keep 2-bit codes");
+        let x: Vec<f32> = (0..3 * 4096).map(|i| ((i * 7919) % 255) as f32 / 64.0 - 2.0).collect();
+        let reference = Runtime::new(&model, Path::Scalar, false).unwrap().logits(&x, 3);
+        for path in Path::available() {
+            let logits = Runtime::new(&model, path, true).unwrap().logits(&x, 3);
+            assert_eq!(logits, reference, "{path:?}");
+        }
+    }
 }
