@@ -410,12 +410,18 @@ fn in_layer(name: &str, e: DeployError) -> DeployError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    /// A two-layer ternary model on 2×2 inputs.
-    pub(crate) fn tiny() -> ModelFile {
-        let layer = |name: &str, rows, cols, packing, codes: Vec<u8>| LayerData {
+    /// A ternary fully connected layer with one scale per tensor.
+    pub(crate) fn ternary_layer(
+        name: &str,
+        rows: usize,
+        cols: usize,
+        packing: Packing,
+        codes: Vec<u8>,
+    ) -> LayerData {
+        LayerData {
             spec: LayerSpec {
                 name: name.into(),
                 rows,
@@ -430,21 +436,32 @@ mod tests {
                 conv: None,
             },
             codes,
-        };
+        }
+    }
+
+    /// A model of `layers` on `image_size`² MNIST inputs with RMS norm and ReLU.
+    pub(crate) fn model_of(image_size: usize, layers: Vec<LayerData>) -> ModelFile {
         let header = ModelHeader {
-            name: "tiny".into(),
+            name: "test".into(),
             run_id: "0123456789".into(),
-            input: InputSpec { dataset: "mnist".into(), image_size: 2, mean: 0.1307, std: 0.3081 },
-            classes: 2,
+            input: InputSpec { dataset: "mnist".into(), image_size, mean: 0.1307, std: 0.3081 },
+            classes: layers.last().map_or(0, |l| l.spec.rows),
             norm: NormKind::Rms,
             activation: ActivationKind::Relu,
             layers: Vec::new(),
         };
-        let layers = vec![
-            layer("fc1", 3, 4, Packing::Base3Words, vec![0, 1, 2, 2, 1, 1, 0, 0, 2, 1, 0, 2]),
-            layer("fc2", 2, 3, Packing::Bits { bits: 2 }, vec![2, 0, 1, 0, 2, 2]),
-        ];
         ModelFile::new(header, layers).unwrap()
+    }
+
+    /// A two-layer ternary model on 2×2 inputs.
+    pub(crate) fn tiny() -> ModelFile {
+        model_of(
+            2,
+            vec![
+                ternary_layer("fc1", 3, 4, Packing::Base3Words, vec![0, 1, 2, 2, 1, 1, 0, 0, 2, 1, 0, 2]),
+                ternary_layer("fc2", 2, 3, Packing::Bits { bits: 2 }, vec![2, 0, 1, 0, 2, 2]),
+            ],
+        )
     }
 
     type HeaderEdit = dyn Fn(&mut serde_json::Value);

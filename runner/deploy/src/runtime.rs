@@ -346,7 +346,7 @@ fn float_products(w: &[f32], cols: usize, x: &[i8], stride: usize, n: usize) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::{ActivationKind, InputSpec, LayerData};
+    use crate::format::tests::{model_of, ternary_layer};
     use crate::pack::Packing;
 
     /// A ternary model whose first layer is large enough for the trit layout (64×64 inputs,
@@ -363,33 +363,9 @@ mod tests {
                 })
                 .collect()
         };
-        let layer = |name: &str, rows: usize, cols: usize, codes: Vec<u8>| LayerData {
-            spec: LayerSpec {
-                name: name.into(),
-                rows,
-                cols,
-                quantizer: "ternary".into(),
-                levels: vec![-1.0, 0.0, 1.0],
-                packing: Packing::Bits { bits: 2 },
-                scales: vec![0.05],
-                activation_bits: 8,
-                offset: 0,
-                bytes: 0,
-                conv: None,
-            },
-            codes,
-        };
-        let header = ModelHeader {
-            name: "large".into(),
-            run_id: "0000000000".into(),
-            input: InputSpec { dataset: "mnist".into(), image_size: 64, mean: 0.0, std: 1.0 },
-            classes: 10,
-            norm: NormKind::Rms,
-            activation: ActivationKind::Relu,
-            layers: Vec::new(),
-        };
-        let layers = vec![layer("fc1", 1100, 4096, codes(1100 * 4096)), layer("fc2", 10, 1100, codes(11000))];
-        ModelFile::new(header, layers).unwrap()
+        let two_bit = Packing::Bits { bits: 2 };
+        let fc1 = ternary_layer("fc1", 1100, 4096, two_bit, codes(1100 * 4096));
+        model_of(64, vec![fc1, ternary_layer("fc2", 10, 1100, two_bit, codes(11000))])
     }
 
     #[test]

@@ -6,6 +6,53 @@ use std::arch::x86_64::*;
 
 use super::{block_cols, prefetch_ahead, BLOCK_BYTES};
 
+/// Runs `$call` for the activation rows `$first .. $first + G` in groups of up to eight, with
+/// the group size as the constant `G` (the kernels' accumulator arrays are sized by it).
+/// Constants are items, which macro hygiene leaves visible to `$call`.
+macro_rules! in_row_groups {
+    ($n:expr, |$first:ident| $call:expr) => {{
+        let mut $first = 0;
+        while $first < $n {
+            let size = ($n - $first).min(8);
+            match size {
+                1 => {
+                    const G: usize = 1;
+                    $call
+                }
+                2 => {
+                    const G: usize = 2;
+                    $call
+                }
+                3 => {
+                    const G: usize = 3;
+                    $call
+                }
+                4 => {
+                    const G: usize = 4;
+                    $call
+                }
+                5 => {
+                    const G: usize = 5;
+                    $call
+                }
+                6 => {
+                    const G: usize = 6;
+                    $call
+                }
+                7 => {
+                    const G: usize = 7;
+                    $call
+                }
+                _ => {
+                    const G: usize = 8;
+                    $call
+                }
+            }
+            $first += size;
+        }
+    }};
+}
+
 /// See [`super::CodeMatrix::code_dots`].
 ///
 /// # Safety
@@ -22,31 +69,14 @@ pub unsafe fn code_dots(
     n: usize,
     out: &mut [i32],
 ) {
-    macro_rules! group {
-        ($bits:literal, $group:expr, $first:expr) => {{
-            let xs = &x[$first * stride..];
-            match $group {
-                1 => rows::<$bits, 1>(data, row_bytes, xs, stride, n, $first, out),
-                2 => rows::<$bits, 2>(data, row_bytes, xs, stride, n, $first, out),
-                3 => rows::<$bits, 3>(data, row_bytes, xs, stride, n, $first, out),
-                4 => rows::<$bits, 4>(data, row_bytes, xs, stride, n, $first, out),
-                5 => rows::<$bits, 5>(data, row_bytes, xs, stride, n, $first, out),
-                6 => rows::<$bits, 6>(data, row_bytes, xs, stride, n, $first, out),
-                7 => rows::<$bits, 7>(data, row_bytes, xs, stride, n, $first, out),
-                _ => rows::<$bits, 8>(data, row_bytes, xs, stride, n, $first, out),
-            }
-        }};
-    }
-    let mut first = 0;
-    while first < n {
-        let group = (n - first).min(8);
+    in_row_groups!(n, |first| {
+        let xs = &x[first * stride..];
         match bits {
-            2 => group!(2, group, first),
-            4 => group!(4, group, first),
-            _ => group!(8, group, first),
+            2 => rows::<2, G>(data, row_bytes, xs, stride, n, first, out),
+            4 => rows::<4, G>(data, row_bytes, xs, stride, n, first, out),
+            _ => rows::<8, G>(data, row_bytes, xs, stride, n, first, out),
         }
-        first += group;
-    }
+    });
 }
 
 /// Code sums of every row against activation rows `first .. first + N`. `vpdpbusd` has a
@@ -103,22 +133,7 @@ unsafe fn rows<const BITS: u32, const N: usize>(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
 pub unsafe fn trit_dots(data: &[u8], row_bytes: usize, x: &[i8], stride: usize, n: usize, out: &mut [i32]) {
-    let mut first = 0;
-    while first < n {
-        let group = (n - first).min(8);
-        let xs = &x[first * stride..];
-        match group {
-            1 => trit_rows::<1>(data, row_bytes, xs, stride, n, first, out),
-            2 => trit_rows::<2>(data, row_bytes, xs, stride, n, first, out),
-            3 => trit_rows::<3>(data, row_bytes, xs, stride, n, first, out),
-            4 => trit_rows::<4>(data, row_bytes, xs, stride, n, first, out),
-            5 => trit_rows::<5>(data, row_bytes, xs, stride, n, first, out),
-            6 => trit_rows::<6>(data, row_bytes, xs, stride, n, first, out),
-            7 => trit_rows::<7>(data, row_bytes, xs, stride, n, first, out),
-            _ => trit_rows::<8>(data, row_bytes, xs, stride, n, first, out),
-        }
-        first += group;
-    }
+    in_row_groups!(n, |first| trit_rows::<G>(data, row_bytes, &x[first * stride..], stride, n, first, out));
 }
 
 /// Trit sums of every row against activation rows `first .. first + N`; as in [`rows`], few
