@@ -323,8 +323,8 @@ impl IntLinear {
 /// L1, and the line 8 KiB ahead into L2. Streaming from DRAM, the hardware prefetchers alone left
 /// half the bandwidth unused, and the L1 prefetch alone a fifth: a core has few L1 miss buffers
 /// but more L2 ones, so the far L2 requests keep more lines in flight. Measured with
-/// `qat bench kernels` (4096² ternary 2-bit, cold, one thread: 678 µs without prefetch, 335–390
-/// with the L1 one, 271–280 with both).
+/// `qat bench kernels` (4096² ternary 2-bit, cold, one thread: 678 µs without prefetch, 335–416
+/// with the L1 one, 270–289 with both).
 #[inline(always)]
 pub(crate) fn prefetch_ahead(at: *const u8) {
     #[cfg(target_arch = "x86_64")]
