@@ -37,12 +37,7 @@ pub fn header_text(model: &ModelFile) -> String {
     let _ = writeln!(s, "#define QAT_RMS_NORM {}", u8::from(h.norm == NormKind::Rms));
     let _ = writeln!(s, "#define QAT_LAYERS {}", h.layers.len());
     // Buffers hold any layer's input and its output map before pooling.
-    let widest = h
-        .layers
-        .iter()
-        .map(|l| l.input_features().max(l.conv.map_or(l.rows, |c| c.side * c.side * l.rows)))
-        .max()
-        .unwrap_or(0);
+    let widest = h.layers.iter().map(|l| l.input_features().max(l.map_features())).max().unwrap_or(0);
     let _ = writeln!(s, "#define QAT_MAX_WIDTH {widest}\n");
     s += "typedef struct {\n    int rows, cols, code_bits, activation_bits, per_row_scales;\n    \
           int side, in_channels, depthwise, pool; /* a 3x3 convolution over a side x side HWC map; side 0: fully connected */\n    \

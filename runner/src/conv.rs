@@ -10,6 +10,8 @@
 //! loops run over contiguous channels and vectorise. The tests check every gradient against
 //! central finite differences of this forward pass.
 
+use qatlab_deploy::conv::tap;
+
 use crate::model::{quantize_activations, ConvGeom, Layer, Stage};
 
 /// What the backward pass needs from the forward pass, per layer.
@@ -25,11 +27,6 @@ struct LayerCache {
     slope: Vec<f32>,
     /// Per pooled output, the index of the map value it took (empty without pooling).
     argmax: Vec<u32>,
-}
-
-/// The 3×3 taps as (dy, dx), row-major: tap k = (k / 3 − 1, k % 3 − 1).
-fn tap(k: usize) -> (isize, isize) {
-    (k as isize / 3 - 1, k as isize % 3 - 1)
 }
 
 /// Weights as `[tap][in][out]` (full) or `[tap][channel]` (depthwise), so the innermost loops

@@ -17,6 +17,7 @@
 
 use dfdx::prelude::*;
 use qatlab_core::config::{Norm, Residual};
+use qatlab_deploy::kernel::transpose;
 
 use crate::model::{
     layer_norm_rows, quantize_activations, rms_norm_rows, BatchStats, Network, RunningStats, Stage,
@@ -413,17 +414,6 @@ impl Engine {
         delta.iter_mut().zip(&values).for_each(|(q, v)| *q -= v);
         h + self.dev.tensor_from_vec(delta, shape)
     }
-}
-
-/// Row-major `rows × cols` → row-major `cols × rows`.
-fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0; m.len()];
-    for (r, row) in m.chunks_exact(cols).enumerate() {
-        for (c, v) in row.iter().enumerate() {
-            out[c * rows + r] = *v;
-        }
-    }
-    out
 }
 
 /// The values of a contiguous tensor (every op output and gradient buffer here is one) as a

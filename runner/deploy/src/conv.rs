@@ -5,8 +5,9 @@
 
 use std::ops::{AddAssign, Mul};
 
-/// The 3×3 taps as (dy, dx), row-major: tap k = (k / 3 − 1, k % 3 − 1), as in training.
-fn tap(k: usize) -> (isize, isize) {
+/// The 3×3 taps as (dy, dx), row-major: tap k = (k / 3 − 1, k % 3 − 1). Training's convolution
+/// uses this too, so both read the weights in one order.
+pub fn tap(k: usize) -> (isize, isize) {
     (k as isize / 3 - 1, k as isize % 3 - 1)
 }
 
@@ -32,13 +33,14 @@ pub fn patches(map: &[i8], side: usize, channels: usize, stride: usize, out: &mu
     }
 }
 
-/// A depthwise convolution from the patches of one map (rows of `stride`, see [`patches`]):
-/// `out[p·C + c] = Σ_k taps[c·9 + k] · patch[p][k·C + c]`, with `taps` each channel's nine
-/// weights (integer levels, or dequantized floats).
-pub fn depthwise<T>(patches: &[i8], stride: usize, channels: usize, taps: &[T], out: &mut [T])
+/// A depthwise convolution from patch rows of `stride` (see [`patches`]; any number of pixels
+/// of any number of maps): `out[p·C + c] = Σ_k taps[c·9 + k] · patch[p][k·C + c]`, with `taps`
+/// each channel's nine weights (integer levels, or dequantized floats).
+pub fn depthwise<T>(patches: &[i8], stride: usize, channels: usize, taps: &[T]) -> Vec<T>
 where
     T: Copy + Default + AddAssign + Mul<Output = T> + From<i8>,
 {
+    let mut out = vec![T::default(); patches.len() / stride * channels];
     for (patch, o) in patches.chunks_exact(stride).zip(out.chunks_exact_mut(channels)) {
         for (c, o) in o.iter_mut().enumerate() {
             let mut sum = T::default();
@@ -48,6 +50,7 @@ where
             *o = sum;
         }
     }
+    out
 }
 
 /// 2×2 max-pooling, stride 2, of one `side × side × channels` map (side even).
@@ -105,8 +108,7 @@ mod tests {
         let taps: Vec<i32> = (0..9 * channels).map(|v| v as i32 % 5 - 2).collect();
         let mut p = Vec::new();
         patches(&map, side, channels, 9 * channels, &mut p);
-        let mut out = vec![0i32; side * side * channels];
-        depthwise(&p, 9 * channels, channels, &taps, &mut out);
+        let out = depthwise(&p, 9 * channels, channels, &taps);
         for y in 0..side {
             for x in 0..side {
                 for c in 0..channels {

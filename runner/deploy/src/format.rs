@@ -135,6 +135,16 @@ impl LayerSpec {
         self.conv.map_or(self.rows, |c| c.out_side() * c.out_side() * self.rows)
     }
 
+    /// Values per sample before pooling: `rows`, or the whole output map.
+    pub fn map_features(&self) -> usize {
+        self.conv.map_or(self.rows, |c| c.side * c.side * self.rows)
+    }
+
+    /// The scale of output row (channel) `row`.
+    pub fn row_scale(&self, row: usize) -> f32 {
+        self.scales[if self.scales.len() == 1 { 0 } else { row }]
+    }
+
     /// Storage bits per weight including the scales (f32 each).
     pub fn bits_per_weight(&self) -> f64 {
         (self.bytes as f64 * 8.0 + self.scales.len() as f64 * 32.0) / (self.rows * self.cols).max(1) as f64

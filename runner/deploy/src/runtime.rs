@@ -12,7 +12,7 @@ use crate::act::{qmax, quantize_row, requantize_relu, rms_norm_rows};
 use crate::conv;
 use crate::error::{DeployError, Result};
 use crate::format::{LayerSpec, ModelFile, ModelHeader, NormKind};
-use crate::kernel::{prefers_trits, CodeMatrix, IntLinear, Path};
+use crate::kernel::{prefers_trits, transpose, CodeMatrix, IntLinear, Path};
 
 /// Index of the largest value (the first of ties).
 pub fn argmax(row: &[f32]) -> usize {
@@ -81,8 +81,7 @@ impl Layer {
                     .chunks_exact(spec.cols)
                     .enumerate()
                     .flat_map(|(r, row)| {
-                        let s = spec.scales[if spec.scales.len() == 1 { 0 } else { r }];
-                        row.iter().map(move |&c| spec.levels[c as usize] * s)
+                        row.iter().map(move |&c| spec.levels[c as usize] * spec.row_scale(r))
                     })
                     .collect(),
             ),
@@ -101,7 +100,7 @@ impl Layer {
 
     /// The scale of output feature `f` (a convolution's maps are HWC: channel = f mod rows).
     fn scale(&self, f: usize) -> f32 {
-        self.spec.scales[if self.spec.scales.len() == 1 { 0 } else { f % self.spec.rows }]
+        self.spec.row_scale(f % self.spec.rows)
     }
 
     /// What integer weights were multiplied by (1 for float weights).
@@ -121,11 +120,6 @@ impl Layer {
     /// quantization makes it matter only for the input scale).
     fn normalised(&self, norm: NormKind) -> bool {
         norm == NormKind::Rms && self.spec.conv.is_none()
-    }
-
-    /// Output features before pooling.
-    fn map_features(&self) -> usize {
-        self.spec.conv.map_or(self.spec.rows, |c| c.side * c.side * self.spec.rows)
     }
 
     /// ReLU, then the 2×2 max-pool of a pooling convolution, on one sample's outputs.
@@ -195,7 +189,7 @@ impl Runtime {
             } else {
                 let y = self.real_outputs(layer, &sums, &codes.scales, n);
                 let mut y: Vec<f32> =
-                    y.chunks_exact(layer.map_features()).flat_map(|s| layer.activate(s)).collect();
+                    y.chunks_exact(layer.spec.map_features()).flat_map(|s| layer.activate(s)).collect();
                 self.quantize_float(&mut y, n, next)
             };
         }
@@ -228,35 +222,25 @@ impl Runtime {
     fn multiply(&self, layer: &Layer, q: &[i8], n: usize) -> Sums {
         let Some(conv) = layer.spec.conv else { return self.fully_connected(layer, q, n) };
         let (stride, pixels, rows) = (layer.stride(), conv.side * conv.side, layer.spec.rows);
-        // Rows of every pixel's neighbourhood, at the stride the weights want.
+        // Rows of every pixel's neighbourhood (all nine taps of every input channel), at the
+        // stride the kernel's padded layout wants for the integer full convolution.
         let patch_stride = match &layer.weights {
             Weights::Int(linear, _) => linear.codes.padded_cols(),
-            _ => layer.spec.cols.max(9 * conv.in_channels),
+            _ => 9 * conv.in_channels,
         };
         let mut patches = Vec::with_capacity(n * pixels * patch_stride);
         for sample in q.chunks_exact(stride).take(n) {
             conv::patches(sample, conv.side, conv.in_channels, patch_stride, &mut patches);
         }
-        let per_sample = pixels * patch_stride;
         match &layer.weights {
             Weights::Int(linear, _) => {
                 let mut out = vec![0i32; rows * n * pixels];
                 linear.forward(&patches, n * pixels, &mut out, self.path, self.parallel);
                 Sums::Int(transpose(&out, rows, n * pixels))
             }
-            Weights::IntTaps(taps, _) => {
-                let mut out = vec![0i32; n * pixels * rows];
-                for (p, o) in patches.chunks_exact(per_sample).zip(out.chunks_exact_mut(pixels * rows)) {
-                    conv::depthwise(p, patch_stride, rows, taps, o);
-                }
-                Sums::Int(out)
-            }
+            Weights::IntTaps(taps, _) => Sums::Int(conv::depthwise(&patches, patch_stride, rows, taps)),
             Weights::Float(w) if conv.depthwise => {
-                let mut out = vec![0f32; n * pixels * rows];
-                for (p, o) in patches.chunks_exact(per_sample).zip(out.chunks_exact_mut(pixels * rows)) {
-                    conv::depthwise(p, patch_stride, rows, w, o);
-                }
-                Sums::Float(out)
+                Sums::Float(conv::depthwise(&patches, patch_stride, rows, w))
             }
             Weights::Float(w) => {
                 Sums::Float(float_products(w, layer.spec.cols, &patches, patch_stride, n * pixels))
@@ -280,7 +264,7 @@ impl Runtime {
 
     /// Real-valued outputs (`n × map features`): sums × scale / (multiplier × input scale).
     fn real_outputs(&self, layer: &Layer, sums: &Sums, input_scales: &[f32], n: usize) -> Vec<f32> {
-        let features = layer.map_features();
+        let features = layer.spec.map_features();
         let mut y = vec![0f32; n * features];
         for (i, row) in y.chunks_exact_mut(features).enumerate() {
             let per_unit = 1.0 / (layer.multiplier() as f32 * input_scales[i]);
@@ -308,7 +292,7 @@ impl Runtime {
         let (stride, bits) = (next.stride(), next.spec.activation_bits);
         let mut q = vec![0i8; n * stride];
         let mut scales = Vec::with_capacity(n);
-        for (i, sample) in sums.chunks_exact(layer.map_features()).enumerate() {
+        for (i, sample) in sums.chunks_exact(layer.spec.map_features()).enumerate() {
             let column = layer.activate(sample);
             requantize_relu(&column, bits, &mut q[i * stride..i * stride + column.len()]);
             let max = column.iter().copied().max().unwrap_or(0).max(1) as f64;
@@ -323,11 +307,6 @@ impl Runtime {
         }
         Codes { q, scales }
     }
-}
-
-/// `rows × cols` to `cols × rows`.
-fn transpose<T: Copy>(m: &[T], rows: usize, cols: usize) -> Vec<T> {
-    (0..cols).flat_map(|c| (0..rows).map(move |r| m[r * cols + c])).collect()
 }
 
 /// `out[i·rows + r] = Σ_c w[r·cols + c] · x[i·stride + c]` for `n` rows of codes.
@@ -371,8 +350,11 @@ mod tests {
     #[test]
     fn large_ternary_layers_on_the_trit_layout_give_the_scalar_paths_logits() {
         let model = large_ternary();
-        assert!(
-            prefers_trits(Path::Avx512Vnni, 1100, 4096) || !Path::available().contains(&Path::Avx512Vnni)
+        let lookups = Path::available().contains(&Path::Avx512Vnni) && crate::kernel::has_byte_permutes();
+        assert_eq!(
+            prefers_trits(Path::Avx512Vnni, 1100, 4096),
+            lookups,
+            "large layers take trits where they decode fast"
         );
         assert!(!prefers_trits(Path::Avx512Vnni, 10, 1100), "small layers keep 2-bit codes");
         let x: Vec<f32> = (0..3 * 4096).map(|i| ((i * 7919) % 255) as f32 / 64.0 - 2.0).collect();

@@ -227,10 +227,10 @@ impl CodeMatrix {
 /// The trits of a byte of the [`Layout::Trits`] layout, first first (zeros past the last code,
 /// 250, which the layout never writes).
 pub const fn trits_of(byte: u8) -> [u8; 5] {
-    let (lead, rest) = (byte / TRIT_LEAD_STEP, byte % TRIT_LEAD_STEP);
     if byte > TRIT_LAST_CODE {
         return [0; 5];
     }
+    let (lead, rest) = (byte / TRIT_LEAD_STEP, byte % TRIT_LEAD_STEP);
     [lead / 3, lead % 3, rest / 9, rest / 3 % 3, rest % 3]
 }
 
@@ -280,7 +280,7 @@ pub fn prefers_trits(path: Path, rows: usize, cols: usize) -> bool {
 }
 
 /// Whether the CPU has the AVX-512 VBMI byte permutes the trit decoder looks up with.
-fn has_byte_permutes() -> bool {
+pub(crate) fn has_byte_permutes() -> bool {
     #[cfg(target_arch = "x86_64")]
     return std::is_x86_feature_detected!("avx512vbmi");
     #[cfg(not(target_arch = "x86_64"))]
@@ -319,8 +319,9 @@ impl IntLinear {
     }
 }
 
-/// Software prefetch for a stream read 64 bytes at a time from `at`: the line 1 KiB ahead into
-/// L1, and the line 8 KiB ahead into L2. Streaming from DRAM, the hardware prefetchers alone left
+/// Software prefetch for a stream being read at `at` (called once per 64-byte block, or per
+/// 128 bytes by the bandwidth probe): the line 1 KiB ahead into L1, and the line 8 KiB ahead
+/// into L2. Streaming from DRAM, the hardware prefetchers alone left
 /// half the bandwidth unused, and the L1 prefetch alone a fifth: a core has few L1 miss buffers
 /// but more L2 ones, so the far L2 requests keep more lines in flight. Measured with
 /// `qat bench kernels` (4096² ternary 2-bit, cold, one thread: 678 µs without prefetch, 335–416
@@ -352,6 +353,18 @@ pub fn stream_sum(words: &[u64]) -> u64 {
     }
     let tail = words.chunks_exact(16).remainder().iter().fold(0u64, |a, &b| a.wrapping_add(b));
     lanes.iter().fold(tail, |a, &b| a.wrapping_add(b))
+}
+
+/// Row-major `rows × cols` → row-major `cols × rows` (the kernels give `rows × n` sums; the
+/// runtime and the training engine want them per sample).
+pub fn transpose<T: Copy + Default>(m: &[T], rows: usize, cols: usize) -> Vec<T> {
+    let mut out = vec![T::default(); m.len()];
+    for (r, row) in m.chunks_exact(cols).enumerate() {
+        for (c, v) in row.iter().enumerate() {
+            out[c * rows + r] = *v;
+        }
+    }
+    out
 }
 
 /// The reference every path must match: `out[r·n + i] = Σ_c levels[r·cols + c] · x[i·cols + c]`,
