@@ -2,9 +2,9 @@
 //! plugin activations (through the f/f′ construction) and layer norm.
 
 use qatlab_core::{Activation, Registry};
-use qatlab_runner::engine::{Engine, Pass};
-use qatlab_runner::loss::cross_entropy;
-use qatlab_runner::model::Network;
+use qatlab_runner::nn::engine::{Engine, Pass};
+use qatlab_runner::nn::loss::cross_entropy;
+use qatlab_runner::nn::model::Network;
 use serde::{Deserialize, Serialize};
 
 const INPUTS: usize = 6;
@@ -203,7 +203,7 @@ fn learnable_per_channel_scale_gradient_matches_finite_differences() {
 fn activation_fake_quantization_has_the_reference_values() {
     // 8 bits: s = 127 / max|x| = 63.5; x·s = 127, −63.5, 0.635 → round half even → 127, −64, 1
     let mut out = vec![0.0; 3];
-    qatlab_runner::model::quantize_activations(&[2.0, -1.0, 0.01], 3, 8, &mut out);
+    qatlab_runner::nn::model::quantize_activations(&[2.0, -1.0, 0.01], 3, 8, &mut out);
     assert_eq!(out, vec![2.0, -64.0 / 63.5, 1.0 / 63.5]);
 }
 
@@ -295,7 +295,7 @@ fn convolutions_see_their_neighbourhood_with_zero_padding() {
     net.layers[0].weight = vec![0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0];
     net.quantize_all(false, 0, 0, 0).unwrap();
     let x: Vec<f32> = (0..side * side).map(|i| i as f32).collect();
-    let (features, _) = qatlab_runner::conv::forward(&net.layers[..1], &net.stage, &x, 1);
+    let (features, _) = qatlab_runner::nn::conv::forward(&net.layers[..1], &net.stage, &x, 1);
     for y in 0..side {
         for c in 0..side {
             let expected = if c + 1 < side { (y * side + c + 1) as f32 } else { 0.0 };

@@ -1,7 +1,7 @@
 //! Whole runs on the real MNIST files (found like the CLI finds them).
 
 use qatlab_runner::data::RunData;
-use qatlab_runner::execute::single_threaded;
+use qatlab_runner::launch::local::single_threaded;
 use qatlab_runner::train::{train, EpochMetrics, Observer};
 
 struct Keep(Vec<EpochMetrics>);

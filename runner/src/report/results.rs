@@ -6,9 +6,9 @@ use std::fmt::Write;
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::experiment::sweep::inline;
 use crate::experiment::RunPlan;
-use crate::outputs::{write_atomic, RunDir, Status};
-use crate::sweep::inline;
+use crate::run::{write_atomic, RunDir, Status};
 
 /// The fixed metric columns of `results.csv`, after the swept keys.
 pub const METRIC_COLUMNS: [&str; 13] = [

@@ -231,7 +231,7 @@ pub struct TableArgs {
     pub metric: Vec<String>,
     /// Output format.
     #[arg(long, value_enum, default_value = "md")]
-    pub format: crate::results::TableFormat,
+    pub format: crate::report::results::TableFormat,
 }
 
 /// `qat bench` subcommands.
@@ -326,7 +326,7 @@ mod tests {
         };
         assert_eq!(a.by, vec!["quantizer".to_string(), "model.hidden".to_string()]);
         assert_eq!(a.metric, vec!["final_test_acc".to_string()]);
-        assert_eq!(a.format, crate::results::TableFormat::Csv);
+        assert_eq!(a.format, crate::report::results::TableFormat::Csv);
     }
 
     #[test]

@@ -16,9 +16,9 @@ use qatlab_core::{config::RunConfig, Registry};
 use crate::data::RunData;
 use crate::error::{Error, Result};
 use crate::experiment::{PlannedRun, RunPlan};
-use crate::outputs::{host_name, now, run_id, RunDir, RunRecord, Scores, Status, Versions};
-use crate::results::write_results_csv;
-use crate::tensorboard::{write_experiment, RunLog, HISTOGRAM_EVERY};
+use crate::report::results::write_results_csv;
+use crate::report::tensorboard::{write_experiment, RunLog, HISTOGRAM_EVERY};
+use crate::run::{host_name, now, run_id, Outcome, RunDir, RunRecord, Scores, Status, Versions};
 use crate::train::{train, Checkpoint, EpochMetrics, Observer};
 
 /// How to execute a plan.
@@ -34,19 +34,6 @@ pub struct ExecOptions {
     pub quiet: bool,
     /// Runs in parallel.
     pub jobs: usize,
-}
-
-/// What happened to one run.
-#[derive(Clone, Debug)]
-pub struct Outcome {
-    /// Position in the plan.
-    pub index: usize,
-    /// Its directory.
-    pub dir: PathBuf,
-    /// Its final record.
-    pub record: RunRecord,
-    /// True when it was not run now (already finished).
-    pub skipped: bool,
 }
 
 /// Set by the Ctrl-C handler; runs stop at the next step and stay resumable.
@@ -284,7 +271,7 @@ pub fn run_one(
     });
     match result {
         Ok(mut finished) => {
-            record.analysis = Some(crate::analysis::analyze(&mut finished.trainer, &data.test)?);
+            record.analysis = Some(crate::train::analysis::analyze(&mut finished.trainer, &data.test)?);
             record.swa_test_acc = finished.swa_test_acc;
             record.status = Status::Success;
             record.total_bits = finished.total_bits;

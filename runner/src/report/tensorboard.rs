@@ -13,9 +13,9 @@ use tensorboard_proto::summary::{Summary, SummaryMetadata, SummaryMetadata_Plugi
 use tensorboard_rs::summary::{histogram_raw, scalar};
 use tensorboard_rs::summary_writer::FileWriter;
 
+use crate::experiment::sweep::inline;
 use crate::experiment::{describe, PlannedRun, RunPlan};
-use crate::outputs::Status;
-use crate::sweep::inline;
+use crate::run::Status;
 use crate::train::EpochMetrics;
 
 /// The scalar tags the HParams view shows as metrics.
@@ -131,7 +131,7 @@ fn value_of(run: &PlannedRun, key: &str) -> Value {
         return v.clone();
     }
     let resolved = serde_yaml::to_value(&run.config).unwrap_or_default();
-    crate::sweep::get_path(&resolved, key).cloned().unwrap_or(Value::Null)
+    crate::experiment::sweep::get_path(&resolved, key).cloned().unwrap_or(Value::Null)
 }
 
 /// One run's event file in its own directory.

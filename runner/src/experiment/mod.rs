@@ -3,13 +3,15 @@
 //! and every run's config range-checked and its plugins checked against the registry, all
 //! before anything runs.
 
+pub mod sweep;
+
 use std::path::{Path, PathBuf};
 
 use qatlab_core::{config::RunConfig, registry::did_you_mean, Registry};
 use serde_yaml::Value;
 
 use crate::error::{Error, Result};
-use crate::sweep::{self, get_path, inline, set_path, SweepSpec};
+use sweep::{get_path, inline, set_path, SweepSpec};
 
 /// One run of a plan.
 #[derive(Clone, Debug)]
@@ -44,7 +46,7 @@ impl RunPlan {
         if only.is_empty() {
             return Ok((0..self.runs.len()).collect());
         }
-        let ids: Vec<String> = self.runs.iter().map(|r| crate::outputs::run_id(&r.config)).collect();
+        let ids: Vec<String> = self.runs.iter().map(|r| crate::run::run_id(&r.config)).collect();
         let mut keep = vec![false; self.runs.len()];
         for want in only.iter().flat_map(|o| o.split(',')).map(str::trim) {
             let hit = match want.parse::<usize>() {
@@ -326,7 +328,7 @@ pub fn check_with_teachers(
         if teachers.contains(&d.teacher) {
             return Ok(());
         }
-        if !teacher.join("config.yaml").is_file() || !teacher.join(crate::outputs::CHECKPOINT).is_file() {
+        if !teacher.join("config.yaml").is_file() || !teacher.join(crate::run::CHECKPOINT).is_file() {
             return Err(format!(
                 "train.distill.teacher: {} is not a finished run directory (no config.yaml and checkpoint.json) nor a name under `teachers:`; train the teacher first, or define it under `teachers:`",
                 d.teacher

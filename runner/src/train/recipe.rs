@@ -8,7 +8,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Beta, Distribution};
 use serde::{Deserialize, Serialize};
 
-use crate::model::Layer;
+use crate::nn::model::Layer;
 
 /// Averages of the latent weights, per layer.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -4,11 +4,7 @@ use std::fmt::Write;
 
 use qatlab_core::Registry;
 
-use crate::execute::Outcome;
-
-/// The quickstart recipe used by `qat bench train` when no file is given.
-pub const QUICKSTART_BENCH_YAML: &str =
-    "name: bench-quickstart\nquantizer: ternary\nmodel: {hidden: [64, 64, 64]}\n";
+use crate::run::Outcome;
 
 /// One line per run: status, final and best test accuracy, train accuracy, size, time.
 pub fn summary(outcomes: &[Outcome]) -> String {
@@ -56,7 +52,7 @@ pub fn run_list(plan: &crate::experiment::RunPlan) -> String {
     );
     let _ = writeln!(out, "{:>5}  {:<10}  overrides", "index", "run id");
     for run in &plan.runs {
-        let id = crate::outputs::run_id(&run.config);
+        let id = crate::run::run_id(&run.config);
         let _ =
             writeln!(out, "{:>5}  {:<10}  {}", run.index, id, crate::experiment::describe(&run.overrides));
     }
@@ -97,7 +93,7 @@ pub fn plugin_listing(registry: &Registry) -> String {
 /// A YAML value on one line, in flow style; floats at f32 precision (plugin parameters are
 /// f32, whose f64 widening would print as 0.699999988…).
 fn yaml_inline(v: &serde_yaml::Value) -> String {
-    crate::sweep::inline_with(v, &|x| {
+    crate::experiment::sweep::inline_with(v, &|x| {
         let f = x as f32;
         Some(if f.fract() == 0.0 { format!("{f:.1}") } else { f.to_string() })
     })

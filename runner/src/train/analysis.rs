@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::Samples;
 use crate::error::Result;
-use crate::model::Layer;
+use crate::nn::model::Layer;
 use crate::train::{Trainer, CLASSES};
 
 /// Bins of the expected calibration error (the usual choice since Guo et al., 2017).

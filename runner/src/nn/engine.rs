@@ -19,7 +19,7 @@ use dfdx::prelude::*;
 use qatlab_core::config::{Norm, Residual};
 use qatlab_deploy::kernel::transpose;
 
-use crate::model::{
+use crate::nn::model::{
     layer_norm_rows, quantize_activations, rms_norm_rows, BatchStats, Network, RunningStats, Stage,
     BATCH_NORM_EPS, LAYER_NORM_EPS, RMS_EPS,
 };
@@ -84,7 +84,7 @@ struct Forward<T: Mode> {
     features: Option<Mat<T>>,
     /// The convolutional front-end's cache and its output before the first fully connected
     /// layer's norm (None without convolutions).
-    conv: Option<(crate::conv::ConvCache, Vec<f32>)>,
+    conv: Option<(crate::nn::conv::ConvCache, Vec<f32>)>,
     /// The first layer's normalised input before its learned gain and bias (when it has them).
     first_normalised: Option<Vec<f32>>,
     /// Leaves of the learned layer-norm gains and biases, by layer index.
@@ -203,7 +203,7 @@ impl Engine {
             }
             if let Some((cache, features)) = &f.conv {
                 let grad_features = norm_backward(net.stage.norm, features, grad_x1, cols);
-                crate::conv::backward(&mut net.layers[..convs], cache, &grad_features);
+                crate::nn::conv::backward(&mut net.layers[..convs], cache, &grad_features);
             }
         }
         for (l, gain, bias) in &f.affine {
@@ -231,7 +231,7 @@ impl Engine {
     ) -> Forward<T> {
         let convs = net.conv_count();
         let (mut input, mut conv) = if convs > 0 {
-            let (features, cache) = crate::conv::forward(&net.layers[..convs], &net.stage, x, batch);
+            let (features, cache) = crate::nn::conv::forward(&net.layers[..convs], &net.stage, x, batch);
             (features.clone(), Some((cache, features)))
         } else {
             (x.to_vec(), None)
@@ -345,7 +345,7 @@ impl Engine {
     }
 
     /// z plus the layer's output bias, when it has one (post-training bias correction).
-    fn add_bias<T: Mode>(&self, z: Mat<T>, layer: &crate::model::Layer) -> Mat<T> {
+    fn add_bias<T: Mode>(&self, z: Mat<T>, layer: &crate::nn::model::Layer) -> Mat<T> {
         if layer.bias.is_empty() {
             return z;
         }
@@ -381,7 +381,7 @@ impl Engine {
 
     /// The layer's fake-quantized weights, transposed to `inputs × outputs` so the matmul
     /// reads its right operand contiguously.
-    fn weight_t(&self, layer: &crate::model::Layer) -> Mat {
+    fn weight_t(&self, layer: &crate::nn::model::Layer) -> Mat {
         let s = layer.shape;
         self.dev.tensor_from_vec(transpose(&layer.quantized.values, s.rows, s.cols), (s.cols, s.rows))
     }
@@ -443,7 +443,7 @@ fn norm_backward(norm: Norm, x: &[f32], mut grad: Vec<f32>, features: usize) -> 
 /// when the layer has them (their gradients need it).
 fn prepare_input_on_host(
     stage: &Stage,
-    layer: &crate::model::Layer,
+    layer: &crate::nn::model::Layer,
     x: &mut [f32],
     features: usize,
 ) -> Option<Vec<f32>> {

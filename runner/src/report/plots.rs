@@ -10,8 +10,8 @@ use plotters::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::experiment::RunPlan;
-use crate::outputs::{RunDir, Status};
-use crate::tensorboard::group_name;
+use crate::report::tensorboard::group_name;
+use crate::run::{RunDir, Status};
 
 /// Where the plotting font is looked for (DejaVu Sans from Debian's fonts-dejavu-core), after
 /// `$QAT_PLOT_FONT`.

@@ -12,7 +12,7 @@
 
 use qatlab_deploy::conv::tap;
 
-use crate::model::{quantize_activations, ConvGeom, Layer, Stage};
+use crate::nn::model::{quantize_activations, ConvGeom, Layer, Stage};
 
 /// What the backward pass needs from the forward pass, per layer.
 pub struct ConvCache {

@@ -1,6 +1,8 @@
 //! `qat export` / `qat inspect` / `qat infer`: a finished run as a packed model file, and that
 //! file run on the deployment kernels against the test set.
 
+pub mod c;
+
 use std::path::Path;
 use std::time::Instant;
 
@@ -14,8 +16,8 @@ use qatlab_deploy::pack::Packing;
 use qatlab_deploy::runtime::{argmax, IntGrid, Runtime};
 
 use crate::data::{self, Samples, MEAN, STD};
-use crate::engine::{Engine, Pass};
 use crate::error::{Error, Result};
+use crate::nn::engine::{Engine, Pass};
 use crate::train::{load_finished, CLASSES};
 
 /// How `qat export` stores ternary and pentary codes.
@@ -111,9 +113,9 @@ pub fn export_run(dir: &Path, registry: &Registry, packing: PackingChoice) -> Re
         name: config.name.clone(),
         // The id the run is stored under (its record), which a re-serialised config need not
         // reproduce byte for byte.
-        run_id: crate::outputs::RunDir { path: dir.to_path_buf() }
+        run_id: crate::run::RunDir { path: dir.to_path_buf() }
             .read_record()
-            .map_or_else(|| crate::outputs::run_id(config), |r| r.run_id),
+            .map_or_else(|| crate::run::run_id(config), |r| r.run_id),
         input: InputSpec {
             dataset: config.data.dataset.dir_name().to_string(),
             image_size: config.data.image_size,

@@ -9,10 +9,10 @@ use qatlab_deploy::format::{ModelFile, NormKind};
 use qatlab_deploy::pack::{pack_bits, Packing};
 
 use crate::error::Result;
-use crate::outputs::write_atomic;
+use crate::run::write_atomic;
 
 /// The portable inference code; it includes the header named `qat_model.h`.
-const INFER_C: &str = include_str!("c_export/qat_infer.c");
+const INFER_C: &str = include_str!("qat_infer.c");
 
 /// Write `header` and, beside it, `qat_infer.c`; returns both paths.
 pub fn write(model: &ModelFile, header: &Path) -> Result<Vec<PathBuf>> {

@@ -4,8 +4,12 @@ use qatlab_core::{config::RunConfig, Registry};
 
 use crate::data::RunData;
 use crate::error::Result;
-use crate::execute::single_threaded;
+use crate::launch::local::single_threaded;
 use crate::train::{train, EpochMetrics, Observer};
+
+/// The quickstart recipe used by `qat bench train` when no file is given.
+pub const QUICKSTART_BENCH_YAML: &str =
+    "name: bench-quickstart\nquantizer: ternary\nmodel: {hidden: [64, 64, 64]}\n";
 
 /// PyTorch's throughput for the quickstart recipe (RMSNorm, 8-bit activations, ternary STE,
 /// Adam, batch 128) on one thread of this project's machine class, as measured by the project

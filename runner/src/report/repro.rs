@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::results::{mean_std, stats};
+use crate::report::results::{mean_std, stats};
 
 /// The data file.
 #[derive(Debug, Deserialize)]

@@ -12,7 +12,7 @@ use serde_yaml::Value;
 
 use crate::error::{Error, Result};
 use crate::experiment::{PlannedRun, RunPlan};
-use crate::outputs::{now, run_id, write_atomic, RunDir, Status};
+use crate::run::{now, run_id, write_atomic, RunDir, Status};
 
 /// Options of `--launcher slurm`.
 #[derive(Clone, Debug, Default)]
@@ -363,7 +363,7 @@ pub fn status(experiment_dir: &Path) -> Result<String> {
     }
     if let Some(m) = &manifest {
         let plan = m.plan();
-        crate::results::write_results_csv(&plan, results)?;
+        crate::report::results::write_results_csv(&plan, results)?;
         if let Some(last) = m.submissions.last() {
             let _ = writeln!(
                 out,

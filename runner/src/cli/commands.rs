@@ -1,0 +1,353 @@
+//! What each `qat` subcommand does: plan, execute, print. Errors go back to `main`, which
+//! prints them once as `qat: …` and picks the exit code.
+
+use std::process::ExitCode;
+
+use qatlab_core::config::RunConfig;
+
+use super::args::{
+    AnalyzeArgs, BenchCommand, BenchInferArgs, BenchTrainArgs, Cli, Command, ExportArgs, ExportFormat,
+    InferArgs, Launcher, ListArgs, PluginsArgs, ReproArgs, RunArgs, StatusArgs, TableArgs,
+};
+use crate::bench::train::{bench_train, PYTORCH_TERNARY_SAMPLES_PER_S};
+use crate::data::RunData;
+use crate::dynamic;
+use crate::error::Error;
+use crate::launch::local::{display_path, execute, experiment_dir, ExecOptions, INTERRUPTED};
+use crate::report::{results, summary as report};
+use crate::run::Status;
+use crate::{experiment, export};
+
+/// Run the command `cli` names; errors come back to `main`, which prints them once.
+pub fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
+    let mut registry = qatlab_plugins::builtin_registry();
+    let mut libraries = dynamic::env_paths();
+    libraries.extend(cli.plugins.iter().cloned());
+    let experiment_file = match &cli.command {
+        Command::Run(a) => Some(&a.file),
+        Command::List(a) => Some(&a.file),
+        Command::Bench(BenchCommand::Train(a)) => a.file.as_ref(),
+        _ => None,
+    };
+    if let Some(file) = experiment_file.filter(|f| f.is_file()) {
+        libraries.extend(experiment::plugin_paths(file)?);
+    }
+    let loaded = dynamic::load_all(&mut registry, &libraries)?;
+    match cli.command {
+        Command::Run(args) if args.launcher == Launcher::Slurm => submit(&args, &registry, &libraries),
+        Command::Run(args) => run(&args, &registry),
+        Command::List(args) => list(&args, &registry),
+        Command::Table(args) => table(&args),
+        Command::Status(args) => status(&args),
+        Command::Repro(args) => repro(&args, &registry),
+        Command::Plugins(args) => plugins(&args, &mut registry, &loaded),
+        Command::Bench(BenchCommand::Train(args)) => bench(&args, &registry),
+        Command::Bench(BenchCommand::Kernels(args)) => {
+            let shapes = crate::bench::kernels::parse_shapes(&args.shapes)?;
+            print!("{}", crate::bench::kernels::run(args.seconds, args.quick, &shapes));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Infer(args)) => bench_infer(&args),
+        Command::Export(args) => export(&args, &registry),
+        Command::Inspect(args) => {
+            let bytes = std::fs::metadata(&args.file).map_err(|e| Error::io(&args.file, e))?.len() as usize;
+            print!("{}", export::describe(&export::read_model(&args.file)?, bytes));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Infer(args) => infer(&args, &registry),
+        Command::Analyze(args) => analyze(&args, &registry),
+    }
+}
+
+fn plugins(
+    args: &PluginsArgs,
+    registry: &mut qatlab_core::Registry,
+    loaded: &[dynamic::Loaded],
+) -> Result<ExitCode, Error> {
+    let checked = dynamic::load_all(registry, &args.check)?;
+    if loaded.is_empty() && checked.is_empty() {
+        print!("{}", report::plugin_listing(registry));
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (path, provided) in loaded.iter().chain(&checked) {
+        println!("{} provides:", path.display());
+        for (kind, info) in provided {
+            println!("  {:<11} {:<19} {}", kind.as_str(), info.name, info.summary);
+        }
+    }
+    let mut failures = Vec::new();
+    for (_, provided) in &checked {
+        for (_, info) in provided.iter().filter(|(k, _)| *k == qatlab_core::Kind::Quantizer) {
+            let found = qatlab_plugins::conformance::check_quantizer(
+                &registry.quantizers,
+                &info.name,
+                &Default::default(),
+            );
+            println!(
+                "conformance {}: {}",
+                info.name,
+                if found.is_empty() { "pass".to_string() } else { format!("{} failure(s)", found.len()) }
+            );
+            failures.extend(found);
+        }
+    }
+    for f in &failures {
+        println!("  {f}");
+    }
+    Ok(if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn run(args: &RunArgs, registry: &qatlab_core::Registry) -> Result<ExitCode, Error> {
+    let plan = experiment::load(&args.file, registry)?;
+    let selected = plan.selection(&args.only)?;
+    if args.jobs == Some(0) {
+        return Err(Error::Config("--jobs: must be at least 1".into()));
+    }
+    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let options = ExecOptions {
+        results: args.results.clone(),
+        force: args.force,
+        retry_failed: args.retry_failed,
+        quiet: args.quiet,
+        jobs,
+    };
+    // Ctrl-C: stop at the next step, leave every run resumable; a second Ctrl-C kills.
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("qat: stopping after the current step; run the same command again to resume");
+    });
+    let outcomes = execute(&plan, &selected, registry, &options)?;
+    print!("{}", report::summary(&outcomes));
+    match crate::report::plots::write_plots(&plan, &options.results) {
+        Ok(files) if !files.is_empty() => {
+            println!("plots: {}", display_path(files[0].parent().unwrap_or(&options.results)))
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!("qat: warning: no plots: {e}"),
+    }
+    let all_ok =
+        outcomes.len() == selected.len() && outcomes.iter().all(|o| o.record.status == Status::Success);
+    println!("results: {}", display_path(&experiment_dir(&options.results, &plan)));
+    Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn submit(
+    args: &RunArgs,
+    registry: &qatlab_core::Registry,
+    libraries: &[std::path::PathBuf],
+) -> Result<ExitCode, Error> {
+    let plan = experiment::load(&args.file, registry)?;
+    let selected = plan.selection(&args.only)?;
+    // Array tasks would all train an unfinished teacher at once, in one directory.
+    for (name, teacher) in &plan.teachers {
+        let dir = crate::run::RunDir::new(&args.results, &teacher.config);
+        if dir.read_record().map(|r| r.status) != Some(Status::Success) {
+            return Err(Error::Config(format!(
+                "{}: teacher `{name}` is not trained yet; train it first (for example `qat run` the \
+                 file locally with a one-run sweep, or point train.distill.teacher at a finished run \
+                 directory), then submit",
+                args.file.display()
+            )));
+        }
+    }
+    let options = crate::launch::slurm::SlurmOptions {
+        partition: args.partition.clone(),
+        time: args.time.clone(),
+        cpus_per_task: args.cpus_per_task,
+        mem: args.mem.clone(),
+        array_parallelism: args.array_parallelism,
+        sbatch_args: args.sbatch_args.clone(),
+        dry_run: args.dry_run,
+        plugins: libraries.to_vec(),
+    };
+    let submitted = crate::launch::slurm::submit(&plan, &selected, &args.results, args.force, &options)?;
+    for w in &submitted.warnings {
+        eprintln!("qat: warning: {w}");
+    }
+    let dir = display_path(&experiment_dir(&args.results, &plan));
+    match (&submitted.job_id, submitted.indices.is_empty()) {
+        (_, true) => println!(
+            "nothing to submit: every selected run of `{}` has succeeded (--force reruns them)",
+            plan.experiment
+        ),
+        (Some(id), false) => {
+            println!(
+                "submitted job array {id}: {} runs ({})",
+                submitted.indices.len(),
+                display_path(&submitted.script)
+            );
+            println!("follow it with: qat status {dir}   (or squeue -j {id})");
+        }
+        (None, false) => println!(
+            "dry run: wrote {} for {} runs; submit it with sbatch",
+            display_path(&submitted.script),
+            submitted.indices.len()
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn repro(args: &ReproArgs, registry: &qatlab_core::Registry) -> Result<ExitCode, Error> {
+    use crate::report::repro;
+    let published = repro::read_published(&args.data)?;
+    if args.list {
+        print!("{}", repro::list(&published, &args.data, &args.results));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let name = args.table.clone().unwrap_or_default();
+    let spec = published.tables.get(&name).ok_or_else(|| {
+        let names: Vec<&str> = published.tables.keys().map(String::as_str).collect();
+        Error::Config(format!("unknown table `{name}`; tables: {}", names.join(", ")))
+    })?;
+    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let options = ExecOptions {
+        results: args.results.clone(),
+        force: false,
+        retry_failed: false,
+        quiet: args.quiet,
+        jobs,
+    };
+    // prerequisite experiments (a distillation teacher) run first, so the table's plan can name them
+    let data_dir = args.data.parent().unwrap_or(std::path::Path::new("."));
+    for first in &spec.before {
+        let plan = experiment::load(&data_dir.join(first), registry)?;
+        execute(&plan, &plan.selection(&[])?, registry, &options)?;
+    }
+    let plan = experiment::load(&repro::experiment_file(&args.data, spec), registry)?;
+    let selected = plan.selection(&[])?;
+    execute(&plan, &selected, registry, &options)?;
+    if let Err(e) = crate::report::plots::write_plots(&plan, &args.results) {
+        eprintln!("qat: warning: no plots: {e}");
+    }
+    let csv = experiment_dir(&args.results, &plan).join("results.csv");
+    let (report, within, compared) = repro::report(&name, spec, &csv)?;
+    let path = args.results.join("repro").join(format!("{name}.md"));
+    crate::run::write_atomic(&path, report.as_bytes())?;
+    print!("{report}");
+    println!("written: {} ({within}/{compared} within tolerance or trend holding)", display_path(&path));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(args: &StatusArgs) -> Result<ExitCode, Error> {
+    print!("{}", crate::launch::slurm::status(&args.dir)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list(args: &ListArgs, registry: &qatlab_core::Registry) -> Result<ExitCode, Error> {
+    let plan = experiment::load(&args.file, registry)?;
+    print!("{}", report::run_list(&plan));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn table(args: &TableArgs) -> Result<ExitCode, Error> {
+    print!("{}", results::table(&args.dir, &args.by, &args.metric, args.format)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench(args: &BenchTrainArgs, registry: &qatlab_core::Registry) -> Result<ExitCode, Error> {
+    let config: RunConfig = match &args.file {
+        Some(file) => experiment::load(file, registry)?.runs.remove(0).config,
+        None => experiment::parse(crate::bench::train::QUICKSTART_BENCH_YAML, "built-in quickstart recipe")?,
+    };
+    let data = RunData::load(&config.data)?;
+    let result = bench_train(&config, registry, &data, args.epochs)?;
+    let per_epoch: Vec<String> = result.per_epoch.iter().map(|s| format!("{s:.0}")).collect();
+    let median = result.median();
+    println!(
+        "model: {} hidden {:?}, quantizer {}, batch {}",
+        config.name, config.model.hidden, config.quantizer.name, config.train.batch_size
+    );
+    println!("training samples/s per epoch (1 thread): {}", per_epoch.join(", "));
+    println!("median: {median:.0} samples/s");
+    println!(
+        "vs PyTorch anchor for the ternary quickstart recipe ({:.0} samples/s, 1 thread): {:.2}x",
+        PYTORCH_TERNARY_SAMPLES_PER_S,
+        median / PYTORCH_TERNARY_SAMPLES_PER_S
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn export(args: &ExportArgs, registry: &qatlab_core::Registry) -> Result<ExitCode, Error> {
+    let model = export::export_run(&args.run, registry, args.packing)?;
+    let written = match args.format {
+        ExportFormat::Model => {
+            let bytes = model.to_bytes().map_err(|e| Error::Config(e.to_string()))?;
+            crate::run::write_atomic(&args.output, &bytes)?;
+            vec![args.output.clone()]
+        }
+        ExportFormat::CHeader => crate::export::c::write(&model, &args.output)?,
+    };
+    for path in written {
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        println!("wrote {} ({size} bytes)", display_path(&path));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn infer(args: &InferArgs, registry: &qatlab_core::Registry) -> Result<ExitCode, Error> {
+    let model = export::read_model(&args.file)?;
+    let path = export::kernel_path(&args.kernel)?;
+    let runtime = qatlab_deploy::runtime::Runtime::new(&model, path, false)
+        .map_err(|e| Error::Config(e.to_string()))?;
+    let samples = export::test_samples(&model)?;
+    let result = export::infer(&runtime, &samples, args.batch);
+    println!(
+        "{}: test accuracy {:.2}% ({} images), {:.2} µs per sample at batch {} ({} kernels, 1 thread)",
+        model.header.name,
+        100.0 * result.accuracy,
+        samples.len(),
+        1e6 * result.seconds_per_sample,
+        args.batch,
+        path.name()
+    );
+    if let Some(run) = &args.compare {
+        let trained = export::training_predictions(run, registry, &samples)?;
+        let trained_accuracy = export::accuracy(&trained, &samples.labels);
+        let differ = trained.iter().zip(&result.predictions).filter(|(a, b)| a != b).count();
+        println!(
+            "training-time evaluation: {:.2}%; predictions differ on {differ} of {} images",
+            100.0 * trained_accuracy,
+            samples.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench_infer(args: &BenchInferArgs) -> Result<ExitCode, Error> {
+    let model = export::read_model(&args.file)?;
+    let samples = export::test_samples(&model)?;
+    print!("{}", crate::bench::kernels::infer_table(&model, &samples));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn analyze(args: &AnalyzeArgs, registry: &qatlab_core::Registry) -> Result<ExitCode, Error> {
+    let mut run = crate::train::load_finished(&args.run, registry)?;
+    let data = RunData::load(&run.config.data)?;
+    if args.bias_correction || args.recalibrate_batch_norm {
+        let mut config = run.config.clone();
+        config.eval.bias_correction |= args.bias_correction;
+        config.eval.recalibrate_batch_norm |= args.recalibrate_batch_norm;
+        run.trainer.set_eval_options(&config.eval);
+    }
+    let analysis = crate::train::analysis::analyze(&mut run.trainer, &data.test)?;
+    print!("{}", crate::train::analysis::summary(&analysis));
+    for text in &args.post_quantize {
+        let spec: qatlab_core::config::PluginSpec =
+            serde_yaml::from_str(text).map_err(|e| Error::Config(format!("--post-quantize {text}: {e}")))?;
+        registry
+            .quantizers
+            .validate(&spec.name, &spec.params)
+            .map_err(|e| Error::Config(format!("--post-quantize {text}: {e}")))?;
+        let accuracy = run.trainer.evaluate_quantized_by(registry, &spec, &data.train, &data.test)?;
+        println!("post-quantized by {text}: {:.2}%", 100.0 * accuracy);
+    }
+    let dir = crate::run::RunDir { path: args.run.clone() };
+    if let Some(mut record) = dir.read_record() {
+        record.analysis = Some(analysis);
+        dir.write_record(&record)?;
+        println!("\nstored in {}", display_path(&args.run.join("run.json")));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,9 @@
+//! What runs are turned into for people: the terminal summary and listings ([`summary`]),
+//! `results.csv` and `qat table` ([`results`]), plots ([`plots`]), TensorBoard event files
+//! ([`tensorboard`]) and reproduction reports against published tables ([`repro`]).
+
+pub mod plots;
+pub mod repro;
+pub mod results;
+pub mod summary;
+pub mod tensorboard;

@@ -1,0 +1,62 @@
+//! Evaluation on the test set with the evaluation quantization (the EMA weights when the recipe
+//! keeps them).
+
+use super::recipe::swap_weights;
+use super::{Trainer, CLASSES, EVAL_BATCH};
+use crate::data::Samples;
+use crate::error::Result;
+use crate::nn::engine::Pass;
+use crate::nn::loss::cross_entropy_sum;
+
+impl Trainer {
+    /// Test loss, accuracy and positive-activation share with the evaluation quantization.
+    pub fn evaluate(&mut self, test: &Samples) -> Result<(f64, f64, f64)> {
+        let (mut loss, mut correct, mut positive, mut seen) = (0.0, 0, 0, 0);
+        self.for_each_test_batch(test, |logits, labels, (pos, count)| {
+            let (l, c) = cross_entropy_sum(logits, labels, CLASSES);
+            loss += l;
+            correct += c;
+            positive += pos;
+            seen += count;
+        })?;
+        let n = test.len().max(1) as f64;
+        Ok((loss / n, correct as f64 / n, positive as f64 / seen.max(1) as f64))
+    }
+
+    /// Logits of every test sample (`n × CLASSES`) with the evaluation quantization.
+    pub fn test_logits(&mut self, test: &Samples) -> Result<Vec<f32>> {
+        let mut out = Vec::with_capacity(test.len() * CLASSES);
+        self.for_each_test_batch(test, |logits, _, _| out.extend_from_slice(logits))?;
+        Ok(out)
+    }
+
+    /// Quantize for evaluation, then visit each test batch's logits, labels and
+    /// (positive activations, activations).
+    /// With an EMA, the averaged weights are evaluated.
+    fn for_each_test_batch(
+        &mut self,
+        test: &Samples,
+        visit: impl FnMut(&[f32], &[u8], (u64, u64)),
+    ) -> Result<()> {
+        swap_weights(&mut self.averages.ema, &mut self.net.layers);
+        let result = self.visit_test_batches(test, visit);
+        swap_weights(&mut self.averages.ema, &mut self.net.layers);
+        result
+    }
+
+    fn visit_test_batches(
+        &mut self,
+        test: &Samples,
+        mut visit: impl FnMut(&[f32], &[u8], (u64, u64)),
+    ) -> Result<()> {
+        self.net.quantize_all(false, self.step, 0, self.config.train.seed)?;
+        let f = test.features;
+        for start in (0..test.len()).step_by(EVAL_BATCH) {
+            let end = (start + EVAL_BATCH).min(test.len());
+            let (logits, positive) =
+                self.engine.logits(&self.net, &test.x[start * f..end * f], end - start, Pass::Eval);
+            visit(&logits, &test.labels[start..end], positive);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,30 @@
+//! Training: the [`Trainer`] (a network with its optimizer state) and everything done to it,
+//! one job per module: the epoch loop ([`epochs`]), one training step ([`trainer`]), the
+//! optimizer step ([`step`]), evaluation ([`evaluate`]), post-training calibration
+//! ([`calibrate`]), checkpoints ([`checkpoint`]), metrics ([`metrics`]) and analysis
+//! ([`analysis`]). Nothing here touches files except restoring a finished run, or terminals.
+
+pub mod analysis;
+pub mod calibrate;
+pub mod checkpoint;
+pub mod epochs;
+pub mod evaluate;
+pub mod metrics;
+pub mod optim;
+pub mod recipe;
+pub mod step;
+pub mod teacher;
+pub mod trainer;
+
+pub use checkpoint::{load_finished, Checkpoint, FinishedRun, LayerCheckpoint, CHECKPOINT_FILE};
+pub use epochs::{epoch_order, train, Finished};
+pub use metrics::{layer_stats, EpochMetrics, LayerStats, Observer, Silent};
+pub use step::clip_global_norm;
+pub use trainer::Trainer;
+
+/// Number of classes of the supported datasets.
+pub const CLASSES: usize = 10;
+/// Test-set evaluation batch size (any size gives the same numbers).
+pub(crate) const EVAL_BATCH: usize = 1000;
+/// Training images whose mean layer inputs calibrate bias correction.
+pub const CALIBRATION_SAMPLES: usize = 4096;

@@ -1,0 +1,186 @@
+//! The trainer: a network with its optimizer state, and one training step (forward, loss,
+//! backward, quantizer backward) on a batch.
+
+use qatlab_core::{config::RunConfig, Progress, Registry, Schedule};
+
+use super::optim::{AdamConfig, AdamState};
+use super::recipe::{Accumulator, Averages, Mixed};
+use super::teacher::Teacher;
+use super::CLASSES;
+use crate::error::{Error, Result};
+use crate::nn::engine::{Engine, Pass};
+use crate::nn::loss::{cross_entropy_smoothed, cross_entropy_sum};
+use crate::nn::model::Network;
+
+/// A run in progress: network, optimizer state and the run's randomness.
+pub struct Trainer {
+    /// The network being trained.
+    pub net: Network,
+    pub(super) engine: Engine,
+    pub(super) schedule: Box<dyn Schedule>,
+    pub(super) adam: AdamConfig,
+    pub(super) base_lr: f64,
+    pub(super) weight_state: Vec<AdamState>,
+    pub(super) param_state: Vec<AdamState>,
+    pub(super) residual_state: Vec<AdamState>,
+    pub(super) affine_state: Vec<AdamState>,
+    pub(super) config: RunConfig,
+    pub(super) step: u64,
+    pub(super) teacher: Option<Teacher>,
+    pub(super) averages: Averages,
+    pub(super) accumulator: Accumulator,
+    /// The quantizer each layer was built from (changes with `train.quantizer_schedule`).
+    pub(super) layer_specs: Vec<qatlab_core::config::PluginSpec>,
+}
+
+impl Trainer {
+    /// Build the network and optimizer for `config`.
+    pub fn new(config: &RunConfig, registry: &Registry, features: usize) -> Result<Self> {
+        let net = Network::new(registry, config, features, CLASSES)?;
+        let spec = &config.train.schedule;
+        let schedule = registry
+            .schedules
+            .build(&spec.name, &spec.params)
+            .map_err(|e| Error::Config(format!("train.schedule: {e}")))?;
+        let o = &config.train.optimizer;
+        let layers = net.layers.len();
+        Ok(Self {
+            net,
+            engine: Engine::new(),
+            schedule,
+            adam: AdamConfig {
+                kind: o.name,
+                momentum: o.momentum.unwrap_or(0.9) as f32,
+                nesterov: o.nesterov,
+                betas: [o.betas[0] as f32, o.betas[1] as f32],
+                eps: o.eps as f32,
+                weight_decay: o.weight_decay as f32,
+            },
+            base_lr: o.lr,
+            weight_state: vec![AdamState::default(); layers],
+            param_state: vec![AdamState::default(); layers],
+            residual_state: vec![AdamState::default(); layers],
+            affine_state: vec![AdamState::default(); layers],
+            config: config.clone(),
+            step: 0,
+            teacher: None,
+            averages: Averages::default(),
+            accumulator: Accumulator::default(),
+            layer_specs: (0..layers).map(|i| config.model.layer(i, layers, &config.quantizer).0).collect(),
+        })
+    }
+
+    /// Load the distillation teacher the config names (training only: restoring a finished
+    /// run for evaluation or export does not need it).
+    pub fn attach_teacher(&mut self, registry: &Registry, features: usize) -> Result<()> {
+        if let Some(spec) = &self.config.train.distill {
+            self.teacher = Some(Teacher::load(spec, registry, features)?.matching_features(&self.config)?);
+        }
+        Ok(())
+    }
+
+    /// Learning rate of `epoch`.
+    pub fn lr(&self, epoch: usize, steps: usize) -> f64 {
+        let epochs = self.config.train.epochs;
+        let p = Progress { epoch, step: self.step as usize, epochs, steps };
+        self.base_lr * self.schedule.value(p)
+    }
+
+    /// Forward and backward pass on a batch (mixed with partners when `mixed`), then an
+    /// optimizer step, or only the gradient sum while accumulating; returns (loss, correct).
+    pub fn train_batch(
+        &mut self,
+        x: &[f32],
+        labels: &[u8],
+        mixed: Option<&Mixed>,
+        lr: f32,
+        epoch: usize,
+    ) -> Result<(f32, usize)> {
+        let seed = self.config.train.seed;
+        self.net.quantize_all(true, self.step, epoch, seed)?;
+        let mut correct = 0;
+        let smoothing = self.config.train.label_smoothing as f32;
+        let batch = labels.len();
+        let teacher = self.teacher.as_ref().map(|t| {
+            let features =
+                if t.loss.uses_features() { t.engine.features(&t.net, x, batch) } else { Vec::new() };
+            (t.engine.logits(&t.net, x, batch, Pass::Eval).0, features, &t.loss)
+        });
+        let loss_of = |logits: &[f32], labels: &[u8], grad: &mut [f32]| match &teacher {
+            Some((teacher_logits, _, distiller)) => {
+                distiller.loss(logits, teacher_logits, labels, CLASSES, grad)
+            }
+            None => cross_entropy_smoothed(logits, labels, CLASSES, smoothing, grad).0,
+        };
+        let with_features = teacher.as_ref().is_some_and(|t| !t.1.is_empty());
+        let mut loss_grad = |logits: &[f32],
+                             features: &[f32],
+                             grad: &mut [f32],
+                             grad_features: &mut [f32]| {
+            correct = cross_entropy_sum(logits, labels, CLASSES).1;
+            let feature_term = match &teacher {
+                Some((_, teacher_features, distiller)) if with_features => {
+                    distiller.feature_loss(features, teacher_features, features.len() / batch, grad_features)
+                }
+                _ => 0.0,
+            };
+            let Some(m) = mixed else { return loss_of(logits, labels, grad) + feature_term };
+            let mut partner_grad = vec![0.0; grad.len()];
+            let own = loss_of(logits, labels, grad);
+            let partner = loss_of(logits, &m.partner_labels, &mut partner_grad);
+            grad.iter_mut().zip(&partner_grad).for_each(|(g, p)| *g = m.lambda * *g + (1.0 - m.lambda) * p);
+            m.lambda * own + (1.0 - m.lambda) * partner + feature_term
+        };
+        let mut loss =
+            self.engine.backward_with_features(&mut self.net, x, batch, with_features, &mut loss_grad);
+        for layer in &mut self.net.layers {
+            layer.backward_quantizer();
+            loss += layer.quantizer.regularizer(layer.shape, &mut layer.grad_params);
+        }
+        if !loss.is_finite() {
+            return Err(Error::Diverged(format!("loss is {loss} at step {}", self.step)));
+        }
+        let accumulate = self.config.train.grad_accumulation;
+        if accumulate > 1 {
+            self.accumulator.add(&self.net.layers);
+            if self.accumulator.pending() < accumulate {
+                return Ok((loss, correct));
+            }
+            self.accumulator.take_mean_into(&mut self.net.layers);
+        }
+        self.optimizer_step(lr);
+        Ok((loss, correct))
+    }
+
+    /// Give every layer the quantizer `train.quantizer_schedule` assigns to `epoch`; a layer
+    /// whose quantizer changes starts with a fresh quantizer and fresh optimizer state for its
+    /// parameters.
+    pub fn use_quantizers_of_epoch(&mut self, registry: &Registry, epoch: usize) -> Result<()> {
+        let count = self.net.layers.len();
+        for (i, layer) in self.net.layers.iter_mut().enumerate() {
+            let (spec, _) = self.config.model.layer(i, count, self.config.quantizer_at(epoch));
+            if spec == self.layer_specs[i] {
+                continue;
+            }
+            layer.quantizer = registry
+                .quantizers
+                .build(&spec.name, &spec.params)
+                .map_err(|e| Error::Config(format!("quantizer of {} at epoch {epoch}: {e}", layer.name)))?;
+            layer.quantized = Default::default();
+            self.param_state[i] = AdamState::default();
+            self.layer_specs[i] = spec;
+        }
+        Ok(())
+    }
+
+    /// Let each quantizer refit its state at the end of `epoch`.
+    pub fn end_epoch(&mut self, epoch: usize) -> Result<()> {
+        for layer in &mut self.net.layers {
+            layer
+                .quantizer
+                .end_epoch(&layer.weight, layer.shape, epoch)
+                .map_err(|e| Error::Plugin(format!("{}: {e}", layer.name)))?;
+        }
+        Ok(())
+    }
+}
