@@ -315,6 +315,12 @@ pub fn check_with_teachers(
             .validate(&q.name, &q.params)
             .map_err(|e| format!("train.quantizer_schedule[{i}].quantizer: {e}"))?;
     }
+    for (i, q) in config.eval.post_quantize.iter().enumerate() {
+        registry
+            .quantizers
+            .validate(&q.name, &q.params)
+            .map_err(|e| format!("eval.post_quantize[{i}]: {e}"))?;
+    }
     let a = &config.model.activation;
     registry.activations.validate(&a.name, &a.params).map_err(|e| format!("model.activation: {e}"))?;
     let s = &config.train.schedule;

@@ -72,8 +72,9 @@ pub fn export_run(dir: &Path, registry: &Registry, packing: PackingChoice) -> Re
         return Err(unsupported("residual connections are not supported by the kernels yet".into()));
     }
     let mut layers = Vec::new();
-    for layer in &run.trainer.net.layers {
+    for (i, layer) in run.trainer.net.layers.iter().enumerate() {
         let q = &layer.quantized;
+        let quantizer = qatlab_core::config::spec_label(run.trainer.quantizer_spec(i));
         let Some(bits) = layer.activation_bits else {
             return Err(unsupported(format!(
                 "{} has float inputs; set model.activation_bits (the kernels take int8)",
@@ -81,18 +82,14 @@ pub fn export_run(dir: &Path, registry: &Registry, packing: PackingChoice) -> Re
             )));
         };
         if q.codes.is_empty() || q.levels.is_empty() {
-            return Err(unsupported(format!(
-                "{} is not quantized (quantizer `{}`)",
-                layer.name, config.quantizer.name
-            )));
+            return Err(unsupported(format!("{} is not quantized (quantizer `{quantizer}`)", layer.name)));
         }
-        let (spec, _) = config.model.layer(layers.len(), run.trainer.net.layers.len(), &config.quantizer);
         layers.push(LayerData {
             spec: LayerSpec {
                 name: layer.name.clone(),
                 rows: layer.shape.rows,
                 cols: layer.shape.cols,
-                quantizer: qatlab_core::config::spec_label(&spec),
+                quantizer,
                 levels: q.levels.clone(),
                 packing: packing.packing(q.levels.len(), &layer.name)?,
                 scales: q.scales.clone(),

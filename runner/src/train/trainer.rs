@@ -70,6 +70,12 @@ impl Trainer {
         })
     }
 
+    /// The quantizer layer `i` is built from now: the one `train.quantizer_schedule` gave it
+    /// for the last epoch trained or restored, which export and analysis must name.
+    pub fn quantizer_spec(&self, i: usize) -> &qatlab_core::config::PluginSpec {
+        &self.layer_specs[i]
+    }
+
     /// Load the distillation teacher the config names (training only: restoring a finished
     /// run for evaluation or export does not need it).
     pub fn attach_teacher(&mut self, registry: &Registry, features: usize) -> Result<()> {

@@ -201,3 +201,18 @@ fn every_run_records_its_analysis_and_qat_analyze_prints_it() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("--post-quantize {name: int, bitz: 4}: "), "{}", text(&out));
 }
+
+/// Regression: `eval.post_quantize: [ternry]` passed `qat list` and `qat run` trained the whole
+/// run before failing it; every plugin name is now checked before anything runs.
+#[test]
+fn a_misspelt_post_quantize_quantizer_fails_before_any_run() {
+    let yaml =
+        "name: x\nmodel: {hidden: [16]}\ntrain: {epochs: 1}\neval: {post_quantize: [ternary, ternry]}\n";
+    let expected = ["eval.post_quantize[1]: unknown quantizer `ternry` (did you mean `ternary`?)"];
+    assert_config_error(yaml, &expected);
+    let dir = workdir();
+    std::fs::write(dir.path().join("bad.yaml"), yaml).unwrap();
+    let out = qat(&["list", "bad.yaml"], dir.path());
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains(expected[0]), "{}", text(&out));
+}

@@ -191,3 +191,25 @@ fn unsupported_runs_and_bad_files_are_clear_errors() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("junk.qat: truncated file: the header needs 65535 bytes"), "{}", text(&out));
 }
+
+/// Regression: a run with `train.quantizer_schedule` (8-bit, then ternary) exported layers
+/// labelled `int bits=8` that held 3 levels; export now names the quantizer trained with last.
+#[test]
+fn an_exported_quantizer_schedule_run_names_the_quantizer_its_layers_ended_with() {
+    let dir = workdir();
+    std::fs::write(
+        dir.path().join("s.yaml"),
+        "name: s\nquantizer: {name: int, bits: 8}\nmodel: {hidden: [16]}\n\
+         train: {epochs: 2, quantizer_schedule: [{epoch: 1, quantizer: ternary}]}\n",
+    )
+    .unwrap();
+    assert!(qat(&["run", "s.yaml", "-q"], dir.path()).status.success());
+    let run = run_dirs(dir.path(), "s").remove(0);
+    let model =
+        export::export_run(&run, &qatlab_plugins::builtin_registry(), export::PackingChoice::Bits).unwrap();
+    assert_eq!(model.header.layers.len(), 2);
+    for layer in &model.header.layers {
+        assert_eq!(layer.quantizer, "ternary", "{}", layer.name);
+        assert_eq!(layer.levels.len(), 3, "{}", layer.name);
+    }
+}
