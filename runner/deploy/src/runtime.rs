@@ -363,5 +363,11 @@ mod tests {
             let logits = Runtime::new(&model, path, true).unwrap().logits(&x, 3);
             assert_eq!(logits, reference, "{path:?}");
         }
+        let missing = crate::kernel::ran::missing_required(&[
+            crate::kernel::ran::Variant::Avx2,
+            crate::kernel::ran::Variant::Avx512Vnni,
+            crate::kernel::ran::Variant::Avx512Trits,
+        ]);
+        assert!(missing.is_empty(), "{missing:?}");
     }
 }

@@ -98,6 +98,9 @@ fn export_inspect_and_every_kernel_path_agree() {
     for (packing, path, p) in &predictions[1..] {
         assert_eq!(p, &predictions[0].2, "{packing} on {path:?} predicts as 2-bit codes on the scalar path");
     }
+    use qatlab_deploy::kernel::ran::{missing_required, Variant};
+    let missing = missing_required(&[Variant::Avx2, Variant::Avx512Vnni]);
+    assert!(missing.is_empty(), "{missing:?}");
 }
 
 #[test]

@@ -210,8 +210,9 @@ fn batch_norm_recalibration_changes_post_training_quantization() {
     let (plain, _) = run_with(&format!("{base}}}"));
     let (calibrated, _) = run_with(&format!("{base}, recalibrate_batch_norm: true}}"));
     let (a, b) = (plain.post_quantized[0].1, calibrated.post_quantized[0].1);
-    assert!(a > 0.1 && b > 0.1, "{a} {b}");
-    assert_ne!(a, b, "re-estimated statistics change the evaluation");
+    // Statistics re-estimated on the ternary network fit it better than the float network's:
+    // measured 88.71 % → 90.58 % for this run.
+    assert!(a > 0.8 && b > a + 0.01, "re-estimated statistics raise ternary PTQ accuracy: {a} → {b}");
     assert_eq!(
         plain.trainer.net.norm_stats, calibrated.trainer.net.norm_stats,
         "the trained statistics are put back"
@@ -255,8 +256,10 @@ fn bias_correction_changes_post_training_quantization_and_is_removed_after() {
     let (plain, _) = run_with(&format!("{base}}}"));
     let (corrected, _) = run_with(&format!("{base}, bias_correction: true}}"));
     let (a, b) = (plain.post_quantized[0].1, corrected.post_quantized[0].1);
-    assert!(a > 0.1 && b > 0.1, "{a} {b}");
-    assert_ne!(a, b, "the corrected network predicts differently");
+    // At 2 bits the float network's mean inputs do not describe the quantized one, so the
+    // correction costs accuracy, as on table 4's float 64³ runs (90.40 % → 81.82 %); measured
+    // 91.25 % → 90.63 % for this run.
+    assert!(a > 0.8 && b < a && b > 0.8, "bias correction lowers 2-bit PTQ accuracy a little: {a} → {b}");
     assert!(
         corrected.trainer.net.layers.iter().all(|l| l.bias.is_empty()),
         "biases exist only during the PTQ evaluation"

@@ -16,6 +16,7 @@
 
 mod avx2;
 mod avx512;
+pub mod ran;
 mod scalar;
 
 use rayon::prelude::*;
@@ -193,23 +194,30 @@ impl CodeMatrix {
             let data = &self.data[first * row_bytes..(first + rows) * row_bytes];
             match (self.layout, path) {
                 (Layout::Bits(bits), Path::Scalar) => {
+                    ran::record(ran::Variant::Scalar);
                     scalar::code_dots(data, bits, row_bytes, x, stride, n, out)
                 }
                 // SAFETY: `available()` confirmed the CPU features above.
                 (Layout::Bits(bits), Path::Avx2) => unsafe {
+                    ran::record(ran::Variant::Avx2);
                     avx2::code_dots(data, bits, row_bytes, x, stride, n, out)
                 },
                 // SAFETY: as above.
                 (Layout::Bits(bits), Path::Avx512Vnni) => unsafe {
+                    ran::record(ran::Variant::Avx512Vnni);
                     avx512::code_dots(data, bits, row_bytes, x, stride, n, out)
                 },
                 // SAFETY: as above, and `has_byte_permutes` confirmed VBMI.
                 (Layout::Trits, Path::Avx512Vnni) if has_byte_permutes() => unsafe {
+                    ran::record(ran::Variant::Avx512Trits);
                     avx512::trit_dots(data, row_bytes, x, stride, n, out)
                 },
                 // The trit decoder's 256-entry lookups need AVX-512 VBMI byte permutes, which AVX2
                 // and some VNNI CPUs (Cascade Lake) lack: scalar there.
-                (Layout::Trits, _) => scalar::trit_dots(data, row_bytes, x, stride, n, out),
+                (Layout::Trits, _) => {
+                    ran::record(ran::Variant::Scalar);
+                    scalar::trit_dots(data, row_bytes, x, stride, n, out)
+                }
             }
         };
         let out = &mut out[..n * self.rows];
@@ -469,6 +477,8 @@ mod tests {
                 m.code_dots(&xp, n, &mut out, path, n % 2 == 0);
                 prop_assert_eq!(&out, &expected, "{:?}", path);
             }
+            let missing = ran::missing_required(&[ran::Variant::Avx512Trits]);
+            prop_assert!(missing.is_empty(), "{:?}", missing);
         }
 
         #[test]
@@ -484,6 +494,8 @@ mod tests {
                     prop_assert_eq!(&out, &expected, "{:?} parallel {}", path, parallel);
                 }
             }
+            let missing = ran::missing_required(&[ran::Variant::Avx2, ran::Variant::Avx512Vnni]);
+            prop_assert!(missing.is_empty(), "{:?}", missing);
         }
     }
 }
