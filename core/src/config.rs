@@ -193,8 +193,10 @@ pub struct ModelConfig {
     /// Skip connections around the hidden layers whose input and output widths match.
     #[serde(skip_serializing_if = "is_no_residual")]
     pub residual: Residual,
-    /// Per-layer overrides (mixed precision), keyed `first`, `last` or a 1-based layer index;
-    /// an index wins over `first`/`last`.
+    /// Per-layer overrides (mixed precision), keyed by a layer name (`fc1`, `conv2`), a glob
+    /// over names (`"fc*"`, `"blocks.*.attn.*"`; `*` matches within one dot-separated segment),
+    /// a 1-based layer index, or `first` / `last`. An exact name beats a glob, a glob beats an
+    /// index, an index beats `first`/`last`; several globs apply in key order.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub layers: std::collections::BTreeMap<String, LayerOverride>,
     /// Convolutional layers before the fully connected ones (3×3, stride 1, zero padding 1, no
@@ -275,44 +277,92 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<u32>>, D::Er
 }
 
 impl ModelConfig {
+    /// The layer names, input first: `conv1`… for the convolutions, then `fc1`… for the fully
+    /// connected layers (numbered from 1 again). Parameters, checkpoints, metrics, TensorBoard,
+    /// analysis and exported files all use these names.
+    pub fn layer_names(&self) -> Vec<String> {
+        let convs = (1..=self.conv.len()).map(|i| format!("conv{i}"));
+        convs.chain((1..=self.hidden.len() + 1).map(|i| format!("fc{i}"))).collect()
+    }
+
     /// The resolved quantizer and input bits of layer `index` (0-based) of `count`, given the
     /// network-wide `quantizer`.
     pub fn layer(&self, index: usize, count: usize, quantizer: &PluginSpec) -> (PluginSpec, Option<u32>) {
         let mut spec = quantizer.clone();
         let mut bits = self.activation_bits;
-        let mut apply = |o: &LayerOverride| {
+        let name = self.layer_names().get(index).cloned().unwrap_or_default();
+        for o in self.overrides_of(index, count, &name) {
             if let Some(q) = &o.quantizer {
                 spec = q.clone();
             }
             if let Some(b) = o.activation_bits {
                 bits = b;
             }
-        };
-        let positional = [(index == 0, "first"), (index + 1 == count, "last")];
-        for (hit, key) in positional {
-            if let (true, Some(o)) = (hit, self.layers.get(key)) {
-                apply(o);
-            }
-        }
-        if let Some(o) = self.layers.get(&(index + 1).to_string()) {
-            apply(o);
         }
         (spec, bits)
     }
 
-    /// Check that every `layers` key names a layer of a network with `count` layers.
+    /// The `layers` entries that apply to layer `index` (named `name`) of `count`, weakest
+    /// first, so that applying them in order lets the strongest win.
+    fn overrides_of(&self, index: usize, count: usize, name: &str) -> Vec<&LayerOverride> {
+        let positional = [(index == 0, "first"), (index + 1 == count, "last")];
+        let mut found: Vec<&LayerOverride> = positional
+            .into_iter()
+            .filter(|(hit, _)| *hit)
+            .filter_map(|(_, key)| self.layers.get(key))
+            .collect();
+        found.extend(self.layers.get(&(index + 1).to_string()));
+        found.extend(
+            self.layers.iter().filter(|(k, _)| k.contains('*') && glob_matches(k, name)).map(|(_, o)| o),
+        );
+        found.extend(self.layers.get(name));
+        found
+    }
+
+    /// Check that every `layers` key names a layer of a network with `count` layers (or, for a
+    /// glob, matches at least one).
     pub fn check_layer_keys(&self, count: usize) -> Result<(), String> {
+        let names = self.layer_names();
         for key in self.layers.keys() {
             let ok = key == "first"
                 || key == "last"
-                || key.parse::<usize>().is_ok_and(|i| (1..=count).contains(&i));
+                || key.parse::<usize>().is_ok_and(|i| (1..=count).contains(&i))
+                || names.contains(key)
+                || (key.contains('*') && names.iter().any(|n| glob_matches(key, n)));
             if !ok {
+                let candidates: Vec<&str> = names.iter().map(String::as_str).collect();
+                let hint = crate::registry::did_you_mean(key, &candidates);
                 return Err(format!(
-                    "model.layers: unknown layer `{key}`; use `first`, `last` or an index from 1 to {count}"
+                    "model.layers: no layer `{key}`{hint}; use a layer name ({}), a glob over them, \
+                     `first`, `last` or an index from 1 to {count}",
+                    names.join(", ")
                 ));
             }
         }
         Ok(())
+    }
+}
+
+/// Whether `pattern` matches `name`, where `*` stands for any run of characters within one
+/// dot-separated segment (`fc*` matches `fc12`, `blocks.*.attn` matches `blocks.0.attn` but
+/// not `blocks.0.1.attn`).
+pub fn glob_matches(pattern: &str, name: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == name,
+        Some((head, tail)) => {
+            let Some(rest) = name.strip_prefix(head) else { return false };
+            // `*` takes 0.. characters of `rest`, never a dot
+            let mut end = 0;
+            loop {
+                if glob_matches(tail, &rest[end..]) {
+                    return true;
+                }
+                match rest[end..].chars().next() {
+                    Some(c) if c != '.' => end += c.len_utf8(),
+                    _ => return false,
+                }
+            }
+        }
     }
 }
 
@@ -841,8 +891,48 @@ mod tests {
                 .unwrap();
         assert_eq!(
             bad.validate().unwrap_err(),
-            "model.layers: unknown layer `5`; use `first`, `last` or an index from 1 to 2"
+            "model.layers: no layer `5`; use a layer name (fc1, fc2), a glob over them, `first`, `last` \
+             or an index from 1 to 2"
         );
+    }
+
+    #[test]
+    fn layer_overrides_by_name_and_glob_and_their_precedence() {
+        let c: RunConfig = serde_yaml::from_str(
+            "name: x\nquantizer: ternary\nmodel:\n  conv: [{channels: 2}]\n  hidden: [8, 8]\n  layers:\n    \
+             first: {activation_bits: 2}\n    \"1\": {activation_bits: 3}\n    \"conv*\": {activation_bits: 4}\n    \
+             conv1: {activation_bits: 5}\n    \"fc*\": {quantizer: {name: int, bits: 4}}\n    fc3: {quantizer: binary}\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.model.layer_names(), ["conv1", "fc1", "fc2", "fc3"]);
+        let q = &c.quantizer;
+        // conv1: first (2) < index 1 (3) < glob conv* (4) < exact name conv1 (5)
+        assert_eq!(c.model.layer(0, 4, q), (PluginSpec::named("ternary"), Some(5)));
+        let int4 = c.model.layer(1, 4, q).0;
+        assert_eq!((int4.name.as_str(), int4.params.get("bits").and_then(|v| v.as_u64())), ("int", Some(4)));
+        assert_eq!(c.model.layer(3, 4, q).0, PluginSpec::named("binary"), "the exact name beats the glob");
+        let bad: RunConfig =
+            serde_yaml::from_str("name: x\nmodel: {hidden: [8], layers: {fc3: {activation_bits: 4}}}")
+                .unwrap();
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .starts_with("model.layers: no layer `fc3` (did you mean `fc1`?)"));
+        let glob: RunConfig =
+            serde_yaml::from_str("name: x\nmodel: {hidden: [8], layers: {\"conv*\": {activation_bits: 4}}}")
+                .unwrap();
+        assert!(glob.validate().unwrap_err().contains("no layer `conv*`"), "a glob must match a layer");
+    }
+
+    #[test]
+    fn globs_match_within_one_segment() {
+        assert!(glob_matches("fc*", "fc12"));
+        assert!(glob_matches("blocks.*.attn.*", "blocks.0.attn.qkv"));
+        assert!(!glob_matches("blocks.*.attn", "blocks.0.1.attn"));
+        assert!(glob_matches("*", "fc1") && !glob_matches("*", "a.b"));
+        assert!(!glob_matches("fc*", "conv1"));
+        assert!(glob_matches("f*1", "fc1") && !glob_matches("f*1", "fc2"));
     }
 
     #[test]

@@ -334,9 +334,9 @@ pub fn check_with_teachers(
         if teachers.contains(&d.teacher) {
             return Ok(());
         }
-        if !teacher.join("config.yaml").is_file() || !teacher.join(crate::run::CHECKPOINT).is_file() {
+        if !teacher.join("config.yaml").is_file() || !crate::train::Checkpoint::exists_in(teacher) {
             return Err(format!(
-                "train.distill.teacher: {} is not a finished run directory (no config.yaml and checkpoint.json) nor a name under `teachers:`; train the teacher first, or define it under `teachers:`",
+                "train.distill.teacher: {} is not a finished run directory (no config.yaml and checkpoint) nor a name under `teachers:`; train the teacher first, or define it under `teachers:`",
                 d.teacher
             ));
         }

@@ -175,7 +175,7 @@ pub fn parse_range(s: &str) -> Result<Vec<Value>, String> {
 /// Set `path` (dotted) in `root` to `value`, creating intermediate mappings.
 pub fn set_path(root: &mut Value, path: &str, value: Value) {
     let mut node = root;
-    for part in path.split('.') {
+    for part in path_segments(path) {
         if !node.is_mapping() {
             *node = Value::Mapping(Mapping::new());
         }
@@ -187,7 +187,22 @@ pub fn set_path(root: &mut Value, path: &str, value: Value) {
 
 /// The value at `path` (dotted), if any.
 pub fn get_path<'a>(root: &'a Value, path: &str) -> Option<&'a Value> {
-    path.split('.').try_fold(root, |node, part| node.as_mapping()?.get(part))
+    path_segments(path).into_iter().try_fold(root, |node, part| node.as_mapping()?.get(part.as_str()))
+}
+
+/// The keys of a dotted path; a segment in double quotes may hold dots and globs
+/// (`model.layers."blocks.*.attn".quantizer` → `model`, `layers`, `blocks.*.attn`, `quantizer`).
+pub fn path_segments(path: &str) -> Vec<String> {
+    let mut segments = vec![String::new()];
+    let mut quoted = false;
+    for c in path.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            '.' if !quoted => segments.push(String::new()),
+            _ => segments.last_mut().expect("starts with one").push(c),
+        }
+    }
+    segments
 }
 
 /// Deep merge: keys of `over` replace those of `base`; mappings merge recursively.
@@ -313,6 +328,12 @@ mod tests {
     #[test]
     fn set_get_and_merge_paths() {
         let mut v: Value = serde_yaml::from_str("a: {b: 1}").unwrap();
+        set_path(&mut v, "a.\"x.*\".d", Value::from(3));
+        assert_eq!(get_path(&v, "a.\"x.*\".d"), Some(&Value::from(3)));
+        assert_eq!(
+            path_segments("model.layers.\"blocks.*.attn\".quantizer"),
+            ["model", "layers", "blocks.*.attn", "quantizer"]
+        );
         set_path(&mut v, "a.c.d", Value::from(2));
         assert_eq!(get_path(&v, "a.c.d"), Some(&Value::from(2)));
         merge(&mut v, serde_yaml::from_str("a: {b: 5}").unwrap());

@@ -250,7 +250,7 @@ pub fn run_one(
     log: &mut RunLog,
 ) -> Result<RunRecord> {
     let config = &run.config;
-    let resume = dir.read_checkpoint();
+    let resume = dir.read_checkpoint(config)?;
     let mut record = new_record(config);
     let earlier_wall = dir.read_record().filter(|_| resume.is_some()).map_or(0.0, |r| r.wall_s);
     dir.write_record(&record)?;
@@ -438,15 +438,10 @@ impl Observer for RunObserver<'_> {
     /// epoch twice.
     fn on_checkpoint(&mut self, checkpoint: &Checkpoint) -> Result<()> {
         self.dir.write_checkpoint(checkpoint)?;
-        if let Some(m) = checkpoint.history.last() {
+        if let Some(m) = checkpoint.history().last() {
             let with_histograms = m.epoch % HISTOGRAM_EVERY == 0 || m.epoch == self.epochs || m.epoch == 1;
             let weights: Vec<(String, &[f32])> = if with_histograms {
-                checkpoint
-                    .layers
-                    .iter()
-                    .enumerate()
-                    .map(|(i, l)| (format!("fc{}", i + 1), l.weight.as_slice()))
-                    .collect()
+                checkpoint.layer_weights().map(|(path, w)| (path.to_string(), w)).collect()
             } else {
                 Vec::new()
             };

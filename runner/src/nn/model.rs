@@ -232,16 +232,15 @@ impl Network {
         geometry.extend(widths.windows(2).map(|pair| (Shape::new(pair[1], pair[0]), None)));
         let mut layers = Vec::new();
         let count = geometry.len();
-        let convs = config.model.conv.len();
-        for (i, &(shape, conv)) in geometry.iter().enumerate() {
+        let names = config.model.layer_names();
+        for (i, (&(shape, conv), name)) in geometry.iter().zip(names).enumerate() {
             let bound = 1.0 / (shape.cols as f32).sqrt();
             let weight = (0..shape.len()).map(|_| rng.gen_range(-bound..bound)).collect();
             let (spec, activation_bits) = config.model.layer(i, count, &config.quantizer);
             let quantizer = registry
                 .quantizers
                 .build(&spec.name, &spec.params)
-                .map_err(|e| Error::Config(format!("quantizer of fc{}: {e}", i + 1)))?;
-            let name = if conv.is_some() { format!("conv{}", i + 1) } else { format!("fc{}", i + 1 - convs) };
+                .map_err(|e| Error::Config(format!("quantizer of {name}: {e}")))?;
             layers.push(Layer {
                 name,
                 activation_bits,

@@ -159,7 +159,8 @@ impl RunLog {
         Self { writer }
     }
 
-    /// Scalars of one epoch, and weight histograms of `layers` (name, latent weights) when given.
+    /// Scalars of one epoch, and weight histograms of `layers` (parameter path, latent weights)
+    /// when given, tagged by path.
     pub fn epoch(&mut self, m: &EpochMetrics, layers: &[(String, &[f32])]) {
         let step = m.epoch;
         let scalars = [
@@ -180,7 +181,7 @@ impl RunLog {
         }
         for (name, weight) in layers {
             let h = Histogram::of(weight, 30);
-            let tag = format!("{name}/weight");
+            let tag = name.clone();
             let summary =
                 histogram_raw(&tag, h.min, h.max, h.count, h.sum, h.sum_squares, &h.limits, &h.counts);
             self.writer.add_summary(summary, step);

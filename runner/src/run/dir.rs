@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 
 use super::record::RunRecord;
 use crate::error::{Error, Result};
-use crate::train::{EpochMetrics, CHECKPOINT_FILE};
+use crate::train::{Checkpoint, EpochMetrics, CHECKPOINT_FILE};
 
 /// Write `bytes` to `path` atomically.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -31,7 +31,7 @@ pub fn run_id(config: &RunConfig) -> String {
     digest.iter().take(5).map(|b| format!("{b:02x}")).collect()
 }
 
-/// File name of a run's checkpoint (JSON: f32 values round-trip exactly).
+/// File name of a run's checkpoint (safetensors: f32 values round-trip exactly).
 pub const CHECKPOINT: &str = CHECKPOINT_FILE;
 
 /// One run's directory under `results/<experiment>/<run id>/`.
@@ -63,21 +63,20 @@ impl RunDir {
         serde_json::from_slice(&bytes).ok()
     }
 
-    /// Write the resumable state.
-    pub fn write_checkpoint(&self, checkpoint: &crate::train::Checkpoint) -> Result<()> {
-        let json = serde_json::to_vec(checkpoint).expect("a checkpoint always serialises");
-        write_atomic(&self.path.join(CHECKPOINT), &json)
+    /// Write the resumable state (safetensors, one atomic write).
+    pub fn write_checkpoint(&self, checkpoint: &Checkpoint) -> Result<()> {
+        write_atomic(&self.path.join(CHECKPOINT), &checkpoint.to_bytes())
     }
 
-    /// The saved state, if there is a readable one.
-    pub fn read_checkpoint(&self) -> Option<crate::train::Checkpoint> {
-        let bytes = std::fs::read(self.path.join(CHECKPOINT)).ok()?;
-        serde_json::from_slice(&bytes).ok()
+    /// The saved state of the run `config` describes, if there is one (in either format).
+    pub fn read_checkpoint(&self, config: &RunConfig) -> Result<Option<Checkpoint>> {
+        Checkpoint::read(&self.path, config)
+            .map_err(|e| Error::Config(format!("{e}; rerun with --force to start this run over")))
     }
 
     /// Remove the saved state (for `--force`).
     pub fn remove_checkpoint(&self) {
-        let _ = std::fs::remove_file(self.path.join(CHECKPOINT));
+        Checkpoint::remove_from(&self.path);
     }
 
     /// Write `metrics.csv`, one row per epoch.

@@ -3,7 +3,7 @@
 
 use qatlab_core::Registry;
 
-use super::recipe::swap_weights;
+use super::recipe::swap_params;
 use super::{Trainer, CALIBRATION_SAMPLES, EVAL_BATCH};
 use crate::data::Samples;
 use crate::error::{Error, Result};
@@ -17,9 +17,9 @@ impl Trainer {
         }
         let saved_stats = self.net.norm_stats.clone();
         let saved_ema = std::mem::take(&mut self.averages.ema);
-        swap_weights(&mut self.averages.swa, &mut self.net.layers);
+        swap_params(&mut self.averages.swa, &mut self.net);
         let result = self.reestimate_batch_norm(train).and_then(|_| self.evaluate(test));
-        swap_weights(&mut self.averages.swa, &mut self.net.layers);
+        swap_params(&mut self.averages.swa, &mut self.net);
         self.averages.ema = saved_ema;
         self.net.norm_stats = saved_stats;
         Ok(Some(result?.1))

@@ -51,7 +51,7 @@ pub fn train(
     let mut history = Vec::new();
     if let Some(checkpoint) = resume {
         trainer.restore(checkpoint, registry)?;
-        history.clone_from(&checkpoint.history);
+        history = checkpoint.history().to_vec();
         for m in &history {
             observer.on_epoch(m);
         }

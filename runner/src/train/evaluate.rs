@@ -1,7 +1,7 @@
 //! Evaluation on the test set with the evaluation quantization (the EMA weights when the recipe
 //! keeps them).
 
-use super::recipe::swap_weights;
+use super::recipe::swap_params;
 use super::{Trainer, CLASSES, EVAL_BATCH};
 use crate::data::Samples;
 use crate::error::Result;
@@ -38,9 +38,9 @@ impl Trainer {
         test: &Samples,
         visit: impl FnMut(&[f32], &[u8], (u64, u64)),
     ) -> Result<()> {
-        swap_weights(&mut self.averages.ema, &mut self.net.layers);
+        swap_params(&mut self.averages.ema, &mut self.net);
         let result = self.visit_test_batches(test, visit);
-        swap_weights(&mut self.averages.ema, &mut self.net.layers);
+        swap_params(&mut self.averages.ema, &mut self.net);
         result
     }
 

@@ -9,6 +9,7 @@ pub mod calibrate;
 pub mod checkpoint;
 pub mod epochs;
 pub mod evaluate;
+pub mod legacy;
 pub mod metrics;
 pub mod optim;
 pub mod recipe;
@@ -16,7 +17,7 @@ pub mod step;
 pub mod teacher;
 pub mod trainer;
 
-pub use checkpoint::{load_finished, Checkpoint, FinishedRun, LayerCheckpoint, CHECKPOINT_FILE};
+pub use checkpoint::{load_finished, Checkpoint, CheckpointScalars, FinishedRun, Tensor, CHECKPOINT_FILE};
 pub use epochs::{epoch_order, train, Finished};
 pub use metrics::{layer_stats, EpochMetrics, LayerStats, Observer, Silent};
 pub use step::clip_global_norm;

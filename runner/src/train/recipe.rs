@@ -1,6 +1,8 @@
 //! Training-recipe options around the optimizer step: weight averages (EMA, SWA), gradient
 //! accumulation and batch mixing (mixup, CutMix). Plain host state, saved in checkpoints.
 
+use std::collections::BTreeMap;
+
 use qatlab_core::config::{MixConfig, MixKind};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -8,17 +10,18 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Beta, Distribution};
 use serde::{Deserialize, Serialize};
 
-use crate::nn::model::Layer;
+use crate::nn::model::Network;
 
-/// Averages of the latent weights, per layer.
+/// Averages of every parameter (weights, quantizer parameters, residual scales, norm gains and
+/// biases), by path.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Averages {
     /// Exponential moving average (empty when off or before the first step).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ema: Vec<Vec<f32>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ema: BTreeMap<String, Vec<f32>>,
     /// Stochastic weight average (empty before its first epoch).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub swa: Vec<Vec<f32>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub swa: BTreeMap<String, Vec<f32>>,
     /// Epochs in the stochastic weight average.
     #[serde(default)]
     pub swa_count: u64,
@@ -30,42 +33,47 @@ impl Averages {
         self.ema.is_empty() && self.swa.is_empty()
     }
 
-    /// ema ← decay·ema + (1 − decay)·w after an optimizer step (ema = w at the first).
-    pub fn update_ema(&mut self, decay: f32, layers: &[Layer]) {
-        if self.ema.is_empty() {
-            self.ema = layers.iter().map(|l| l.weight.clone()).collect();
-            return;
-        }
-        for (average, layer) in self.ema.iter_mut().zip(layers) {
-            average.iter_mut().zip(&layer.weight).for_each(|(a, w)| *a = decay * *a + (1.0 - decay) * w);
-        }
+    /// ema ← decay·ema + (1 − decay)·p after an optimizer step (ema = p at the first).
+    pub fn update_ema(&mut self, decay: f32, net: &Network) {
+        blend(&mut self.ema, net, |a, p| *a = decay * *a + (1.0 - decay) * p);
     }
 
-    /// Add the current weights to the stochastic weight average (a running mean).
-    pub fn add_to_swa(&mut self, layers: &[Layer]) {
+    /// Add the current parameters to the stochastic weight average (a running mean).
+    pub fn add_to_swa(&mut self, net: &Network) {
         self.swa_count += 1;
-        if self.swa.is_empty() {
-            self.swa = layers.iter().map(|l| l.weight.clone()).collect();
-            return;
-        }
         let n = self.swa_count as f32;
-        for (average, layer) in self.swa.iter_mut().zip(layers) {
-            average.iter_mut().zip(&layer.weight).for_each(|(a, w)| *a += (w - *a) / n);
+        blend(&mut self.swa, net, |a, p| *a += (p - *a) / n);
+    }
+}
+
+/// Update each average with `update(average, parameter)`; a parameter without one starts it
+/// with its current values.
+fn blend(averages: &mut BTreeMap<String, Vec<f32>>, net: &Network, update: impl Fn(&mut f32, f32)) {
+    for p in net.params() {
+        match averages.get_mut(&p.path) {
+            Some(average) => average.iter_mut().zip(p.values).for_each(|(a, &v)| update(a, v)),
+            None => {
+                averages.insert(p.path, p.values.to_vec());
+            }
         }
     }
 }
 
-/// Exchange the layers' latent weights with `average` (call twice to undo).
-pub fn swap_weights(average: &mut [Vec<f32>], layers: &mut [Layer]) {
-    for (a, layer) in average.iter_mut().zip(layers) {
-        std::mem::swap(a, &mut layer.weight);
+/// Exchange the network's parameters with those of `average` that it holds (call twice to
+/// undo).
+pub fn swap_params(average: &mut BTreeMap<String, Vec<f32>>, net: &mut Network) {
+    for p in net.params_mut() {
+        if let Some(a) = average.get_mut(&p.path) {
+            p.values.swap_with_slice(a);
+        }
     }
 }
 
-/// Gradients summed over micro-batches until an optimizer step.
+/// Gradients summed over micro-batches until an optimizer step, one sum per parameter in the
+/// order of [`Network::params_mut`].
 #[derive(Default)]
 pub struct Accumulator {
-    sums: Vec<[Vec<f32>; 4]>,
+    sums: Vec<Vec<f32>>,
     pending: usize,
 }
 
@@ -75,41 +83,25 @@ impl Accumulator {
         self.pending
     }
 
-    /// Add the layers' current gradients (weights, quantizer parameters, residual scale, norm
-    /// gain and bias).
-    pub fn add(&mut self, layers: &[Layer]) {
-        if self.sums.len() != layers.len() {
-            self.sums = layers.iter().map(|_| Default::default()).collect();
-        }
-        for (sum, layer) in self.sums.iter_mut().zip(layers) {
-            for (s, g) in sum.iter_mut().zip([
-                &layer.grad_weight,
-                &layer.grad_params,
-                &layer.grad_residual,
-                &layer.grad_norm_affine,
-            ]) {
-                s.resize(g.len(), 0.0);
-                s.iter_mut().zip(g).for_each(|(s, g)| *s += g);
-            }
+    /// Add every parameter's current gradient.
+    pub fn add(&mut self, net: &mut Network) {
+        let params = net.params_mut();
+        self.sums.resize(params.len(), Vec::new());
+        for (sum, p) in self.sums.iter_mut().zip(params) {
+            sum.resize(p.grad.len(), 0.0);
+            sum.iter_mut().zip(p.grad.iter()).for_each(|(s, g)| *s += g);
         }
         self.pending += 1;
     }
 
-    /// Write the mean gradients into the layers and start over.
-    pub fn take_mean_into(&mut self, layers: &mut [Layer]) {
+    /// Write the mean gradients into the parameters and start over.
+    pub fn take_mean_into(&mut self, net: &mut Network) {
         let n = self.pending.max(1) as f32;
-        for (sum, layer) in self.sums.iter_mut().zip(layers) {
-            for (s, g) in sum.iter_mut().zip([
-                &mut layer.grad_weight,
-                &mut layer.grad_params,
-                &mut layer.grad_residual,
-                &mut layer.grad_norm_affine,
-            ]) {
-                g.iter_mut().zip(s.iter_mut()).for_each(|(g, s)| {
-                    *g = *s / n;
-                    *s = 0.0;
-                });
-            }
+        for (sum, p) in self.sums.iter_mut().zip(net.params_mut()) {
+            p.grad.iter_mut().zip(sum.iter_mut()).for_each(|(g, s)| {
+                *g = *s / n;
+                *s = 0.0;
+            });
         }
         self.pending = 0;
     }

@@ -1,6 +1,8 @@
 //! The trainer: a network with its optimizer state, and one training step (forward, loss,
 //! backward, quantizer backward) on a batch.
 
+use std::collections::BTreeMap;
+
 use qatlab_core::{config::RunConfig, Progress, Registry, Schedule};
 
 use super::optim::{AdamConfig, AdamState};
@@ -20,10 +22,8 @@ pub struct Trainer {
     pub(super) schedule: Box<dyn Schedule>,
     pub(super) adam: AdamConfig,
     pub(super) base_lr: f64,
-    pub(super) weight_state: Vec<AdamState>,
-    pub(super) param_state: Vec<AdamState>,
-    pub(super) residual_state: Vec<AdamState>,
-    pub(super) affine_state: Vec<AdamState>,
+    /// Optimizer state of every parameter, by path.
+    pub(super) moments: BTreeMap<String, AdamState>,
     pub(super) config: RunConfig,
     pub(super) step: u64,
     pub(super) teacher: Option<Teacher>,
@@ -57,10 +57,7 @@ impl Trainer {
                 weight_decay: o.weight_decay as f32,
             },
             base_lr: o.lr,
-            weight_state: vec![AdamState::default(); layers],
-            param_state: vec![AdamState::default(); layers],
-            residual_state: vec![AdamState::default(); layers],
-            affine_state: vec![AdamState::default(); layers],
+            moments: BTreeMap::new(),
             config: config.clone(),
             step: 0,
             teacher: None,
@@ -148,11 +145,11 @@ impl Trainer {
         }
         let accumulate = self.config.train.grad_accumulation;
         if accumulate > 1 {
-            self.accumulator.add(&self.net.layers);
+            self.accumulator.add(&mut self.net);
             if self.accumulator.pending() < accumulate {
                 return Ok((loss, correct));
             }
-            self.accumulator.take_mean_into(&mut self.net.layers);
+            self.accumulator.take_mean_into(&mut self.net);
         }
         self.optimizer_step(lr);
         Ok((loss, correct))
@@ -173,7 +170,7 @@ impl Trainer {
                 .build(&spec.name, &spec.params)
                 .map_err(|e| Error::Config(format!("quantizer of {} at epoch {epoch}: {e}", layer.name)))?;
             layer.quantized = Default::default();
-            self.param_state[i] = AdamState::default();
+            self.moments.remove(&format!("{}.quantizer.params", layer.name));
             self.layer_specs[i] = spec;
         }
         Ok(())

@@ -32,7 +32,7 @@ fn run_writes_config_record_and_metrics_then_skips_on_rerun() {
         .collect();
     assert_eq!(runs.len(), 1);
     assert!(dir.path().join("results/tiny/results.csv").is_file());
-    assert!(runs[0].join("checkpoint.json").is_file());
+    assert!(runs[0].join("checkpoint.safetensors").is_file());
     let run = &runs[0];
     let record: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run.join("run.json")).unwrap()).unwrap();

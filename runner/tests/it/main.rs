@@ -1,5 +1,6 @@
 //! Integration tests of the runner, one module per topic.
 
+mod checkpoints;
 mod cli;
 mod data;
 mod deploy;

@@ -132,20 +132,29 @@ fn the_ema_is_what_evaluation_measures_and_swa_gets_its_own_evaluation() {
     let (mut finished, epochs) = run_with(yaml);
     let data = RunData::load(&crate::config(yaml).data).unwrap();
     let checkpoint = finished.trainer.checkpoint(&epochs);
-    let ema = &checkpoint.averages.ema;
-    assert_eq!(ema.len(), 2);
-    assert_ne!(ema[0], checkpoint.layers[0].weight, "the average differs from the latent weights");
-    assert_eq!(checkpoint.averages.swa_count, 2, "epochs 2 and 3 enter the SWA");
+    let ema: Vec<(&str, &Vec<f32>)> = checkpoint
+        .tensors
+        .iter()
+        .filter_map(|(path, t)| Some((path.strip_prefix("ema.")?, &t.values)))
+        .collect();
+    let paths: Vec<&str> = ema.iter().map(|(p, _)| *p).collect();
+    assert_eq!(paths, ["fc1.weight", "fc2.weight"]);
+    let ema: Vec<&Vec<f32>> = ema.into_iter().map(|(_, v)| v).collect();
+    assert_ne!(
+        ema[0], &checkpoint.tensors["fc1.weight"].values,
+        "the average differs from the latent weights"
+    );
+    assert_eq!(checkpoint.scalars.swa_count, 2, "epochs 2 and 3 enter the SWA");
     let (_, recorded, _) = finished.trainer.evaluate(&data.test).unwrap();
     assert_eq!(recorded, epochs[2].test_acc, "evaluation uses the EMA");
     // The same network with the EMA moved into the weights evaluates identically.
-    for (layer, average) in finished.trainer.net.layers.iter_mut().zip(ema) {
+    for (layer, average) in finished.trainer.net.layers.iter_mut().zip(&ema) {
         layer.weight.clone_from(average);
     }
     let mut plain = finished.trainer.checkpoint(&epochs);
-    plain.averages = Default::default();
+    plain.tensors.retain(|path, _| !path.starts_with("ema.") && !path.starts_with("swa."));
     finished.trainer.restore(&plain, &qatlab_plugins::builtin_registry()).unwrap();
-    for (layer, average) in finished.trainer.net.layers.iter_mut().zip(ema) {
+    for (layer, average) in finished.trainer.net.layers.iter_mut().zip(&ema) {
         layer.weight.clone_from(average);
     }
     assert_eq!(finished.trainer.evaluate(&data.test).unwrap().1, recorded);
@@ -189,7 +198,7 @@ fn progressive_precision_switches_quantizers_and_resumes_identically() {
             &mut self,
             c: &qatlab_runner::train::Checkpoint,
         ) -> qatlab_runner::error::Result<()> {
-            if c.epochs_done == 2 {
+            if c.epochs_done() == 2 {
                 self.0 = Some(c.clone());
             }
             Ok(())

@@ -73,7 +73,7 @@ fn a_sweep_runs_as_a_job_array_and_a_killed_task_is_resubmitted_alone() {
             let run = root.join(r["run_id"].as_str().unwrap());
             let running =
                 std::fs::read_to_string(run.join("run.json")).is_ok_and(|s| s.contains("\"running\""));
-            (running && run.join("checkpoint.json").is_file()).then(|| r["index"].as_u64().unwrap())
+            (running && run.join("checkpoint.safetensors").is_file()).then(|| r["index"].as_u64().unwrap())
         });
         victim.is_some()
     });

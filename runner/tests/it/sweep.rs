@@ -115,7 +115,7 @@ fn a_killed_sweep_resumes_to_the_same_results_as_an_uninterrupted_one() {
         std::thread::sleep(Duration::from_millis(20));
         if root.is_dir() {
             interrupted = run_dirs(&root).iter().any(|d| {
-                d.join("checkpoint.json").is_file()
+                d.join("checkpoint.safetensors").is_file()
                     && std::fs::read_to_string(d.join("run.json")).is_ok_and(|s| s.contains("\"running\""))
             });
         }
@@ -308,5 +308,27 @@ fn named_teachers_are_trained_first_and_distilled_from() {
     std::fs::write(dir.path().join("u.yaml"), yaml.replace("teacher: wide", "teacher: tall")).unwrap();
     let out = qat(&["run", "u.yaml", "-q"], dir.path());
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out).contains("tall is not a finished run directory (no config.yaml and checkpoint.json) nor a name under `teachers:`"), "{}", text(&out));
+    assert!(text(&out).contains("tall is not a finished run directory (no config.yaml and checkpoint) nor a name under `teachers:`"), "{}", text(&out));
+}
+
+#[test]
+fn a_sweep_addresses_layer_overrides_by_quoted_name_and_glob() {
+    let dir = workdir();
+    std::fs::write(
+        dir.path().join("g.yaml"),
+        "name: g\nmodel: {hidden: [16, 16]}\ntrain: {epochs: 1}\nsweep:\n  grid:\n    \
+         'model.layers.\"fc*\".quantizer': [ternary, {name: int, bits: 4}]\n    \
+         'model.layers.\"fc3\".activation_bits': [4]\n",
+    )
+    .unwrap();
+    let registry = qatlab_plugins::builtin_registry();
+    let plan = qatlab_runner::experiment::load(&dir.path().join("g.yaml"), &registry).unwrap();
+    assert_eq!(plan.runs.len(), 2);
+    let model = &plan.runs[1].config.model;
+    let quantizer = &plan.runs[1].config.quantizer;
+    let (fc1, bits1) = model.layer(0, 3, quantizer);
+    assert_eq!((fc1.name.as_str(), bits1), ("int", Some(8)), "the glob reaches fc1");
+    assert_eq!(model.layer(2, 3, quantizer).1, Some(4), "the exact name reaches fc3");
+    let out = qat(&["list", "g.yaml"], dir.path());
+    assert!(out.status.success(), "{}", text(&out));
 }

@@ -52,7 +52,7 @@ def main(root, sessions, groups, epochs):
         accuracy = acc.Scalars("test/accuracy")
         assert len(accuracy) == epochs, f"{run}: {len(accuracy)} test/accuracy points, expected {epochs}"
         assert all(0.0 <= e.value <= 1.0 for e in accuracy)
-        assert acc.Histograms("fc1/weight"), f"{run}: no weight histogram"
+        assert acc.Histograms("fc1.weight"), f"{run}: no weight histogram"
     print(
         f"sessions={len(starts)} groups={len(group_names)} statuses={sorted(statuses)} "
         f"hparams={hparam_names} metrics={metric_tags}"
