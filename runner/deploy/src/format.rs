@@ -16,12 +16,14 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{invalid, DeployError, Result};
+use crate::graph::{self, Op};
 use crate::pack::Packing;
 
 /// First bytes of every model file.
 pub const MAGIC: &[u8; 8] = b"QATMODEL";
-/// The format version this build writes (2: convolution layers).
-pub const VERSION: u32 = 2;
+/// The format version this build writes (3: the network as an op list, [`crate::graph`]; 2:
+/// convolution layers).
+pub const VERSION: u32 = 3;
 /// The oldest version this build reads (1: fully connected layers only, otherwise the same).
 pub const OLDEST_VERSION: u32 = 1;
 const PREAMBLE: usize = 16;
@@ -169,6 +171,24 @@ pub struct ModelHeader {
     pub activation: ActivationKind,
     /// Layers from input to logits.
     pub layers: Vec<LayerSpec>,
+    /// The network as an op list (version 3); empty in older files, whose graph is implied
+    /// ([`graph::implied_ops`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ops: Vec<Op>,
+    /// The qatlab version that wrote the file (version 3; empty before).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub writer: String,
+}
+
+impl ModelHeader {
+    /// The network's op list: the stored one, or the one a version 1 or 2 file implies.
+    pub fn graph(&self) -> Vec<Op> {
+        if self.ops.is_empty() {
+            graph::implied_ops(self)
+        } else {
+            self.ops.clone()
+        }
+    }
 }
 
 /// A model: header plus each layer's codes (unpacked, row-major).
@@ -248,8 +268,14 @@ impl ModelFile {
         if stored != computed {
             return Err(DeployError::Checksum { stored, computed });
         }
-        let header: ModelHeader = serde_json::from_slice(&bytes[PREAMBLE..PREAMBLE + header_len])
+        let header: serde_json::Value = serde_json::from_slice(&bytes[PREAMBLE..PREAMBLE + header_len])
             .map_err(|e| invalid(format!("header JSON: {e}")))?;
+        graph::check_tags(&header)?;
+        let header: ModelHeader =
+            serde_json::from_value(header).map_err(|e| invalid(format!("header JSON: {e}")))?;
+        if version < 3 && !header.ops.is_empty() {
+            return Err(invalid(format!("an op list needs format version 3, the file says {version}")));
+        }
         let payload = &body[PREAMBLE + header_len..];
         let mut model = Self { header, codes: Vec::new() };
         model.validate_header(payload.len())?;
@@ -270,18 +296,16 @@ impl ModelFile {
         if h.layers.is_empty() {
             return Err(invalid("the model has no layers"));
         }
-        let mut inputs = h
-            .input
-            .image_size
-            .checked_mul(h.input.image_size)
-            .ok_or_else(|| invalid("input.image_size overflows"))?;
+        if h.input.image_size == 0 || h.input.image_size > 4096 {
+            return Err(invalid(format!("input.image_size {} (1 to 4096)", h.input.image_size)));
+        }
         if !(h.input.std > 0.0) || !h.input.mean.is_finite() {
             return Err(invalid(format!(
                 "input: std must be positive and mean finite (mean {}, std {})",
                 h.input.mean, h.input.std
             )));
         }
-        if h.layers.last().is_some_and(|l| l.conv.is_some()) {
+        if h.ops.is_empty() && h.layers.last().is_some_and(|l| l.conv.is_some()) {
             return Err(invalid(
                 "the last layer gives the logits and must be fully connected, not a convolution",
             ));
@@ -291,12 +315,11 @@ impl ModelFile {
             let at = |what: String| invalid(format!("layer {}: {what}", spec.name));
             if let Some(conv) = spec.conv {
                 validate_conv(&conv, spec).map_err(at)?;
-            }
-            if spec.input_features() != inputs {
-                return Err(at(format!(
-                    "takes {} inputs but the previous stage gives {inputs}",
-                    spec.input_features()
-                )));
+                if conv.pool && !h.ops.is_empty() {
+                    return Err(at(
+                        "with an op list, pooling is a max-pool op: conv.pool must be false".into()
+                    ));
+                }
             }
             let count = spec
                 .rows
@@ -341,11 +364,8 @@ impl ModelFile {
             if !(2..=8).contains(&spec.activation_bits) {
                 return Err(at(format!("activation_bits {} (2 to 8 are supported)", spec.activation_bits)));
             }
-            inputs = spec.output_features();
         }
-        if inputs != h.classes {
-            return Err(invalid(format!("the last layer has {inputs} outputs for {} classes", h.classes)));
-        }
+        graph::check(h, &h.graph())?;
         if next_offset != payload_len {
             return Err(invalid(format!(
                 "the layers hold {next_offset} bytes but the payload has {payload_len}"
@@ -459,6 +479,8 @@ pub(crate) mod tests {
             norm: NormKind::Rms,
             activation: ActivationKind::Relu,
             layers: Vec::new(),
+            ops: Vec::new(),
+            writer: String::new(),
         };
         ModelFile::new(header, layers).unwrap()
     }
@@ -496,7 +518,22 @@ pub(crate) mod tests {
         assert_eq!(ModelFile::read(&model.to_bytes().unwrap()).unwrap(), model);
         // Without pooling the map is 2×2×3 = 12 values, which the 3-input fc2 cannot take.
         let err = error_of(&with_header(&model, |h| h["layers"][0]["conv"]["pool"] = false.into()));
-        assert!(err.contains("layer fc2: takes 3 inputs but the previous stage gives 12"), "{err}");
+        assert!(err.contains("op 2 (layer `fc2`): layer `fc2` takes 3 values, its input has 12"), "{err}");
+        // With an op list, pooling is an op, not the convolution's flag.
+        let ops = serde_json::json!([
+            {"op": "layer", "name": "fc1", "input": "input", "layer": "fc1"},
+            {"op": "relu", "name": "r", "input": "fc1"},
+            {"op": "max-pool", "name": "p", "input": "r", "side": 2, "channels": 3},
+            {"op": "layer", "name": "fc2", "input": "p", "layer": "fc2"},
+        ]);
+        let err = error_of(&with_header(&model, |h| h["ops"] = ops.clone()));
+        assert!(err.contains("layer fc1: with an op list, pooling is a max-pool op"), "{err}");
+        let unpooled = with_header(&model, |h| {
+            h["ops"] = ops.clone();
+            h["layers"][0]["conv"]["pool"] = false.into();
+        });
+        let read = ModelFile::read(&unpooled).unwrap();
+        assert_eq!(read.header.graph()[2].tag(), "max-pool");
     }
 
     fn error_of(bytes: &[u8]) -> String {
@@ -558,7 +595,7 @@ pub(crate) mod tests {
         bytes[8] = 9;
         assert_eq!(
             error_of(&bytes),
-            "model file version 9; this build reads versions 1 to 2: re-export with this qat or upgrade qat"
+            "model file version 9; this build reads versions 1 to 3: re-export with this qat or upgrade qat"
         );
         assert!(error_of(b"GIF89a....").starts_with("not a qatlab model file"));
     }
@@ -569,9 +606,9 @@ pub(crate) mod tests {
         let cases: Vec<(Box<HeaderEdit>, &str)> = vec![
             (
                 Box::new(|h| h["layers"][1]["cols"] = 4.into()),
-                "layer fc2: takes 4 inputs but the previous stage gives 3",
+                "op 2 (layer `fc2`): layer `fc2` takes 4 values, its input has 3",
             ),
-            (Box::new(|h| h["classes"] = 3.into()), "the last layer has 2 outputs for 3 classes"),
+            (Box::new(|h| h["classes"] = 3.into()), "the last op gives 2 values for 3 classes"),
             (
                 Box::new(|h| h["layers"][0]["levels"] = serde_json::json!([1.0, 0.0, -1.0])),
                 "strictly ascending",
@@ -617,5 +654,78 @@ pub(crate) mod tests {
             let err = error_of(&with_header(&model, edit));
             assert!(err.contains(expected), "expected `{expected}` in: {err}");
         }
+    }
+
+    /// `tiny` with an explicit op list: fc1, its ReLU, a skip around nothing (scale `scale`),
+    /// then fc2.
+    pub(crate) fn tiny_with_ops(scale: f32) -> ModelFile {
+        let mut model = tiny();
+        let op = |v: serde_json::Value| serde_json::from_value::<Op>(v).unwrap();
+        model.header.ops = vec![
+            op(serde_json::json!({"op": "layer", "name": "fc1", "input": "input", "layer": "fc1"})),
+            op(serde_json::json!({"op": "relu", "name": "h", "input": "fc1"})),
+            op(serde_json::json!({"op": "add", "name": "h2", "input": "h", "skip": "fc1", "scale": scale})),
+            op(serde_json::json!({"op": "layer", "name": "fc2", "input": "h2", "layer": "fc2"})),
+        ];
+        model.header.writer = "0.1.0".into();
+        model
+    }
+
+    #[test]
+    fn an_op_list_round_trips_and_older_files_imply_theirs() {
+        let model = tiny_with_ops(0.5);
+        assert_eq!(ModelFile::read(&model.to_bytes().unwrap()).unwrap(), model);
+        let implied: Vec<&str> = tiny().header.graph().iter().map(|o| o.tag()).collect();
+        assert_eq!(implied, ["layer", "relu", "layer"]);
+        // a version 2 file: no op list, read as before
+        let mut bytes = tiny().to_bytes().unwrap();
+        bytes[8] = 2;
+        let crc = crc32fast::hash(&bytes[..bytes.len() - 4]);
+        let end = bytes.len() - 4;
+        bytes[end..].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(ModelFile::read(&bytes).unwrap(), tiny());
+    }
+
+    #[test]
+    fn an_unknown_op_names_its_tag_and_the_writer() {
+        let model = tiny_with_ops(1.0);
+        let bytes = with_header(&model, |h| {
+            h["ops"][1] = serde_json::json!({"op": "gelu", "name": "h", "input": "fc1"});
+            h["writer"] = "9.9.0".into();
+        });
+        let err = error_of(&bytes);
+        assert!(err.contains("op 1 is `gelu`"), "{err}");
+        assert!(err.contains("written by qatlab 9.9.0"), "{err}");
+        assert!(err.contains("it runs layer, relu, max-pool, add"), "{err}");
+    }
+
+    #[test]
+    fn inconsistent_graphs_are_named() {
+        let model = tiny_with_ops(1.0);
+        let cases: Vec<(Box<HeaderEdit>, &str)> = vec![
+            (
+                Box::new(|h| h["ops"][1]["input"] = "nothing".into()),
+                "op 1 (relu `h`): reads `nothing`, which no earlier op writes",
+            ),
+            (Box::new(|h| h["ops"][3]["layer"] = "fc1".into()), "layer `fc1` is used twice"),
+            (Box::new(|h| h["ops"][3]["layer"] = "fc9".into()), "no layer `fc9` in the header"),
+            (Box::new(|h| h["ops"][2]["name"] = "fc1".into()), "a value of that name exists already"),
+            (Box::new(|h| h["ops"][2]["skip"] = "input".into()), "adds 4 values to 3"),
+            (Box::new(|h| h["ops"][2]["scale"] = serde_json::json!(null)), "header JSON"),
+            (
+                Box::new(|h| h["ops"].as_array_mut().unwrap().truncate(3)),
+                "layer fc2 is in the header but no op uses it",
+            ),
+        ];
+        for (edit, expected) in cases {
+            let err = error_of(&with_header(&model, edit));
+            assert!(err.contains(expected), "expected `{expected}` in: {err}");
+        }
+        let mut bytes = model.to_bytes().unwrap();
+        bytes[8] = 2;
+        let end = bytes.len() - 4;
+        let crc = crc32fast::hash(&bytes[..end]);
+        bytes[end..].copy_from_slice(&crc.to_le_bytes());
+        assert!(error_of(&bytes).contains("an op list needs format version 3"), "{}", error_of(&bytes));
     }
 }

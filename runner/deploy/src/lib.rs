@@ -6,6 +6,7 @@ pub mod act;
 pub mod conv;
 pub mod error;
 pub mod format;
+pub mod graph;
 pub mod kernel;
 pub mod pack;
 pub mod runtime;

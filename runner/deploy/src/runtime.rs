@@ -1,17 +1,21 @@
-//! Runs a [`ModelFile`] on the integer kernels, reproducing training's evaluation pass:
-//! norm (fully connected layers) → absmax activation quantization → matmul or 3×3 convolution
-//! with the quantized weights → ReLU (→ max-pool), per layer.
+//! Runs a [`ModelFile`] on the integer kernels, reproducing training's evaluation pass: the
+//! model's op list ([`crate::graph`]) in order, each weight layer as norm (fully connected
+//! layers) → absmax activation quantization → matmul or 3×3 convolution with the quantized
+//! weights, then ReLU, max-pool and residual adds as the ops say.
 //!
 //! Layers whose levels are a uniform grid (ternary, binary, pentary, k-bit) run on the integer
 //! kernels, repacked once at load (large ternary layers into five trits per byte where the path
 //! decodes that as fast as 2-bit codes); the rest (NF4, FP130) multiply dequantized f32 weights by
 //! the int8 activations. Between two integer layers with one positive scale per tensor, the
-//! requantization is done in integers (norm and scales cancel in absmax quantization).
+//! requantization is done in integers (norm and scales cancel in absmax quantization): where a
+//! layer's output goes only through a ReLU (and a max-pool) into the next layer, those ops are
+//! fused into one step on the integer sums. Anything else (a residual add) runs in floats.
 
 use crate::act::{qmax, quantize_row, requantize_relu, rms_norm_rows};
 use crate::conv;
 use crate::error::{DeployError, Result};
 use crate::format::{LayerSpec, ModelFile, ModelHeader, NormKind};
+use crate::graph::{Op, INPUT};
 use crate::kernel::{prefers_trits, transpose, CodeMatrix, IntLinear, Path};
 
 /// Index of the largest value (the first of ties).
@@ -121,14 +125,118 @@ impl Layer {
     fn normalised(&self, norm: NormKind) -> bool {
         norm == NormKind::Rms && self.spec.conv.is_none()
     }
+}
 
-    /// ReLU, then the 2×2 max-pool of a pooling convolution, on one sample's outputs.
-    fn activate<T: Copy + PartialOrd + Default>(&self, outputs: &[T]) -> Vec<T> {
-        let relu: Vec<T> = outputs.iter().map(|&v| if v > T::default() { v } else { T::default() }).collect();
-        match self.spec.conv {
-            Some(c) if c.pool => conv::max_pool(&relu, c.side, self.spec.rows),
-            _ => relu,
+/// ReLU, then a 2×2 max-pool of a `side × side × channels` map when `pool` is given, on one
+/// sample's values.
+fn activate<T: Copy + PartialOrd + Default>(values: &[T], pool: Option<(usize, usize)>) -> Vec<T> {
+    let relu: Vec<T> = values.iter().map(|&v| if v > T::default() { v } else { T::default() }).collect();
+    match pool {
+        Some((side, channels)) => conv::max_pool(&relu, side, channels),
+        None => relu,
+    }
+}
+
+/// One step of the plan: an op with its values resolved to slots (slot 0 is the input; op `i`
+/// writes slot `i + 1`).
+#[derive(Clone, Debug)]
+enum Step {
+    /// Weight layer `layer` on slot `input`; with `fused`, its ReLU (and max-pool) run on the
+    /// integer sums and the result is requantized straight into the codes of layer `next`.
+    Layer { layer: usize, input: usize, fused: Option<Fused> },
+    /// ReLU of slot `input`.
+    Relu { input: usize },
+    /// Max-pool of slot `input`.
+    MaxPool { input: usize, side: usize, channels: usize },
+    /// `input + scale · skip`.
+    Add { input: usize, skip: usize, scale: f32 },
+    /// Done inside the fused layer step before it.
+    Fused,
+}
+
+/// What a fused layer step also does.
+#[derive(Clone, Copy, Debug)]
+struct Fused {
+    /// The max-pool between the ReLU and the next layer, as (side, channels).
+    pool: Option<(usize, usize)>,
+    /// The layer whose input codes it writes.
+    next: usize,
+}
+
+/// A slot of a running plan: a float value (`n ×` its width), or nothing (a fused step's).
+enum Slot {
+    Empty,
+    Float(Vec<f32>),
+}
+
+/// The float value of a slot that a later op reads (validation and the fusion rule ensure it).
+fn float(slot: &Slot) -> &[f32] {
+    match slot {
+        Slot::Float(v) => v,
+        Slot::Empty => unreachable!("fused values are read only by the fused steps"),
+    }
+}
+
+/// Resolve `ops` into steps over `layers`, fusing ReLU (→ max-pool) → next layer after an
+/// integer layer whose output nothing else reads.
+fn plan(ops: &[Op], layers: &[Layer]) -> Vec<Step> {
+    let slot = |name: &str, upto: usize| -> usize {
+        if name == INPUT {
+            return 0;
         }
+        ops[..upto].iter().rposition(|o| o.name() == name).map_or(0, |i| i + 1)
+    };
+    let readers =
+        |i: usize| -> usize { ops.iter().flat_map(|o| o.inputs()).filter(|n| *n == ops[i].name()).count() };
+    let layer_index = |name: &str| layers.iter().position(|l| l.spec.name == name).expect("validated");
+    let mut steps: Vec<Step> = ops
+        .iter()
+        .enumerate()
+        .map(|(i, op)| match op {
+            Op::Layer { input, layer, .. } => {
+                Step::Layer { layer: layer_index(layer), input: slot(input, i), fused: None }
+            }
+            Op::Relu { input, .. } => Step::Relu { input: slot(input, i) },
+            Op::MaxPool { input, side, channels, .. } => {
+                Step::MaxPool { input: slot(input, i), side: *side, channels: *channels }
+            }
+            Op::Add { input, skip, scale, .. } => {
+                Step::Add { input: slot(input, i), skip: slot(skip, i), scale: *scale }
+            }
+        })
+        .collect();
+    for i in 0..ops.len() {
+        let Step::Layer { layer, .. } = steps[i] else { continue };
+        if !layers[layer].integer_requant() || readers(i) != 1 {
+            continue;
+        }
+        // layer → relu [→ max-pool] → next layer, each value read once, by the op after it
+        let Some(Step::Relu { input }) = steps.get(i + 1).cloned() else { continue };
+        if input != i + 1 || readers(i + 1) != 1 {
+            continue;
+        }
+        let (pool, after) = match steps.get(i + 2).cloned() {
+            Some(Step::MaxPool { input, side, channels }) if input == i + 2 && readers(i + 2) == 1 => {
+                (Some((side, channels)), i + 3)
+            }
+            _ => (None, i + 2),
+        };
+        let Some(Step::Layer { layer: next, input, .. }) = steps.get(after).cloned() else { continue };
+        if input != after {
+            continue;
+        }
+        steps[i] = Step::Layer { layer, input: steps_input(&steps[i]), fused: Some(Fused { pool, next }) };
+        for step in &mut steps[i + 1..after] {
+            *step = Step::Fused;
+        }
+    }
+    steps
+}
+
+fn steps_input(step: &Step) -> usize {
+    match step {
+        Step::Layer { input, .. } => *input,
+        _ => unreachable!("called on layer steps"),
     }
 }
 
@@ -136,6 +244,7 @@ impl Layer {
 pub struct Runtime {
     header: ModelHeader,
     layers: Vec<Layer>,
+    steps: Vec<Step>,
     path: Path,
     parallel: bool,
 }
@@ -164,9 +273,10 @@ impl Runtime {
                 path.name()
             )));
         }
-        let layers =
+        let layers: Vec<Layer> =
             model.header.layers.iter().zip(&model.codes).map(|(s, c)| Layer::new(s, c, path)).collect();
-        Ok(Self { header: model.header.clone(), layers, path, parallel })
+        let steps = plan(&model.header.graph(), &layers);
+        Ok(Self { header: model.header.clone(), layers, steps, path, parallel })
     }
 
     /// The model's description.
@@ -176,24 +286,57 @@ impl Runtime {
 
     /// Logits (`n × classes`, row-major) of `n` preprocessed inputs (`n × image_size²`).
     pub fn logits(&self, x: &[f32], n: usize) -> Vec<f32> {
-        let first = &self.layers[0];
-        let mut input = x[..n * first.spec.input_features()].to_vec();
-        let mut codes = self.quantize_float(&mut input, n, first);
-        for (l, layer) in self.layers.iter().enumerate() {
-            let sums = self.multiply(layer, &codes.q, n);
-            let Some(next) = self.layers.get(l + 1) else {
-                return self.real_outputs(layer, &sums, &codes.scales, n);
+        let size = self.header.input.image_size;
+        let mut slots: Vec<Slot> = Vec::with_capacity(self.steps.len() + 1);
+        slots.push(Slot::Float(x[..n * size * size].to_vec()));
+        // codes prepared by a fused step for the layer that reads them
+        let mut prepared: Option<(usize, Codes)> = None;
+        for step in &self.steps {
+            let value = match *step {
+                Step::Layer { layer: l, input, fused } => {
+                    let layer = &self.layers[l];
+                    let codes = match prepared.take() {
+                        Some((for_layer, codes)) if for_layer == l => codes,
+                        _ => self.quantize_float(&mut float(&slots[input]).to_vec(), n, layer),
+                    };
+                    let sums = self.multiply(layer, &codes.q, n);
+                    match fused {
+                        Some(f) => {
+                            let next = &self.layers[f.next];
+                            prepared = Some((
+                                f.next,
+                                self.requantize_integers(layer, &sums, &codes.scales, n, next, f.pool),
+                            ));
+                            Slot::Empty
+                        }
+                        None => Slot::Float(self.real_outputs(layer, &sums, &codes.scales, n)),
+                    }
+                }
+                Step::Relu { input } => Slot::Float(activate(float(&slots[input]), None)),
+                Step::MaxPool { input, side, channels } => {
+                    let map = side * side * channels;
+                    Slot::Float(
+                        float(&slots[input])
+                            .chunks_exact(map)
+                            .flat_map(|s| conv::max_pool(s, side, channels))
+                            .collect(),
+                    )
+                }
+                Step::Add { input, skip, scale } => Slot::Float(
+                    float(&slots[input])
+                        .iter()
+                        .zip(float(&slots[skip]))
+                        .map(|(x, s)| x + scale * s)
+                        .collect(),
+                ),
+                Step::Fused => Slot::Empty,
             };
-            codes = if layer.integer_requant() {
-                self.requantize_integers(layer, &sums, &codes.scales, n, next)
-            } else {
-                let y = self.real_outputs(layer, &sums, &codes.scales, n);
-                let mut y: Vec<f32> =
-                    y.chunks_exact(layer.spec.map_features()).flat_map(|s| layer.activate(s)).collect();
-                self.quantize_float(&mut y, n, next)
-            };
+            slots.push(value);
         }
-        unreachable!("the last layer returns")
+        match slots.pop() {
+            Some(Slot::Float(logits)) => logits,
+            _ => unreachable!("validation makes the last op give the logits"),
+        }
     }
 
     /// Index of the largest logit per input.
@@ -287,13 +430,14 @@ impl Runtime {
         input_scales: &[f32],
         n: usize,
         next: &Layer,
+        pool: Option<(usize, usize)>,
     ) -> Codes {
         let Sums::Int(sums) = sums else { unreachable!("integer layers give integer sums") };
         let (stride, bits) = (next.stride(), next.spec.activation_bits);
         let mut q = vec![0i8; n * stride];
         let mut scales = Vec::with_capacity(n);
         for (i, sample) in sums.chunks_exact(layer.spec.map_features()).enumerate() {
-            let column = layer.activate(sample);
+            let column = activate(sample, pool);
             requantize_relu(&column, bits, &mut q[i * stride..i * stride + column.len()]);
             let max = column.iter().copied().max().unwrap_or(0).max(1) as f64;
             let real_per_unit = layer.scale(0) as f64 / (layer.multiplier() as f64 * input_scales[i] as f64);
@@ -345,6 +489,43 @@ mod tests {
         let two_bit = Packing::Bits { bits: 2 };
         let fc1 = ternary_layer("fc1", 1100, 4096, two_bit, codes(1100 * 4096));
         model_of(64, vec![fc1, ternary_layer("fc2", 10, 1100, two_bit, codes(11000))])
+    }
+
+    #[test]
+    fn a_residual_add_runs_as_its_op_says_on_every_path() {
+        use crate::format::tests::{tiny, tiny_with_ops};
+        let x = [0.3f32, -1.2, 0.8, 2.0, -0.1, 0.4, 1.5, -0.7];
+        let logits = |model: &ModelFile, path| Runtime::new(model, path, false).unwrap().logits(&x, 2);
+        let edited = |scale: f32, edit: &dyn Fn(&mut Op)| {
+            let mut model = tiny_with_ops(scale);
+            edit(&mut model.header.ops[2]);
+            model
+        };
+        for path in Path::available() {
+            // h2 = h + 0·fc1 equals h2 = h + 0·h: the scale applies to the skip
+            let zero_skip_h = edited(0.0, &|op| {
+                if let Op::Add { skip, .. } = op {
+                    *skip = "h".into()
+                }
+            });
+            assert_eq!(logits(&tiny_with_ops(0.0), path), logits(&zero_skip_h, path), "{path:?}");
+            // h + 1·fc1 equals fc1 + 1·h: both operands are read
+            let swapped = edited(1.0, &|op| {
+                if let Op::Add { input, skip, .. } = op {
+                    std::mem::swap(input, skip);
+                }
+            });
+            let one = logits(&tiny_with_ops(1.0), path);
+            assert_eq!(one, logits(&swapped, path), "{path:?}");
+            assert_ne!(one, logits(&tiny_with_ops(0.0), path), "the skip counts ({path:?})");
+            assert_eq!(one, logits(&tiny_with_ops(1.0), Path::Scalar), "every path agrees");
+        }
+        // Without the add, the implied graph fuses ReLU into integer requantization; it agrees
+        // with the float path (h + 0·fc1) to rounding.
+        let (fused, float) = (logits(&tiny(), Path::Scalar), logits(&tiny_with_ops(0.0), Path::Scalar));
+        for (a, b) in fused.iter().zip(&float) {
+            assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{fused:?} vs {float:?}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use qatlab_deploy::format::{ModelFile, NormKind};
+use qatlab_deploy::graph::{self, Op, INPUT};
 use qatlab_deploy::pack::{pack_bits, Packing};
 
 use crate::error::Result;
@@ -36,13 +37,27 @@ pub fn header_text(model: &ModelFile) -> String {
     let _ = writeln!(s, "#define QAT_CLASSES {}", h.classes);
     let _ = writeln!(s, "#define QAT_RMS_NORM {}", u8::from(h.norm == NormKind::Rms));
     let _ = writeln!(s, "#define QAT_LAYERS {}", h.layers.len());
-    // Buffers hold any layer's input and its output map before pooling.
-    let widest = h.layers.iter().map(|l| l.input_features().max(l.map_features())).max().unwrap_or(0);
-    let _ = writeln!(s, "#define QAT_MAX_WIDTH {widest}\n");
+    let ops = h.graph();
+    let widths = graph::check(h, &ops).expect("a ModelFile is validated");
+    let slots = assign_slots(&ops);
+    // Buffers hold any value: the input, and every op's output.
+    let widest = widths.iter().copied().chain([h.input.image_size * h.input.image_size]).max().unwrap_or(0);
+    let _ = writeln!(s, "#define QAT_MAX_WIDTH {widest}");
+    let _ = writeln!(s, "#define QAT_OPS {}", ops.len());
+    let _ = writeln!(
+        s,
+        "#define QAT_SLOTS {}\n",
+        slots.iter().map(|s| s.out.max(s.input) + 1).max().unwrap_or(1)
+    );
     s += "typedef struct {\n    int rows, cols, code_bits, activation_bits, per_row_scales;\n    \
           int side, in_channels, depthwise, pool; /* a 3x3 convolution over a side x side HWC map; side 0: fully connected */\n    \
           const uint8_t *codes; /* code i at bit code_bits*i, little-endian */\n    \
           const float *levels;\n    const float *scales;\n} qat_layer;\n\n";
+    s += "enum { QAT_OP_LAYER, QAT_OP_RELU, QAT_OP_MAX_POOL, QAT_OP_ADD };\n";
+    s += "typedef struct {\n    int kind, layer; /* layer: index into qat_layers */\n    \
+          int in, skip, out; /* value slots read and written */\n    \
+          int width, side, channels; /* values written; a max-pool's input map */\n    \
+          float scale; /* an add's skip scale */\n} qat_op;\n\n";
     for (spec, codes) in h.layers.iter().zip(&model.codes) {
         let name = spec.name.to_uppercase();
         let Packing::Bits { bits } = Packing::bits_for(spec.levels.len()) else {
@@ -105,6 +120,58 @@ pub fn header_text(model: &ModelFile) -> String {
             n = spec.name
         );
     }
+    s += "};\n\n";
+    let _ = writeln!(s, "static const qat_op qat_ops[QAT_OPS] = {{");
+    let layer_index = |name: &str| h.layers.iter().position(|l| l.name == name).expect("validated");
+    for (i, op) in ops.iter().enumerate() {
+        let OpSlots { input, skip, out } = slots[i];
+        let (kind, layer, side, channels, scale) = match op {
+            Op::Layer { layer, .. } => ("QAT_OP_LAYER", layer_index(layer), 0, 0, 0.0),
+            Op::Relu { .. } => ("QAT_OP_RELU", 0, 0, 0, 0.0),
+            Op::MaxPool { side, channels, .. } => ("QAT_OP_MAX_POOL", 0, *side, *channels, 0.0),
+            Op::Add { scale, .. } => ("QAT_OP_ADD", 0, 0, 0, *scale),
+        };
+        let _ = writeln!(
+            s,
+            "    {{{kind}, {layer}, {input}, {}, {out}, {}, {side}, {channels}, {scale:?}f}}, /* {} */",
+            skip.unwrap_or(0),
+            widths[i],
+            op.name()
+        );
+    }
     s += "};\n\n#endif\n";
     s
+}
+
+/// The buffer slots one op reads and writes.
+#[derive(Clone, Copy)]
+struct OpSlots {
+    input: usize,
+    skip: Option<usize>,
+    out: usize,
+}
+
+/// Buffer slots for the values of `ops`. Slot 0 holds the network input; a slot is reused once
+/// the value in it has been read for the last time, and an op never writes a slot it reads.
+fn assign_slots(ops: &[Op]) -> Vec<OpSlots> {
+    let last_read = |name: &str| ops.iter().rposition(|o| o.inputs().contains(&name));
+    // (value name, its slot, the op that reads it last)
+    let mut live: Vec<(String, usize, Option<usize>)> = vec![(INPUT.to_string(), 0, last_read(INPUT))];
+    let mut out = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        let slot_of = |name: &str, live: &[(String, usize, Option<usize>)]| {
+            live.iter().rev().find(|(n, _, _)| n == name).map(|(_, s, _)| *s).expect("validated graph")
+        };
+        let inputs = op.inputs();
+        let input = slot_of(inputs[0], &live);
+        let skip = inputs.get(1).map(|n| slot_of(n, &live));
+        // values still needed after this op (or by it) keep their slots
+        live.retain(|(_, _, last)| last.is_some_and(|l| l >= i));
+        let busy: Vec<usize> = live.iter().map(|(_, s, _)| *s).collect();
+        let free = (0..).find(|s| !busy.contains(s)).expect("unbounded");
+        // the logits stay until the end: give the last op a slot of its own too
+        live.push((op.name().to_string(), free, last_read(op.name()).or((i + 1 == ops.len()).then_some(i))));
+        out.push(OpSlots { input, skip, out: free });
+    }
+    out
 }

@@ -11,6 +11,7 @@ use qatlab_core::Registry;
 use qatlab_deploy::format::{
     ActivationKind, ConvSpec, InputSpec, LayerData, LayerSpec, ModelFile, ModelHeader, NormKind,
 };
+use qatlab_deploy::graph::{Op, INPUT};
 use qatlab_deploy::kernel::Path as KernelPath;
 use qatlab_deploy::pack::Packing;
 use qatlab_deploy::runtime::{argmax, IntGrid, Runtime};
@@ -18,6 +19,7 @@ use qatlab_deploy::runtime::{argmax, IntGrid, Runtime};
 use crate::data::{self, Samples, MEAN, STD};
 use crate::error::{Error, Result};
 use crate::nn::engine::{Engine, Pass};
+use crate::nn::model::Network;
 use crate::train::{load_finished, CLASSES};
 
 /// How `qat export` stores ternary and pentary codes.
@@ -68,9 +70,6 @@ pub fn export_run(dir: &Path, registry: &Registry, packing: PackingChoice) -> Re
             config.model.activation.name
         )));
     }
-    if config.model.residual != Residual::None {
-        return Err(unsupported("residual connections are not supported by the kernels yet".into()));
-    }
     let mut layers = Vec::new();
     for (i, layer) in run.trainer.net.layers.iter().enumerate() {
         let q = &layer.quantized;
@@ -96,11 +95,12 @@ pub fn export_run(dir: &Path, registry: &Registry, packing: PackingChoice) -> Re
                 activation_bits: bits,
                 offset: 0,
                 bytes: 0,
+                // pooling is a max-pool op of the graph
                 conv: layer.conv.map(|g| ConvSpec {
                     side: g.side,
                     in_channels: g.in_channels,
                     depthwise: g.depthwise,
-                    pool: g.pool,
+                    pool: false,
                 }),
             },
             codes: q.codes.clone(),
@@ -123,8 +123,57 @@ pub fn export_run(dir: &Path, registry: &Registry, packing: PackingChoice) -> Re
         norm,
         activation: ActivationKind::Relu,
         layers: Vec::new(),
+        ops: graph_of(&run.trainer.net, config.model.residual),
+        writer: env!("CARGO_PKG_VERSION").to_string(),
     };
     ModelFile::new(header, layers).map_err(|e| unsupported(e.to_string()))
+}
+
+/// The op list of a trained network, as its evaluation pass runs it: each layer on the value
+/// before it, ReLU between layers, a max-pool after a pooling convolution, and the residual
+/// variant's skip connection around the square hidden layers (as the engine places it: not
+/// around the first fully connected layer, whose input is the image).
+fn graph_of(net: &Network, residual: Residual) -> Vec<Op> {
+    let mut ops = Vec::new();
+    let mut x = INPUT.to_string();
+    let count = net.layers.len();
+    let first_fc = net.conv_count();
+    let relu = |ops: &mut Vec<Op>, input: &str, name: String| {
+        ops.push(Op::Relu { name: name.clone(), input: input.to_string() });
+        name
+    };
+    for (l, layer) in net.layers.iter().enumerate() {
+        let name = &layer.name;
+        ops.push(Op::Layer { name: name.clone(), input: x.clone(), layer: name.clone() });
+        if l + 1 == count {
+            break;
+        }
+        let skip =
+            (residual != Residual::None && l > first_fc && layer.has_residual(l, count)).then(|| x.clone());
+        let scale = layer.residual_scale.first().copied().unwrap_or(1.0);
+        let add = |ops: &mut Vec<Op>, input: String, skip: String| {
+            let out = format!("{name}.add");
+            ops.push(Op::Add { name: out.clone(), input, skip, scale });
+            out
+        };
+        x = match (skip, residual) {
+            (Some(s), Residual::ReluSum | Residual::ReluScaledSum) => {
+                let sum = add(&mut ops, name.clone(), s);
+                relu(&mut ops, &sum, format!("{name}.relu"))
+            }
+            (Some(s), Residual::SumRelu | Residual::ScaledSumRelu) => {
+                let activated = relu(&mut ops, name, format!("{name}.relu"));
+                add(&mut ops, activated, s)
+            }
+            _ => relu(&mut ops, name, format!("{name}.relu")),
+        };
+        if let Some(geom) = layer.conv.filter(|g| g.pool) {
+            let pool = format!("{name}.pool");
+            ops.push(Op::MaxPool { name: pool.clone(), input: x, side: geom.side, channels: geom.channels });
+            x = pool;
+        }
+    }
+    ops
 }
 
 /// Read a model file, naming it in any error.
@@ -164,6 +213,7 @@ pub fn describe(model: &ModelFile, file_bytes: usize) -> String {
         "kernel",
         "operation"
     );
+    let ops = h.graph();
     let mut weights = 0;
     for spec in &h.layers {
         let kernel = match IntGrid::of(&spec.levels) {
@@ -181,7 +231,7 @@ pub fn describe(model: &ModelFile, file_bytes: usize) -> String {
             spec.bytes + 4 * spec.scales.len(),
             spec.bits_per_weight(),
             kernel,
-            operation(spec)
+            operation(spec, pooled(&ops, &spec.name))
         );
         weights += spec.rows * spec.cols;
     }
@@ -190,11 +240,34 @@ pub fn describe(model: &ModelFile, file_bytes: usize) -> String {
         model.weight_bytes(),
         model.weight_bytes() as f64 * 8.0 / weights as f64
     );
+    out += "graph:\n";
+    for op in &ops {
+        let reads = op.inputs().join(", ");
+        out += &match op {
+            Op::Layer { name, layer, .. } => format!("  {name} = layer {layer}({reads})\n"),
+            Op::Relu { name, .. } => format!("  {name} = relu({reads})\n"),
+            Op::MaxPool { name, side, channels, .. } => {
+                format!("  {name} = max-pool 2×2({reads}: {side}×{side}×{channels})\n")
+            }
+            Op::Add { name, input, skip, scale } => format!("  {name} = {input} + {scale}·{skip}\n"),
+        };
+    }
     out
 }
 
+/// Whether the layer's output is max-pooled after its ReLU (a version 3 graph), or by its
+/// convolution's own flag (versions 1 and 2, whose implied graph says the same).
+fn pooled(ops: &[Op], layer: &str) -> bool {
+    let writer = |value: &str| ops.iter().find(|o| o.name() == value);
+    ops.iter().any(|op| {
+        let Op::MaxPool { input, .. } = op else { return false };
+        let Some(Op::Relu { input: relu_input, .. }) = writer(input) else { return false };
+        matches!(writer(relu_input), Some(Op::Layer { layer: l, .. }) if l == layer)
+    })
+}
+
 /// What a layer computes, e.g. `fc 256→96` or `dw3×3 16×16×4→4, pool`.
-fn operation(spec: &LayerSpec) -> String {
+fn operation(spec: &LayerSpec, pooled: bool) -> String {
     match spec.conv {
         None => format!("fc {}→{}", spec.cols, spec.rows),
         Some(c) => format!(
@@ -203,7 +276,7 @@ fn operation(spec: &LayerSpec) -> String {
             c.side,
             c.in_channels,
             spec.rows,
-            if c.pool { ", pool" } else { "" }
+            if pooled { ", pool" } else { "" }
         ),
     }
 }

@@ -127,37 +127,42 @@ fn a_convolutional_model_deploys_and_its_c_code_predicts_as_the_runtime() {
     assert!(number_after(&report, "test accuracy ") > 90.0, "{report}");
     let listing = text(&qat(&["inspect", file.to_str().unwrap()], dir.path()));
     assert!(listing.contains("dw3×3 16×16×4→4, pool"), "{listing}");
-    let header = dir.path().join("model.h");
-    let out = qat(
-        &["export", run.to_str().unwrap(), "-o", header.to_str().unwrap(), "--format", "c-header"],
-        dir.path(),
-    );
-    assert!(out.status.success(), "{}", text(&out));
-    let c_text = std::fs::read_to_string(dir.path().join("qat_infer.c")).unwrap();
-    assert!(c_text.contains("#include \"model.h\""), "the C file includes the header by its name");
+    assert!(listing.contains("conv2.pool = max-pool 2×2(conv2.relu: 16×16×4)"), "{listing}");
+    assert_c_predicts_as_the_runtime(dir.path(), &run, "model.h");
+}
 
+/// Export `run` as the C header `header` (in `dir`, with `qat_infer.c` beside it), compile it
+/// with a driver under `-Wall -Werror`, and check that it predicts 1,000 test images as the
+/// integer runtime does.
+fn assert_c_predicts_as_the_runtime(dir: &Path, run: &Path, header: &str) {
+    let out = qat(&["export", run.to_str().unwrap(), "-o", header, "--format", "c-header"], dir);
+    assert!(out.status.success(), "{}", text(&out));
+    let c_text = std::fs::read_to_string(dir.join("qat_infer.c")).unwrap();
+    assert!(c_text.contains(&format!("#include \"{header}\"")), "the C file includes the header by its name");
     // A driver that reads preprocessed inputs from a file and prints one prediction per line.
-    let samples_file = dir.path().join("inputs.f32");
+    let samples_file = dir.join("inputs.f32");
     let model =
-        export::export_run(&run, &qatlab_plugins::builtin_registry(), export::PackingChoice::Bits).unwrap();
+        export::export_run(run, &qatlab_plugins::builtin_registry(), export::PackingChoice::Bits).unwrap();
     let samples = export::test_samples(&model).unwrap();
     let count = 1000;
     let bytes: Vec<u8> = samples.x[..count * samples.features].iter().flat_map(|v| v.to_le_bytes()).collect();
     std::fs::write(&samples_file, bytes).unwrap();
     std::fs::write(
-        dir.path().join("main.c"),
-        "#include <stdio.h>\nint qat_predict(const float *input, float *logits);\n#include \"model.h\"\n\
-         int main(int argc, char **argv) {\n  float x[QAT_INPUTS]; FILE *f = fopen(argv[1], \"rb\");\n  \
-         while (fread(x, sizeof(float), QAT_INPUTS, f) == QAT_INPUTS) printf(\"%d\\n\", qat_predict(x, 0));\n  \
-         return argc == 2 ? 0 : 1;\n}\n",
+        dir.join("main.c"),
+        format!(
+            "#include <stdio.h>\nint qat_predict(const float *input, float *logits);\n#include \"{header}\"\n\
+             int main(int argc, char **argv) {{\n  float x[QAT_INPUTS]; FILE *f = fopen(argv[1], \"rb\");\n  \
+             while (fread(x, sizeof(float), QAT_INPUTS, f) == QAT_INPUTS) printf(\"%d\\n\", qat_predict(x, 0));\n  \
+             return argc == 2 ? 0 : 1;\n}}\n"
+        ),
     )
     .unwrap();
-    let exe = dir.path().join("infer");
+    let exe = dir.join("infer");
     let cc = std::process::Command::new("cc")
         .args(["-std=c99", "-O2", "-Wall", "-Werror", "-o"])
         .arg(&exe)
-        .arg(dir.path().join("main.c"))
-        .arg(dir.path().join("qat_infer.c"))
+        .arg(dir.join("main.c"))
+        .arg(dir.join("qat_infer.c"))
         .arg("-lm")
         .output()
         .expect("a C compiler (cc), which Rust's linker needs anyway");
@@ -170,6 +175,35 @@ fn a_convolutional_model_deploys_and_its_c_code_predicts_as_the_runtime() {
     let rust_predictions = runtime.predict(&samples.x[..count * samples.features], count);
     let differ = c_predictions.iter().zip(&rust_predictions).filter(|(a, b)| a != b).count();
     assert!(differ <= 3, "C and the integer runtime disagree on {differ} of {count} images");
+}
+
+#[test]
+fn every_residual_variant_deploys_and_predicts_as_its_training_evaluation() {
+    let dir = workdir();
+    std::fs::write(
+        dir.path().join("r.yaml"),
+        "name: r\nquantizer: {name: int, bits: 4, symmetric: true}\nmodel: {hidden: [32, 32, 32]}\n\
+         train: {epochs: 1}\nsweep:\n  grid:\n    model.residual: [relu-sum, sum-relu, scaled-sum-relu, relu-scaled-sum]\n",
+    )
+    .unwrap();
+    let out = qat(&["run", "r.yaml", "-q", "--jobs", "2"], dir.path());
+    assert!(out.status.success(), "{}", text(&out));
+    let runs = run_dirs(dir.path(), "r");
+    assert_eq!(runs.len(), 4);
+    for run in &runs {
+        let file = dir.path().join("r.qat");
+        let out = qat(&["export", run.to_str().unwrap(), "-o", file.to_str().unwrap()], dir.path());
+        assert!(out.status.success(), "{}", text(&out));
+        let listing = text(&qat(&["inspect", file.to_str().unwrap()], dir.path()));
+        assert!(listing.contains("fc2.add = ") && listing.contains("fc3.add = "), "{listing}");
+        assert!(!listing.contains("fc1.add"), "no skip around the first layer: {listing}");
+        let out = qat(&["infer", file.to_str().unwrap(), "--compare", run.to_str().unwrap()], dir.path());
+        let report = text(&out);
+        assert!(out.status.success(), "{report}");
+        assert!(number_after(&report, "predictions differ on ") <= 10.0, "{report}");
+        assert!(number_after(&report, "test accuracy ") > 85.0, "{report}");
+        assert_c_predicts_as_the_runtime(dir.path(), run, "residual.h");
+    }
 }
 
 #[test]
