@@ -214,6 +214,8 @@ pub fn normalise(pixel: u8) -> f32 {
 /// Everything a run needs: clean train and test samples, and the raw training images for
 /// per-epoch augmentation.
 pub struct RunData {
+    /// What the dataset asks of a model.
+    pub task: Task,
     /// Clean, preprocessed training samples.
     pub train: Samples,
     /// Preprocessed test samples (all 10,000).
@@ -224,12 +226,41 @@ pub struct RunData {
     pub config: DataConfig,
 }
 
+/// What a dataset asks of a model: the shape of its inputs and the number of classes. Models,
+/// losses, analysis and exports take these from here, never from constants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Task {
+    /// Input channels (1 for the greyscale digit and fashion sets).
+    pub channels: usize,
+    /// Height and width of the (square) input after preprocessing.
+    pub side: usize,
+    /// Number of classes.
+    pub classes: usize,
+}
+
+impl Task {
+    /// The task of the dataset `config` names, at its preprocessed size.
+    pub fn of(config: &DataConfig) -> Self {
+        match config.dataset {
+            Dataset::Mnist | Dataset::FashionMnist => {
+                Task { channels: 1, side: config.image_size, classes: 10 }
+            }
+        }
+    }
+
+    /// Values per input sample (channel-major planes of `side²`).
+    pub fn features(&self) -> usize {
+        self.channels * self.side * self.side
+    }
+}
+
 impl RunData {
     /// Find, verify, decode and preprocess the dataset named in `config`.
     pub fn load(config: &DataConfig) -> Result<Self> {
         let root = find_dir(config.dataset)?;
         let files = load(config.dataset, &root)?;
         Ok(Self {
+            task: Task::of(config),
             train: preprocess(&files.train, config.image_size),
             test: preprocess(&files.test, config.image_size),
             raw_train: files.train,

@@ -20,7 +20,7 @@ use crate::data::{self, Samples, MEAN, STD};
 use crate::error::{Error, Result};
 use crate::nn::engine::{Engine, Pass};
 use crate::nn::model::Network;
-use crate::train::{load_finished, CLASSES};
+use crate::train::load_finished;
 
 /// How `qat export` stores ternary and pentary codes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -119,7 +119,7 @@ pub fn export_run(dir: &Path, registry: &Registry, packing: PackingChoice) -> Re
             mean: MEAN,
             std: STD,
         },
-        classes: CLASSES,
+        classes: run.trainer.task().classes,
         norm,
         activation: ActivationKind::Relu,
         layers: Vec::new(),
@@ -341,7 +341,7 @@ pub fn training_predictions(dir: &Path, registry: &Registry, samples: &Samples) 
         let n = 1000.min(samples.len() - first);
         let (logits, _) =
             engine.logits(&run.trainer.net, &samples.x[first * f..(first + n) * f], n, Pass::Eval);
-        predictions.extend(logits.chunks_exact(CLASSES).map(argmax));
+        predictions.extend(logits.chunks_exact(run.trainer.task().classes).map(argmax));
     }
     Ok(predictions)
 }

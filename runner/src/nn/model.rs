@@ -5,6 +5,7 @@ use qatlab_core::{config::Norm, Activation, QuantCtx, Quantized, Quantizer, Regi
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::data::Task;
 use crate::error::{Error, Result};
 
 /// One fully connected layer without bias: `rows` outputs × `cols` inputs.
@@ -198,21 +199,16 @@ pub struct Network {
 impl Network {
     /// Build the network `inputs → [convolutions →] hidden... → classes` with PyTorch's default
     /// `nn.Linear`/`nn.Conv2d` initialisation (U(−1/√fan_in, 1/√fan_in)), seeded.
-    pub fn new(
-        registry: &Registry,
-        config: &qatlab_core::config::RunConfig,
-        inputs: usize,
-        classes: usize,
-    ) -> Result<Self> {
+    pub fn new(registry: &Registry, config: &qatlab_core::config::RunConfig, task: &Task) -> Result<Self> {
         let act = &config.model.activation;
         let activation = registry
             .activations
             .build(&act.name, &act.params)
             .map_err(|e| Error::Config(format!("model.activation: {e}")))?;
         let mut rng = ChaCha8Rng::seed_from_u64(config.train.seed ^ 0x1417_7e11);
-        let side = (inputs as f64).sqrt().round() as usize;
+        let (side, inputs, classes) = (task.side, task.features(), task.classes);
         let mut geometry: Vec<(Shape, Option<ConvGeom>)> = Vec::new();
-        let (mut channels, mut map) = (1, side);
+        let (mut channels, mut map) = (task.channels, side);
         for c in &config.model.conv {
             let taps = if c.depthwise { 9 } else { 9 * channels };
             let geom = ConvGeom {

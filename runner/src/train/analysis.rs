@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::Samples;
 use crate::error::Result;
 use crate::nn::model::Layer;
-use crate::train::{Trainer, CLASSES};
+use crate::train::Trainer;
 
 /// Bins of the expected calibration error (the usual choice since Guo et al., 2017).
 pub const ECE_BINS: usize = 15;
@@ -79,6 +79,7 @@ pub struct Analysis {
 
 /// Analyse the trainer's network on `test`. Leaves the network quantized for evaluation.
 pub fn analyze(trainer: &mut Trainer, test: &Samples) -> Result<Analysis> {
+    let classes = trainer.task().classes;
     let phases: Vec<bool> = trainer.net.layers.iter().map(|l| l.float_phase).collect();
     let mut layers: Vec<LayerAnalysis> = Vec::new();
     let quantized = trainer.test_logits(test)?;
@@ -86,15 +87,15 @@ pub fn analyze(trainer: &mut Trainer, test: &Samples) -> Result<Analysis> {
         layers.push(layer_analysis(layer));
     }
     set_float(trainer, |_| true);
-    let float_test_acc = class_report(&trainer.test_logits(test)?, &test.labels).accuracy;
+    let float_test_acc = class_report(&trainer.test_logits(test)?, &test.labels, classes).accuracy;
     for l in 0..layers.len() {
         set_float(trainer, |i| i != l);
         layers[l].sensitivity =
-            float_test_acc - class_report(&trainer.test_logits(test)?, &test.labels).accuracy;
+            float_test_acc - class_report(&trainer.test_logits(test)?, &test.labels, classes).accuracy;
     }
     trainer.net.layers.iter_mut().zip(phases).for_each(|(layer, phase)| layer.float_phase = phase);
     trainer.test_logits(test)?;
-    Ok(Analysis { test: class_report(&quantized, &test.labels), float_test_acc, layers })
+    Ok(Analysis { test: class_report(&quantized, &test.labels, classes), float_test_acc, layers })
 }
 
 fn set_float(trainer: &mut Trainer, float: impl Fn(usize) -> bool) {
@@ -132,11 +133,11 @@ pub fn layer_analysis(layer: &Layer) -> LayerAnalysis {
     }
 }
 
-/// Per-class scores, confusion matrix and calibration of `logits` (`n × CLASSES`).
-pub fn class_report(logits: &[f32], labels: &[u8]) -> ClassReport {
-    let mut confusion = vec![vec![0usize; CLASSES]; CLASSES];
+/// Per-class scores, confusion matrix and calibration of `logits` (`n × classes`).
+pub fn class_report(logits: &[f32], labels: &[u8], classes: usize) -> ClassReport {
+    let mut confusion = vec![vec![0usize; classes]; classes];
     let mut bins = vec![(0usize, 0usize, 0.0f64); ECE_BINS]; // (count, correct, Σ confidence)
-    for (row, &label) in logits.chunks_exact(CLASSES).zip(labels) {
+    for (row, &label) in logits.chunks_exact(classes).zip(labels) {
         let (predicted, confidence) = softmax_top(row);
         confusion[label as usize][predicted] += 1;
         let bin = ((confidence * ECE_BINS as f64) as usize).min(ECE_BINS - 1);
@@ -145,7 +146,7 @@ pub fn class_report(logits: &[f32], labels: &[u8]) -> ClassReport {
         bins[bin].2 += confidence;
     }
     let n = labels.len().max(1) as f64;
-    let classes: Vec<ClassScores> = (0..CLASSES)
+    let per_class: Vec<ClassScores> = (0..classes)
         .map(|c| {
             let tp = confusion[c][c] as f64;
             let predicted: usize = confusion.iter().map(|row| row[c]).sum();
@@ -157,7 +158,7 @@ pub fn class_report(logits: &[f32], labels: &[u8]) -> ClassReport {
             ClassScores { precision, recall, f1, support }
         })
         .collect();
-    let correct: usize = (0..CLASSES).map(|c| confusion[c][c]).sum();
+    let correct: usize = (0..classes).map(|c| confusion[c][c]).sum();
     let ece = bins
         .iter()
         .filter(|b| b.0 > 0)
@@ -167,8 +168,8 @@ pub fn class_report(logits: &[f32], labels: &[u8]) -> ClassReport {
         .sum();
     ClassReport {
         accuracy: correct as f64 / n,
-        macro_f1: classes.iter().map(|c| c.f1).sum::<f64>() / CLASSES as f64,
-        classes,
+        macro_f1: per_class.iter().map(|c| c.f1).sum::<f64>() / classes as f64,
+        classes: per_class,
         confusion,
         ece,
     }
@@ -222,15 +223,18 @@ pub fn summary(analysis: &Analysis) -> String {
 mod tests {
     use super::*;
 
+    /// Classes of the digit sets the tests score.
+    const TEN: usize = 10;
+
     fn one_hot(class: usize, margin: f32) -> Vec<f32> {
-        (0..CLASSES).map(|c| if c == class { margin } else { 0.0 }).collect()
+        (0..TEN).map(|c| if c == class { margin } else { 0.0 }).collect()
     }
 
     #[test]
     fn scores_and_confusion_of_known_predictions() {
         // Three of class 0 (two right, one predicted 1), one of class 1 (right).
         let logits: Vec<f32> = [one_hot(0, 9.0), one_hot(0, 9.0), one_hot(1, 9.0), one_hot(1, 9.0)].concat();
-        let report = class_report(&logits, &[0, 0, 0, 1]);
+        let report = class_report(&logits, &[0, 0, 0, 1], TEN);
         assert_eq!(report.accuracy, 0.75);
         assert_eq!(report.confusion[0][0], 2);
         assert_eq!(report.confusion[0][1], 1);
@@ -246,11 +250,11 @@ mod tests {
     #[test]
     fn calibration_error_of_known_confidences() {
         // Uniform logits: confidence 0.1 in bin 1; one right of two → |0.5 − 0.1| = 0.4.
-        let logits = vec![0.0f32; 2 * CLASSES];
-        let report = class_report(&logits, &[0, 3]);
+        let logits = vec![0.0f32; 2 * TEN];
+        let report = class_report(&logits, &[0, 3], TEN);
         assert!((report.ece - 0.4).abs() < 1e-9, "{}", report.ece);
         // Confident and right: confidence e^20/(e^20 + 9) ≈ 1, ECE ≈ 0.
-        let report = class_report(&one_hot(4, 20.0), &[4]);
+        let report = class_report(&one_hot(4, 20.0), &[4], TEN);
         assert!(report.ece < 1e-6, "{}", report.ece);
     }
 }

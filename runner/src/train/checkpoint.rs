@@ -14,6 +14,7 @@ use super::metrics::EpochMetrics;
 use super::optim::AdamState;
 use super::recipe::{swap_params, Averages};
 use super::Trainer;
+use crate::data::Task;
 use crate::error::{Error, Result};
 use crate::nn::params::ParamKind;
 
@@ -187,8 +188,7 @@ pub fn load_finished(dir: &Path, registry: &Registry) -> Result<FinishedRun> {
     let checkpoint = Checkpoint::read(dir, &config)
         .map_err(|e| bad(format!("checkpoint: {e}")))?
         .ok_or_else(|| bad("no checkpoint; train the run first".into()))?;
-    let features = config.data.image_size * config.data.image_size;
-    let mut trainer = Trainer::new(&config, registry, features)?;
+    let mut trainer = Trainer::new(&config, registry, Task::of(&config.data))?;
     trainer.restore(&checkpoint, registry)?;
     // A finished run is what its evaluation measured: with an EMA, the averaged weights.
     let mut ema = std::mem::take(&mut trainer.averages.ema);

@@ -45,8 +45,8 @@ pub fn train(
     observer: &mut dyn Observer,
     resume: Option<&Checkpoint>,
 ) -> Result<Finished> {
-    let mut trainer = Trainer::new(config, registry, data.train.features)?;
-    trainer.attach_teacher(registry, data.train.features)?;
+    let mut trainer = Trainer::new(config, registry, data.task)?;
+    trainer.attach_teacher(registry)?;
     let (epochs, batch) = (config.train.epochs, config.train.batch_size);
     let mut history = Vec::new();
     if let Some(checkpoint) = resume {

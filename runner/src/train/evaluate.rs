@@ -2,7 +2,7 @@
 //! keeps them).
 
 use super::recipe::swap_params;
-use super::{Trainer, CLASSES, EVAL_BATCH};
+use super::{Trainer, EVAL_BATCH};
 use crate::data::Samples;
 use crate::error::Result;
 use crate::nn::engine::Pass;
@@ -12,8 +12,9 @@ impl Trainer {
     /// Test loss, accuracy and positive-activation share with the evaluation quantization.
     pub fn evaluate(&mut self, test: &Samples) -> Result<(f64, f64, f64)> {
         let (mut loss, mut correct, mut positive, mut seen) = (0.0, 0, 0, 0);
+        let classes = self.task.classes;
         self.for_each_test_batch(test, |logits, labels, (pos, count)| {
-            let (l, c) = cross_entropy_sum(logits, labels, CLASSES);
+            let (l, c) = cross_entropy_sum(logits, labels, classes);
             loss += l;
             correct += c;
             positive += pos;
@@ -23,9 +24,9 @@ impl Trainer {
         Ok((loss / n, correct as f64 / n, positive as f64 / seen.max(1) as f64))
     }
 
-    /// Logits of every test sample (`n × CLASSES`) with the evaluation quantization.
+    /// Logits of every test sample (`n × classes`) with the evaluation quantization.
     pub fn test_logits(&mut self, test: &Samples) -> Result<Vec<f32>> {
-        let mut out = Vec::with_capacity(test.len() * CLASSES);
+        let mut out = Vec::with_capacity(test.len() * self.task.classes);
         self.for_each_test_batch(test, |logits, _, _| out.extend_from_slice(logits))?;
         Ok(out)
     }

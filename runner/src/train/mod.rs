@@ -23,8 +23,6 @@ pub use metrics::{layer_stats, EpochMetrics, LayerStats, Observer, Silent};
 pub use step::clip_global_norm;
 pub use trainer::Trainer;
 
-/// Number of classes of the supported datasets.
-pub const CLASSES: usize = 10;
 /// Test-set evaluation batch size (any size gives the same numbers).
 pub(crate) const EVAL_BATCH: usize = 1000;
 /// Training images whose mean layer inputs calibrate bias correction.

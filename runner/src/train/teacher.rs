@@ -3,6 +3,7 @@
 use qatlab_core::{config::RunConfig, Registry};
 
 use super::checkpoint::load_finished;
+use crate::data::Task;
 use crate::error::{Error, Result};
 use crate::nn::engine::Engine;
 use crate::nn::model::Network;
@@ -21,14 +22,24 @@ impl Teacher {
     pub(super) fn load(
         spec: &qatlab_core::config::DistillConfig,
         registry: &Registry,
-        features: usize,
+        task: Task,
     ) -> Result<Self> {
         let dir = std::path::Path::new(spec.teacher_dir());
         let bad = |what: String| Error::Config(format!("train.distill.teacher: {}: {what}", dir.display()));
         let run = load_finished(dir, registry).map_err(|e| bad(e.to_string()))?;
-        let size = run.config.data.image_size;
-        if size * size != features {
-            return Err(bad(format!("it takes {size}² inputs, this run {features}")));
+        let theirs = run.trainer.task();
+        if theirs != task {
+            return Err(bad(format!(
+                "it was trained on {}×{}×{} inputs and {} classes, this run has {}×{}×{} and {}",
+                theirs.channels,
+                theirs.side,
+                theirs.side,
+                theirs.classes,
+                task.channels,
+                task.side,
+                task.side,
+                task.classes
+            )));
         }
         let loss =
             registry.distillers.build(&spec.loss.name, &spec.loss.params).map_err(|e| bad(e.to_string()))?;

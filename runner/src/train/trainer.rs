@@ -8,7 +8,7 @@ use qatlab_core::{config::RunConfig, Progress, Registry, Schedule};
 use super::optim::{AdamConfig, AdamState};
 use super::recipe::{Accumulator, Averages, Mixed};
 use super::teacher::Teacher;
-use super::CLASSES;
+use crate::data::Task;
 use crate::error::{Error, Result};
 use crate::nn::engine::{Engine, Pass};
 use crate::nn::loss::{cross_entropy_smoothed, cross_entropy_sum};
@@ -25,6 +25,8 @@ pub struct Trainer {
     /// Optimizer state of every parameter, by path.
     pub(super) moments: BTreeMap<String, AdamState>,
     pub(super) config: RunConfig,
+    /// What the dataset asks of the network (input shape, classes).
+    pub(super) task: Task,
     pub(super) step: u64,
     pub(super) teacher: Option<Teacher>,
     pub(super) averages: Averages,
@@ -35,8 +37,8 @@ pub struct Trainer {
 
 impl Trainer {
     /// Build the network and optimizer for `config`.
-    pub fn new(config: &RunConfig, registry: &Registry, features: usize) -> Result<Self> {
-        let net = Network::new(registry, config, features, CLASSES)?;
+    pub fn new(config: &RunConfig, registry: &Registry, task: Task) -> Result<Self> {
+        let net = Network::new(registry, config, &task)?;
         let spec = &config.train.schedule;
         let schedule = registry
             .schedules
@@ -59,12 +61,18 @@ impl Trainer {
             base_lr: o.lr,
             moments: BTreeMap::new(),
             config: config.clone(),
+            task,
             step: 0,
             teacher: None,
             averages: Averages::default(),
             accumulator: Accumulator::default(),
             layer_specs: (0..layers).map(|i| config.model.layer(i, layers, &config.quantizer).0).collect(),
         })
+    }
+
+    /// What the dataset asks of the network.
+    pub fn task(&self) -> Task {
+        self.task
     }
 
     /// The quantizer layer `i` is built from now: the one `train.quantizer_schedule` gave it
@@ -75,9 +83,9 @@ impl Trainer {
 
     /// Load the distillation teacher the config names (training only: restoring a finished
     /// run for evaluation or export does not need it).
-    pub fn attach_teacher(&mut self, registry: &Registry, features: usize) -> Result<()> {
+    pub fn attach_teacher(&mut self, registry: &Registry) -> Result<()> {
         if let Some(spec) = &self.config.train.distill {
-            self.teacher = Some(Teacher::load(spec, registry, features)?.matching_features(&self.config)?);
+            self.teacher = Some(Teacher::load(spec, registry, self.task)?.matching_features(&self.config)?);
         }
         Ok(())
     }
@@ -104,6 +112,7 @@ impl Trainer {
         let mut correct = 0;
         let smoothing = self.config.train.label_smoothing as f32;
         let batch = labels.len();
+        let classes = self.task.classes;
         let teacher = self.teacher.as_ref().map(|t| {
             let features =
                 if t.loss.uses_features() { t.engine.features(&t.net, x, batch) } else { Vec::new() };
@@ -111,16 +120,16 @@ impl Trainer {
         });
         let loss_of = |logits: &[f32], labels: &[u8], grad: &mut [f32]| match &teacher {
             Some((teacher_logits, _, distiller)) => {
-                distiller.loss(logits, teacher_logits, labels, CLASSES, grad)
+                distiller.loss(logits, teacher_logits, labels, classes, grad)
             }
-            None => cross_entropy_smoothed(logits, labels, CLASSES, smoothing, grad).0,
+            None => cross_entropy_smoothed(logits, labels, classes, smoothing, grad).0,
         };
         let with_features = teacher.as_ref().is_some_and(|t| !t.1.is_empty());
         let mut loss_grad = |logits: &[f32],
                              features: &[f32],
                              grad: &mut [f32],
                              grad_features: &mut [f32]| {
-            correct = cross_entropy_sum(logits, labels, CLASSES).1;
+            correct = cross_entropy_sum(logits, labels, classes).1;
             let feature_term = match &teacher {
                 Some((_, teacher_features, distiller)) if with_features => {
                     distiller.feature_loss(features, teacher_features, features.len() / batch, grad_features)

@@ -2,6 +2,7 @@
 //! plugin activations (through the f/f′ construction) and layer norm.
 
 use qatlab_core::{Activation, Registry};
+use qatlab_runner::data::Task;
 use qatlab_runner::nn::engine::{Engine, Pass};
 use qatlab_runner::nn::loss::cross_entropy;
 use qatlab_runner::nn::model::Network;
@@ -42,7 +43,14 @@ fn network(yaml: &str) -> Network {
 
 fn network_of(yaml: &str, inputs: usize) -> Network {
     let config = crate::config(&format!("name: grad\n{yaml}"));
-    Network::new(&registry(), &config, inputs, CLASSES).unwrap()
+    let side = (inputs as f64).sqrt() as usize;
+    // a conv front-end takes a square image; a plain MLP any width (one channel of 1×inputs)
+    let task = if side * side == inputs {
+        Task { channels: 1, side, classes: CLASSES }
+    } else {
+        Task { channels: inputs, side: 1, classes: CLASSES }
+    };
+    Network::new(&registry(), &config, &task).unwrap()
 }
 
 /// A fixed batch for `net` (its input width: the first layer's, or the image of its first
