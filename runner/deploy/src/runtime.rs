@@ -141,9 +141,10 @@ fn activate<T: Copy + PartialOrd + Default>(values: &[T], pool: Option<(usize, u
 /// writes slot `i + 1`).
 #[derive(Clone, Debug)]
 enum Step {
-    /// Weight layer `layer` on slot `input`; with `fused`, its ReLU (and max-pool) run on the
-    /// integer sums and the result is requantized straight into the codes of layer `next`.
-    Layer { layer: usize, input: usize, fused: Option<Fused> },
+    /// Weight layer `layer` on slot `input` (taken, not copied, when `last_read`: nothing after
+    /// reads it); with `fused`, its ReLU (and max-pool) run on the integer sums and the result
+    /// is requantized straight into the codes of layer `next`.
+    Layer { layer: usize, input: usize, last_read: bool, fused: Option<Fused> },
     /// ReLU of slot `input`.
     Relu { input: usize },
     /// Max-pool of slot `input`.
@@ -193,9 +194,12 @@ fn plan(ops: &[Op], layers: &[Layer]) -> Vec<Step> {
         .iter()
         .enumerate()
         .map(|(i, op)| match op {
-            Op::Layer { input, layer, .. } => {
-                Step::Layer { layer: layer_index(layer), input: slot(input, i), fused: None }
-            }
+            Op::Layer { input, layer, .. } => Step::Layer {
+                layer: layer_index(layer),
+                input: slot(input, i),
+                last_read: !ops[i + 1..].iter().any(|o| o.inputs().contains(&input.as_str())),
+                fused: None,
+            },
             Op::Relu { input, .. } => Step::Relu { input: slot(input, i) },
             Op::MaxPool { input, side, channels, .. } => {
                 Step::MaxPool { input: slot(input, i), side: *side, channels: *channels }
@@ -225,19 +229,14 @@ fn plan(ops: &[Op], layers: &[Layer]) -> Vec<Step> {
         if input != after {
             continue;
         }
-        steps[i] = Step::Layer { layer, input: steps_input(&steps[i]), fused: Some(Fused { pool, next }) };
+        if let Step::Layer { fused, .. } = &mut steps[i] {
+            *fused = Some(Fused { pool, next });
+        }
         for step in &mut steps[i + 1..after] {
             *step = Step::Fused;
         }
     }
     steps
-}
-
-fn steps_input(step: &Step) -> usize {
-    match step {
-        Step::Layer { input, .. } => *input,
-        _ => unreachable!("called on layer steps"),
-    }
 }
 
 /// A loaded model bound to one kernel path.
@@ -293,10 +292,14 @@ impl Runtime {
         let mut prepared: Option<(usize, Codes)> = None;
         for step in &self.steps {
             let value = match *step {
-                Step::Layer { layer: l, input, fused } => {
+                Step::Layer { layer: l, input, last_read, fused } => {
                     let layer = &self.layers[l];
                     let codes = match prepared.take() {
                         Some((for_layer, codes)) if for_layer == l => codes,
+                        _ if last_read => match std::mem::replace(&mut slots[input], Slot::Empty) {
+                            Slot::Float(mut x) => self.quantize_float(&mut x, n, layer),
+                            Slot::Empty => unreachable!("fused values are read only by the fused steps"),
+                        },
                         _ => self.quantize_float(&mut float(&slots[input]).to_vec(), n, layer),
                     };
                     let sums = self.multiply(layer, &codes.q, n);
