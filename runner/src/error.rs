@@ -14,6 +14,9 @@ pub enum Error {
     /// A dataset file is missing or corrupt.
     #[error("{0}")]
     Data(String),
+    /// A dataset could not be downloaded (nothing ran).
+    #[error("{0}")]
+    Fetch(String),
     /// A plugin failed while running.
     #[error("plugin error: {0}")]
     Plugin(String),

@@ -19,7 +19,7 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("qat: {e}");
             ExitCode::from(match e {
-                Error::Config(_) | Error::Data(_) => 2,
+                Error::Config(_) | Error::Data(_) | Error::Fetch(_) => 2,
                 Error::Interrupted => 130,
                 _ => 1,
             })

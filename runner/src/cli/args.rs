@@ -12,6 +12,9 @@ pub struct Cli {
     /// `plugins:` list. Nothing is loaded implicitly from the current directory.
     #[arg(long = "plugin", global = true, value_name = "LIBRARY")]
     pub plugins: Vec<PathBuf>,
+    /// Never download a dataset (as `QAT_OFFLINE=1`): a missing one is an error before any run.
+    #[arg(long, global = true)]
+    pub offline: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -47,6 +50,49 @@ pub enum Command {
     /// Analyse a finished run: per-class scores, confusion, calibration (ECE), per-layer code
     /// statistics, SQNR and cosine, and each layer's sensitivity; also stored in its run.json.
     Analyze(AnalyzeArgs),
+    /// Datasets on this machine: list where each was found, fetch (download and verify), or
+    /// verify what is there.
+    #[command(subcommand)]
+    Data(DataCommand),
+}
+
+/// `qat data …`.
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Each dataset: where it was found, its size, and whether its files verify.
+    List,
+    /// Download datasets (resuming partial files, verifying size and SHA-256).
+    Fetch(DataFetchArgs),
+    /// Re-check the files of datasets that are present (all of them without ids).
+    Verify(DataVerifyArgs),
+}
+
+/// Arguments of `qat data fetch`.
+#[derive(Debug, clap::Args)]
+pub struct DataFetchArgs {
+    /// Dataset ids: mnist, fashion-mnist, tinyshakespeare.
+    #[arg(required = true)]
+    pub ids: Vec<String>,
+    /// Folder to put them in (default: `$QAT_DATA_DIR`, else the user cache).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Download again even when the files verify.
+    #[arg(long)]
+    pub force: bool,
+    /// A mirror laid out as `<mirror>/<id>/<file>`, used instead of the datasets' own locations
+    /// (also `$QAT_DATA_MIRROR`).
+    #[arg(long)]
+    pub mirror: Option<String>,
+    /// Further attempts after a failed transfer (each resumes the partial file).
+    #[arg(long, default_value_t = 3)]
+    pub retries: u32,
+}
+
+/// Arguments of `qat data verify`.
+#[derive(Debug, clap::Args)]
+pub struct DataVerifyArgs {
+    /// Dataset ids (default: every dataset that is present).
+    pub ids: Vec<String>,
 }
 
 /// Arguments of `qat analyze`.
@@ -293,6 +339,32 @@ mod tests {
         assert_eq!(a.file, PathBuf::from("x.yaml"));
         assert!(a.force && a.quiet);
         assert_eq!(a.results, PathBuf::from("out"));
+    }
+
+    #[test]
+    fn data_fetch_takes_ids_and_flags_and_offline_is_global() {
+        let cli = parse(&[
+            "data",
+            "fetch",
+            "mnist",
+            "tinyshakespeare",
+            "--dir",
+            "d",
+            "--mirror",
+            "http://m",
+            "--retries",
+            "0",
+            "--offline",
+        ]);
+        assert!(cli.offline);
+        let Command::Data(DataCommand::Fetch(a)) = cli.command else { panic!("not data fetch") };
+        assert_eq!(a.ids, ["mnist", "tinyshakespeare"]);
+        assert_eq!(
+            (a.dir, a.mirror.as_deref(), a.retries, a.force),
+            (Some(PathBuf::from("d")), Some("http://m"), 0, false)
+        );
+        assert!(Cli::try_parse_from(["qat", "data", "fetch"]).is_err(), "fetch needs an id");
+        assert!(matches!(parse(&["data", "list"]).command, Command::Data(DataCommand::List)));
     }
 
     #[test]

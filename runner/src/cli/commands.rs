@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use qatlab_core::config::RunConfig;
 
 use super::args::{
-    AnalyzeArgs, BenchCommand, BenchInferArgs, BenchTrainArgs, Cli, Command, ExportArgs, ExportFormat,
-    InferArgs, Launcher, ListArgs, PluginsArgs, ReproArgs, RunArgs, StatusArgs, TableArgs,
+    AnalyzeArgs, BenchCommand, BenchInferArgs, BenchTrainArgs, Cli, Command, DataCommand, ExportArgs,
+    ExportFormat, InferArgs, Launcher, ListArgs, PluginsArgs, ReproArgs, RunArgs, StatusArgs, TableArgs,
 };
 use crate::bench::train::{bench_train, PYTORCH_TERNARY_SAMPLES_PER_S};
 use crate::data::RunData;
@@ -20,6 +20,9 @@ use crate::{experiment, export};
 
 /// Run the command `cli` names; errors come back to `main`, which prints them once.
 pub fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
+    if cli.offline {
+        crate::data::OFFLINE.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     let mut registry = qatlab_plugins::builtin_registry();
     let mut libraries = dynamic::env_paths();
     libraries.extend(cli.plugins.iter().cloned());
@@ -56,6 +59,88 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
         }
         Command::Infer(args) => infer(&args, &registry),
         Command::Analyze(args) => analyze(&args, &registry),
+        Command::Data(command) => data(&command),
+    }
+}
+
+fn data(command: &DataCommand) -> Result<ExitCode, Error> {
+    use crate::data::fetch::{dataset, fetch, verifies, FetchOptions, DATASETS};
+    use std::io::IsTerminal;
+    let present = |id: &str| crate::data::search_dirs().into_iter().map(|d| d.join(id)).find(|d| d.is_dir());
+    match command {
+        DataCommand::List => {
+            println!("{:<16} {:<9} {:>10}  where", "dataset", "state", "MB");
+            for set in &DATASETS {
+                let (state, place) = match present(set.id) {
+                    Some(dir) if set.files.iter().all(|f| verifies(&dir, f)) => {
+                        ("verified", display_path(&dir))
+                    }
+                    Some(dir) => ("CORRUPT", display_path(&dir)),
+                    None => ("missing", format!("`qat data fetch {}`", set.id)),
+                };
+                let mb = set.files.iter().map(|f| f.size).sum::<u64>() as f64 / 1e6;
+                println!("{:<16} {state:<9} {mb:>10.1}  {place}", set.id);
+            }
+            println!(
+                "search order: {}",
+                crate::data::search_dirs().iter().map(|d| display_path(d)).collect::<Vec<_>>().join(", ")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        DataCommand::Fetch(args) => {
+            if crate::data::offline() {
+                return Err(Error::Config(
+                    "qat data fetch with downloads off (QAT_OFFLINE=1 or --offline)".into(),
+                ));
+            }
+            let sets = args.ids.iter().map(|id| dataset(id)).collect::<Result<Vec<_>, _>>()?;
+            let root = match &args.dir {
+                Some(dir) => dir.clone(),
+                None => crate::data::fetch_root()?,
+            };
+            let mut options =
+                FetchOptions { force: args.force, retries: args.retries, ..FetchOptions::default() };
+            if args.mirror.is_some() {
+                options.mirror.clone_from(&args.mirror);
+            }
+            options.bars = std::io::stderr().is_terminal();
+            for set in sets {
+                let dir = fetch(set, &root, &options, &mut |line| eprintln!("{line}"))?;
+                println!(
+                    "{}: {} ({} files verified; sums: {})",
+                    set.id,
+                    display_path(&dir),
+                    set.files.len(),
+                    set.sums_from
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DataCommand::Verify(args) => {
+            let ids: Vec<&str> = match args.ids.is_empty() {
+                true => DATASETS.iter().map(|d| d.id).filter(|id| present(id).is_some()).collect(),
+                false => args.ids.iter().map(String::as_str).collect(),
+            };
+            let mut bad = 0;
+            for id in ids {
+                let set = dataset(id)?;
+                let Some(dir) = present(id) else {
+                    println!("{id}: missing (`qat data fetch {id}`)");
+                    bad += 1;
+                    continue;
+                };
+                for f in set.files {
+                    let ok = verifies(&dir, f);
+                    bad += usize::from(!ok);
+                    println!(
+                        "{}: {}",
+                        display_path(&dir.join(f.name)),
+                        if ok { "ok" } else { "WRONG size or SHA-256" }
+                    );
+                }
+            }
+            Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
     }
 }
 

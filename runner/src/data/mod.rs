@@ -2,6 +2,7 @@
 //! reference project's preprocessing (antialiased resize, normalisation, seeded augmentation).
 
 pub mod augment;
+pub mod fetch;
 pub mod idx;
 pub mod resize;
 
@@ -111,8 +112,9 @@ pub struct DatasetFiles {
     pub test: Split,
 }
 
-/// Where datasets are looked for, in order: `$QAT_DATA_DIR`, `./data`, then `shared/datasets`
-/// beside the current directory or any of its parents (`../shared/datasets` from the repo root).
+/// Where datasets are looked for, in order: `$QAT_DATA_DIR`, `./data`, `shared/datasets`
+/// beside the current directory or any of its parents (`../shared/datasets` from the repo root),
+/// then the user cache ([`cache_dir`]).
 pub fn search_dirs() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
     if let Some(dir) = std::env::var_os("QAT_DATA_DIR") {
@@ -122,23 +124,68 @@ pub fn search_dirs() -> Vec<PathBuf> {
     if let Ok(cwd) = std::env::current_dir() {
         dirs.extend(cwd.ancestors().skip(1).map(|a| a.join("shared").join("datasets")));
     }
+    dirs.extend(cache_dir());
     dirs
 }
 
-/// The first search directory that holds `dataset`'s folder.
+/// The user's dataset cache: `$XDG_CACHE_HOME/qatlab/datasets`, else
+/// `~/.cache/qatlab/datasets` (None without a home directory).
+pub fn cache_dir() -> Option<PathBuf> {
+    let base =
+        std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()).map(PathBuf::from).or_else(|| {
+            std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|h| PathBuf::from(h).join(".cache"))
+        })?;
+    Some(base.join("qatlab").join("datasets"))
+}
+
+/// Where fetches go: `$QAT_DATA_DIR` when set, else the cache.
+pub fn fetch_root() -> Result<PathBuf> {
+    match std::env::var_os("QAT_DATA_DIR").filter(|v| !v.is_empty()) {
+        Some(dir) => Ok(PathBuf::from(dir)),
+        None => cache_dir().ok_or_else(|| {
+            Error::Data(
+                "no place to put datasets: set QAT_DATA_DIR (no HOME or XDG_CACHE_HOME either)".into(),
+            )
+        }),
+    }
+}
+
+/// Set by `--offline`: never download (as `QAT_OFFLINE=1`).
+pub static OFFLINE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether downloads are off (`--offline` or `QAT_OFFLINE=1`).
+pub fn offline() -> bool {
+    OFFLINE.load(std::sync::atomic::Ordering::Relaxed) || std::env::var("QAT_OFFLINE").is_ok_and(|v| v == "1")
+}
+
+/// The first search directory that holds `dataset`'s folder; a dataset found nowhere is
+/// fetched into [`fetch_root`] (one line on stderr says so) unless [`offline`].
 pub fn find_dir(dataset: Dataset) -> Result<PathBuf> {
+    static FETCHING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = FETCHING.lock().unwrap_or_else(|e| e.into_inner());
     let dirs = search_dirs();
-    dirs.iter().find(|d| d.join(dataset.dir_name()).is_dir()).cloned().ok_or_else(|| {
-        let looked: Vec<String> =
-            dirs.iter().map(|d| d.join(dataset.dir_name()).display().to_string()).collect();
-        Error::Data(format!(
-            "{} not found; looked in: {}. Put the four original .gz IDX files in one of these \
-             folders, or point QAT_DATA_DIR at a folder that holds `{}/`",
-            dataset.dir_name(),
-            looked.join(", "),
-            dataset.dir_name()
-        ))
-    })
+    let id = dataset.dir_name();
+    if let Some(dir) = dirs.iter().find(|d| d.join(id).is_dir()) {
+        return Ok(dir.clone());
+    }
+    let looked: Vec<String> = dirs.iter().map(|d| d.join(id).display().to_string()).collect();
+    if offline() {
+        return Err(Error::Data(format!(
+            "{id} not found and downloads are off (QAT_OFFLINE=1 or --offline); looked in: {}. \
+             Fetch it with `qat data fetch {id}`, or point QAT_DATA_DIR at a folder that holds `{id}/`",
+            looked.join(", ")
+        )));
+    }
+    let root = fetch_root()?;
+    eprintln!(
+        "qat: {id} is not on this machine (looked in {}); fetching it into {}",
+        looked.join(", "),
+        root.display()
+    );
+    fetch::fetch(fetch::dataset(id)?, &root, &fetch::FetchOptions::default(), &mut |line| {
+        eprintln!("qat: {line}")
+    })?;
+    Ok(root)
 }
 
 /// Load and verify both splits of `dataset` from `root/<dataset dir>/`.

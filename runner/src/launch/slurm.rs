@@ -143,6 +143,10 @@ pub fn submit(
     force: bool,
     options: &SlurmOptions,
 ) -> Result<Submitted> {
+    // Fetch missing datasets here, once, never inside array tasks.
+    for &i in selected {
+        crate::data::find_dir(plan.runs[i].config.data.dataset)?;
+    }
     let results = absolute(results)?;
     let experiment_dir = results.join(&plan.experiment);
     let slurm_dir = experiment_dir.join("slurm");
@@ -247,6 +251,8 @@ fn script_text(
     }
     lines.extend(o.sbatch_args.iter().map(|a| format!("#SBATCH {a}")));
     lines.push("set -euo pipefail".into());
+    // qat submit fetched every dataset first; array tasks must never download
+    lines.push("export QAT_OFFLINE=1".into());
     lines.push(format!("cd {}", shell_quote(&cwd.display().to_string())));
     let mut command = vec![
         shell_quote(&qat.display().to_string()),

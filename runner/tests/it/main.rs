@@ -5,6 +5,7 @@ mod cli;
 mod data;
 mod deploy;
 mod engine;
+mod fetch;
 mod plugins;
 mod runs;
 mod slurm;
