@@ -105,6 +105,9 @@ pub enum Dataset {
     Mnist,
     /// Zalando's clothing images in MNIST's format.
     FashionMnist,
+    /// CIFAR-10: 32×32 colour images of ten classes (the binary version).
+    #[serde(rename = "cifar10")]
+    Cifar10,
 }
 
 impl Dataset {
@@ -113,6 +116,7 @@ impl Dataset {
         match self {
             Dataset::Mnist => "mnist",
             Dataset::FashionMnist => "fashion-mnist",
+            Dataset::Cifar10 => "cifar10",
         }
     }
 }
@@ -129,11 +133,15 @@ pub struct DataConfig {
     pub augment: bool,
     /// Also apply an elastic deformation to the augmented copy.
     pub elastic: bool,
+    /// CIFAR's training augmentation, in place: a random 32×32 crop of the image padded by 4
+    /// zero pixels, then a horizontal flip with probability ½, seeded per (seed, epoch, image).
+    #[serde(skip_serializing_if = "is_false")]
+    pub crop_flip: bool,
 }
 
 impl Default for DataConfig {
     fn default() -> Self {
-        Self { dataset: Dataset::Mnist, image_size: 16, augment: false, elastic: false }
+        Self { dataset: Dataset::Mnist, image_size: 16, augment: false, elastic: false, crop_flip: false }
     }
 }
 
@@ -817,8 +825,32 @@ impl RunConfig {
                 self.model.norm
             ));
         }
-        if !(4..=28).contains(&self.data.image_size) {
-            problems.push(format!("data.image_size: must be between 4 and 28, got {}", self.data.image_size));
+        let d = &self.data;
+        match d.dataset {
+            Dataset::Cifar10 => {
+                if d.image_size != 32 {
+                    problems.push(format!(
+                        "data.image_size: cifar10 images are 32×32; set 32, not {}",
+                        d.image_size
+                    ));
+                }
+                if d.augment || d.elastic {
+                    problems.push(
+                        "data.augment, data.elastic: the digit augmentations; cifar10 uses data.crop_flip"
+                            .into(),
+                    );
+                }
+            }
+            Dataset::Mnist | Dataset::FashionMnist => {
+                if !(4..=28).contains(&d.image_size) {
+                    problems.push(format!("data.image_size: must be between 4 and 28, got {}", d.image_size));
+                }
+                if d.crop_flip {
+                    problems.push(
+                        "data.crop_flip: CIFAR's augmentation (flips change digits); use data.augment".into(),
+                    );
+                }
+            }
         }
         if problems.is_empty() {
             Ok(())
@@ -923,6 +955,22 @@ mod tests {
             serde_yaml::from_str("name: x\nmodel: {hidden: [8], layers: {\"conv*\": {activation_bits: 4}}}")
                 .unwrap();
         assert!(glob.validate().unwrap_err().contains("no layer `conv*`"), "a glob must match a layer");
+    }
+
+    #[test]
+    fn each_dataset_has_its_own_size_and_augmentation_rules() {
+        let problems = |yaml: &str| {
+            serde_yaml::from_str::<RunConfig>(yaml).unwrap().validate().err().unwrap_or_default()
+        };
+        assert_eq!(problems("name: x\ndata: {dataset: cifar10, image_size: 32, crop_flip: true}"), "");
+        assert!(problems("name: x\ndata: {dataset: cifar10}")
+            .contains("cifar10 images are 32×32; set 32, not 16"));
+        assert!(problems("name: x\ndata: {dataset: cifar10, image_size: 32, augment: true}")
+            .contains("cifar10 uses data.crop_flip"));
+        assert!(problems("name: x\ndata: {crop_flip: true}").contains("data.crop_flip: CIFAR's augmentation"));
+        // the key is left out of the resolved config (and so the run id) when off
+        let c: RunConfig = serde_yaml::from_str("name: x").unwrap();
+        assert!(!serde_yaml::to_string(&c).unwrap().contains("crop_flip"));
     }
 
     #[test]

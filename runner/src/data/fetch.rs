@@ -21,6 +21,8 @@ pub struct RemoteFile {
     pub size: u64,
     /// SHA-256 of the file, lowercase hex.
     pub sha256: &'static str,
+    /// The MD5 the maintainers publish, where that is the only sum they publish.
+    pub md5: Option<&'static str>,
 }
 
 /// A dataset qatlab can fetch.
@@ -39,7 +41,7 @@ pub struct RemoteDataset {
 /// The datasets qatlab fetches. Sums: SHA-256 of the files the maintainers distribute, as the
 /// project's dataset folder records them (its README lists the MD5 sums the MNIST and
 /// Fashion-MNIST maintainers publish, which these files match).
-pub const DATASETS: [RemoteDataset; 3] = [
+pub const DATASETS: [RemoteDataset; 4] = [
     RemoteDataset {
         id: "mnist",
         files: &[
@@ -47,21 +49,25 @@ pub const DATASETS: [RemoteDataset; 3] = [
                 name: "train-images-idx3-ubyte.gz",
                 size: 9_912_422,
                 sha256: "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+                md5: None,
             },
             RemoteFile {
                 name: "train-labels-idx1-ubyte.gz",
                 size: 28_881,
                 sha256: "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+                md5: None,
             },
             RemoteFile {
                 name: "t10k-images-idx3-ubyte.gz",
                 size: 1_648_877,
                 sha256: "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+                md5: None,
             },
             RemoteFile {
                 name: "t10k-labels-idx1-ubyte.gz",
                 size: 4_542,
                 sha256: "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+                md5: None,
             },
         ],
         // The original host is often unreachable; torchvision's mirrors serve the same bytes.
@@ -79,21 +85,25 @@ pub const DATASETS: [RemoteDataset; 3] = [
                 name: "train-images-idx3-ubyte.gz",
                 size: 26_421_880,
                 sha256: "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+                md5: None,
             },
             RemoteFile {
                 name: "train-labels-idx1-ubyte.gz",
                 size: 29_515,
                 sha256: "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+                md5: None,
             },
             RemoteFile {
                 name: "t10k-images-idx3-ubyte.gz",
                 size: 4_422_102,
                 sha256: "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+                md5: None,
             },
             RemoteFile {
                 name: "t10k-labels-idx1-ubyte.gz",
                 size: 5_148,
                 sha256: "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+                md5: None,
             },
         ],
         urls: &["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"],
@@ -105,9 +115,22 @@ pub const DATASETS: [RemoteDataset; 3] = [
             name: "input.txt",
             size: 1_115_394,
             sha256: "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+            md5: None,
         }],
         urls: &["https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/"],
         sums_from: "SHA-256 of the char-rnn repository's file (no sum is published)",
+    },
+    RemoteDataset {
+        id: "cifar10",
+        files: &[RemoteFile {
+            name: "cifar-10-binary.tar.gz",
+            size: 170_052_171,
+            sha256: "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd",
+            md5: Some("c32a1d4ab5d03f1284b67883e8d87530"),
+        }],
+        urls: &["https://www.cs.toronto.edu/~kriz/"],
+        sums_from: "the maintainers publish MD5 c32a1d4ab5d03f1284b67883e8d87530; the SHA-256 is the one \
+                    third-party loaders carry",
     },
 ];
 
@@ -147,11 +170,18 @@ impl Default for FetchOptions {
 /// Whether `file` in `dir` has the right size and checksum.
 pub fn verifies(dir: &Path, file: &RemoteFile) -> bool {
     let path = dir.join(file.name);
-    path.metadata().is_ok_and(|m| m.len() == file.size) && sha256_of(&path).is_ok_and(|s| s == file.sha256)
+    path.metadata().is_ok_and(|m| m.len() == file.size) && sums_of(&path).is_ok_and(|s| matches(file, &s))
 }
 
-fn sha256_of(path: &Path) -> std::io::Result<String> {
-    let mut hasher = Sha256::new();
+/// Whether (SHA-256, MD5) are the file's.
+fn matches(file: &RemoteFile, (sha256, md5): &(String, String)) -> bool {
+    *sha256 == file.sha256 && file.md5.is_none_or(|m| m == md5)
+}
+
+/// SHA-256 and MD5 of a file, lowercase hex, in one read.
+fn sums_of(path: &Path) -> std::io::Result<(String, String)> {
+    use md5::Md5;
+    let (mut sha, mut md5) = (Sha256::new(), Md5::new());
     let mut f = std::fs::File::open(path)?;
     let mut buf = vec![0u8; 1 << 16];
     loop {
@@ -159,9 +189,11 @@ fn sha256_of(path: &Path) -> std::io::Result<String> {
         if n == 0 {
             break;
         }
-        hasher.update(&buf[..n]);
+        sha.update(&buf[..n]);
+        md5.update(&buf[..n]);
     }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    Ok((hex(&sha.finalize()), hex(&md5.finalize())))
 }
 
 /// Download every file of `set` that is missing or does not verify into `root/<id>/`, and
@@ -248,8 +280,9 @@ fn download(
         }
     }
     let got = part.metadata().map(|m| m.len()).unwrap_or(0);
-    let sum = sha256_of(&part).map_err(|e| Error::io(&part, e))?;
-    if got != file.size || sum != file.sha256 {
+    let sums = sums_of(&part).map_err(|e| Error::io(&part, e))?;
+    if got != file.size || !matches(file, &sums) {
+        let sum = &sums.0;
         let _ = std::fs::remove_file(&part);
         return Err(Error::Data(format!(
             "{url}: got {got} bytes with SHA-256 {sum}, expected {} bytes with {}; nothing was kept (a mirror serving other bytes?)",

@@ -2,6 +2,7 @@
 //! reference project's preprocessing (antialiased resize, normalisation, seeded augmentation).
 
 pub mod augment;
+pub mod cifar;
 pub mod fetch;
 pub mod idx;
 pub mod resize;
@@ -18,33 +19,13 @@ pub const MEAN: f32 = 0.1307;
 /// MNIST's normalisation standard deviation.
 pub const STD: f32 = 0.3081;
 
-/// The four files of a dataset with their published SHA-256 sums (of the `.gz` files).
-fn files(dataset: Dataset) -> [(&'static str, &'static str); 4] {
-    match dataset {
-        Dataset::Mnist => [
-            (
-                "train-images-idx3-ubyte.gz",
-                "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-            ),
-            (
-                "train-labels-idx1-ubyte.gz",
-                "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-            ),
-            ("t10k-images-idx3-ubyte.gz", "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
-            ("t10k-labels-idx1-ubyte.gz", "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
-        ],
-        Dataset::FashionMnist => [
-            (
-                "train-images-idx3-ubyte.gz",
-                "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
-            ),
-            (
-                "train-labels-idx1-ubyte.gz",
-                "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
-            ),
-            ("t10k-images-idx3-ubyte.gz", "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073"),
-            ("t10k-labels-idx1-ubyte.gz", "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"),
-        ],
+/// The four IDX files of a greyscale dataset with their SHA-256 sums (of the `.gz` files), as
+/// the fetch catalogue lists them.
+fn files(dataset: Dataset) -> Result<[(&'static str, &'static str); 4]> {
+    let set = fetch::dataset(dataset.dir_name())?;
+    match set.files {
+        [a, b, c, d] => Ok([a, b, c, d].map(|f| (f.name, f.sha256))),
+        _ => Err(Error::Data(format!("{} is not an IDX dataset of four files", set.id))),
     }
 }
 
@@ -192,7 +173,7 @@ pub fn find_dir(dataset: Dataset) -> Result<PathBuf> {
 pub fn load(dataset: Dataset, root: &Path) -> Result<DatasetFiles> {
     let dir = root.join(dataset.dir_name());
     let [train_x, train_y, test_x, test_y] =
-        files(dataset).map(|(name, sum)| read_verified(&dir.join(name), sum));
+        files(dataset)?.map(|(name, sum)| read_verified(&dir.join(name), sum));
     Ok(DatasetFiles { train: split(train_x?, train_y?)?, test: split(test_x?, test_y?)? })
 }
 
@@ -258,6 +239,14 @@ pub fn normalise(pixel: u8) -> f32 {
     (pixel as f32 / 255.0 - MEAN) / STD
 }
 
+/// Raw training images, kept for per-epoch augmentation.
+pub enum RawImages {
+    /// Greyscale IDX images (MNIST, Fashion-MNIST).
+    Grey(Split),
+    /// Colour images (CIFAR-10).
+    Colour(cifar::Images),
+}
+
 /// Everything a run needs: clean train and test samples, and the raw training images for
 /// per-epoch augmentation.
 pub struct RunData {
@@ -268,7 +257,7 @@ pub struct RunData {
     /// Preprocessed test samples (all 10,000).
     pub test: Samples,
     /// Raw training images (for augmentation).
-    pub raw_train: Split,
+    pub raw_train: RawImages,
     /// The data config they were made with.
     pub config: DataConfig,
 }
@@ -292,6 +281,7 @@ impl Task {
             Dataset::Mnist | Dataset::FashionMnist => {
                 Task { channels: 1, side: config.image_size, classes: 10 }
             }
+            Dataset::Cifar10 => Task { channels: 3, side: cifar::SIDE, classes: cifar::CLASSES },
         }
     }
 
@@ -305,30 +295,40 @@ impl RunData {
     /// Find, verify, decode and preprocess the dataset named in `config`.
     pub fn load(config: &DataConfig) -> Result<Self> {
         let root = find_dir(config.dataset)?;
+        let task = Task::of(config);
+        if config.dataset == Dataset::Cifar10 {
+            let files = cifar::load(&root.join(config.dataset.dir_name()))?;
+            return Ok(Self {
+                task,
+                train: cifar::preprocess(&files.train),
+                test: cifar::preprocess(&files.test),
+                raw_train: RawImages::Colour(files.train),
+                config: config.clone(),
+            });
+        }
         let files = load(config.dataset, &root)?;
         Ok(Self {
-            task: Task::of(config),
+            task,
             train: preprocess(&files.train, config.image_size),
             test: preprocess(&files.test, config.image_size),
-            raw_train: files.train,
+            raw_train: RawImages::Grey(files.train),
             config: config.clone(),
         })
     }
 
     /// The training samples of `epoch`: the clean set, plus a freshly augmented copy when
     /// augmentation is on (so an augmented epoch of MNIST is 120,000 images).
+    /// With `crop_flip` (CIFAR), the training set itself cropped and flipped afresh.
     pub fn epoch_train(&self, seed: u64, epoch: usize) -> std::borrow::Cow<'_, Samples> {
-        if !self.config.augment {
-            return std::borrow::Cow::Borrowed(&self.train);
-        }
+        let raw = match &self.raw_train {
+            RawImages::Colour(images) if self.config.crop_flip => {
+                return std::borrow::Cow::Owned(cifar::crop_flip(images, seed, epoch))
+            }
+            RawImages::Grey(split) if self.config.augment => split,
+            _ => return std::borrow::Cow::Borrowed(&self.train),
+        };
         let mut all = self.train.clone();
-        all.extend(augment::augmented_copy(
-            &self.raw_train,
-            self.config.image_size,
-            seed,
-            epoch,
-            self.config.elastic,
-        ));
+        all.extend(augment::augmented_copy(raw, self.config.image_size, seed, epoch, self.config.elastic));
         std::borrow::Cow::Owned(all)
     }
 }

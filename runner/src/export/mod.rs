@@ -59,6 +59,13 @@ pub fn export_run(dir: &Path, registry: &Registry, packing: PackingChoice) -> Re
     let run = load_finished(dir, registry)?;
     let config = &run.config;
     let unsupported = |what: String| Error::Config(format!("{}: cannot deploy: {what}", dir.display()));
+    if !matches!(config.data.dataset, Dataset::Mnist | Dataset::FashionMnist) {
+        return Err(unsupported(format!(
+            "data.dataset {}: the model file describes greyscale inputs with one mean and std, and \
+             qat infer reads the IDX test sets; colour inputs are not deployable yet",
+            config.data.dataset.dir_name()
+        )));
+    }
     let norm = match config.model.norm {
         Norm::Rms => NormKind::Rms,
         Norm::None => NormKind::None,

@@ -46,9 +46,13 @@ fn tap_major(layer: &Layer, g: &ConvGeom) -> Vec<f32> {
 }
 
 /// Run the convolution layers (the leading `layers` that have a geometry) on `batch` images
-/// `x` (`batch × side²`); returns the flattened features and the cache for [`backward`].
+/// `x` (`batch × channels × side²`, channel-major); returns the flattened features and the cache for [`backward`].
 pub fn forward(layers: &[Layer], stage: &Stage, x: &[f32], batch: usize) -> (Vec<f32>, ConvCache) {
-    let mut current = x.to_vec();
+    let mut current = match layers.first().and_then(|l| l.conv) {
+        // images arrive channel-major (as datasets store them); the maps here are HWC
+        Some(g) if g.in_channels > 1 => channels_last(x, g.side * g.side, g.in_channels),
+        _ => x.to_vec(),
+    };
     let mut caches = Vec::new();
     for layer in layers {
         let g = layer.conv.expect("convolution layers come first");
@@ -65,6 +69,19 @@ pub fn forward(layers: &[Layer], stage: &Stage, x: &[f32], batch: usize) -> (Vec
         current = out;
     }
     (current, ConvCache { layers: caches, batch })
+}
+
+/// Each sample of `x` (`channels` planes of `pixels`) as pixels of `channels` values.
+fn channels_last(x: &[f32], pixels: usize, channels: usize) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    for (sample, into) in x.chunks_exact(pixels * channels).zip(out.chunks_exact_mut(pixels * channels)) {
+        for (c, plane) in sample.chunks_exact(pixels).enumerate() {
+            for (p, &v) in plane.iter().enumerate() {
+                into[p * channels + c] = v;
+            }
+        }
+    }
+    out
 }
 
 /// For tap k and output row y: the source row and the output columns x0..x1 whose source

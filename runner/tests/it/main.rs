@@ -1,6 +1,7 @@
 //! Integration tests of the runner, one module per topic.
 
 mod checkpoints;
+mod cifar;
 mod cli;
 mod data;
 mod deploy;
