@@ -109,14 +109,10 @@ pub fn search_dirs() -> Vec<PathBuf> {
     dirs
 }
 
-/// The user's dataset cache: `$XDG_CACHE_HOME/qatlab/datasets`, else
-/// `~/.cache/qatlab/datasets` (None without a home directory).
+/// The user's dataset cache, `qatlab/datasets` in the platform's cache folder
+/// (`$XDG_CACHE_HOME` or `~/.cache` on Linux, `~/Library/Caches` on macOS); None without a home.
 pub fn cache_dir() -> Option<PathBuf> {
-    let base =
-        std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()).map(PathBuf::from).or_else(|| {
-            std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|h| PathBuf::from(h).join(".cache"))
-        })?;
-    Some(base.join("qatlab").join("datasets"))
+    dirs::cache_dir().map(|d| d.join("qatlab").join("datasets"))
 }
 
 /// Where fetches go: `$QAT_DATA_DIR` when set, else the cache.
