@@ -7,7 +7,7 @@ use std::path::Path;
 
 use qatlab_runner::data::cifar;
 
-use crate::cli::text;
+use crate::cli::{record_of, run_dirs, text};
 
 /// The label of record `i` of any batch: each batch holds 1,000 of every class, as CIFAR's do.
 fn label(i: usize) -> u8 {
@@ -92,13 +92,8 @@ fn a_synthetic_archive_loads_verifies_and_trains_a_cnn_for_one_epoch() {
     };
     let out = qat(&["run", "c.yaml", "-q"]);
     assert!(out.status.success(), "{}", text(&out));
-    let run = std::fs::read_dir(work.path().join("results/c"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.join("run.json").is_file())
-        .unwrap();
-    let record: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(run.join("run.json")).unwrap()).unwrap();
+    let run = run_dirs(work.path(), "c").remove(0);
+    let record = record_of(&run);
     assert_eq!(record["status"], "success");
     let accuracy = record["final_scores"]["test_acc"].as_f64().unwrap();
     // chance is 0.1; one epoch of this 4-bit CNN reads the class off the brightness (0.40)

@@ -11,6 +11,22 @@ pub fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
+/// The run directories of `experiment` under `dir/results`, in order of their names.
+pub fn run_dirs(dir: &Path, experiment: &str) -> Vec<std::path::PathBuf> {
+    let mut runs: Vec<_> = std::fs::read_dir(dir.join("results").join(experiment))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("run.json").is_file())
+        .collect();
+    runs.sort();
+    runs
+}
+
+/// A run directory's `run.json`.
+pub fn record_of(run: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(run.join("run.json")).unwrap()).unwrap()
+}
+
 /// A temp dir inside the crate, so the data search (`shared/datasets` beside an ancestor)
 /// finds the datasets as it does from the repository root.
 pub fn workdir() -> tempfile::TempDir {
@@ -25,17 +41,12 @@ fn run_writes_config_record_and_metrics_then_skips_on_rerun() {
         .unwrap();
     let out = qat(&["run", "tiny.yaml", "-q"], dir.path());
     assert!(out.status.success(), "{}", text(&out));
-    let runs: Vec<_> = std::fs::read_dir(dir.path().join("results/tiny"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.join("run.json").is_file())
-        .collect();
+    let runs = run_dirs(dir.path(), "tiny");
     assert_eq!(runs.len(), 1);
     assert!(dir.path().join("results/tiny/results.csv").is_file());
     assert!(runs[0].join("checkpoint.safetensors").is_file());
     let run = &runs[0];
-    let record: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(run.join("run.json")).unwrap()).unwrap();
+    let record = record_of(run);
     assert_eq!(record["status"], "success");
     assert_eq!(record["weights"], 256 * 16 + 16 * 10);
     assert!((record["total_bits"].as_f64().unwrap() - 1.6 * 4256.0).abs() < 1e-6);
@@ -156,13 +167,8 @@ fn every_run_records_its_analysis_and_qat_analyze_prints_it() {
     )
     .unwrap();
     assert!(qat(&["run", "an.yaml", "-q"], dir.path()).status.success());
-    let run = std::fs::read_dir(dir.path().join("results/an"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.join("run.json").is_file())
-        .unwrap();
-    let record: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(run.join("run.json")).unwrap()).unwrap();
+    let run = run_dirs(dir.path(), "an").remove(0);
+    let record = record_of(&run);
     let analysis = &record["analysis"];
     let confusion: u64 = analysis["test"]["confusion"]
         .as_array()

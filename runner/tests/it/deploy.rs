@@ -1,24 +1,13 @@
 //! Deployment end to end: train short runs, export them, and check that the packed model on the
 //! integer kernels (and the exported C code) predicts what the training-time evaluation predicts.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use qatlab_deploy::kernel::Path as KernelPath;
 use qatlab_deploy::runtime::Runtime;
 use qatlab_runner::export;
 
-use super::cli::{qat, text, workdir};
-
-/// The run directories of `experiment` under `dir/results`, in index order of their names.
-fn run_dirs(dir: &Path, experiment: &str) -> Vec<PathBuf> {
-    let mut runs: Vec<PathBuf> = std::fs::read_dir(dir.join("results").join(experiment))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.join("run.json").is_file())
-        .collect();
-    runs.sort();
-    runs
-}
+use super::cli::{qat, record_of, run_dirs, text, workdir};
 
 fn number_after(haystack: &str, marker: &str) -> f64 {
     let start = haystack.find(marker).unwrap_or_else(|| panic!("`{marker}` in {haystack}")) + marker.len();
@@ -49,8 +38,7 @@ fn deployed_models_predict_what_training_evaluation_predicts() {
         let deployed = number_after(&report, "test accuracy ");
         let trained = number_after(&report, "training-time evaluation: ");
         let differ = number_after(&report, "predictions differ on ");
-        let record: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(run.join("run.json")).unwrap()).unwrap();
+        let record = record_of(run);
         let recorded = 100.0 * record["final_scores"]["test_acc"].as_f64().unwrap();
         assert!(
             (trained - recorded).abs() < 0.006,
