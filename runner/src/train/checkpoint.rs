@@ -288,16 +288,23 @@ impl Trainer {
                 buffer.copy_from_slice(saved);
             }
         }
-        self.moments = checkpoint
-            .scalars
-            .optimizer_steps
-            .iter()
-            .map(|(path, &t)| {
-                let m = values(&format!("{OPTIMIZER_M}{path}")).to_vec();
-                let v = values(&format!("{OPTIMIZER_V}{path}")).to_vec();
-                (path.clone(), AdamState { m, v, t })
-            })
-            .collect();
+        // Optimizer state must fit its parameter: a moment the optimizer silently re-initialised
+        // would make the resumed run differ from an uninterrupted one.
+        let lengths: BTreeMap<String, usize> =
+            self.net.params().into_iter().map(|p| (p.path, p.values.len())).collect();
+        let mut moments = BTreeMap::new();
+        for (path, &t) in &checkpoint.scalars.optimizer_steps {
+            let m = values(&format!("{OPTIMIZER_M}{path}")).to_vec();
+            let v = values(&format!("{OPTIMIZER_V}{path}")).to_vec();
+            let len = lengths.get(path).copied().ok_or_else(|| {
+                stale(format!("optimizer state for {path}, which the config has no parameter for"))
+            })?;
+            if m.len() != len || !(v.is_empty() || v.len() == len) {
+                return Err(stale(format!("the optimizer moments of {path} do not fit its {len} values")));
+            }
+            moments.insert(path.clone(), AdamState { m, v, t });
+        }
+        self.moments = moments;
         let averages = |prefix: &str| -> BTreeMap<String, Vec<f32>> {
             tensors
                 .iter()

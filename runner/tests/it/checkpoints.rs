@@ -71,6 +71,18 @@ fn a_checkpoint_stores_every_parameter_by_path_and_round_trips_through_safetenso
     assert_eq!(checkpoint.scalars.optimizer_steps["fc1.weight"], 2 * 469, "one step per batch");
     let bytes = checkpoint.to_bytes();
     assert_eq!(Checkpoint::from_bytes(&bytes).unwrap(), checkpoint, "exact round trip");
+    // A checkpoint that does not fit the network is refused, not half restored.
+    let registry = qatlab_plugins::builtin_registry();
+    let mut trainer = qatlab_runner::train::Trainer::new(&config, &registry, data.task).unwrap();
+    let mut broken = checkpoint.clone();
+    broken.tensors.remove("optimizer.m.fc2.residual.scale");
+    let err = trainer.restore(&broken, &registry).unwrap_err().to_string();
+    assert!(err.contains("the optimizer moments of fc2.residual.scale do not fit its 1 values"), "{err}");
+    let mut broken = checkpoint.clone();
+    broken.tensors.get_mut("fc1.weight").unwrap().values.pop();
+    let err = trainer.restore(&broken, &registry).unwrap_err().to_string();
+    assert!(err.contains("fc1.weight holds 511 values, the config 512"), "{err}");
+    trainer.restore(&checkpoint, &registry).unwrap();
     // Not a checkpoint: clear errors.
     assert!(Checkpoint::from_bytes(&bytes[..bytes.len() - 1]).is_err());
     let plain = safetensors::serialize(Vec::<(&str, safetensors::tensor::TensorView)>::new(), None).unwrap();
