@@ -1,8 +1,9 @@
 //! Training: the [`Trainer`] (a network with its optimizer state) and everything done to it,
 //! one job per module: the epoch loop ([`epochs`]), one training step ([`trainer`]), the
 //! optimizer step ([`step`]), evaluation ([`evaluate`]), post-training calibration
-//! ([`calibrate`]), checkpoints ([`checkpoint`]), metrics ([`metrics`]) and analysis
-//! ([`analysis`]). Nothing here touches files except restoring a finished run, or terminals.
+//! ([`calibrate`]), checkpoints ([`checkpoint`]; [`legacy`] reads the JSON ones of earlier
+//! versions), distillation teachers ([`teacher`]), metrics ([`metrics`]) and analysis
+//! ([`analysis`]). Nothing here touches terminals; files only to read and write checkpoints.
 
 pub mod analysis;
 pub mod calibrate;
