@@ -16,6 +16,7 @@
 
 mod avx2;
 mod avx512;
+pub mod probe;
 pub mod ran;
 mod scalar;
 
@@ -345,22 +346,6 @@ pub(crate) fn prefetch_ahead(at: *const u8) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = at;
-}
-
-/// Wrapping sum of `words`, read in 16 independent lanes with the kernels' software prefetch,
-/// so memory, not an add chain, sets the pace: `qat bench kernels` measures the read bandwidth
-/// the kernels are compared against with it.
-pub fn stream_sum(words: &[u64]) -> u64 {
-    let mut lanes = [0u64; 16];
-    for chunk in words.chunks_exact(16) {
-        prefetch_ahead(chunk.as_ptr() as *const u8);
-        let chunk: &[u64; 16] = chunk.try_into().expect("chunks of 16");
-        for k in 0..16 {
-            lanes[k] = lanes[k].wrapping_add(chunk[k]);
-        }
-    }
-    let tail = words.chunks_exact(16).remainder().iter().fold(0u64, |a, &b| a.wrapping_add(b));
-    lanes.iter().fold(tail, |a, &b| a.wrapping_add(b))
 }
 
 /// Row-major `rows × cols` → row-major `cols × rows` (the kernels give `rows × n` sums; the
