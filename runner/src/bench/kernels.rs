@@ -56,7 +56,7 @@ pub fn parse_shapes(specs: &[String]) -> crate::error::Result<Vec<(usize, usize)
 /// LLM-sized shapes unless `quick`, or exactly `only` when given.
 pub fn run(seconds: f64, quick: bool, only: &[(usize, usize)]) -> String {
     let mut out = String::new();
-    let (probe, bandwidth) = bandwidth_probe();
+    let (probe, bandwidth) = bandwidth_probe(seconds.min(0.3));
     out += &probe;
     out += &format!(
         "\nkernel paths on this CPU: {:?}\n\n",
@@ -219,16 +219,21 @@ fn f32_gemm(w: &[f32], cols: usize, x: &[f32], n: usize, out: &mut [f32], parall
     }
 }
 
-/// The memory read rate, tried every way [`ReadMethod::all`] knows (streams per thread, prefetch
-/// distances, non-temporal hints) over a 1 GiB buffer with 1 and 2 threads (median of 3 each).
-/// Returns the table and, per thread count, the best rate in GB/s: the bound kernels are judged
-/// against, which no kernel should beat by more than noise.
-fn bandwidth_probe() -> (String, Vec<(usize, f64)>) {
+/// The memory read rate, tried every way [`ReadMethod::all`] knows (streams per thread, load
+/// width, prefetch distances, non-temporal hints), with 1 and 2 threads, measured as the cold
+/// kernel rows are: one 16 MiB buffer per call, rotating over [`COLD_BYTES`] of them, median
+/// call. Returns the table and, per thread count, the best rate in GB/s: the bound the kernels
+/// are judged against.
+fn bandwidth_probe(seconds: f64) -> (String, Vec<(usize, f64)>) {
     use rayon::prelude::*;
-    let words = (1usize << 30) / 8;
-    let buffer: Vec<u64> = (0..words as u64).collect();
+    const CHUNK: usize = 16 << 20;
+    let chunks: Vec<Vec<u64>> =
+        (0..COLD_BYTES / CHUNK).map(|c| (0..(CHUNK / 8) as u64).map(|w| w ^ c as u64).collect()).collect();
     let threads = [1usize, 2];
-    let mut out = String::from("memory read bandwidth, sum over a 1 GiB buffer (GB/s, median of 3):\n\n");
+    let mut out = String::from(
+        "memory read bandwidth, 16 MiB per call rotating over 768 MiB as the cold rows read \
+         (GB/s, median call):\n\n",
+    );
     out += "| read method | 1 thread | 2 threads |\n|---|---|---|\n";
     let mut best = vec![0f64; threads.len()];
     for method in ReadMethod::all() {
@@ -236,21 +241,17 @@ fn bandwidth_probe() -> (String, Vec<(usize, f64)>) {
             .iter()
             .map(|&t| {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().expect("a rayon pool");
-                let mut times: Vec<f64> = (0..3)
-                    .map(|_| {
-                        let start = Instant::now();
-                        let sum: u64 = pool.install(|| {
-                            buffer
-                                .par_chunks(words / t)
-                                .map(|c| read_sum(c, method))
-                                .reduce(|| 0, u64::wrapping_add)
-                        });
+                let median = pool.install(|| {
+                    median_call(seconds, |i| {
+                        let chunk = &chunks[i % chunks.len()];
+                        let sum: u64 = chunk
+                            .par_chunks(chunk.len() / t)
+                            .map(|c| read_sum(c, method))
+                            .reduce(|| 0, u64::wrapping_add);
                         black_box(sum);
-                        start.elapsed().as_secs_f64()
                     })
-                    .collect();
-                times.sort_by(f64::total_cmp);
-                (words * 8) as f64 / times[1] / 1e9
+                });
+                CHUNK as f64 / median / 1e9
             })
             .collect();
         best.iter_mut().zip(&rates).for_each(|(b, r)| *b = b.max(*r));

@@ -200,3 +200,33 @@ unsafe fn shift_right<const BITS: u32>(v: __m512i, k: usize) -> __m512i {
 pub unsafe fn code_dots(_: &[u8], _: u32, _: usize, _: &[i8], _: usize, _: usize, _: &mut [i32]) {
     unreachable!("AVX-512 on a non-x86 CPU")
 }
+
+/// Wrapping sum of `streams` (equal-length parts, each a multiple of 16 words) with 64-byte
+/// loads, four accumulators per stream and the kernels' software prefetch when `prefetch`: the
+/// bandwidth probe's way of reading as the kernels do (wide loads, many lines in flight).
+///
+/// # Safety
+/// The CPU must have AVX-512 F.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn stream_sum(streams: &[&[u64]], prefetch: bool) -> u64 {
+    let mut acc = [_mm512_setzero_si512(); 4];
+    let len = streams.first().map_or(0, |s| s.len());
+    for b in (0..len).step_by(16) {
+        for (k, part) in streams.iter().enumerate() {
+            let p = part[b..b + 16].as_ptr();
+            if prefetch {
+                prefetch_ahead(p as *const u8);
+            }
+            // SAFETY: p .. p + 16 words lies inside `part` (len is a multiple of 16); unaligned
+            // loads accept any address.
+            let (lo, hi) =
+                unsafe { (_mm512_loadu_si512(p as *const _), _mm512_loadu_si512(p.add(8) as *const _)) };
+            let a = &mut acc[(2 * k) % 4];
+            *a = _mm512_add_epi64(*a, lo);
+            let a = &mut acc[(2 * k + 1) % 4];
+            *a = _mm512_add_epi64(*a, hi);
+        }
+    }
+    let total = _mm512_add_epi64(_mm512_add_epi64(acc[0], acc[1]), _mm512_add_epi64(acc[2], acc[3]));
+    _mm512_reduce_add_epi64(total) as u64
+}

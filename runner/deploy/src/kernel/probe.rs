@@ -18,13 +18,16 @@ pub enum Prefetch {
 }
 
 /// One way of reading a buffer: `streams` interleaved sequential streams per thread, each
-/// prefetched as `prefetch` says.
+/// prefetched as `prefetch` says, with scalar 8-byte loads or (`wide`) 64-byte AVX-512 loads as
+/// the kernels use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReadMethod {
     /// Concurrent sequential streams, each over its own contiguous part.
     pub streams: usize,
     /// Software prefetch.
     pub prefetch: Prefetch,
+    /// 64-byte loads (AVX-512; only [`Prefetch::None`] and [`Prefetch::Kernels`]).
+    pub wide: bool,
 }
 
 impl ReadMethod {
@@ -38,10 +41,19 @@ impl ReadMethod {
             Prefetch::NonTemporal(1024),
             Prefetch::NonTemporal(4096),
         ];
-        [1, 2, 4]
+        let scalar = [1, 2, 4]
             .into_iter()
-            .flat_map(|streams| prefetches.map(|prefetch| ReadMethod { streams, prefetch }))
-            .collect()
+            .flat_map(|streams| prefetches.map(|prefetch| ReadMethod { streams, prefetch, wide: false }));
+        let wide = super::Path::available().contains(&super::Path::Avx512Vnni).then(|| {
+            [1, 2, 4].into_iter().flat_map(|streams| {
+                [Prefetch::None, Prefetch::Kernels].map(|prefetch| ReadMethod {
+                    streams,
+                    prefetch,
+                    wide: true,
+                })
+            })
+        });
+        scalar.chain(wide.into_iter().flatten()).collect()
     }
 
     /// A short label, e.g. `2 streams, L2 +16 KiB`.
@@ -52,7 +64,8 @@ impl ReadMethod {
             Prefetch::L2(d) => format!("L2 prefetch +{} KiB", d / 1024),
             Prefetch::NonTemporal(d) => format!("NTA prefetch +{} KiB", d / 1024),
         };
-        format!("{} stream{}, {prefetch}", self.streams, if self.streams > 1 { "s" } else { "" })
+        let loads = if self.wide { "64-byte loads" } else { "8-byte loads" };
+        format!("{} stream{}, {loads}, {prefetch}", self.streams, if self.streams > 1 { "s" } else { "" })
     }
 }
 
@@ -63,6 +76,13 @@ pub fn read_sum(words: &[u64], method: ReadMethod) -> u64 {
     let streams = method.streams.max(1);
     let per = words.len() / BLOCK / streams * BLOCK;
     let parts: Vec<&[u64]> = (0..streams).map(|s| &words[s * per..(s + 1) * per]).collect();
+    let rest = words[streams * per..].iter().fold(0u64, |a, &b| a.wrapping_add(b));
+    #[cfg(target_arch = "x86_64")]
+    if method.wide && super::Path::available().contains(&super::Path::Avx512Vnni) {
+        // SAFETY: `available()` confirmed AVX-512.
+        let sum = unsafe { super::avx512::stream_sum(&parts, method.prefetch == Prefetch::Kernels) };
+        return sum.wrapping_add(rest);
+    }
     let mut lanes = [0u64; BLOCK];
     for b in (0..per).step_by(BLOCK) {
         for part in &parts {
@@ -74,7 +94,6 @@ pub fn read_sum(words: &[u64], method: ReadMethod) -> u64 {
             }
         }
     }
-    let rest = words[streams * per..].iter().fold(0u64, |a, &b| a.wrapping_add(b));
     lanes.iter().fold(rest, |a, &b| a.wrapping_add(b))
 }
 
