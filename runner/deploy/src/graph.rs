@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{invalid, DeployError, Result};
-use crate::format::ModelHeader;
+use crate::format::{LayerSpec, ModelHeader};
 
 /// The name of the network's input value (the preprocessed image, `image_size²` values).
 pub const INPUT: &str = "input";
@@ -92,28 +92,72 @@ impl Op {
     }
 }
 
-/// The graph of a version 1 or 2 header: each layer on the previous value, ReLU after every
-/// layer but the last, and a max-pool after a pooling convolution's ReLU.
-pub fn implied_ops(header: &ModelHeader) -> Vec<Op> {
+/// A residual connection around one layer, as ops express it: the layer's input `x` is added,
+/// times `scale`, to its output `z` — before the ReLU (`relu(z + a·x)`) or after it
+/// (`relu(z) + a·x`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Skip {
+    /// The skip's scale a (1 when it is not learned).
+    pub scale: f32,
+    /// Add after the ReLU instead of before it.
+    pub after_relu: bool,
+}
+
+/// The ops of a chain of `layers`: each on the value before it, ReLU after every layer but the
+/// last, a max-pool after a pooling convolution's ReLU, and a residual add around layer `i`
+/// where `skips[i]` says so (missing entries: none).
+pub fn chain(layers: &[LayerSpec], skips: &[Option<Skip>]) -> Vec<Op> {
     let mut ops = Vec::new();
-    let mut value = INPUT.to_string();
-    let count = header.layers.len();
-    for (i, spec) in header.layers.iter().enumerate() {
-        ops.push(Op::Layer { name: spec.name.clone(), input: value, layer: spec.name.clone() });
-        value = spec.name.clone();
-        if i + 1 == count {
+    let mut x = INPUT.to_string();
+    fn push(ops: &mut Vec<Op>, op: Op) -> String {
+        let name = op.name().to_string();
+        ops.push(op);
+        name
+    }
+    for (i, spec) in layers.iter().enumerate() {
+        let name = &spec.name;
+        let z = push(&mut ops, Op::Layer { name: name.clone(), input: x.clone(), layer: name.clone() });
+        if i + 1 == layers.len() {
             break;
         }
-        let relu = format!("{}.relu", spec.name);
-        ops.push(Op::Relu { name: relu.clone(), input: value });
-        value = relu;
-        if let Some(conv) = spec.conv.filter(|c| c.pool) {
-            let pool = format!("{}.pool", spec.name);
-            ops.push(Op::MaxPool { name: pool.clone(), input: value, side: conv.side, channels: spec.rows });
-            value = pool;
-        }
+        let relu = |input: String| Op::Relu { name: format!("{name}.relu"), input };
+        let add = |input: String, skip: Skip| Op::Add {
+            name: format!("{name}.add"),
+            input,
+            skip: x.clone(),
+            scale: skip.scale,
+        };
+        let out = match skips.get(i).copied().flatten() {
+            Some(skip) if skip.after_relu => {
+                let activated = push(&mut ops, relu(z));
+                push(&mut ops, add(activated, skip))
+            }
+            Some(skip) => {
+                let sum = push(&mut ops, add(z, skip));
+                push(&mut ops, relu(sum))
+            }
+            None => push(&mut ops, relu(z)),
+        };
+        x = match spec.conv.filter(|c| c.pool) {
+            Some(conv) => push(
+                &mut ops,
+                Op::MaxPool {
+                    name: format!("{name}.pool"),
+                    input: out,
+                    side: conv.side,
+                    channels: spec.rows,
+                },
+            ),
+            None => out,
+        };
     }
     ops
+}
+
+/// The graph of a version 1 or 2 header: each layer in order, ReLU between, a max-pool after a
+/// pooling convolution.
+pub fn implied_ops(header: &ModelHeader) -> Vec<Op> {
+    chain(&header.layers, &[])
 }
 
 /// Check every op's tag before the header is parsed, so that a file from a newer qatlab names

@@ -192,8 +192,7 @@ fn sums_of(path: &Path) -> std::io::Result<(String, String)> {
         sha.update(&buf[..n]);
         md5.update(&buf[..n]);
     }
-    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
-    Ok((hex(&sha.finalize()), hex(&md5.finalize())))
+    Ok((super::hex(&sha.finalize()), super::hex(&md5.finalize())))
 }
 
 /// Download every file of `set` that is missing or does not verify into `root/<id>/`, and

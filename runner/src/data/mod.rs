@@ -210,7 +210,12 @@ pub fn read_verified(path: &Path, expected: &str) -> Result<(PathBuf, Vec<u8>)> 
 
 /// Lower-case hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    hex(&Sha256::digest(bytes))
+}
+
+/// Lower-case hex of `bytes` (how sums are written).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The reference preprocessing of every image of `split`: resize to `size`×`size`, scale to

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use qatlab_deploy::format::{ModelFile, NormKind};
+use qatlab_deploy::format::{LayerSpec, ModelFile, NormKind};
 use qatlab_deploy::graph::{self, Op, INPUT};
 use qatlab_deploy::pack::{pack_bits, Packing};
 
@@ -50,7 +50,7 @@ pub fn header_text(model: &ModelFile) -> String {
         slots.iter().map(|s| s.out.max(s.input) + 1).max().unwrap_or(1)
     );
     s += "typedef struct {\n    int rows, cols, code_bits, activation_bits, per_row_scales;\n    \
-          int side, in_channels, depthwise, pool; /* a 3x3 convolution over a side x side HWC map; side 0: fully connected */\n    \
+          int side, in_channels, depthwise; /* a 3x3 convolution over a side x side HWC map; side 0: fully connected */\n    \
           const uint8_t *codes; /* code i at bit code_bits*i, little-endian */\n    \
           const float *levels;\n    const float *scales;\n} qat_layer;\n\n";
     s += "enum { QAT_OP_LAYER, QAT_OP_RELU, QAT_OP_MAX_POOL, QAT_OP_ADD };\n";
@@ -60,9 +60,7 @@ pub fn header_text(model: &ModelFile) -> String {
           float scale; /* an add's skip scale */\n} qat_op;\n\n";
     for (spec, codes) in h.layers.iter().zip(&model.codes) {
         let name = spec.name.to_uppercase();
-        let Packing::Bits { bits } = Packing::bits_for(spec.levels.len()) else {
-            unreachable!("bits_for gives bits")
-        };
+        let bits = code_bits(spec);
         let _ = writeln!(
             s,
             "/* {}: {}×{}, {}, {} levels, {bits}-bit codes */",
@@ -103,20 +101,17 @@ pub fn header_text(model: &ModelFile) -> String {
     }
     s += "static const qat_layer qat_layers[QAT_LAYERS] = {\n";
     for spec in &h.layers {
-        let Packing::Bits { bits } = Packing::bits_for(spec.levels.len()) else {
-            unreachable!("bits_for gives bits")
-        };
         let _ = writeln!(
             s,
-            "    {{{}, {}, {bits}, {}, {}, {}, {}, {}, {}, qat_{n}_codes, qat_{n}_levels, qat_{n}_scales}},",
+            "    {{{}, {}, {}, {}, {}, {}, {}, {}, qat_{n}_codes, qat_{n}_levels, qat_{n}_scales}},",
             spec.rows,
             spec.cols,
+            code_bits(spec),
             spec.activation_bits,
             u8::from(spec.scales.len() > 1),
             spec.conv.map_or(0, |c| c.side),
             spec.conv.map_or(0, |c| c.in_channels),
             u8::from(spec.conv.is_some_and(|c| c.depthwise)),
-            u8::from(spec.conv.is_some_and(|c| c.pool)),
             n = spec.name
         );
     }
@@ -141,6 +136,14 @@ pub fn header_text(model: &ModelFile) -> String {
     }
     s += "};\n\n#endif\n";
     s
+}
+
+/// Bits per code in the header's arrays: the fewest whole bits for the layer's levels.
+fn code_bits(spec: &LayerSpec) -> u32 {
+    match Packing::bits_for(spec.levels.len()) {
+        Packing::Bits { bits } => bits,
+        other => unreachable!("bits_for gives bits, not {other:?}"),
+    }
 }
 
 /// The buffer slots one op reads and writes.

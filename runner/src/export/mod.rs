@@ -11,7 +11,7 @@ use qatlab_core::Registry;
 use qatlab_deploy::format::{
     ActivationKind, ConvSpec, InputSpec, LayerData, LayerSpec, ModelFile, ModelHeader, NormKind,
 };
-use qatlab_deploy::graph::{Op, INPUT};
+use qatlab_deploy::graph::{chain, Op, Skip};
 use qatlab_deploy::kernel::Path as KernelPath;
 use qatlab_deploy::pack::Packing;
 use qatlab_deploy::runtime::{argmax, IntGrid, Runtime};
@@ -102,12 +102,11 @@ pub fn export_run(dir: &Path, registry: &Registry, packing: PackingChoice) -> Re
                 activation_bits: bits,
                 offset: 0,
                 bytes: 0,
-                // pooling is a max-pool op of the graph
                 conv: layer.conv.map(|g| ConvSpec {
                     side: g.side,
                     in_channels: g.in_channels,
                     depthwise: g.depthwise,
-                    pool: false,
+                    pool: g.pool,
                 }),
             },
             codes: q.codes.clone(),
@@ -130,57 +129,36 @@ pub fn export_run(dir: &Path, registry: &Registry, packing: PackingChoice) -> Re
         norm,
         activation: ActivationKind::Relu,
         layers: Vec::new(),
-        ops: graph_of(&run.trainer.net, config.model.residual),
+        // the graph from the layers as trained; with it, pooling is a max-pool op
+        ops: chain(
+            &layers.iter().map(|l| l.spec.clone()).collect::<Vec<_>>(),
+            &skips_of(&run.trainer.net, config.model.residual),
+        ),
         writer: env!("CARGO_PKG_VERSION").to_string(),
     };
+    for layer in &mut layers {
+        if let Some(conv) = &mut layer.spec.conv {
+            conv.pool = false;
+        }
+    }
     ModelFile::new(header, layers).map_err(|e| unsupported(e.to_string()))
 }
 
-/// The op list of a trained network, as its evaluation pass runs it: each layer on the value
-/// before it, ReLU between layers, a max-pool after a pooling convolution, and the residual
-/// variant's skip connection around the square hidden layers (as the engine places it: not
-/// around the first fully connected layer, whose input is the image).
-fn graph_of(net: &Network, residual: Residual) -> Vec<Op> {
-    let mut ops = Vec::new();
-    let mut x = INPUT.to_string();
+/// The residual connection the engine puts around each layer of `net`: around the square
+/// hidden layers after the first fully connected one (whose input is the image), with the
+/// layer's learned scale where the variant has one.
+fn skips_of(net: &Network, residual: Residual) -> Vec<Option<Skip>> {
     let count = net.layers.len();
-    let first_fc = net.conv_count();
-    let relu = |ops: &mut Vec<Op>, input: &str, name: String| {
-        ops.push(Op::Relu { name: name.clone(), input: input.to_string() });
-        name
-    };
-    for (l, layer) in net.layers.iter().enumerate() {
-        let name = &layer.name;
-        ops.push(Op::Layer { name: name.clone(), input: x.clone(), layer: name.clone() });
-        if l + 1 == count {
-            break;
-        }
-        let skip =
-            (residual != Residual::None && l > first_fc && layer.has_residual(l, count)).then(|| x.clone());
-        let scale = layer.residual_scale.first().copied().unwrap_or(1.0);
-        let add = |ops: &mut Vec<Op>, input: String, skip: String| {
-            let out = format!("{name}.add");
-            ops.push(Op::Add { name: out.clone(), input, skip, scale });
-            out
-        };
-        x = match (skip, residual) {
-            (Some(s), Residual::ReluSum | Residual::ReluScaledSum) => {
-                let sum = add(&mut ops, name.clone(), s);
-                relu(&mut ops, &sum, format!("{name}.relu"))
-            }
-            (Some(s), Residual::SumRelu | Residual::ScaledSumRelu) => {
-                let activated = relu(&mut ops, name, format!("{name}.relu"));
-                add(&mut ops, activated, s)
-            }
-            _ => relu(&mut ops, name, format!("{name}.relu")),
-        };
-        if let Some(geom) = layer.conv.filter(|g| g.pool) {
-            let pool = format!("{name}.pool");
-            ops.push(Op::MaxPool { name: pool.clone(), input: x, side: geom.side, channels: geom.channels });
-            x = pool;
-        }
-    }
-    ops
+    net.layers
+        .iter()
+        .enumerate()
+        .map(|(l, layer)| {
+            let around = residual != Residual::None && l > net.conv_count() && layer.has_residual(l, count);
+            let after_relu = matches!(residual, Residual::SumRelu | Residual::ScaledSumRelu);
+            let scale = layer.residual_scale.first().copied().unwrap_or(1.0);
+            around.then_some(Skip { scale, after_relu })
+        })
+        .collect()
 }
 
 /// Read a model file, naming it in any error.

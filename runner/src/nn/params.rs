@@ -50,94 +50,103 @@ pub struct Param<'a> {
     pub shape: Vec<usize>,
 }
 
+/// Which of a layer's buffers a parameter lives in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Buffer {
+    Weight,
+    Quantizer,
+    Residual,
+    NormAffine,
+}
+
+/// One declared parameter: its path suffix, kind, buffer, and length and shape in that buffer
+/// (a norm's gain and bias share one buffer, gain first).
+struct Declared {
+    suffix: &'static str,
+    kind: ParamKind,
+    buffer: Buffer,
+    len: usize,
+    shape: Vec<usize>,
+}
+
 impl Layer {
-    /// This layer's parameters, in a fixed order: weight, quantizer parameters, residual scale,
-    /// norm gain, norm bias. Absent ones (empty buffers) are left out.
-    pub fn params_mut(&mut self) -> Vec<ParamMut<'_>> {
-        let name = &self.name;
-        let cols = self.shape.cols;
-        let mut out = Vec::with_capacity(5);
-        self.grad_weight.resize(self.weight.len(), 0.0);
-        out.push(ParamMut {
-            path: format!("{name}.weight"),
+    /// The one declaration of this layer's parameters, in order: weight, quantizer parameters,
+    /// residual scale, norm gain, norm bias. Absent ones (empty buffers) are left out.
+    fn declared(&self) -> Vec<Declared> {
+        let (rows, cols) = (self.shape.rows, self.shape.cols);
+        let one = |suffix, kind, buffer, len: usize| Declared { suffix, kind, buffer, len, shape: vec![len] };
+        let mut out = vec![Declared {
+            suffix: "weight",
             kind: ParamKind::Weight,
-            values: &mut self.weight,
-            grad: &mut self.grad_weight,
-        });
-        let quantizer = self.quantizer.params_mut();
-        if !quantizer.is_empty() {
-            self.grad_params.resize(quantizer.len(), 0.0);
-            out.push(ParamMut {
-                path: format!("{name}.quantizer.params"),
-                kind: ParamKind::QuantizerParam,
-                values: quantizer,
-                grad: &mut self.grad_params,
-            });
+            buffer: Buffer::Weight,
+            len: self.weight.len(),
+            shape: vec![rows, cols],
+        }];
+        let quantizer = self.quantizer.params().len();
+        if quantizer > 0 {
+            out.push(one("quantizer.params", ParamKind::QuantizerParam, Buffer::Quantizer, quantizer));
         }
         if !self.residual_scale.is_empty() {
-            self.grad_residual.resize(self.residual_scale.len(), 0.0);
-            out.push(ParamMut {
-                path: format!("{name}.residual.scale"),
-                kind: ParamKind::ResidualScale,
-                values: &mut self.residual_scale,
-                grad: &mut self.grad_residual,
-            });
+            out.push(one(
+                "residual.scale",
+                ParamKind::ResidualScale,
+                Buffer::Residual,
+                self.residual_scale.len(),
+            ));
         }
         if !self.norm_affine.is_empty() {
-            self.grad_norm_affine.resize(self.norm_affine.len(), 0.0);
-            let (gain, bias) = self.norm_affine.split_at_mut(cols);
-            let (grad_gain, grad_bias) = self.grad_norm_affine.split_at_mut(cols);
-            for (part, values, grad) in [("gain", gain, grad_gain), ("bias", bias, grad_bias)] {
-                out.push(ParamMut {
-                    path: format!("{name}.norm.{part}"),
-                    kind: ParamKind::NormParam,
-                    values,
-                    grad,
-                });
-            }
+            out.push(one("norm.gain", ParamKind::NormParam, Buffer::NormAffine, cols));
+            out.push(one("norm.bias", ParamKind::NormParam, Buffer::NormAffine, cols));
         }
         out
     }
 
-    /// This layer's parameters, read-only, in the order of [`Layer::params_mut`].
+    /// This layer's parameters with their gradients (sized to them), in declaration order.
+    pub fn params_mut(&mut self) -> Vec<ParamMut<'_>> {
+        let declared = self.declared();
+        let name = self.name.clone();
+        // disjoint borrows of each buffer and its gradient, handed out front to back
+        let mut buffers = [
+            (Buffer::Weight, &mut self.weight[..], &mut self.grad_weight),
+            (Buffer::Quantizer, self.quantizer.params_mut(), &mut self.grad_params),
+            (Buffer::Residual, &mut self.residual_scale[..], &mut self.grad_residual),
+            (Buffer::NormAffine, &mut self.norm_affine[..], &mut self.grad_norm_affine),
+        ]
+        .map(|(buffer, values, grad)| {
+            grad.resize(values.len(), 0.0);
+            (buffer, values, &mut grad[..])
+        });
+        declared
+            .into_iter()
+            .map(|d| {
+                let (_, values, grad) =
+                    buffers.iter_mut().find(|(b, _, _)| *b == d.buffer).expect("every buffer");
+                let (head, rest) = std::mem::take(values).split_at_mut(d.len);
+                let (grad_head, grad_rest) = std::mem::take(grad).split_at_mut(d.len);
+                (*values, *grad) = (rest, grad_rest);
+                ParamMut { path: format!("{name}.{}", d.suffix), kind: d.kind, values: head, grad: grad_head }
+            })
+            .collect()
+    }
+
+    /// This layer's parameters, read-only, in declaration order.
     pub fn params(&self) -> Vec<Param<'_>> {
-        let name = &self.name;
-        let cols = self.shape.cols;
-        let mut out = vec![Param {
-            path: format!("{name}.weight"),
-            kind: ParamKind::Weight,
-            values: &self.weight,
-            shape: vec![self.shape.rows, cols],
-        }];
-        let quantizer = self.quantizer.params();
-        if !quantizer.is_empty() {
-            out.push(Param {
-                path: format!("{name}.quantizer.params"),
-                kind: ParamKind::QuantizerParam,
-                values: quantizer,
-                shape: vec![quantizer.len()],
-            });
-        }
-        if !self.residual_scale.is_empty() {
-            out.push(Param {
-                path: format!("{name}.residual.scale"),
-                kind: ParamKind::ResidualScale,
-                values: &self.residual_scale,
-                shape: vec![self.residual_scale.len()],
-            });
-        }
-        if !self.norm_affine.is_empty() {
-            let (gain, bias) = self.norm_affine.split_at(cols);
-            for (part, values) in [("gain", gain), ("bias", bias)] {
-                out.push(Param {
-                    path: format!("{name}.norm.{part}"),
-                    kind: ParamKind::NormParam,
-                    values,
-                    shape: vec![cols],
-                });
-            }
-        }
-        out
+        let mut offsets = [0usize; 4];
+        self.declared()
+            .into_iter()
+            .map(|d| {
+                let buffer: &[f32] = match d.buffer {
+                    Buffer::Weight => &self.weight,
+                    Buffer::Quantizer => self.quantizer.params(),
+                    Buffer::Residual => &self.residual_scale,
+                    Buffer::NormAffine => &self.norm_affine,
+                };
+                let at = &mut offsets[d.buffer as usize];
+                let values = &buffer[*at..*at + d.len];
+                *at += d.len;
+                Param { path: format!("{}.{}", self.name, d.suffix), kind: d.kind, values, shape: d.shape }
+            })
+            .collect()
     }
 }
 

@@ -31,9 +31,6 @@ pub fn run_id(config: &RunConfig) -> String {
     digest.iter().take(5).map(|b| format!("{b:02x}")).collect()
 }
 
-/// File name of a run's checkpoint (safetensors: f32 values round-trip exactly).
-pub const CHECKPOINT: &str = CHECKPOINT_FILE;
-
 /// One run's directory under `results/<experiment>/<run id>/`.
 pub struct RunDir {
     /// The directory.
@@ -65,7 +62,7 @@ impl RunDir {
 
     /// Write the resumable state (safetensors, one atomic write).
     pub fn write_checkpoint(&self, checkpoint: &Checkpoint) -> Result<()> {
-        write_atomic(&self.path.join(CHECKPOINT), &checkpoint.to_bytes())
+        write_atomic(&self.path.join(CHECKPOINT_FILE), &checkpoint.to_bytes())
     }
 
     /// The saved state of the run `config` describes, if there is one (in either format).
