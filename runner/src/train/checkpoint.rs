@@ -305,14 +305,20 @@ impl Trainer {
             moments.insert(path.clone(), AdamState { m, v, t });
         }
         self.moments = moments;
-        let averages = |prefix: &str| -> BTreeMap<String, Vec<f32>> {
-            tensors
-                .iter()
-                .filter_map(|(path, t)| Some((path.strip_prefix(prefix)?.to_string(), t.values.clone())))
-                .collect()
+        // Averages are swapped into the parameters for evaluation: each must fit one.
+        let averages = |prefix: &str| -> Result<BTreeMap<String, Vec<f32>>> {
+            let mut out = BTreeMap::new();
+            for (path, t) in tensors {
+                let Some(param) = path.strip_prefix(prefix) else { continue };
+                if lengths.get(param) != Some(&t.values.len()) {
+                    return Err(stale(format!("{path} does not fit a parameter of the config")));
+                }
+                out.insert(param.to_string(), t.values.clone());
+            }
+            Ok(out)
         };
         self.averages =
-            Averages { ema: averages(EMA), swa: averages(SWA), swa_count: checkpoint.scalars.swa_count };
+            Averages { ema: averages(EMA)?, swa: averages(SWA)?, swa_count: checkpoint.scalars.swa_count };
         self.step = checkpoint.scalars.step;
         Ok(())
     }

@@ -82,6 +82,10 @@ fn a_checkpoint_stores_every_parameter_by_path_and_round_trips_through_safetenso
     broken.tensors.get_mut("fc1.weight").unwrap().values.pop();
     let err = trainer.restore(&broken, &registry).unwrap_err().to_string();
     assert!(err.contains("fc1.weight holds 511 values, the config 512"), "{err}");
+    let mut broken = checkpoint.clone();
+    broken.tensors.get_mut("ema.fc2.norm.gain").unwrap().values.push(1.0);
+    let err = trainer.restore(&broken, &registry).unwrap_err().to_string();
+    assert!(err.contains("ema.fc2.norm.gain does not fit a parameter of the config"), "{err}");
     trainer.restore(&checkpoint, &registry).unwrap();
     // Not a checkpoint: clear errors.
     assert!(Checkpoint::from_bytes(&bytes[..bytes.len() - 1]).is_err());
