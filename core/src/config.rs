@@ -190,6 +190,9 @@ impl Residual {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
+    /// The model family: the preset that expands this config into a graph of ops.
+    #[serde(skip_serializing_if = "ModelKind::is_default")]
+    pub kind: ModelKind,
     /// Hidden layer widths.
     pub hidden: Vec<usize>,
     /// Input normalisation of every layer.
@@ -215,6 +218,25 @@ pub struct ModelConfig {
     /// (PyTorch's `elementwise_affine`), initialised to 1 and 0.
     #[serde(skip_serializing_if = "is_false")]
     pub norm_affine: bool,
+}
+
+/// A model family (`model.kind`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelKind {
+    /// Fully connected layers, optionally after 3×3 convolutions, with optional norms, input
+    /// quantization and skip connections: every form the `hidden`, `conv`, `norm`, `residual`
+    /// keys describe.
+    #[default]
+    Mlp,
+}
+
+impl ModelKind {
+    /// Whether this is the default (left out of the serialised config, so run ids of configs
+    /// written before the key existed do not change).
+    pub fn is_default(&self) -> bool {
+        *self == ModelKind::default()
+    }
 }
 
 /// One 3×3 convolution of the convolutional front-end.
@@ -377,6 +399,7 @@ pub fn glob_matches(pattern: &str, name: &str) -> bool {
 impl Default for ModelConfig {
     fn default() -> Self {
         Self {
+            kind: ModelKind::Mlp,
             hidden: vec![64, 64, 64],
             norm: Norm::Rms,
             activation_bits: Some(8),

@@ -6,20 +6,21 @@ pub mod c;
 use std::path::Path;
 use std::time::Instant;
 
-use qatlab_core::config::{Dataset, Norm, Residual};
+use qatlab_core::config::Dataset;
 use qatlab_core::Registry;
 use qatlab_deploy::format::{
-    ActivationKind, ConvSpec, InputSpec, LayerData, LayerSpec, ModelFile, ModelHeader, NormKind,
+    ActivationKind, InputSpec, LayerData, LayerSpec, ModelFile, ModelHeader, NormKind,
 };
-use qatlab_deploy::graph::{chain, Op, Skip};
+use qatlab_deploy::graph::Op;
 use qatlab_deploy::kernel::Path as KernelPath;
 use qatlab_deploy::pack::Packing;
 use qatlab_deploy::runtime::{argmax, IntGrid, Runtime};
 
 use crate::data::{self, Samples, MEAN, STD};
 use crate::error::{Error, Result};
+use crate::nn::deploy::{Deployment, Node as DeployNode, NETWORK_INPUT};
 use crate::nn::engine::{Engine, Pass};
-use crate::nn::model::Network;
+use crate::nn::model::INPUT_NODE;
 use crate::train::load_finished;
 
 /// How `qat export` stores ternary and pentary codes.
@@ -66,27 +67,21 @@ pub fn export_run(dir: &Path, registry: &Registry, packing: PackingChoice) -> Re
             config.data.dataset.dir_name()
         )));
     }
-    let norm = match config.model.norm {
-        Norm::Rms => NormKind::Rms,
-        Norm::None => NormKind::None,
-        other => return Err(unsupported(format!("model.norm {other:?}; the kernels support rms and none"))),
-    };
-    if !run.trainer.net.stage.activation.is_relu() {
-        return Err(unsupported(format!(
-            "model.activation {}; the kernels support relu",
-            config.model.activation.name
-        )));
+    let net = &run.trainer.net;
+    let mut deployment = Deployment::default();
+    for node in &net.nodes {
+        let inputs =
+            node.inputs.iter().map(|&i| if i == INPUT_NODE { NETWORK_INPUT } else { &net.nodes[i].name[..] });
+        let view = DeployNode { name: &node.name, inputs: inputs.collect() };
+        node.op
+            .deploy(&view, &mut deployment)
+            .map_err(|e| unsupported(format!("{} ({}): {e}", node.name, node.op.tag())))?;
     }
     let mut layers = Vec::new();
-    for (i, layer) in run.trainer.net.layers.iter().enumerate() {
+    for (i, d) in deployment.layers.iter().enumerate() {
+        let layer = d.layer;
         let q = &layer.quantized;
         let quantizer = qatlab_core::config::spec_label(run.trainer.quantizer_spec(i));
-        let Some(bits) = layer.activation_bits else {
-            return Err(unsupported(format!(
-                "{} has float inputs; set model.activation_bits (the kernels take int8)",
-                layer.name
-            )));
-        };
         if q.codes.is_empty() || q.levels.is_empty() {
             return Err(unsupported(format!("{} is not quantized (quantizer `{quantizer}`)", layer.name)));
         }
@@ -99,15 +94,10 @@ pub fn export_run(dir: &Path, registry: &Registry, packing: PackingChoice) -> Re
                 levels: q.levels.clone(),
                 packing: packing.packing(q.levels.len(), &layer.name)?,
                 scales: q.scales.clone(),
-                activation_bits: bits,
+                activation_bits: d.activation_bits,
                 offset: 0,
                 bytes: 0,
-                conv: layer.conv.map(|g| ConvSpec {
-                    side: g.side,
-                    in_channels: g.in_channels,
-                    depthwise: g.depthwise,
-                    pool: g.pool,
-                }),
+                conv: d.conv,
             },
             codes: q.codes.clone(),
         });
@@ -126,39 +116,14 @@ pub fn export_run(dir: &Path, registry: &Registry, packing: PackingChoice) -> Re
             std: STD,
         },
         classes: run.trainer.task().classes,
-        norm,
+        norm: deployment.norm.unwrap_or(NormKind::None),
         activation: ActivationKind::Relu,
         layers: Vec::new(),
-        // the graph from the layers as trained; with it, pooling is a max-pool op
-        ops: chain(
-            &layers.iter().map(|l| l.spec.clone()).collect::<Vec<_>>(),
-            &skips_of(&run.trainer.net, config.model.residual),
-        ),
+        // the graph as trained, op for op
+        ops: deployment.ops,
         writer: env!("CARGO_PKG_VERSION").to_string(),
     };
-    for layer in &mut layers {
-        if let Some(conv) = &mut layer.spec.conv {
-            conv.pool = false;
-        }
-    }
     ModelFile::new(header, layers).map_err(|e| unsupported(e.to_string()))
-}
-
-/// The residual connection the engine puts around each layer of `net`: around the square
-/// hidden layers after the first fully connected one (whose input is the image), with the
-/// layer's learned scale where the variant has one.
-fn skips_of(net: &Network, residual: Residual) -> Vec<Option<Skip>> {
-    let count = net.layers.len();
-    net.layers
-        .iter()
-        .enumerate()
-        .map(|(l, layer)| {
-            let around = residual != Residual::None && l > net.conv_count() && layer.has_residual(l, count);
-            let after_relu = matches!(residual, Residual::SumRelu | Residual::ScaledSumRelu);
-            let scale = layer.residual_scale.first().copied().unwrap_or(1.0);
-            around.then_some(Skip { scale, after_relu })
-        })
-        .collect()
 }
 
 /// Read a model file, naming it in any error.

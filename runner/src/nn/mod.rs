@@ -1,9 +1,14 @@
-//! The network: its host-side state ([`model`]: layers, latent weights, quantizers, norm
-//! statistics) and its parameters by path ([`params`]), the convolutional front-end on the host ([`conv`]), the losses ([`loss`]), and the
-//! dfdx engine ([`engine`]), the only module that names a dfdx type.
+//! The network as a graph of ops: what an op is ([`op`]), the ops themselves, one file each
+//! ([`ops`]), the presets that expand `model.kind` into a graph ([`presets`]), the network and
+//! its quantized weights ([`model`]), its parameters by path ([`params`]), its deployable form
+//! ([`deploy`]), the losses ([`loss`]), and the graph runner ([`engine`]). Only `engine`, `op`
+//! and the ops name dfdx types.
 
-pub mod conv;
+pub mod deploy;
 pub mod engine;
 pub mod loss;
 pub mod model;
+pub mod op;
+pub mod ops;
 pub mod params;
+pub mod presets;

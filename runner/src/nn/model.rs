@@ -1,19 +1,18 @@
-//! The network's host-side state: latent weights, quantizers and their outputs, gradients.
-//! Plain `Vec<f32>`s, so checkpoints, export and analysis never touch the training backend.
+//! The network: a graph of ops ([`Network`]), the quantized weight tensors some of them own
+//! ([`Layer`]), and batch-norm statistics. Plain `Vec<f32>`s, so checkpoints, export and analysis
+//! never touch the training backend.
 
-use qatlab_core::{config::Norm, Activation, QuantCtx, Quantized, Quantizer, Registry, Shape};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use qatlab_core::{QuantCtx, Quantized, Quantizer, Registry, Shape};
 
 use crate::data::Task;
 use crate::error::{Error, Result};
+use crate::nn::op::Op;
 
-/// One fully connected layer without bias: `rows` outputs × `cols` inputs.
+/// A quantized weight tensor (of a linear or convolution op) with its quantizer: `rows`
+/// outputs × `cols` inputs.
 pub struct Layer {
-    /// Parameter path prefix, `fc1`, `fc2`, ...
+    /// The owning op's path, `fc1`, `conv2`, ...
     pub name: String,
-    /// Bits of this layer's per-sample absmax input quantization (None: off).
-    pub activation_bits: Option<u32>,
     /// Weight shape.
     pub shape: Shape,
     /// Latent full-precision weights, row-major (rows = output channels).
@@ -30,43 +29,26 @@ pub struct Layer {
     pub grad_params: Vec<f32>,
     /// True while quantization is delayed (float weights).
     pub float_phase: bool,
-    /// The learned scale a of a residual variant that has one (empty otherwise).
-    pub residual_scale: Vec<f32>,
-    /// ∂L/∂a from the last backward pass.
-    pub grad_residual: Vec<f32>,
-    /// The geometry of a convolution (None for a fully connected layer).
-    pub conv: Option<ConvGeom>,
-    /// Learned layer-norm gain then bias of this layer's input, `2 × cols` (empty without
-    /// `model.norm_affine`).
-    pub norm_affine: Vec<f32>,
-    /// ∂L/∂(gain, bias) from the last backward pass.
-    pub grad_norm_affine: Vec<f32>,
     /// An output bias added after the matmul (empty: none). Only post-training bias
     /// correction sets one; training never does.
     pub bias: Vec<f32>,
 }
 
-/// Where a 3×3 convolution layer sits: its input map, channels and pooling. Its weights are
-/// `channels × (9·in_channels)` (full) or `channels × 9` (depthwise), tap-major.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConvGeom {
-    /// Input height and width.
-    pub side: usize,
-    /// Input channels.
-    pub in_channels: usize,
-    /// Output channels.
-    pub channels: usize,
-    /// One filter per channel.
-    pub depthwise: bool,
-    /// 2×2 max-pool after the activation.
-    pub pool: bool,
-}
-
 impl Layer {
-    /// Whether this layer (index `i` of `count`) gets the network's skip connection: hidden
-    /// layers whose input and output widths match.
-    pub fn has_residual(&self, i: usize, count: usize) -> bool {
-        self.conv.is_none() && i + 1 != count && self.shape.rows == self.shape.cols
+    /// A layer of `shape` with latent weights `weight` and its quantizer.
+    pub fn new(name: String, shape: Shape, weight: Vec<f32>, quantizer: Box<dyn Quantizer>) -> Self {
+        Self {
+            name,
+            shape,
+            weight,
+            quantizer,
+            quantized: Quantized::default(),
+            grad_values: vec![0.0; shape.len()],
+            grad_weight: vec![0.0; shape.len()],
+            grad_params: Vec::new(),
+            float_phase: false,
+            bias: Vec::new(),
+        }
     }
 
     /// Refresh `quantized` from the latent weights.
@@ -104,16 +86,6 @@ impl Layer {
             &mut self.grad_params,
         );
     }
-}
-
-/// What happens between layers: normalisation, activation and skip connections.
-pub struct Stage {
-    /// Input normalisation of every layer.
-    pub norm: Norm,
-    /// Skip connections of the square hidden layers.
-    pub residual: qatlab_core::config::Residual,
-    /// Activation after every hidden layer.
-    pub activation: Box<dyn Activation>,
 }
 
 /// Running per-feature statistics of a batch-normalised layer input.
@@ -186,110 +158,85 @@ pub const BATCH_NORM_MOMENTUM: f32 = 0.1;
 /// ε of batch norm (PyTorch's default).
 pub const BATCH_NORM_EPS: f32 = 1e-5;
 
-/// The fully connected network.
+/// One node of a model graph: an op, its path, and the nodes it reads.
+pub struct Node {
+    /// The node's path, the prefix of its parameters' paths (`fc1`, `fc2.norm`).
+    pub name: String,
+    /// The nodes it reads, by index ([`INPUT_NODE`] is the network input).
+    pub inputs: Vec<usize>,
+    /// What it computes.
+    pub op: Box<dyn Op>,
+}
+
+/// The index by which a node reads the network input.
+pub const INPUT_NODE: usize = usize::MAX;
+
+/// A model: a graph of ops in evaluation order, built by a preset ([`super::presets`]).
 pub struct Network {
-    /// Layers from input to logits.
-    pub layers: Vec<Layer>,
-    /// Shared between-layer behaviour.
-    pub stage: Stage,
-    /// Running statistics of each layer's input (used by batch norm only).
-    pub norm_stats: Vec<RunningStats>,
+    /// The nodes; each reads only earlier ones.
+    pub nodes: Vec<Node>,
+    /// The node whose output are the logits.
+    pub output: usize,
+    /// The node whose output are the penultimate features distillers compare (None: none).
+    pub features: Option<usize>,
 }
 
 impl Network {
-    /// Build the network `inputs → [convolutions →] hidden... → classes` with PyTorch's default
-    /// `nn.Linear`/`nn.Conv2d` initialisation (U(−1/√fan_in, 1/√fan_in)), seeded.
+    /// Build the network `config.model` describes for `task`, seeded.
     pub fn new(registry: &Registry, config: &qatlab_core::config::RunConfig, task: &Task) -> Result<Self> {
-        let act = &config.model.activation;
-        let activation = registry
-            .activations
-            .build(&act.name, &act.params)
-            .map_err(|e| Error::Config(format!("model.activation: {e}")))?;
-        let mut rng = ChaCha8Rng::seed_from_u64(config.train.seed ^ 0x1417_7e11);
-        let (side, inputs, classes) = (task.side, task.features(), task.classes);
-        let mut geometry: Vec<(Shape, Option<ConvGeom>)> = Vec::new();
-        let (mut channels, mut map) = (task.channels, side);
-        for c in &config.model.conv {
-            let taps = if c.depthwise { 9 } else { 9 * channels };
-            let geom = ConvGeom {
-                side: map,
-                in_channels: channels,
-                channels: c.channels,
-                depthwise: c.depthwise,
-                pool: c.pool,
-            };
-            geometry.push((Shape::new(c.channels, taps), Some(geom)));
-            channels = c.channels;
-            map /= if c.pool { 2 } else { 1 };
+        super::presets::build(registry, config, task)
+    }
+
+    /// The quantized weight layers in graph order.
+    pub fn layers(&self) -> impl Iterator<Item = &Layer> + '_ {
+        self.nodes.iter().filter_map(|n| n.op.layer())
+    }
+
+    /// The same, mutable.
+    pub fn layers_mut(&mut self) -> impl Iterator<Item = &mut Layer> + '_ {
+        self.nodes.iter_mut().filter_map(|n| n.op.layer_mut())
+    }
+
+    /// Number of quantized weight layers.
+    pub fn layer_count(&self) -> usize {
+        self.layers().count()
+    }
+
+    /// The batch norms' running statistics in graph order.
+    pub fn running_stats(&self) -> Vec<(&str, &RunningStats)> {
+        self.nodes.iter().filter_map(|n| Some((n.name.as_str(), n.op.running_stats()?))).collect()
+    }
+
+    /// The same, mutable.
+    pub fn running_stats_mut(&mut self) -> Vec<(&str, &mut RunningStats)> {
+        self.nodes.iter_mut().filter_map(|n| Some((n.name.as_str(), n.op.running_stats_mut()?))).collect()
+    }
+
+    /// A copy of the batch norms' running statistics, for [`Network::set_running_stats`].
+    pub fn running_stats_copy(&self) -> Vec<RunningStats> {
+        self.running_stats().into_iter().map(|(_, s)| s.clone()).collect()
+    }
+
+    /// Put back statistics from [`Network::running_stats_copy`] (or new ones, in that order).
+    pub fn set_running_stats(&mut self, stats: Vec<RunningStats>) {
+        for ((_, running), s) in self.running_stats_mut().into_iter().zip(stats) {
+            *running = s;
         }
-        let mut widths = vec![if config.model.conv.is_empty() { inputs } else { map * map * channels }];
-        widths.extend(&config.model.hidden);
-        widths.push(classes);
-        geometry.extend(widths.windows(2).map(|pair| (Shape::new(pair[1], pair[0]), None)));
-        let mut layers = Vec::new();
-        let count = geometry.len();
-        let names = config.model.layer_names();
-        for (i, (&(shape, conv), name)) in geometry.iter().zip(names).enumerate() {
-            let bound = 1.0 / (shape.cols as f32).sqrt();
-            let weight = (0..shape.len()).map(|_| rng.gen_range(-bound..bound)).collect();
-            let (spec, activation_bits) = config.model.layer(i, count, &config.quantizer);
-            let quantizer = registry
-                .quantizers
-                .build(&spec.name, &spec.params)
-                .map_err(|e| Error::Config(format!("quantizer of {name}: {e}")))?;
-            layers.push(Layer {
-                name,
-                activation_bits,
-                shape,
-                weight,
-                quantizer,
-                quantized: Quantized::default(),
-                grad_values: vec![0.0; shape.len()],
-                grad_weight: vec![0.0; shape.len()],
-                grad_params: Vec::new(),
-                float_phase: false,
-                residual_scale: Vec::new(),
-                grad_residual: Vec::new(),
-                conv,
-                norm_affine: if config.model.norm_affine && conv.is_none() {
-                    [vec![1.0; shape.cols], vec![0.0; shape.cols]].concat()
-                } else {
-                    Vec::new()
-                },
-                grad_norm_affine: Vec::new(),
-                bias: Vec::new(),
-            });
-        }
-        let stage = Stage { norm: config.model.norm, residual: config.model.residual, activation };
-        let residual = config.model.residual;
-        let last = layers.len() - 1;
-        for (i, layer) in layers.iter_mut().enumerate() {
-            if residual.learned_scale() && i != last && layer.shape.rows == layer.shape.cols {
-                layer.residual_scale = vec![1.0];
-            }
-        }
-        let norm_stats = layers.iter().map(|l| RunningStats::new(l.shape.cols)).collect();
-        Ok(Self { layers, stage, norm_stats })
     }
 
     /// Σ weights × bits per weight over all layers.
     pub fn total_weight_bits(&self) -> f64 {
-        self.layers.iter().map(|l| l.shape.len() as f64 * l.quantizer.bits_per_weight()).sum()
-    }
-
-    /// Number of convolution layers (they come first).
-    pub fn conv_count(&self) -> usize {
-        self.layers.iter().take_while(|l| l.conv.is_some()).count()
+        self.layers().map(|l| l.shape.len() as f64 * l.quantizer.bits_per_weight()).sum()
     }
 
     /// Number of weights.
     pub fn weight_count(&self) -> usize {
-        self.layers.iter().map(|l| l.shape.len()).sum()
+        self.layers().map(|l| l.shape.len()).sum()
     }
 
     /// Quantize every layer's weights for a forward pass.
     pub fn quantize_all(&mut self, training: bool, step: u64, epoch: usize, seed: u64) -> Result<()> {
-        for (i, layer) in self.layers.iter_mut().enumerate() {
+        for (i, layer) in self.layers_mut().enumerate() {
             if layer.float_phase {
                 layer.pass_through();
                 continue;

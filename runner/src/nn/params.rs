@@ -1,7 +1,7 @@
 //! Parameters by path: every trainable buffer of a network with its name (`fc1.weight`,
 //! `fc1.quantizer.params`, `fc2.residual.scale`, `fc1.norm.gain`), its kind and its gradient.
 //! The optimizer, gradient clipping and accumulation, EMA and SWA and checkpoints iterate this
-//! list and never name a layer's fields, so a new parameter is declared once, here.
+//! list and never name an op's fields: each op declares its parameters once, in its own file.
 
 use super::model::{Layer, Network};
 
@@ -50,114 +50,79 @@ pub struct Param<'a> {
     pub shape: Vec<usize>,
 }
 
-/// Which of a layer's buffers a parameter lives in.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Buffer {
-    Weight,
-    Quantizer,
-    Residual,
-    NormAffine,
+impl<'a> Param<'a> {
+    /// A one-dimensional parameter.
+    pub fn vector(path: &str, kind: ParamKind, values: &'a [f32]) -> Self {
+        Self { path: path.to_string(), kind, values, shape: vec![values.len()] }
+    }
 }
 
-/// One declared parameter: its path suffix, kind, buffer, and length and shape in that buffer
-/// (a norm's gain and bias share one buffer, gain first).
-struct Declared {
-    suffix: &'static str,
-    kind: ParamKind,
-    buffer: Buffer,
-    len: usize,
-    shape: Vec<usize>,
+impl<'a> ParamMut<'a> {
+    /// A parameter and its gradient buffer (resized to it).
+    pub fn of(path: &str, kind: ParamKind, values: &'a mut [f32], grad: &'a mut Vec<f32>) -> Self {
+        grad.resize(values.len(), 0.0);
+        Self { path: path.to_string(), kind, values, grad }
+    }
 }
 
 impl Layer {
-    /// The one declaration of this layer's parameters, in order: weight, quantizer parameters,
-    /// residual scale, norm gain, norm bias. Absent ones (empty buffers) are left out.
-    fn declared(&self) -> Vec<Declared> {
+    /// The weight tensor's parameters, paths relative to its op: `weight`, then
+    /// `quantizer.params` when the quantizer learns any.
+    pub fn params(&self) -> Vec<Param<'_>> {
         let (rows, cols) = (self.shape.rows, self.shape.cols);
-        let one = |suffix, kind, buffer, len: usize| Declared { suffix, kind, buffer, len, shape: vec![len] };
-        let mut out = vec![Declared {
-            suffix: "weight",
+        let mut out = vec![Param {
+            path: "weight".into(),
             kind: ParamKind::Weight,
-            buffer: Buffer::Weight,
-            len: self.weight.len(),
+            values: &self.weight,
             shape: vec![rows, cols],
         }];
-        let quantizer = self.quantizer.params().len();
-        if quantizer > 0 {
-            out.push(one("quantizer.params", ParamKind::QuantizerParam, Buffer::Quantizer, quantizer));
-        }
-        if !self.residual_scale.is_empty() {
-            out.push(one(
-                "residual.scale",
-                ParamKind::ResidualScale,
-                Buffer::Residual,
-                self.residual_scale.len(),
-            ));
-        }
-        if !self.norm_affine.is_empty() {
-            out.push(one("norm.gain", ParamKind::NormParam, Buffer::NormAffine, cols));
-            out.push(one("norm.bias", ParamKind::NormParam, Buffer::NormAffine, cols));
+        let quantizer = self.quantizer.params();
+        if !quantizer.is_empty() {
+            out.push(Param::vector("quantizer.params", ParamKind::QuantizerParam, quantizer));
         }
         out
     }
 
-    /// This layer's parameters with their gradients (sized to them), in declaration order.
+    /// The same with their gradients.
     pub fn params_mut(&mut self) -> Vec<ParamMut<'_>> {
-        let declared = self.declared();
-        let name = self.name.clone();
-        // disjoint borrows of each buffer and its gradient, handed out front to back
-        let mut buffers = [
-            (Buffer::Weight, &mut self.weight[..], &mut self.grad_weight),
-            (Buffer::Quantizer, self.quantizer.params_mut(), &mut self.grad_params),
-            (Buffer::Residual, &mut self.residual_scale[..], &mut self.grad_residual),
-            (Buffer::NormAffine, &mut self.norm_affine[..], &mut self.grad_norm_affine),
-        ]
-        .map(|(buffer, values, grad)| {
-            grad.resize(values.len(), 0.0);
-            (buffer, values, &mut grad[..])
-        });
-        declared
-            .into_iter()
-            .map(|d| {
-                let (_, values, grad) =
-                    buffers.iter_mut().find(|(b, _, _)| *b == d.buffer).expect("every buffer");
-                let (head, rest) = std::mem::take(values).split_at_mut(d.len);
-                let (grad_head, grad_rest) = std::mem::take(grad).split_at_mut(d.len);
-                (*values, *grad) = (rest, grad_rest);
-                ParamMut { path: format!("{name}.{}", d.suffix), kind: d.kind, values: head, grad: grad_head }
-            })
-            .collect()
-    }
-
-    /// This layer's parameters, read-only, in declaration order.
-    pub fn params(&self) -> Vec<Param<'_>> {
-        let mut offsets = [0usize; 4];
-        self.declared()
-            .into_iter()
-            .map(|d| {
-                let buffer: &[f32] = match d.buffer {
-                    Buffer::Weight => &self.weight,
-                    Buffer::Quantizer => self.quantizer.params(),
-                    Buffer::Residual => &self.residual_scale,
-                    Buffer::NormAffine => &self.norm_affine,
-                };
-                let at = &mut offsets[d.buffer as usize];
-                let values = &buffer[*at..*at + d.len];
-                *at += d.len;
-                Param { path: format!("{}.{}", self.name, d.suffix), kind: d.kind, values, shape: d.shape }
-            })
-            .collect()
+        let mut out =
+            vec![ParamMut::of("weight", ParamKind::Weight, &mut self.weight, &mut self.grad_weight)];
+        let quantizer = self.quantizer.params_mut();
+        if !quantizer.is_empty() {
+            out.push(ParamMut::of(
+                "quantizer.params",
+                ParamKind::QuantizerParam,
+                quantizer,
+                &mut self.grad_params,
+            ));
+        }
+        out
     }
 }
 
 impl Network {
-    /// Every parameter of the network, layer by layer, in the order of [`Layer::params_mut`].
+    /// Every parameter of the network with its gradient, node by node, each path prefixed with
+    /// its node's name.
     pub fn params_mut(&mut self) -> Vec<ParamMut<'_>> {
-        self.layers.iter_mut().flat_map(Layer::params_mut).collect()
+        let mut out = Vec::new();
+        for node in &mut self.nodes {
+            for mut p in node.op.params_mut() {
+                p.path = format!("{}.{}", node.name, p.path);
+                out.push(p);
+            }
+        }
+        out
     }
 
     /// Every parameter of the network, read-only.
     pub fn params(&self) -> Vec<Param<'_>> {
-        self.layers.iter().flat_map(Layer::params).collect()
+        let mut out = Vec::new();
+        for node in &self.nodes {
+            for mut p in node.op.params() {
+                p.path = format!("{}.{}", node.name, p.path);
+                out.push(p);
+            }
+        }
+        out
     }
 }

@@ -80,10 +80,10 @@ pub struct Analysis {
 /// Analyse the trainer's network on `test`. Leaves the network quantized for evaluation.
 pub fn analyze(trainer: &mut Trainer, test: &Samples) -> Result<Analysis> {
     let classes = trainer.task().classes;
-    let phases: Vec<bool> = trainer.net.layers.iter().map(|l| l.float_phase).collect();
+    let phases: Vec<bool> = trainer.net.layers().map(|l| l.float_phase).collect();
     let mut layers: Vec<LayerAnalysis> = Vec::new();
     let quantized = trainer.test_logits(test)?;
-    for layer in &trainer.net.layers {
+    for layer in trainer.net.layers() {
         layers.push(layer_analysis(layer));
     }
     set_float(trainer, |_| true);
@@ -93,13 +93,13 @@ pub fn analyze(trainer: &mut Trainer, test: &Samples) -> Result<Analysis> {
         layers[l].sensitivity =
             float_test_acc - class_report(&trainer.test_logits(test)?, &test.labels, classes).accuracy;
     }
-    trainer.net.layers.iter_mut().zip(phases).for_each(|(layer, phase)| layer.float_phase = phase);
+    trainer.net.layers_mut().zip(phases).for_each(|(layer, phase)| layer.float_phase = phase);
     trainer.test_logits(test)?;
     Ok(Analysis { test: class_report(&quantized, &test.labels, classes), float_test_acc, layers })
 }
 
 fn set_float(trainer: &mut Trainer, float: impl Fn(usize) -> bool) {
-    trainer.net.layers.iter_mut().enumerate().for_each(|(i, layer)| layer.float_phase = float(i));
+    trainer.net.layers_mut().enumerate().for_each(|(i, layer)| layer.float_phase = float(i));
 }
 
 /// Code statistics and latent-vs-quantized error of one layer's current quantization.

@@ -216,11 +216,13 @@ impl Trainer {
                 put(p.path.clone(), p.shape.clone(), p.values.to_vec());
             }
         }
-        for (layer, stats) in self.net.layers.iter().zip(&self.net.norm_stats) {
+        for layer in self.net.layers() {
             let state = layer.quantizer.state();
             put(format!("{}.quantizer.state", layer.name), vec![state.len()], state);
-            put(format!("{}.norm.running_mean", layer.name), vec![stats.mean.len()], stats.mean.clone());
-            put(format!("{}.norm.running_var", layer.name), vec![stats.var.len()], stats.var.clone());
+        }
+        for (name, stats) in self.net.running_stats() {
+            put(format!("{name}.running_mean"), vec![stats.mean.len()], stats.mean.clone());
+            put(format!("{name}.running_var"), vec![stats.var.len()], stats.var.clone());
         }
         let mut optimizer_steps = BTreeMap::new();
         for (path, moments) in &self.moments {
@@ -253,10 +255,10 @@ impl Trainer {
         };
         let tensors = &checkpoint.tensors;
         let saved_weights = checkpoint.layer_weights().count();
-        if saved_weights != self.net.layers.len() {
+        if saved_weights != self.net.layer_count() {
             return Err(stale(format!(
                 "it has {saved_weights} layers, the config {}",
-                self.net.layers.len()
+                self.net.layer_count()
             )));
         }
         let values = |path: &str| tensors.get(path).map_or(&[][..], |t| t.values.as_slice());
@@ -275,15 +277,17 @@ impl Trainer {
             }
             p.values.copy_from_slice(saved);
         }
-        for (layer, stats) in self.net.layers.iter_mut().zip(&mut self.net.norm_stats) {
+        for layer in self.net.layers_mut() {
             layer
                 .quantizer
                 .load_state(values(&format!("{}.quantizer.state", layer.name)))
                 .map_err(|e| Error::Plugin(format!("{}: {e}", layer.name)))?;
+        }
+        for (name, stats) in self.net.running_stats_mut() {
             for (part, buffer) in [("running_mean", &mut stats.mean), ("running_var", &mut stats.var)] {
-                let saved = values(&format!("{}.norm.{part}", layer.name));
+                let saved = values(&format!("{name}.{part}"));
                 if saved.len() != buffer.len() {
-                    return Err(stale(format!("{}.norm.{part} has another shape", layer.name)));
+                    return Err(stale(format!("{name}.{part} has another shape")));
                 }
                 buffer.copy_from_slice(saved);
             }

@@ -64,7 +64,7 @@ pub fn train(
         }
         trainer.use_quantizers_of_epoch(registry, epoch)?;
         let float_phase = epoch < config.train.float_epochs();
-        trainer.net.layers.iter_mut().for_each(|l| l.float_phase = float_phase);
+        trainer.net.layers_mut().for_each(|l| l.float_phase = float_phase);
         let samples = data.epoch_train(config.train.seed, epoch);
         let f = samples.features;
         let order = epoch_order(samples.len(), config.train.seed, epoch);
@@ -110,7 +110,7 @@ pub fn train(
             lr,
             positive_fraction,
             samples_per_s,
-            layers: trainer.net.layers.iter().map(layer_stats).collect(),
+            layers: trainer.net.layers().map(layer_stats).collect(),
         };
         observer.on_epoch(&metrics);
         history.push(metrics);

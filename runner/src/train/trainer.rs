@@ -45,7 +45,7 @@ impl Trainer {
             .build(&spec.name, &spec.params)
             .map_err(|e| Error::Config(format!("train.schedule: {e}")))?;
         let o = &config.train.optimizer;
-        let layers = net.layers.len();
+        let layers = net.layer_count();
         Ok(Self {
             net,
             engine: Engine::new(),
@@ -143,9 +143,15 @@ impl Trainer {
             grad.iter_mut().zip(&partner_grad).for_each(|(g, p)| *g = m.lambda * *g + (1.0 - m.lambda) * p);
             m.lambda * own + (1.0 - m.lambda) * partner + feature_term
         };
-        let mut loss =
-            self.engine.backward_with_features(&mut self.net, x, batch, with_features, &mut loss_grad);
-        for layer in &mut self.net.layers {
+        let mut loss = self.engine.backward_with_features(
+            &mut self.net,
+            x,
+            batch,
+            self.step,
+            with_features,
+            &mut loss_grad,
+        );
+        for layer in self.net.layers_mut() {
             layer.backward_quantizer();
             loss += layer.quantizer.regularizer(layer.shape, &mut layer.grad_params);
         }
@@ -168,8 +174,8 @@ impl Trainer {
     /// whose quantizer changes starts with a fresh quantizer and fresh optimizer state for its
     /// parameters.
     pub fn use_quantizers_of_epoch(&mut self, registry: &Registry, epoch: usize) -> Result<()> {
-        let count = self.net.layers.len();
-        for (i, layer) in self.net.layers.iter_mut().enumerate() {
+        let count = self.net.layer_count();
+        for (i, layer) in self.net.layers_mut().enumerate() {
             let (spec, _) = self.config.model.layer(i, count, self.config.quantizer_at(epoch));
             if spec == self.layer_specs[i] {
                 continue;
@@ -187,7 +193,7 @@ impl Trainer {
 
     /// Let each quantizer refit its state at the end of `epoch`.
     pub fn end_epoch(&mut self, epoch: usize) -> Result<()> {
-        for layer in &mut self.net.layers {
+        for layer in self.net.layers_mut() {
             layer
                 .quantizer
                 .end_epoch(&layer.weight, layer.shape, epoch)

@@ -115,7 +115,7 @@ fn a_convolutional_model_deploys_and_its_c_code_predicts_as_the_runtime() {
     assert!(number_after(&report, "test accuracy ") > 90.0, "{report}");
     let listing = text(&qat(&["inspect", file.to_str().unwrap()], dir.path()));
     assert!(listing.contains("dw3×3 16×16×4→4, pool"), "{listing}");
-    assert!(listing.contains("conv2.pool = max-pool 2×2(conv2.relu: 16×16×4)"), "{listing}");
+    assert!(listing.contains("conv2.pool = max-pool 2×2(conv2.act: 16×16×4)"), "{listing}");
     assert_c_predicts_as_the_runtime(dir.path(), &run, "model.h");
 }
 
@@ -183,8 +183,8 @@ fn every_residual_variant_deploys_and_predicts_as_its_training_evaluation() {
         let out = qat(&["export", run.to_str().unwrap(), "-o", file.to_str().unwrap()], dir.path());
         assert!(out.status.success(), "{}", text(&out));
         let listing = text(&qat(&["inspect", file.to_str().unwrap()], dir.path()));
-        assert!(listing.contains("fc2.add = ") && listing.contains("fc3.add = "), "{listing}");
-        assert!(!listing.contains("fc1.add"), "no skip around the first layer: {listing}");
+        assert!(listing.contains("fc2.residual = ") && listing.contains("fc3.residual = "), "{listing}");
+        assert!(!listing.contains("fc1.residual"), "no skip around the first layer: {listing}");
         let out = qat(&["infer", file.to_str().unwrap(), "--compare", run.to_str().unwrap()], dir.path());
         let report = text(&out);
         assert!(out.status.success(), "{report}");

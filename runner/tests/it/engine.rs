@@ -1,11 +1,14 @@
-//! Numerical gradient checks of the engine: float path, straight-through path, learnable scale,
-//! plugin activations (through the f/f′ construction) and layer norm.
+//! Numerical gradient checks of the graph runner: every parameter of a network (weights through
+//! the straight-through path, quantizer parameters, residual scales, norm gains and biases), by
+//! path, against central finite differences; plus the float path, plugin activations, norms,
+//! convolutions and pooling.
 
 use qatlab_core::{Activation, Registry};
 use qatlab_runner::data::Task;
 use qatlab_runner::nn::engine::{Engine, Pass};
 use qatlab_runner::nn::loss::cross_entropy;
 use qatlab_runner::nn::model::Network;
+use qatlab_runner::nn::params::ParamKind;
 use serde::{Deserialize, Serialize};
 
 const INPUTS: usize = 6;
@@ -37,11 +40,17 @@ fn registry() -> Registry {
     r
 }
 
-fn network(yaml: &str) -> Network {
+/// A network and the width of its input.
+struct Net {
+    net: Network,
+    inputs: usize,
+}
+
+fn network(yaml: &str) -> Net {
     network_of(yaml, INPUTS)
 }
 
-fn network_of(yaml: &str, inputs: usize) -> Network {
+fn network_of(yaml: &str, inputs: usize) -> Net {
     let config = crate::config(&format!("name: grad\n{yaml}"));
     let side = (inputs as f64).sqrt() as usize;
     // a conv front-end takes a square image; a plain MLP any width (one channel of 1×inputs)
@@ -50,31 +59,32 @@ fn network_of(yaml: &str, inputs: usize) -> Network {
     } else {
         Task { channels: inputs, side: 1, classes: CLASSES }
     };
-    Network::new(&registry(), &config, &task).unwrap()
+    Net { net: Network::new(&registry(), &config, &task).unwrap(), inputs }
 }
 
-/// A fixed batch for `net` (its input width: the first layer's, or the image of its first
-/// convolution).
-fn batch_for(net: &Network) -> (Vec<f32>, Vec<u8>) {
-    let first = &net.layers[0];
-    let inputs = first.conv.map_or(first.shape.cols, |g| g.side * g.side);
+/// A fixed batch of `inputs`-wide samples.
+fn batch_of(inputs: usize) -> (Vec<f32>, Vec<u8>) {
     let x = (0..BATCH * inputs).map(|i| ((i * 7 % 11) as f32 - 5.0) / 3.0).collect();
     (x, vec![0, 3, 1])
 }
 
-fn loss(engine: &Engine, net: &mut Network) -> f64 {
-    let (x, labels) = batch_for(net);
-    net.quantize_all(false, 0, 0, 0).unwrap();
-    let (logits, _) = engine.logits(net, &x, BATCH, Pass::Train);
+/// The loss of a training pass (batch statistics, step 0's dropout masks).
+fn loss(engine: &Engine, n: &mut Net) -> f64 {
+    let (x, labels) = batch_of(n.inputs);
+    n.net.quantize_all(false, 0, 0, 0).unwrap();
+    let (logits, _) = engine.logits(&n.net, &x, BATCH, Pass::Train { step: 0 });
     let mut g = vec![0.0; logits.len()];
     cross_entropy(&logits, &labels, CLASSES, &mut g).0 as f64
 }
 
-fn backward(engine: &Engine, net: &mut Network) {
-    let (x, labels) = batch_for(net);
-    net.quantize_all(false, 0, 0, 0).unwrap();
-    engine.backward(net, &x, BATCH, &mut |logits, grad| cross_entropy(logits, &labels, CLASSES, grad).0);
-    net.layers.iter_mut().for_each(|l| l.backward_quantizer());
+/// One backward pass at step 0, through the quantizers' straight-through backward.
+fn backward(engine: &Engine, n: &mut Net) {
+    let (x, labels) = batch_of(n.inputs);
+    n.net.quantize_all(false, 0, 0, 0).unwrap();
+    engine.backward(&mut n.net, &x, BATCH, 0, &mut |logits, grad| {
+        cross_entropy(logits, &labels, CLASSES, grad).0
+    });
+    n.net.layers_mut().for_each(|l| l.backward_quantizer());
 }
 
 fn assert_close(analytic: f32, numeric: f64, what: &str) {
@@ -83,6 +93,38 @@ fn assert_close(analytic: f32, numeric: f64, what: &str) {
         (analytic as f64 - numeric).abs() < tolerance,
         "{what}: analytic {analytic} vs numeric {numeric}"
     );
+}
+
+/// Set value `i` of the parameter at `path`.
+fn set(net: &mut Network, path: &str, i: usize, value: f32) {
+    let mut params = net.params_mut();
+    let p = params.iter_mut().find(|p| p.path == path).unwrap_or_else(|| panic!("no parameter {path}"));
+    p.values[i] = value;
+}
+
+/// Central differences of the loss in every value of every parameter of the kinds in `kinds`
+/// against the gradient the backward pass wrote; returns the paths checked.
+fn check_params(n: &mut Net, eps: f32, kinds: &[ParamKind]) -> Vec<String> {
+    let engine = Engine::new();
+    backward(&engine, n);
+    let analytic: Vec<(String, Vec<f32>, Vec<f32>)> = n
+        .net
+        .params_mut()
+        .into_iter()
+        .filter(|p| kinds.contains(&p.kind))
+        .map(|p| (p.path, p.values.to_vec(), p.grad.to_vec()))
+        .collect();
+    for (path, values, grads) in &analytic {
+        for (i, (&v, &a)) in values.iter().zip(grads).enumerate() {
+            set(&mut n.net, path, i, v + eps);
+            let up = loss(&engine, n);
+            set(&mut n.net, path, i, v - eps);
+            let down = loss(&engine, n);
+            set(&mut n.net, path, i, v);
+            assert_close(a, (up - down) / (2.0 * eps as f64), &format!("{path}[{i}]"));
+        }
+    }
+    analytic.into_iter().map(|(path, _, _)| path).collect()
 }
 
 /// Central differences of the loss in every latent weight against the engine's ∂L/∂w.
@@ -95,21 +137,9 @@ fn check_weight_gradients_with(yaml: &str, eps: f32) {
 }
 
 fn check_weight_gradients_of(yaml: &str, eps: f32, inputs: usize) {
-    let engine = Engine::new();
-    let mut net = network_of(yaml, inputs);
-    backward(&engine, &mut net);
-    for l in 0..net.layers.len() {
-        let analytic = net.layers[l].grad_weight.clone();
-        for (i, &a) in analytic.iter().enumerate() {
-            let w = net.layers[l].weight[i];
-            net.layers[l].weight[i] = w + eps;
-            let up = loss(&engine, &mut net);
-            net.layers[l].weight[i] = w - eps;
-            let down = loss(&engine, &mut net);
-            net.layers[l].weight[i] = w;
-            assert_close(a, (up - down) / (2.0 * eps as f64), &format!("{}[{i}]", net.layers[l].name));
-        }
-    }
+    let mut n = network_of(yaml, inputs);
+    let checked = check_params(&mut n, eps, &[ParamKind::Weight]);
+    assert_eq!(checked.len(), n.net.layer_count(), "every layer's weights: {checked:?}");
 }
 
 #[test]
@@ -132,24 +162,26 @@ fn batch_norm_training_gradients_match_finite_differences() {
 #[test]
 fn batch_norm_keeps_running_statistics_and_evaluates_samples_independently() {
     let engine = Engine::new();
-    let mut net = network("model: {hidden: [5], norm: batch, activation_bits: null}");
-    let (x, _) = batch_for(&net);
-    backward(&engine, &mut net);
+    let mut n = network("model: {hidden: [5], norm: batch, activation_bits: null}");
+    let (x, _) = batch_of(n.inputs);
+    backward(&engine, &mut n);
+    let net = &mut n.net;
+    let stats = net.running_stats_copy();
     // running = 0.9·(0, 1) + 0.1·(batch mean, unbiased batch variance) of the first layer's input
     for f in 0..INPUTS {
         let column: Vec<f32> = (0..BATCH).map(|b| x[b * INPUTS + f]).collect();
         let mean = column.iter().sum::<f32>() / BATCH as f32;
         let var = column.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / (BATCH - 1) as f32;
-        assert!((net.norm_stats[0].mean[f] - 0.1 * mean).abs() < 1e-6);
-        assert!((net.norm_stats[0].var[f] - (0.9 + 0.1 * var)).abs() < 1e-5);
+        assert!((stats[0].mean[f] - 0.1 * mean).abs() < 1e-6);
+        assert!((stats[0].var[f] - (0.9 + 0.1 * var)).abs() < 1e-5);
     }
     net.quantize_all(false, 0, 0, 0).unwrap();
-    let (all, _) = engine.logits(&net, &x, BATCH, Pass::Eval);
-    let (first, _) = engine.logits(&net, &x[..INPUTS], 1, Pass::Eval);
+    let (all, _) = engine.logits(net, &x, BATCH, Pass::Eval);
+    let (first, _) = engine.logits(net, &x[..INPUTS], 1, Pass::Eval);
     for (a, b) in all[..CLASSES].iter().zip(&first) {
         assert!((a - b).abs() < 1e-5, "evaluation uses running statistics: rows are independent");
     }
-    let (train_all, _) = engine.logits(&net, &x, BATCH, Pass::Train);
+    let (train_all, _) = engine.logits(net, &x, BATCH, Pass::Train { step: 0 });
     assert_ne!(&train_all[..CLASSES], &all[..CLASSES], "training uses batch statistics");
 }
 
@@ -166,44 +198,35 @@ fn straight_through_gradient_equals_the_float_gradient_at_the_quantized_weights(
     let mut ternary = network("model: {hidden: [5, 4], activation_bits: null}\nquantizer: ternary");
     backward(&engine, &mut ternary);
     let mut float = network("model: {hidden: [5, 4], activation_bits: null}");
-    for (f, t) in float.layers.iter_mut().zip(&ternary.layers) {
+    for (f, t) in float.net.layers_mut().zip(ternary.net.layers()) {
         f.weight = t.quantized.values.clone();
     }
     let eps = 1e-2;
-    for l in 0..float.layers.len() {
-        for i in 0..float.layers[l].weight.len() {
-            let w = float.layers[l].weight[i];
-            float.layers[l].weight[i] = w + eps;
+    let grads: Vec<(String, Vec<f32>)> =
+        ternary.net.layers().map(|l| (l.name.clone(), l.grad_weight.clone())).collect();
+    for (name, grad) in &grads {
+        let path = format!("{name}.weight");
+        for (i, &a) in grad.iter().enumerate() {
+            let w = float.net.params().into_iter().find(|p| p.path == path).unwrap().values[i];
+            set(&mut float.net, &path, i, w + eps);
             let up = loss(&engine, &mut float);
-            float.layers[l].weight[i] = w - eps;
+            set(&mut float.net, &path, i, w - eps);
             let down = loss(&engine, &mut float);
-            float.layers[l].weight[i] = w;
-            let numeric = (up - down) / (2.0 * eps as f64);
-            assert_close(ternary.layers[l].grad_weight[i], numeric, &format!("fc{}[{i}]", l + 1));
+            set(&mut float.net, &path, i, w);
+            assert_close(a, (up - down) / (2.0 * eps as f64), &format!("{path}[{i}]"));
         }
     }
-    assert!(ternary.layers.iter().all(|l| l.grad_weight.iter().any(|g| *g != 0.0)));
+    assert!(grads.iter().all(|(_, g)| g.iter().any(|g| *g != 0.0)));
 }
 
 #[test]
 fn learnable_per_channel_scale_gradient_matches_finite_differences() {
-    let engine = Engine::new();
-    let mut net =
+    let mut n =
         network("model: {hidden: [5], activation_bits: null}\nquantizer: {name: ternary, learn_scale: true}");
-    backward(&engine, &mut net);
-    let eps = 1e-3;
-    for l in 0..net.layers.len() {
-        let analytic = net.layers[l].grad_params.clone();
-        assert_eq!(analytic.len(), net.layers[l].shape.rows, "one scale per output channel");
-        for (r, &a) in analytic.iter().enumerate() {
-            let s = net.layers[l].quantizer.params()[r];
-            net.layers[l].quantizer.params_mut()[r] = s + eps;
-            let up = loss(&engine, &mut net);
-            net.layers[l].quantizer.params_mut()[r] = s - eps;
-            let down = loss(&engine, &mut net);
-            net.layers[l].quantizer.params_mut()[r] = s;
-            assert_close(a, (up - down) / (2.0 * eps as f64), &format!("fc{}.scale[{r}]", l + 1));
-        }
+    let checked = check_params(&mut n, 1e-3, &[ParamKind::QuantizerParam]);
+    assert_eq!(checked, ["fc1.quantizer.params", "fc2.quantizer.params"]);
+    for layer in n.net.layers() {
+        assert_eq!(layer.grad_params.len(), layer.shape.rows, "one scale per output channel");
     }
 }
 
@@ -227,37 +250,24 @@ fn residual_variants_gradients_match_finite_differences() {
 #[test]
 fn learned_residual_scale_gradient_matches_finite_differences() {
     for variant in ["scaled-sum-relu", "relu-scaled-sum"] {
-        let engine = Engine::new();
-        let mut net =
+        let mut n =
             network(&format!("model: {{hidden: [5, 5, 5], residual: {variant}, activation_bits: null}}"));
-        let with_scale: Vec<usize> =
-            (0..net.layers.len()).filter(|&l| !net.layers[l].residual_scale.is_empty()).collect();
-        assert_eq!(with_scale, vec![1, 2], "the square hidden layers carry a scale");
-        for &l in &with_scale {
-            net.layers[l].residual_scale[0] = 0.7;
+        for path in ["fc2.residual.scale", "fc3.residual.scale"] {
+            set(&mut n.net, path, 0, 0.7);
         }
-        backward(&engine, &mut net);
-        let eps = 1e-3;
-        for &l in &with_scale {
-            let a = net.layers[l].residual_scale[0];
-            net.layers[l].residual_scale[0] = a + eps;
-            let up = loss(&engine, &mut net);
-            net.layers[l].residual_scale[0] = a - eps;
-            let down = loss(&engine, &mut net);
-            net.layers[l].residual_scale[0] = a;
-            assert_close(
-                net.layers[l].grad_residual[0],
-                (up - down) / (2.0 * eps as f64),
-                &format!("{variant} fc{}.a", l + 1),
-            );
-        }
+        let checked = check_params(&mut n, 1e-3, &[ParamKind::ResidualScale]);
+        assert_eq!(
+            checked,
+            ["fc2.residual.scale", "fc3.residual.scale"],
+            "the square hidden layers after the first"
+        );
     }
 }
 
 #[test]
 fn gradient_clipping_scales_every_gradient_to_the_global_norm() {
-    let mut net = network("model: {hidden: [2]}");
-    for (i, layer) in net.layers.iter_mut().enumerate() {
+    let mut net = network("model: {hidden: [2]}").net;
+    for (i, layer) in net.layers_mut().enumerate() {
         layer.grad_weight = vec![if i == 0 { 3.0 } else { 0.0 }; layer.weight.len()];
         layer.grad_weight[0] = 4.0;
         layer.grad_params.clear();
@@ -265,7 +275,7 @@ fn gradient_clipping_scales_every_gradient_to_the_global_norm() {
     // layer 0: one 4 and eleven 3s; layer 1: one 4 and the rest 0 → norm² = 16 + 11·9 + 16 = 131
     let before = qatlab_runner::train::clip_global_norm(&mut net, 1.0);
     assert!((before - 131f32.sqrt()).abs() < 1e-4);
-    let after: f32 = net.layers.iter().flat_map(|l| &l.grad_weight).map(|g| g * g).sum::<f32>().sqrt();
+    let after: f32 = net.layers().flat_map(|l| &l.grad_weight).map(|g| g * g).sum::<f32>().sqrt();
     assert!((after - 1.0).abs() < 1e-4, "{after}");
     assert_eq!(
         qatlab_runner::train::clip_global_norm(&mut net, 10.0),
@@ -296,14 +306,23 @@ fn convolution_gradients_match_finite_differences() {
 #[test]
 fn convolutions_see_their_neighbourhood_with_zero_padding() {
     // One full convolution with a single filter whose only non-zero tap is the centre's right
-    // neighbour: the output is the input shifted left by one column, zero at the right edge.
+    // neighbour, as the whole graph: the output is the input shifted left by one column, zero at
+    // the right edge.
+    use qatlab_runner::nn::model::Layer;
+    use qatlab_runner::nn::ops::conv::{Conv, ConvGeom};
+    use qatlab_runner::nn::presets::GraphBuilder;
     let side = 4;
-    let mut net =
-        network_of("model: {conv: [{channels: 1}], hidden: [], activation_bits: null}", side * side);
-    net.layers[0].weight = vec![0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0];
+    let quantizer = registry().quantizers.build("none", &Default::default()).unwrap();
+    let weight = vec![0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0];
+    let layer = Layer::new("conv1".into(), qatlab_core::Shape::new(1, 9), weight, quantizer);
+    let geom = ConvGeom { side, in_channels: 1, channels: 1, depthwise: false };
+    let mut g = GraphBuilder::new();
+    let input = g.input();
+    let conv = g.push("conv1", &[input], Conv { layer, geom, channel_major_input: false });
+    let mut net = g.finish(conv, None);
     net.quantize_all(false, 0, 0, 0).unwrap();
     let x: Vec<f32> = (0..side * side).map(|i| i as f32).collect();
-    let (features, _) = qatlab_runner::nn::conv::forward(&net.layers[..1], &net.stage, &x, 1);
+    let (features, _) = Engine::new().logits(&net, &x, 1, Pass::Eval);
     for y in 0..side {
         for c in 0..side {
             let expected = if c + 1 < side { (y * side + c + 1) as f32 } else { 0.0 };
@@ -314,32 +333,36 @@ fn convolutions_see_their_neighbourhood_with_zero_padding() {
 
 #[test]
 fn layer_norm_gain_and_bias_gradients_match_finite_differences() {
-    let engine = Engine::new();
-    let mut net = network("model: {hidden: [5, 4], norm: layer, norm_affine: true, activation: softplus, activation_bits: null}");
-    for layer in &mut net.layers {
-        let n = layer.norm_affine.len();
-        assert_eq!(n, 2 * layer.shape.cols, "a gain and a bias per input feature");
-        layer.norm_affine.iter_mut().enumerate().for_each(|(i, v)| {
-            *v = if i < n / 2 { 0.8 + 0.05 * i as f32 } else { 0.1 * (i % 3) as f32 - 0.1 }
-        });
-    }
-    backward(&engine, &mut net);
-    let eps = 1e-3;
-    for l in 0..net.layers.len() {
-        for i in 0..net.layers[l].norm_affine.len() {
-            let a = net.layers[l].norm_affine[i];
-            net.layers[l].norm_affine[i] = a + eps;
-            let up = loss(&engine, &mut net);
-            net.layers[l].norm_affine[i] = a - eps;
-            let down = loss(&engine, &mut net);
-            net.layers[l].norm_affine[i] = a;
-            let what = format!(
-                "{}.{}[{i}]",
-                net.layers[l].name,
-                if i < net.layers[l].shape.cols { "gain" } else { "bias" }
-            );
-            assert_close(net.layers[l].grad_norm_affine[i], (up - down) / (2.0 * eps as f64), &what);
+    let mut n = network("model: {hidden: [5, 4], norm: layer, norm_affine: true, activation: softplus, activation_bits: null}");
+    let paths: Vec<(String, usize)> = n
+        .net
+        .params()
+        .iter()
+        .filter(|p| p.kind == ParamKind::NormParam)
+        .map(|p| (p.path.clone(), p.values.len()))
+        .collect();
+    for (path, len) in &paths {
+        for i in 0..*len {
+            let v = if path.ends_with("gain") { 0.8 + 0.05 * i as f32 } else { 0.1 * (i % 3) as f32 - 0.1 };
+            set(&mut n.net, path, i, v);
         }
     }
+    let checked = check_params(&mut n, 1e-3, &[ParamKind::NormParam]);
+    assert_eq!(
+        checked,
+        [
+            "fc1.norm.gain",
+            "fc1.norm.bias",
+            "fc2.norm.gain",
+            "fc2.norm.bias",
+            "fc3.norm.gain",
+            "fc3.norm.bias"
+        ]
+    );
+    assert_eq!(
+        paths.iter().map(|(_, len)| *len).collect::<Vec<_>>(),
+        [INPUTS, INPUTS, 5, 5, 4, 4],
+        "a gain and a bias per input feature"
+    );
     check_weight_gradients("model: {hidden: [5], norm: layer, norm_affine: true, activation_bits: null}");
 }

@@ -84,7 +84,7 @@ fn post_training_quantization_evaluates_the_final_weights_with_other_quantizers(
         "ternary post-quantization costs accuracy: {ternary} vs {float}"
     );
     assert_eq!(
-        finished.trainer.net.layers[0].quantizer.bits_per_weight(),
+        finished.trainer.net.layers().next().unwrap().quantizer.bits_per_weight(),
         32.0,
         "the training quantizer is put back"
     );
@@ -106,12 +106,18 @@ fn accumulating_two_half_batches_steps_like_one_full_batch() {
     let base = "name: acc\nquantizer: none\nmodel: {hidden: [16], norm: none, activation_bits: null}\n";
     let (full, _) = run_with(&format!("{base}train: {{epochs: 1, batch_size: 128}}"));
     let (halves, _) = run_with(&format!("{base}train: {{epochs: 1, batch_size: 64, grad_accumulation: 2}}"));
-    let (a, b) = (&full.trainer.net.layers[0].weight, &halves.trainer.net.layers[0].weight);
+    let (a, b) = (
+        &full.trainer.net.layers().next().unwrap().weight,
+        &halves.trainer.net.layers().next().unwrap().weight,
+    );
     let differ = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
     assert!(differ < 1e-3, "largest weight difference {differ}");
     let (single, _) = run_with(&format!("{base}train: {{epochs: 1, batch_size: 64}}"));
-    let apart =
-        a.iter().zip(&single.trainer.net.layers[0].weight).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    let apart = a
+        .iter()
+        .zip(&single.trainer.net.layers().next().unwrap().weight)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
     assert!(apart > 20.0 * differ, "without accumulation batch 64 takes other steps ({apart} vs {differ})");
 }
 
@@ -148,13 +154,13 @@ fn the_ema_is_what_evaluation_measures_and_swa_gets_its_own_evaluation() {
     let (_, recorded, _) = finished.trainer.evaluate(&data.test).unwrap();
     assert_eq!(recorded, epochs[2].test_acc, "evaluation uses the EMA");
     // The same network with the EMA moved into the weights evaluates identically.
-    for (layer, average) in finished.trainer.net.layers.iter_mut().zip(&ema) {
+    for (layer, average) in finished.trainer.net.layers_mut().zip(&ema) {
         layer.weight.clone_from(average);
     }
     let mut plain = finished.trainer.checkpoint(&epochs);
     plain.tensors.retain(|path, _| !path.starts_with("ema.") && !path.starts_with("swa."));
     finished.trainer.restore(&plain, &qatlab_plugins::builtin_registry()).unwrap();
-    for (layer, average) in finished.trainer.net.layers.iter_mut().zip(&ema) {
+    for (layer, average) in finished.trainer.net.layers_mut().zip(&ema) {
         layer.weight.clone_from(average);
     }
     assert_eq!(finished.trainer.evaluate(&data.test).unwrap().1, recorded);
@@ -180,7 +186,7 @@ fn progressive_precision_switches_quantizers_and_resumes_identically() {
                 train: {epochs: 3, quantizer_schedule: [{epoch: 1, quantizer: {name: int, bits: 4}}, \
                 {epoch: 2, quantizer: ternary}]}";
     let (finished, epochs) = run_with(yaml);
-    let levels: Vec<usize> = finished.trainer.net.layers.iter().map(|l| l.quantized.levels.len()).collect();
+    let levels: Vec<usize> = finished.trainer.net.layers().map(|l| l.quantized.levels.len()).collect();
     assert_eq!(levels, vec![3, 3], "ternary at the end");
     assert!(epochs[0].layers[0].entropy > 4.0, "8-bit codes in epoch 1: {}", epochs[0].layers[0].entropy);
     assert!(epochs[1].layers[0].entropy <= 4.0 && epochs[1].layers[0].entropy > 1.6, "4-bit in epoch 2");
@@ -209,7 +215,10 @@ fn progressive_precision_switches_quantizers_and_resumes_identically() {
     let mut keep = Keep(Vec::new());
     let resumed = single_threaded(|| train(&config, &registry, &data, &mut keep, second.0.as_ref())).unwrap();
     assert_eq!(keep.0, epochs, "resumed metrics equal the uninterrupted run's");
-    assert_eq!(resumed.trainer.net.layers[0].weight, finished.trainer.net.layers[0].weight);
+    assert_eq!(
+        resumed.trainer.net.layers().next().unwrap().weight,
+        finished.trainer.net.layers().next().unwrap().weight
+    );
 }
 
 #[test]
@@ -223,7 +232,8 @@ fn batch_norm_recalibration_changes_post_training_quantization() {
     // measured 88.71 % → 90.58 % for this run.
     assert!(a > 0.8 && b > a + 0.01, "re-estimated statistics raise ternary PTQ accuracy: {a} → {b}");
     assert_eq!(
-        plain.trainer.net.norm_stats, calibrated.trainer.net.norm_stats,
+        plain.trainer.net.running_stats_copy(),
+        calibrated.trainer.net.running_stats_copy(),
         "the trained statistics are put back"
     );
 }
@@ -234,9 +244,13 @@ fn a_small_depthwise_cnn_trains_and_resumes_identically() {
                 hidden: [16]}\ntrain: {epochs: 2}";
     let (finished, epochs) = run_with(yaml);
     assert!(epochs[1].test_acc > 0.9, "{}", epochs[1].test_acc);
-    let names: Vec<&str> = finished.trainer.net.layers.iter().map(|l| l.name.as_str()).collect();
+    let names: Vec<&str> = finished.trainer.net.layers().map(|l| l.name.as_str()).collect();
     assert_eq!(names, ["conv1", "conv2", "fc1", "fc2"]);
-    assert_eq!(finished.trainer.net.layers[2].shape.cols, 8 * 8 * 4, "pooled 16×16 map, 4 channels");
+    assert_eq!(
+        finished.trainer.net.layers().nth(2).unwrap().shape.cols,
+        8 * 8 * 4,
+        "pooled 16×16 map, 4 channels"
+    );
     // Resume from the first epoch's checkpoint: the same second epoch.
     let config = crate::config(yaml);
     let data = RunData::load(&config.data).unwrap();
@@ -270,7 +284,7 @@ fn bias_correction_changes_post_training_quantization_and_is_removed_after() {
     // 91.25 % → 90.63 % for this run.
     assert!(a > 0.8 && b < a && b > 0.8, "bias correction lowers 2-bit PTQ accuracy a little: {a} → {b}");
     assert!(
-        corrected.trainer.net.layers.iter().all(|l| l.bias.is_empty()),
+        corrected.trainer.net.layers().all(|l| l.bias.is_empty()),
         "biases exist only during the PTQ evaluation"
     );
 }

@@ -1,38 +1,124 @@
-//! The convolutional front-end: 3×3 convolutions (full or depthwise, stride 1, zero padding 1),
-//! per-sample absmax input quantization, the activation and 2×2 max-pooling, forward and
-//! backward, on the host.
+//! A 3×3 convolution (full or depthwise, stride 1, zero padding 1, no bias) of quantized
+//! weights, on the host.
 //!
 //! Why on the host: dfdx 0.13's convolution needs nightly Rust, and its gather walks a generic
 //! index per element, which at these sizes (≈5M gathered values per batch) costs more than the
-//! whole arithmetic. The front-end's output enters the dfdx graph as a leaf, exactly like the
-//! first fully connected layer's prepared input; the graph hands back ∂L/∂features and the
-//! backward here turns them into each filter's gradient. Maps are HWC per sample, so the inner
-//! loops run over contiguous channels and vectorise. The tests check every gradient against
-//! central finite differences of this forward pass.
+//! whole arithmetic. Convolutions read host values and write host values; the first linear op
+//! makes the result a graph leaf and hands ∂L/∂features back, and the backward here turns it into
+//! each filter's gradient. Maps are HWC per sample, so the inner loops run over contiguous
+//! channels and vectorise; images arrive channel-major (as datasets store them), so the first
+//! convolution of a colour image transposes them. The engine tests check every gradient against
+//! central finite differences.
 
 use qatlab_deploy::conv::tap;
+use qatlab_deploy::format::ConvSpec;
 
-use crate::nn::model::{quantize_activations, ConvGeom, Layer, Stage};
+use crate::nn::deploy::{Deployment, Node};
+use crate::nn::model::Layer;
+use crate::nn::op::{Back, Cx, Forward, Host, Mode, Op, Value};
+use crate::nn::params::{Param, ParamMut};
 
-/// What the backward pass needs from the forward pass, per layer.
-pub struct ConvCache {
-    layers: Vec<LayerCache>,
-    batch: usize,
+/// Where a convolution sits: its input map, channels and pooling. Its weights are
+/// `channels × (9·in_channels)` (full) or `channels × 9` (depthwise), tap-major.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeom {
+    /// Input height and width.
+    pub side: usize,
+    /// Input channels.
+    pub in_channels: usize,
+    /// Output channels.
+    pub channels: usize,
+    /// One filter per channel.
+    pub depthwise: bool,
 }
 
-struct LayerCache {
-    /// The layer's (quantized) input, `batch × side² × in_channels`.
+/// A convolution op.
+pub struct Conv {
+    /// Its weights (`channels × taps`) and quantizer.
+    pub layer: Layer,
+    /// Its geometry.
+    pub geom: ConvGeom,
+    /// Whether its input is channel-major (the image itself, with several channels).
+    pub channel_major_input: bool,
+}
+
+/// What the backward pass needs: the (HWC) input, and whether ∂L/∂input is wanted.
+struct Saved {
     input: Vec<f32>,
-    /// f′ of the activation at each output.
-    slope: Vec<f32>,
-    /// Per pooled output, the index of the map value it took (empty without pooling).
-    argmax: Vec<u32>,
+    wants_grad: bool,
+}
+
+impl<T: Mode> Forward<T> for Conv {
+    fn forward(&self, cx: &mut Cx, inputs: Vec<Value<T>>) -> Value<T> {
+        let g = &self.geom;
+        let (data, wants_grad) = match inputs.into_iter().next().expect("a convolution reads one value") {
+            Value::Host(h) => (h.data, h.wants_grad),
+            // no preset puts a convolution after a graph value; such an input is a constant
+            graph => (graph.to_host().0, false),
+        };
+        let input = if self.channel_major_input {
+            channels_last(&data, g.side * g.side, g.in_channels)
+        } else {
+            data
+        };
+        let z = convolve(&input, &tap_major(&self.layer.quantized.values, g), g, cx.batch);
+        if T::RECORDS {
+            cx.save::<T>(Saved { input, wants_grad });
+        }
+        Value::Host(Host { data: z, cols: g.side * g.side * g.channels, wants_grad: true })
+    }
+}
+
+impl Op for Conv {
+    fn tag(&self) -> &'static str {
+        "conv"
+    }
+
+    fn params(&self) -> Vec<Param<'_>> {
+        self.layer.params()
+    }
+
+    fn params_mut(&mut self) -> Vec<ParamMut<'_>> {
+        self.layer.params_mut()
+    }
+
+    fn backward(&mut self, mut back: Back) -> Vec<Option<Vec<f32>>> {
+        let (Some(saved), Some(grad_z)) = (back.take::<Saved>(), back.grad_out.take()) else {
+            return vec![None];
+        };
+        let g = &self.geom;
+        let batch = saved.input.len() / (g.side * g.side * g.in_channels);
+        let w = tap_major(&self.layer.quantized.values, g);
+        let (grad_w, grad_input) = convolve_backward(&saved.input, &w, &grad_z, g, batch, saved.wants_grad);
+        self.layer.grad_values = from_tap_major(&grad_w, g);
+        let grad_input = saved.wants_grad.then(|| {
+            if self.channel_major_input {
+                channels_first(&grad_input, g.side * g.side, g.in_channels)
+            } else {
+                grad_input
+            }
+        });
+        vec![grad_input]
+    }
+
+    fn layer(&self) -> Option<&Layer> {
+        Some(&self.layer)
+    }
+
+    fn layer_mut(&mut self) -> Option<&mut Layer> {
+        Some(&mut self.layer)
+    }
+
+    fn deploy<'a>(&'a self, node: &Node, out: &mut Deployment<'a>) -> Result<(), String> {
+        let g = self.geom;
+        let spec = ConvSpec { side: g.side, in_channels: g.in_channels, depthwise: g.depthwise, pool: false };
+        out.layer(node, &self.layer, Some(spec))
+    }
 }
 
 /// Weights as `[tap][in][out]` (full) or `[tap][channel]` (depthwise), so the innermost loops
 /// run over contiguous output channels.
-fn tap_major(layer: &Layer, g: &ConvGeom) -> Vec<f32> {
-    let w = &layer.quantized.values;
+fn tap_major(w: &[f32], g: &ConvGeom) -> Vec<f32> {
     let taps_in = if g.depthwise { 1 } else { g.in_channels };
     let mut out = vec![0.0; w.len()];
     for co in 0..g.channels {
@@ -45,32 +131,6 @@ fn tap_major(layer: &Layer, g: &ConvGeom) -> Vec<f32> {
     out
 }
 
-/// Run the convolution layers (the leading `layers` that have a geometry) on `batch` images
-/// `x` (`batch × channels × side²`, channel-major); returns the flattened features and the cache for [`backward`].
-pub fn forward(layers: &[Layer], stage: &Stage, x: &[f32], batch: usize) -> (Vec<f32>, ConvCache) {
-    let mut current = match layers.first().and_then(|l| l.conv) {
-        // images arrive channel-major (as datasets store them); the maps here are HWC
-        Some(g) if g.in_channels > 1 => channels_last(x, g.side * g.side, g.in_channels),
-        _ => x.to_vec(),
-    };
-    let mut caches = Vec::new();
-    for layer in layers {
-        let g = layer.conv.expect("convolution layers come first");
-        let features = g.side * g.side * g.in_channels;
-        let mut input = current.clone();
-        if let Some(bits) = layer.activation_bits {
-            quantize_activations(&current, features, bits, &mut input);
-        }
-        let z = convolve(&input, &tap_major(layer, &g), &g, batch);
-        let (mut y, mut slope) = (vec![0.0; z.len()], vec![0.0; z.len()]);
-        stage.activation.apply_rows(&z, g.side * g.side * g.channels, &mut y, &mut slope);
-        let (out, argmax) = if g.pool { max_pool(&y, &g, batch) } else { (y, Vec::new()) };
-        caches.push(LayerCache { input, slope, argmax });
-        current = out;
-    }
-    (current, ConvCache { layers: caches, batch })
-}
-
 /// Each sample of `x` (`channels` planes of `pixels`) as pixels of `channels` values.
 fn channels_last(x: &[f32], pixels: usize, channels: usize) -> Vec<f32> {
     let mut out = vec![0.0; x.len()];
@@ -78,6 +138,19 @@ fn channels_last(x: &[f32], pixels: usize, channels: usize) -> Vec<f32> {
         for (c, plane) in sample.chunks_exact(pixels).enumerate() {
             for (p, &v) in plane.iter().enumerate() {
                 into[p * channels + c] = v;
+            }
+        }
+    }
+    out
+}
+
+/// The inverse of [`channels_last`].
+fn channels_first(x: &[f32], pixels: usize, channels: usize) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    for (sample, into) in x.chunks_exact(pixels * channels).zip(out.chunks_exact_mut(pixels * channels)) {
+        for (p, pixel) in sample.chunks_exact(channels).enumerate() {
+            for (c, &v) in pixel.iter().enumerate() {
+                into[c * pixels + p] = v;
             }
         }
     }
@@ -175,60 +248,6 @@ fn convolve(input: &[f32], w: &[f32], g: &ConvGeom, batch: usize) -> Vec<f32> {
         }
     }
     z
-}
-
-/// 2×2 max-pooling with stride 2 of `batch` HWC maps; ties take the first (row-major) value,
-/// so exactly one input receives each gradient.
-fn max_pool(y: &[f32], g: &ConvGeom, batch: usize) -> (Vec<f32>, Vec<u32>) {
-    let (side, c) = (g.side, g.channels);
-    let half = side / 2;
-    let mut out = vec![0.0f32; batch * half * half * c];
-    let mut argmax = vec![0u32; out.len()];
-    for b in 0..batch {
-        let base = b * side * side * c;
-        for i in 0..half {
-            for j in 0..half {
-                let o = ((b * half + i) * half + j) * c;
-                let (best, index) = (&mut out[o..o + c], &mut argmax[o..o + c]);
-                let first = base + (2 * i * side + 2 * j) * c;
-                best.copy_from_slice(&y[first..first + c]);
-                index.iter_mut().enumerate().for_each(|(ch, x)| *x = (first + ch) as u32);
-                for (dy, dx) in [(0, 1), (1, 0), (1, 1)] {
-                    let start = base + ((2 * i + dy) * side + 2 * j + dx) * c;
-                    for ch in 0..c {
-                        if y[start + ch] > best[ch] {
-                            best[ch] = y[start + ch];
-                            index[ch] = (start + ch) as u32;
-                        }
-                    }
-                }
-            }
-        }
-    }
-    (out, argmax)
-}
-
-/// Given ∂L/∂features, write each convolution's ∂L/∂ŵ into its `grad_values` (weights in their
-/// stored `channels × taps` layout). Input quantization passes gradients straight through.
-pub fn backward(layers: &mut [Layer], cache: &ConvCache, grad_features: &[f32]) {
-    let batch = cache.batch;
-    let mut grad = grad_features.to_vec();
-    for (l, layer) in layers.iter_mut().enumerate().rev() {
-        let g = layer.conv.expect("convolution layers come first");
-        let c = &cache.layers[l];
-        let mut grad_z = if g.pool {
-            let mut full = vec![0.0f32; c.slope.len()];
-            c.argmax.iter().zip(&grad).for_each(|(&i, &d)| full[i as usize] += d);
-            full
-        } else {
-            grad
-        };
-        grad_z.iter_mut().zip(&c.slope).for_each(|(d, s)| *d *= s);
-        let w = tap_major(layer, &g);
-        let (grad_w, grad_input) = convolve_backward(&c.input, &w, &grad_z, &g, batch, l > 0);
-        layer.grad_values = from_tap_major(&grad_w, &g);
-        grad = grad_input;
-    }
 }
 
 /// ∂L/∂w (tap-major) and, when `need_input`, ∂L/∂input of one convolution, with the same row

@@ -1,0 +1,118 @@
+//! A quantized fully connected layer without bias: y = x·Ŵᵀ, Ŵ the quantizer's output.
+//!
+//! Its weights enter the tape as a leaf of fake-quantized values; the backward pass yields
+//! ∂L/∂Ŵ, which the trainer hands to the quantizer's straight-through backward. When its input
+//! is a host value (the first layer reads the constant network input), the product is computed
+//! off the tape and becomes a leaf itself: ∂L/∂Ŵ = Gᵀ·x is then one matmul, and ∂L/∂x = G·Ŵ
+//! another, computed only when an op upstream has parameters.
+
+use dfdx::prelude::*;
+use qatlab_deploy::kernel::transpose;
+
+use crate::nn::deploy::{Deployment, Node};
+use crate::nn::model::Layer;
+use crate::nn::op::{host, Back, Cx, Forward, Mat, Mode, Op, Value};
+use crate::nn::params::{Param, ParamMut};
+
+/// A quantized linear op.
+pub struct Linear {
+    /// Its weights and quantizer.
+    pub layer: Layer,
+}
+
+/// What the backward pass needs.
+enum Saved {
+    /// Host input `x` and the product `z` that became a leaf.
+    Host { x: Mat, z: Mat, wants_grad: bool },
+    /// The weight leaf (transposed, `cols × rows`).
+    Graph { w: Mat },
+}
+
+impl Linear {
+    /// The fake-quantized weights transposed to `inputs × outputs`, so the matmul reads its
+    /// right operand contiguously.
+    fn weight_t(&self, dev: &Cpu) -> Mat {
+        let s = self.layer.shape;
+        dev.tensor_from_vec(transpose(&self.layer.quantized.values, s.rows, s.cols), (s.cols, s.rows))
+    }
+
+    /// z plus the output bias, when there is one (post-training bias correction).
+    fn add_bias<T: Mode>(&self, dev: &Cpu, z: Mat<T>) -> Mat<T> {
+        if self.layer.bias.is_empty() {
+            return z;
+        }
+        let shape = *z.shape();
+        z + dev.tensor_from_vec(self.layer.bias.clone(), (shape.1,)).broadcast_like::<_, Axis<0>>(&shape)
+    }
+}
+
+impl<T: Mode> Forward<T> for Linear {
+    fn forward(&self, cx: &mut Cx, inputs: Vec<Value<T>>) -> Value<T> {
+        let name = &self.layer.name;
+        match inputs.into_iter().next().expect("a linear op reads one value") {
+            Value::Host(h) => {
+                let x = cx.dev.tensor_from_vec(h.data, (cx.batch, h.cols));
+                if let Some(collected) = &mut cx.layer_inputs {
+                    collected.push((name.clone(), host(&x)));
+                }
+                let z = self.add_bias(cx.dev, x.clone().matmul(self.weight_t(cx.dev)));
+                cx.save::<T>(Saved::Host { x, z: z.clone(), wants_grad: h.wants_grad });
+                Value::Graph(T::leaf(z))
+            }
+            Value::Graph(h) => {
+                let w = self.weight_t(cx.dev);
+                cx.save::<T>(Saved::Graph { w: w.clone() });
+                if let Some(collected) = &mut cx.layer_inputs {
+                    collected.push((name.clone(), host(&h)));
+                }
+                Value::Graph(self.add_bias(cx.dev, h.matmul(T::leaf(w))))
+            }
+        }
+    }
+}
+
+impl Op for Linear {
+    fn tag(&self) -> &'static str {
+        "linear"
+    }
+
+    fn params(&self) -> Vec<Param<'_>> {
+        self.layer.params()
+    }
+
+    fn params_mut(&mut self) -> Vec<ParamMut<'_>> {
+        self.layer.params_mut()
+    }
+
+    fn backward(&mut self, mut back: Back) -> Vec<Option<Vec<f32>>> {
+        let s = self.layer.shape;
+        match back.take::<Saved>() {
+            Some(Saved::Host { x, z, wants_grad }) => {
+                let g = back.grads.get(&z);
+                let grad_x = wants_grad.then(|| {
+                    let w = back.dev.tensor_from_vec(self.layer.quantized.values.clone(), (s.rows, s.cols));
+                    host(&g.clone().matmul(w))
+                });
+                self.layer.grad_values = host(&g.permute::<_, Axes2<1, 0>>().matmul(x));
+                vec![grad_x]
+            }
+            Some(Saved::Graph { w }) => {
+                self.layer.grad_values = transpose(&host(&back.grads.get(&w)), s.cols, s.rows);
+                vec![None]
+            }
+            None => vec![None],
+        }
+    }
+
+    fn layer(&self) -> Option<&Layer> {
+        Some(&self.layer)
+    }
+
+    fn layer_mut(&mut self) -> Option<&mut Layer> {
+        Some(&mut self.layer)
+    }
+
+    fn deploy<'a>(&'a self, node: &Node, out: &mut Deployment<'a>) -> Result<(), String> {
+        out.layer(node, &self.layer, None)
+    }
+}

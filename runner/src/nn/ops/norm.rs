@@ -1,0 +1,256 @@
+//! Normalisation of a layer's input: RMS, layer or batch norm, with an optional learned gain and
+//! bias (`model.norm_affine`).
+//!
+//! On host values (the network input, a convolution's output) the norm runs on the host and,
+//! when an op upstream needs it, its backward is computed here; on the tape dfdx differentiates
+//! it. Batch norm normalises with the batch's statistics in training passes (recording them so
+//! the running statistics follow, with PyTorch's momentum) and with the running ones otherwise.
+
+use dfdx::prelude::*;
+use qatlab_core::config::Norm;
+use qatlab_deploy::format::NormKind;
+
+use crate::nn::deploy::{Deployment, Node};
+use crate::nn::model::{
+    layer_norm_rows, rms_norm_rows, BatchStats, RunningStats, BATCH_NORM_EPS, LAYER_NORM_EPS, RMS_EPS,
+};
+use crate::nn::op::{host, Back, Cx, Forward, Host, Mat, Mode, Op, Pass, Row, Value};
+use crate::nn::params::{Param, ParamKind, ParamMut};
+
+/// A norm op over `features` values per sample.
+pub struct NormOp {
+    /// Which norm (never `Norm::None`: a preset leaves the op out instead).
+    pub kind: Norm,
+    /// The learned gain (empty without an affine).
+    pub gain: Vec<f32>,
+    /// The learned bias (empty without an affine).
+    pub bias: Vec<f32>,
+    /// ∂L/∂gain.
+    pub grad_gain: Vec<f32>,
+    /// ∂L/∂bias.
+    pub grad_bias: Vec<f32>,
+    /// Running statistics (batch norm).
+    pub running: RunningStats,
+}
+
+impl NormOp {
+    /// A norm of `features` inputs; `affine` adds a gain of 1 and a bias of 0.
+    pub fn new(kind: Norm, features: usize, affine: bool) -> Self {
+        let init = |v: f32| if affine { vec![v; features] } else { Vec::new() };
+        Self {
+            kind,
+            gain: init(1.0),
+            bias: init(0.0),
+            grad_gain: Vec::new(),
+            grad_bias: Vec::new(),
+            running: RunningStats::new(features),
+        }
+    }
+}
+
+/// What the backward pass needs.
+enum Saved {
+    /// Host input: the input before the norm (when upstream wants ∂L/∂x), the normalised values
+    /// before the affine (when there is one), and the batch statistics used (batch norm).
+    Host { x: Option<Vec<f32>>, normalised: Option<Vec<f32>>, cols: usize, stats: Option<BatchStats> },
+    /// Graph input: the gain and bias leaves.
+    Graph { gain: Row, bias: Row },
+}
+
+impl<T: Mode> Forward<T> for NormOp {
+    fn forward(&self, cx: &mut Cx, inputs: Vec<Value<T>>) -> Value<T> {
+        match inputs.into_iter().next().expect("a norm reads one value") {
+            Value::Host(h) => self.forward_host::<T>(cx, h),
+            Value::Graph(x) => {
+                let mut h = match (self.kind, cx.pass) {
+                    (Norm::Batch, Pass::Train { .. }) => {
+                        cx.batch_stats.push(BatchStats::of(&host(&x), x.shape().1));
+                        x.normalize::<Axis<0>>(BATCH_NORM_EPS)
+                    }
+                    (Norm::Batch, Pass::Eval) => self.normalize_with_running(cx.dev, x),
+                    (Norm::Layer, _) => x.normalize::<Axis<1>>(LAYER_NORM_EPS),
+                    (Norm::Rms, _) => {
+                        let shape = *x.shape();
+                        let mean_square = x.retaped::<T>().square().mean::<(usize,), Axis<1>>();
+                        let inv_rms = (mean_square + RMS_EPS).sqrt().recip();
+                        x * inv_rms.broadcast_like::<_, Axis<1>>(&shape)
+                    }
+                    (Norm::None, _) => x,
+                };
+                if !self.gain.is_empty() {
+                    let shape = *h.shape();
+                    let gain = cx.dev.tensor_from_vec(self.gain.clone(), (shape.1,));
+                    let bias = cx.dev.tensor_from_vec(self.bias.clone(), (shape.1,));
+                    cx.save::<T>(Saved::Graph { gain: gain.clone(), bias: bias.clone() });
+                    h = h * T::leaf1(gain).broadcast_like::<_, Axis<0>>(&shape)
+                        + T::leaf1(bias).broadcast_like::<_, Axis<0>>(&shape);
+                }
+                Value::Graph(h)
+            }
+        }
+    }
+}
+
+impl NormOp {
+    fn forward_host<T: Mode>(&self, cx: &mut Cx, h: Host) -> Value<T> {
+        let cols = h.cols;
+        let x = h.wants_grad.then(|| h.data.clone());
+        let mut data = h.data;
+        let mut stats = None;
+        match (self.kind, cx.pass) {
+            (Norm::Batch, Pass::Eval) => {
+                BatchStats::normalise(&mut data, &self.running.mean, &self.running.var)
+            }
+            (Norm::Batch, Pass::Train { .. }) => {
+                let b = BatchStats::of(&data, cols);
+                BatchStats::normalise(&mut data, &b.mean, &b.var);
+                stats = Some(b.clone());
+                cx.batch_stats.push(b);
+            }
+            (Norm::Rms, _) => rms_norm_rows(&mut data, cols),
+            (Norm::Layer, _) => layer_norm_rows(&mut data, cols),
+            (Norm::None, _) => {}
+        }
+        let normalised = (!self.gain.is_empty()).then(|| data.clone());
+        if normalised.is_some() {
+            for row in data.chunks_exact_mut(cols) {
+                row.iter_mut().zip(&self.gain).zip(&self.bias).for_each(|((v, g), b)| *v = *v * g + b);
+            }
+        }
+        let wants_grad = h.wants_grad || normalised.is_some();
+        cx.save::<T>(Saved::Host { x, normalised, cols, stats });
+        Value::Host(Host { data, cols, wants_grad })
+    }
+
+    /// (x − mean)/sqrt(var + ε) per feature with the running statistics.
+    fn normalize_with_running<T: Mode>(&self, dev: &Cpu, x: Mat<T>) -> Mat<T> {
+        let shape = *x.shape();
+        let inv: Vec<f32> = self.running.var.iter().map(|v| 1.0 / (v + BATCH_NORM_EPS).sqrt()).collect();
+        let shift: Vec<f32> = self.running.mean.iter().zip(&inv).map(|(m, i)| -m * i).collect();
+        let inv = dev.tensor_from_vec(inv, (shape.1,)).broadcast_like::<_, Axis<0>>(&shape);
+        let shift = dev.tensor_from_vec(shift, (shape.1,)).broadcast_like::<_, Axis<0>>(&shape);
+        x * inv + shift
+    }
+
+    /// ∂L/∂x of the host norm from ∂L/∂y (before the affine), `x` the input.
+    fn input_grad(&self, x: &[f32], mut grad: Vec<f32>, cols: usize, stats: Option<&BatchStats>) -> Vec<f32> {
+        let n = cols as f32;
+        match self.kind {
+            // y = x·r, r = (mean x² + ε)^(−1/2): ∂L/∂x = r·(g − y·mean(g·y))
+            Norm::Rms => {
+                for (row, g) in x.chunks_exact(cols).zip(grad.chunks_exact_mut(cols)) {
+                    let r = 1.0 / (row.iter().map(|v| v * v).sum::<f32>() / n + RMS_EPS).sqrt();
+                    let mean: f32 = row.iter().zip(g.iter()).map(|(x, d)| x * r * d).sum::<f32>() / n;
+                    g.iter_mut().zip(row).for_each(|(d, x)| *d = r * (*d - x * r * mean));
+                }
+            }
+            // y = (x − μ)·r: ∂L/∂x = r·(g − mean(g) − y·mean(g·y)), per sample
+            Norm::Layer => {
+                for (row, g) in x.chunks_exact(cols).zip(grad.chunks_exact_mut(cols)) {
+                    let mu = row.iter().sum::<f32>() / n;
+                    let var = row.iter().map(|v| (v - mu) * (v - mu)).sum::<f32>() / n;
+                    let r = 1.0 / (var + LAYER_NORM_EPS).sqrt();
+                    let mean_g = g.iter().sum::<f32>() / n;
+                    let mean_gy = row.iter().zip(g.iter()).map(|(x, d)| (x - mu) * r * d).sum::<f32>() / n;
+                    g.iter_mut().zip(row).for_each(|(d, x)| *d = r * (*d - mean_g - (x - mu) * r * mean_gy));
+                }
+            }
+            // the same per feature over the batch, with the batch's statistics (training)
+            Norm::Batch => {
+                let Some(stats) = stats else { return grad };
+                let rows = x.len() / cols;
+                for j in 0..cols {
+                    let r = 1.0 / (stats.var[j] + BATCH_NORM_EPS).sqrt();
+                    let (mut mean_g, mut mean_gy) = (0.0f32, 0.0f32);
+                    for i in 0..rows {
+                        mean_g += grad[i * cols + j] / rows as f32;
+                        mean_gy += grad[i * cols + j] * (x[i * cols + j] - stats.mean[j]) * r / rows as f32;
+                    }
+                    for i in 0..rows {
+                        let y = (x[i * cols + j] - stats.mean[j]) * r;
+                        grad[i * cols + j] = r * (grad[i * cols + j] - mean_g - y * mean_gy);
+                    }
+                }
+            }
+            Norm::None => {}
+        }
+        grad
+    }
+}
+
+impl Op for NormOp {
+    fn tag(&self) -> &'static str {
+        "norm"
+    }
+
+    fn params(&self) -> Vec<Param<'_>> {
+        if self.gain.is_empty() {
+            return Vec::new();
+        }
+        vec![
+            Param::vector("gain", ParamKind::NormParam, &self.gain),
+            Param::vector("bias", ParamKind::NormParam, &self.bias),
+        ]
+    }
+
+    fn params_mut(&mut self) -> Vec<ParamMut<'_>> {
+        if self.gain.is_empty() {
+            return Vec::new();
+        }
+        vec![
+            ParamMut::of("gain", ParamKind::NormParam, &mut self.gain, &mut self.grad_gain),
+            ParamMut::of("bias", ParamKind::NormParam, &mut self.bias, &mut self.grad_bias),
+        ]
+    }
+
+    fn backward(&mut self, mut back: Back) -> Vec<Option<Vec<f32>>> {
+        match back.take::<Saved>() {
+            Some(Saved::Graph { gain, bias }) => {
+                self.grad_gain = back.grads.get(&gain).as_vec();
+                self.grad_bias = back.grads.get(&bias).as_vec();
+                vec![None]
+            }
+            Some(Saved::Host { x, normalised, cols, stats }) => {
+                let Some(mut grad) = back.grad_out.take() else { return vec![None] };
+                if let Some(normalised) = normalised {
+                    let (mut gain, mut bias) = (vec![0.0f32; cols], vec![0.0f32; cols]);
+                    for (row, g) in normalised.chunks_exact(cols).zip(grad.chunks_exact(cols)) {
+                        for j in 0..cols {
+                            gain[j] += row[j] * g[j];
+                            bias[j] += g[j];
+                        }
+                    }
+                    (self.grad_gain, self.grad_bias) = (gain, bias);
+                    if x.is_some() {
+                        grad.chunks_exact_mut(cols)
+                            .for_each(|g| g.iter_mut().zip(&self.gain).for_each(|(d, a)| *d *= a));
+                    }
+                }
+                vec![x.map(|x| self.input_grad(&x, grad, cols, stats.as_ref()))]
+            }
+            None => vec![None],
+        }
+    }
+
+    fn running_stats(&self) -> Option<&RunningStats> {
+        (self.kind == Norm::Batch).then_some(&self.running)
+    }
+
+    fn running_stats_mut(&mut self) -> Option<&mut RunningStats> {
+        (self.kind == Norm::Batch).then_some(&mut self.running)
+    }
+
+    fn deploy<'a>(&'a self, node: &Node, out: &mut Deployment<'a>) -> Result<(), String> {
+        if !self.gain.is_empty() {
+            return Err("a learned gain and bias do not deploy".into());
+        }
+        match self.kind {
+            Norm::Rms => out.annotate_norm(node, NormKind::Rms),
+            Norm::None => {
+                out.alias(node);
+                Ok(())
+            }
+            other => Err(format!("{other:?} norm does not deploy; the kernels support rms and none")),
+        }
+    }
+}
