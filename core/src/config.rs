@@ -218,6 +218,11 @@ pub struct ModelConfig {
     /// (PyTorch's `elementwise_affine`), initialised to 1 and 0.
     #[serde(skip_serializing_if = "is_false")]
     pub norm_affine: bool,
+    /// Dropout probability after every hidden activation (0: none). Masks are drawn from
+    /// (`train.seed`, step, layer path), so a resumed run draws the same ones; evaluation keeps
+    /// every value.
+    #[serde(skip_serializing_if = "is_zero_f64")]
+    pub dropout: f64,
 }
 
 /// A model family (`model.kind`).
@@ -408,6 +413,7 @@ impl Default for ModelConfig {
             layers: Default::default(),
             conv: Vec::new(),
             norm_affine: false,
+            dropout: 0.0,
         }
     }
 }
@@ -841,6 +847,9 @@ impl RunConfig {
         }
         if let Err(e) = self.model.check_conv(self.data.image_size) {
             problems.push(e);
+        }
+        if !(0.0..1.0).contains(&self.model.dropout) {
+            problems.push(format!("model.dropout: a probability in [0, 1), got {}", self.model.dropout));
         }
         if self.model.norm_affine && self.model.norm != Norm::Layer {
             problems.push(format!(

@@ -10,6 +10,7 @@ pub mod act_quant;
 pub mod activation;
 pub mod add;
 pub mod conv;
+pub mod dropout;
 pub mod linear;
 pub mod max_pool;
 pub mod norm;
@@ -24,4 +25,4 @@ pub type AfterActivation = fn(config: &RunConfig, path: &str) -> Option<(&'stati
 
 /// The ops placed after every hidden activation of the presets, in order, each named
 /// `<layer>.<suffix>` by the suffix it returns.
-pub const AFTER_ACTIVATION: &[AfterActivation] = &[];
+pub const AFTER_ACTIVATION: &[AfterActivation] = &[dropout::after_activation];
