@@ -181,6 +181,16 @@ impl Back<'_> {
     pub fn take<S: 'static>(&mut self) -> Option<S> {
         self.saved.take().and_then(|s| s.downcast::<S>().ok()).map(|s| *s)
     }
+
+    /// The backward pass of an elementwise op whose forward pass saved its derivative per value
+    /// (a `Vec<f32>`): ∂L/∂input = ∂L/∂output · derivative, for its one input.
+    pub fn times_saved_derivative(mut self) -> Vec<Option<Vec<f32>>> {
+        let (Some(derivative), Some(mut grad)) = (self.take::<Vec<f32>>(), self.grad_out.take()) else {
+            return vec![None];
+        };
+        grad.iter_mut().zip(&derivative).for_each(|(g, d)| *g *= d);
+        vec![Some(grad)]
+    }
 }
 
 /// One op's forward pass in tape mode `T`. Ops implement it once, generically over `T`.
@@ -194,13 +204,14 @@ pub trait Forward<T: Mode> {
 pub trait Op: Forward<NoneTape> + Forward<Taped> + Send {
     /// The op's tag (`linear`, `norm`, `dropout`, …), for messages.
     fn tag(&self) -> &'static str;
-    /// Its parameters, path suffixes relative to the node.
+    /// Its parameters, path suffixes relative to the node (by default its quantized weight
+    /// tensor's, if it has one).
     fn params(&self) -> Vec<Param<'_>> {
-        Vec::new()
+        self.layer().map_or(Vec::new(), Layer::params)
     }
     /// Its parameters with their gradients.
     fn params_mut(&mut self) -> Vec<ParamMut<'_>> {
-        Vec::new()
+        self.layer_mut().map_or(Vec::new(), Layer::params_mut)
     }
     /// Write parameter gradients from a training pass, and return ∂L/∂ of each host input
     /// that wants one (None elsewhere).

@@ -208,6 +208,34 @@ fn unsupported_runs_and_bad_files_are_clear_errors() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("cannot deploy: fc1 is not quantized (quantizer `none`)"), "{}", text(&out));
 
+    // An op the runtime cannot run fails the export with the op's path and tag.
+    std::fs::write(
+        dir.path().join("ops.yaml"),
+        "name: ops\nquantizer: ternary\ndata: {image_size: 8}\nmodel: {hidden: [16]}\ntrain: {epochs: 1}\n\
+         sweep:\n  zip:\n    - model.norm: [layer, rms]\n      model.norm_affine: [true, false]\n      model.activation: [relu, gelu]\n",
+    )
+    .unwrap();
+    assert!(qat(&["run", "ops.yaml", "-q", "--jobs", "2"], dir.path()).status.success());
+    let mut messages: Vec<String> = run_dirs(dir.path(), "ops")
+        .iter()
+        .map(|run| {
+            let out = qat(&["export", run.to_str().unwrap(), "-o", "m.qat"], dir.path());
+            assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+            text(&out)
+        })
+        .collect();
+    messages.sort_by_key(|m| !m.contains("fc1.act"));
+    assert!(
+        messages[0].contains("cannot deploy: fc1.act (activation): the kernels support relu only"),
+        "{}",
+        messages[0]
+    );
+    assert!(
+        messages[1].contains("cannot deploy: fc1.norm (norm): a learned gain and bias do not deploy"),
+        "{}",
+        messages[1]
+    );
+
     let out = qat(&["export", "results/nothing-here", "-o", "m.qat"], dir.path());
     assert!(text(&out).contains("no config.yaml"), "{}", text(&out));
 

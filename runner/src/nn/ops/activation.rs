@@ -56,12 +56,8 @@ impl Op for ActivationOp {
         "activation"
     }
 
-    fn backward(&mut self, mut back: Back) -> Vec<Option<Vec<f32>>> {
-        let (Some(slope), Some(mut grad)) = (back.take::<Vec<f32>>(), back.grad_out.take()) else {
-            return vec![None];
-        };
-        grad.iter_mut().zip(&slope).for_each(|(d, s)| *d *= s);
-        vec![Some(grad)]
+    fn backward(&mut self, back: Back) -> Vec<Option<Vec<f32>>> {
+        back.times_saved_derivative()
     }
 
     fn deploy<'a>(&'a self, node: &Node, out: &mut Deployment<'a>) -> Result<(), String> {

@@ -12,11 +12,11 @@
 
 use qatlab_deploy::conv::tap;
 use qatlab_deploy::format::ConvSpec;
+use qatlab_deploy::kernel::transpose;
 
 use crate::nn::deploy::{Deployment, Node};
 use crate::nn::model::Layer;
 use crate::nn::op::{Back, Cx, Forward, Host, Mode, Op, Value};
-use crate::nn::params::{Param, ParamMut};
 
 /// Where a convolution sits: its input map, channels and pooling. Its weights are
 /// `channels × (9·in_channels)` (full) or `channels × 9` (depthwise), tap-major.
@@ -74,14 +74,6 @@ impl Op for Conv {
         "conv"
     }
 
-    fn params(&self) -> Vec<Param<'_>> {
-        self.layer.params()
-    }
-
-    fn params_mut(&mut self) -> Vec<ParamMut<'_>> {
-        self.layer.params_mut()
-    }
-
     fn backward(&mut self, mut back: Back) -> Vec<Option<Vec<f32>>> {
         let (Some(saved), Some(grad_z)) = (back.take::<Saved>(), back.grad_out.take()) else {
             return vec![None];
@@ -133,28 +125,12 @@ fn tap_major(w: &[f32], g: &ConvGeom) -> Vec<f32> {
 
 /// Each sample of `x` (`channels` planes of `pixels`) as pixels of `channels` values.
 fn channels_last(x: &[f32], pixels: usize, channels: usize) -> Vec<f32> {
-    let mut out = vec![0.0; x.len()];
-    for (sample, into) in x.chunks_exact(pixels * channels).zip(out.chunks_exact_mut(pixels * channels)) {
-        for (c, plane) in sample.chunks_exact(pixels).enumerate() {
-            for (p, &v) in plane.iter().enumerate() {
-                into[p * channels + c] = v;
-            }
-        }
-    }
-    out
+    x.chunks_exact(pixels * channels).flat_map(|sample| transpose(sample, channels, pixels)).collect()
 }
 
 /// The inverse of [`channels_last`].
 fn channels_first(x: &[f32], pixels: usize, channels: usize) -> Vec<f32> {
-    let mut out = vec![0.0; x.len()];
-    for (sample, into) in x.chunks_exact(pixels * channels).zip(out.chunks_exact_mut(pixels * channels)) {
-        for (p, pixel) in sample.chunks_exact(channels).enumerate() {
-            for (c, &v) in pixel.iter().enumerate() {
-                into[c * pixels + p] = v;
-            }
-        }
-    }
-    out
+    x.chunks_exact(pixels * channels).flat_map(|sample| transpose(sample, pixels, channels)).collect()
 }
 
 /// For tap k and output row y: the source row and the output columns x0..x1 whose source

@@ -68,12 +68,8 @@ impl Op for Dropout {
         "dropout"
     }
 
-    fn backward(&mut self, mut back: Back) -> Vec<Option<Vec<f32>>> {
-        let (Some(mask), Some(mut grad)) = (back.take::<Vec<f32>>(), back.grad_out.take()) else {
-            return vec![None];
-        };
-        grad.iter_mut().zip(&mask).for_each(|(g, m)| *g *= m);
-        vec![Some(grad)]
+    fn backward(&mut self, back: Back) -> Vec<Option<Vec<f32>>> {
+        back.times_saved_derivative()
     }
 
     fn deploy<'a>(&'a self, node: &Node, out: &mut Deployment<'a>) -> Result<(), String> {

@@ -12,7 +12,6 @@ use qatlab_deploy::kernel::transpose;
 use crate::nn::deploy::{Deployment, Node};
 use crate::nn::model::Layer;
 use crate::nn::op::{host, Back, Cx, Forward, Mat, Mode, Op, Value};
-use crate::nn::params::{Param, ParamMut};
 
 /// A quantized linear op.
 pub struct Linear {
@@ -74,14 +73,6 @@ impl<T: Mode> Forward<T> for Linear {
 impl Op for Linear {
     fn tag(&self) -> &'static str {
         "linear"
-    }
-
-    fn params(&self) -> Vec<Param<'_>> {
-        self.layer.params()
-    }
-
-    fn params_mut(&mut self) -> Vec<ParamMut<'_>> {
-        self.layer.params_mut()
     }
 
     fn backward(&mut self, mut back: Back) -> Vec<Option<Vec<f32>>> {
