@@ -186,9 +186,11 @@ impl Residual {
     }
 }
 
-/// The fully connected network: input → hidden widths → classes.
+/// The model: its family (`kind`) and that family's keys. Keys left out take the family's
+/// defaults (an MLP normalises with RMS and quantizes activations to 8 bits; a transformer uses
+/// LayerNorm and float activations, as nanoGPT).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(try_from = "RawModelConfig")]
 pub struct ModelConfig {
     /// The model family: the preset that expands this config into a graph of ops.
     #[serde(skip_serializing_if = "ModelKind::is_default")]
@@ -223,6 +225,166 @@ pub struct ModelConfig {
     /// every value.
     #[serde(skip_serializing_if = "is_zero_f64")]
     pub dropout: f64,
+    /// The transformer's shape (`kind: transformer` only).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub transformer: Option<TransformerConfig>,
+}
+
+/// The shape of a decoder-only transformer language model (`model.kind: transformer`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransformerConfig {
+    /// Blocks.
+    pub depth: usize,
+    /// Attention heads per block (`width` must be a multiple).
+    pub heads: usize,
+    /// Model width (embedding size).
+    pub width: usize,
+    /// Context length in tokens.
+    pub context: usize,
+    /// The feed-forward block.
+    pub mlp: MlpConfig,
+    /// Position encoding.
+    pub position: Position,
+    /// Whether the output head reuses the token embedding (stored once).
+    pub tie_embeddings: bool,
+}
+
+/// A transformer block's feed-forward network.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MlpConfig {
+    /// Hidden width as a multiple of the model width.
+    pub ratio: usize,
+    /// Its activation (a registered activation plugin).
+    pub activation: PluginSpec,
+}
+
+impl Default for MlpConfig {
+    fn default() -> Self {
+        Self { ratio: 4, activation: PluginSpec::named("gelu") }
+    }
+}
+
+/// How a transformer knows where a token is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Position {
+    /// A learned embedding per position, added to the token embedding (GPT-2, nanoGPT).
+    #[default]
+    Learned,
+}
+
+/// [`ModelConfig`] as written: every key optional, so defaults can depend on `kind`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModelConfig {
+    #[serde(default)]
+    kind: ModelKind,
+    hidden: Option<Vec<usize>>,
+    norm: Option<Norm>,
+    #[serde(default, deserialize_with = "present")]
+    activation_bits: Option<Option<u32>>,
+    activation: Option<PluginSpec>,
+    residual: Option<Residual>,
+    #[serde(default)]
+    layers: std::collections::BTreeMap<String, LayerOverride>,
+    conv: Option<Vec<ConvSpec>>,
+    norm_affine: Option<bool>,
+    #[serde(default)]
+    dropout: f64,
+    depth: Option<usize>,
+    heads: Option<usize>,
+    width: Option<usize>,
+    context: Option<usize>,
+    mlp: Option<MlpConfig>,
+    position: Option<Position>,
+    tie_embeddings: Option<bool>,
+}
+
+impl TryFrom<RawModelConfig> for ModelConfig {
+    type Error = String;
+
+    fn try_from(raw: RawModelConfig) -> Result<Self, String> {
+        let mlp = ModelConfig::default();
+        let only = |present: bool, key: &str, kind: &str| {
+            if present {
+                Err(format!("model.{key}: not a key of model.kind {kind}; remove it"))
+            } else {
+                Ok(())
+            }
+        };
+        match raw.kind {
+            ModelKind::Mlp => {
+                for (present, key) in [
+                    (raw.depth.is_some(), "depth"),
+                    (raw.heads.is_some(), "heads"),
+                    (raw.width.is_some(), "width"),
+                    (raw.context.is_some(), "context"),
+                    (raw.mlp.is_some(), "mlp"),
+                    (raw.position.is_some(), "position"),
+                    (raw.tie_embeddings.is_some(), "tie_embeddings"),
+                ] {
+                    only(present, key, "mlp (set kind: transformer)")?;
+                }
+                Ok(Self {
+                    kind: raw.kind,
+                    hidden: raw.hidden.unwrap_or(mlp.hidden),
+                    norm: raw.norm.unwrap_or(mlp.norm),
+                    activation_bits: raw.activation_bits.unwrap_or(mlp.activation_bits),
+                    activation: raw.activation.unwrap_or(mlp.activation),
+                    residual: raw.residual.unwrap_or_default(),
+                    layers: raw.layers,
+                    conv: raw.conv.unwrap_or_default(),
+                    norm_affine: raw.norm_affine.unwrap_or(false),
+                    dropout: raw.dropout,
+                    transformer: None,
+                })
+            }
+            ModelKind::Transformer => {
+                for (present, key) in [
+                    (raw.hidden.is_some(), "hidden"),
+                    (raw.activation.is_some(), "activation (the block MLP's is model.mlp.activation)"),
+                    (raw.residual.is_some(), "residual"),
+                    (raw.conv.is_some(), "conv"),
+                    (raw.norm_affine.is_some(), "norm_affine"),
+                ] {
+                    only(present, key, "transformer")?;
+                }
+                let t = TransformerConfig {
+                    depth: raw.depth.unwrap_or(4),
+                    heads: raw.heads.unwrap_or(4),
+                    width: raw.width.unwrap_or(128),
+                    context: raw.context.unwrap_or(64),
+                    mlp: raw.mlp.unwrap_or_default(),
+                    position: raw.position.unwrap_or_default(),
+                    tie_embeddings: raw.tie_embeddings.unwrap_or(true),
+                };
+                if t.heads == 0 || t.width % t.heads != 0 {
+                    return Err(format!(
+                        "model.width: {} is not a multiple of model.heads ({}); choose a width divisible by the heads",
+                        t.width, t.heads
+                    ));
+                }
+                if t.depth == 0 || t.context == 0 || t.mlp.ratio == 0 {
+                    return Err("model.depth, model.context and model.mlp.ratio must be at least 1".into());
+                }
+                Ok(Self {
+                    kind: raw.kind,
+                    hidden: Vec::new(),
+                    norm: raw.norm.unwrap_or(Norm::Layer),
+                    activation_bits: raw.activation_bits.unwrap_or(None),
+                    activation: PluginSpec::named("relu"),
+                    residual: Residual::None,
+                    layers: raw.layers,
+                    conv: Vec::new(),
+                    norm_affine: false,
+                    dropout: raw.dropout,
+                    transformer: Some(t),
+                })
+            }
+        }
+    }
 }
 
 /// A model family (`model.kind`).
@@ -234,6 +396,9 @@ pub enum ModelKind {
     /// keys describe.
     #[default]
     Mlp,
+    /// A decoder-only transformer language model (token and position embeddings, pre-norm
+    /// blocks of causal self-attention and an MLP, a final norm, an output head).
+    Transformer,
 }
 
 impl ModelKind {
@@ -262,7 +427,7 @@ pub struct ConvSpec {
 impl ModelConfig {
     /// Number of weight layers: convolutions, hidden layers and the output layer.
     pub fn layer_count(&self) -> usize {
-        self.conv.len() + self.hidden.len() + 1
+        self.layer_names().len()
     }
 
     /// Problems of the convolutional front-end on `size × size` single-channel images.
@@ -315,17 +480,36 @@ impl ModelConfig {
     /// The layer names, input first: `conv1`… for the convolutions, then `fc1`… for the fully
     /// connected layers (numbered from 1 again). Parameters, checkpoints, metrics, TensorBoard,
     /// analysis and exported files all use these names.
+    ///
+    /// A transformer's: `embed`, then per block `blocks.<i>.attn.qkv`, `blocks.<i>.attn.proj`,
+    /// `blocks.<i>.mlp.fc`, `blocks.<i>.mlp.proj` (0-based blocks), then `head` unless the head
+    /// is tied to the embedding.
     pub fn layer_names(&self) -> Vec<String> {
+        if let Some(t) = &self.transformer {
+            let mut names = vec!["embed".to_string()];
+            for i in 0..t.depth {
+                for part in ["attn.qkv", "attn.proj", "mlp.fc", "mlp.proj"] {
+                    names.push(format!("blocks.{i}.{part}"));
+                }
+            }
+            if !t.tie_embeddings {
+                names.push("head".into());
+            }
+            return names;
+        }
         let convs = (1..=self.conv.len()).map(|i| format!("conv{i}"));
         convs.chain((1..=self.hidden.len() + 1).map(|i| format!("fc{i}"))).collect()
     }
 
     /// The resolved quantizer and input bits of layer `index` (0-based) of `count`, given the
     /// network-wide `quantizer`.
+    ///
+    /// A transformer's embedding and head stay float unless `layers` names them.
     pub fn layer(&self, index: usize, count: usize, quantizer: &PluginSpec) -> (PluginSpec, Option<u32>) {
-        let mut spec = quantizer.clone();
-        let mut bits = self.activation_bits;
         let name = self.layer_names().get(index).cloned().unwrap_or_default();
+        let float_by_default = self.transformer.is_some() && (name == "embed" || name == "head");
+        let mut spec = if float_by_default { PluginSpec::named("none") } else { quantizer.clone() };
+        let mut bits = if float_by_default { None } else { self.activation_bits };
         for o in self.overrides_of(index, count, &name) {
             if let Some(q) = &o.quantizer {
                 spec = q.clone();
@@ -414,6 +598,7 @@ impl Default for ModelConfig {
             conv: Vec::new(),
             norm_affine: false,
             dropout: 0.0,
+            transformer: None,
         }
     }
 }
@@ -1083,5 +1268,39 @@ mod tests {
         assert!(!loss.should_stop(&[(0.0, 0.5), (0.0, 0.4)]));
         assert!(loss.should_stop(&[(0.0, 0.5), (0.0, 0.4), (0.0, 0.45)]));
         assert!(!stop.should_stop(&[]));
+    }
+
+    #[test]
+    fn model_kind_sets_the_family_and_its_defaults() {
+        let parse = |yaml: &str| serde_yaml::from_str::<RunConfig>(&format!("name: x\nmodel: {yaml}"));
+        let lm = parse("{kind: transformer}").unwrap().model;
+        let t = lm.transformer.clone().unwrap();
+        assert_eq!((t.depth, t.heads, t.width, t.context, t.mlp.ratio), (4, 4, 128, 64, 4));
+        assert!(t.tie_embeddings);
+        assert_eq!(
+            (lm.norm, lm.activation_bits),
+            (Norm::Layer, None),
+            "nanoGPT's LayerNorm, float activations"
+        );
+        assert_eq!(lm.layer_names()[..3], ["embed", "blocks.0.attn.qkv", "blocks.0.attn.proj"]);
+        assert_eq!(lm.layer_count(), 1 + 4 * 4, "tied: no separate head");
+        let ternary = PluginSpec::named("ternary");
+        assert_eq!(lm.layer(0, 17, &ternary).0.name, "none", "the embedding stays float by default");
+        assert_eq!(lm.layer(1, 17, &ternary).0.name, "ternary");
+        let mlp = parse("{hidden: [8]}").unwrap().model;
+        assert_eq!((mlp.norm, mlp.activation_bits), (Norm::Rms, Some(8)), "the MLP's defaults stay");
+        assert_eq!(
+            serde_yaml::to_string(&mlp).unwrap(),
+            serde_yaml::to_string(&ModelConfig { hidden: vec![8], ..Default::default() }).unwrap()
+        );
+        let err = |yaml: &str| parse(yaml).unwrap_err().to_string();
+        assert!(err("{kind: transformer, width: 130, heads: 4}")
+            .contains("model.width: 130 is not a multiple of model.heads (4)"));
+        assert!(err("{kind: transformer, hidden: [8]}")
+            .contains("model.hidden: not a key of model.kind transformer"));
+        assert!(
+            err("{depth: 2}").contains("model.depth: not a key of model.kind mlp (set kind: transformer)")
+        );
+        assert!(err("{kind: rnn}").contains("unknown variant `rnn`, expected `mlp` or `transformer`"));
     }
 }

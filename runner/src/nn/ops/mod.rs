@@ -9,11 +9,16 @@
 pub mod act_quant;
 pub mod activation;
 pub mod add;
+pub mod attention;
 pub mod conv;
 pub mod dropout;
+pub mod embed;
 pub mod linear;
 pub mod max_pool;
 pub mod norm;
+pub mod positions;
+pub mod table;
+pub mod tied_head;
 
 use qatlab_core::config::RunConfig;
 

@@ -34,13 +34,14 @@ pub struct NormOp {
 }
 
 impl NormOp {
-    /// A norm of `features` inputs; `affine` adds a gain of 1 and a bias of 0.
-    pub fn new(kind: Norm, features: usize, affine: bool) -> Self {
-        let init = |v: f32| if affine { vec![v; features] } else { Vec::new() };
+    /// A norm of `features` inputs, with a learned gain (initialised to 1) and bias (to 0) when
+    /// asked for.
+    pub fn new(kind: Norm, features: usize, gain: bool, bias: bool) -> Self {
+        let init = |on: bool, v: f32| if on { vec![v; features] } else { Vec::new() };
         Self {
             kind,
-            gain: init(1.0),
-            bias: init(0.0),
+            gain: init(gain, 1.0),
+            bias: init(bias, 0.0),
             grad_gain: Vec::new(),
             grad_bias: Vec::new(),
             running: RunningStats::new(features),
@@ -53,8 +54,8 @@ enum Saved {
     /// Host input: the input before the norm (when upstream wants ∂L/∂x), the normalised values
     /// before the affine (when there is one), and the batch statistics used (batch norm).
     Host { x: Option<Vec<f32>>, normalised: Option<Vec<f32>>, cols: usize, stats: Option<BatchStats> },
-    /// Graph input: the gain and bias leaves.
-    Graph { gain: Row, bias: Row },
+    /// Graph input: the gain and bias leaves (those it has).
+    Graph { gain: Option<Row>, bias: Option<Row> },
 }
 
 impl<T: Mode> Forward<T> for NormOp {
@@ -77,13 +78,18 @@ impl<T: Mode> Forward<T> for NormOp {
                     }
                     (Norm::None, _) => x,
                 };
-                if !self.gain.is_empty() {
-                    let shape = *h.shape();
-                    let gain = cx.dev.tensor_from_vec(self.gain.clone(), (shape.1,));
-                    let bias = cx.dev.tensor_from_vec(self.bias.clone(), (shape.1,));
-                    cx.save::<T>(Saved::Graph { gain: gain.clone(), bias: bias.clone() });
-                    h = h * T::leaf1(gain).broadcast_like::<_, Axis<0>>(&shape)
-                        + T::leaf1(bias).broadcast_like::<_, Axis<0>>(&shape);
+                let shape = *h.shape();
+                let row =
+                    |v: &Vec<f32>| (!v.is_empty()).then(|| cx.dev.tensor_from_vec(v.clone(), (shape.1,)));
+                let (gain, bias) = (row(&self.gain), row(&self.bias));
+                if let Some(gain) = &gain {
+                    h = h * T::leaf1(gain.clone()).broadcast_like::<_, Axis<0>>(&shape);
+                }
+                if let Some(bias) = &bias {
+                    h = h + T::leaf1(bias.clone()).broadcast_like::<_, Axis<0>>(&shape);
+                }
+                if gain.is_some() || bias.is_some() {
+                    cx.save::<T>(Saved::Graph { gain, bias });
                 }
                 Value::Graph(h)
             }
@@ -111,10 +117,15 @@ impl NormOp {
             (Norm::Layer, _) => layer_norm_rows(&mut data, cols),
             (Norm::None, _) => {}
         }
-        let normalised = (!self.gain.is_empty()).then(|| data.clone());
-        if normalised.is_some() {
-            for row in data.chunks_exact_mut(cols) {
-                row.iter_mut().zip(&self.gain).zip(&self.bias).for_each(|((v, g), b)| *v = *v * g + b);
+        let normalised = (!self.gain.is_empty() || !self.bias.is_empty()).then(|| data.clone());
+        for row in data.chunks_exact_mut(cols) {
+            match (self.gain.is_empty(), self.bias.is_empty()) {
+                (false, false) => {
+                    row.iter_mut().zip(&self.gain).zip(&self.bias).for_each(|((v, g), b)| *v = *v * g + b)
+                }
+                (false, true) => row.iter_mut().zip(&self.gain).for_each(|(v, g)| *v *= g),
+                (true, false) => row.iter_mut().zip(&self.bias).for_each(|(v, b)| *v += b),
+                (true, true) => break,
             }
         }
         let wants_grad = h.wants_grad || normalised.is_some();
@@ -184,30 +195,36 @@ impl Op for NormOp {
     }
 
     fn params(&self) -> Vec<Param<'_>> {
-        if self.gain.is_empty() {
-            return Vec::new();
+        let mut out = Vec::new();
+        for (name, values) in [("gain", &self.gain), ("bias", &self.bias)] {
+            if !values.is_empty() {
+                out.push(Param::vector(name, ParamKind::NormParam, values));
+            }
         }
-        vec![
-            Param::vector("gain", ParamKind::NormParam, &self.gain),
-            Param::vector("bias", ParamKind::NormParam, &self.bias),
-        ]
+        out
     }
 
     fn params_mut(&mut self) -> Vec<ParamMut<'_>> {
-        if self.gain.is_empty() {
-            return Vec::new();
+        let mut out = Vec::new();
+        for (name, values, grad) in
+            [("gain", &mut self.gain, &mut self.grad_gain), ("bias", &mut self.bias, &mut self.grad_bias)]
+        {
+            if !values.is_empty() {
+                out.push(ParamMut::of(name, ParamKind::NormParam, values, grad));
+            }
         }
-        vec![
-            ParamMut::of("gain", ParamKind::NormParam, &mut self.gain, &mut self.grad_gain),
-            ParamMut::of("bias", ParamKind::NormParam, &mut self.bias, &mut self.grad_bias),
-        ]
+        out
     }
 
     fn backward(&mut self, mut back: Back) -> Vec<Option<Vec<f32>>> {
         match back.take::<Saved>() {
             Some(Saved::Graph { gain, bias }) => {
-                self.grad_gain = back.grads.get(&gain).as_vec();
-                self.grad_bias = back.grads.get(&bias).as_vec();
+                if let Some(gain) = gain {
+                    self.grad_gain = back.grads.get(&gain).as_vec();
+                }
+                if let Some(bias) = bias {
+                    self.grad_bias = back.grads.get(&bias).as_vec();
+                }
                 vec![None]
             }
             Some(Saved::Host { x, normalised, cols, stats }) => {
@@ -220,8 +237,13 @@ impl Op for NormOp {
                             bias[j] += g[j];
                         }
                     }
-                    (self.grad_gain, self.grad_bias) = (gain, bias);
-                    if x.is_some() {
+                    if !self.gain.is_empty() {
+                        self.grad_gain = gain;
+                    }
+                    if !self.bias.is_empty() {
+                        self.grad_bias = bias;
+                    }
+                    if x.is_some() && !self.gain.is_empty() {
                         grad.chunks_exact_mut(cols)
                             .for_each(|g| g.iter_mut().zip(&self.gain).for_each(|(d, a)| *d *= a));
                     }
@@ -241,7 +263,7 @@ impl Op for NormOp {
     }
 
     fn deploy<'a>(&'a self, node: &Node, out: &mut Deployment<'a>) -> Result<(), String> {
-        if !self.gain.is_empty() {
+        if !self.gain.is_empty() || !self.bias.is_empty() {
             return Err("a learned gain and bias do not deploy".into());
         }
         match self.kind {

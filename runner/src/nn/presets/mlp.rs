@@ -92,7 +92,11 @@ pub fn build(registry: &Registry, config: &RunConfig, task: &Task) -> Result<Net
         let input = x;
         let (weights, bits) = layer(i, Shape::new(rows, cols))?;
         if model.norm != Norm::None {
-            x = g.push(format!("{name}.norm"), &[x], NormOp::new(model.norm, cols, model.norm_affine));
+            x = g.push(
+                format!("{name}.norm"),
+                &[x],
+                NormOp::new(model.norm, cols, model.norm_affine, model.norm_affine),
+            );
         }
         if let Some(bits) = bits {
             x = g.push(format!("{name}.input_quant"), &[x], ActQuant { bits });

@@ -3,6 +3,7 @@
 //! [`build`].
 
 pub mod mlp;
+pub mod transformer;
 
 use qatlab_core::config::{ModelKind, RunConfig};
 use qatlab_core::Registry;
@@ -16,6 +17,10 @@ use crate::error::Result;
 pub fn build(registry: &Registry, config: &RunConfig, task: &Task) -> Result<Network> {
     match config.model.kind {
         ModelKind::Mlp => mlp::build(registry, config, task),
+        ModelKind::Transformer => match &config.model.transformer {
+            Some(t) => transformer::build(registry, config, task, t),
+            None => Err(crate::error::Error::Config("model.kind transformer without its shape".into())),
+        },
     }
 }
 

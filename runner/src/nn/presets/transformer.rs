@@ -1,0 +1,129 @@
+//! `model.kind: transformer`: a decoder-only language model in nanoGPT's form. Per block `i`
+//! (0-based), with `x` the residual stream:
+//!
+//! ```text
+//! embed (table) → tokens (lookup of the input ids) → pos (+ learned positions) → [dropout]
+//! blocks.i:  norm1 → attn (q, k, v from qkv.weight; causal softmax per head) → attn.proj
+//!            → [attn.dropout] → add1 = x + that
+//!            norm2 → mlp.fc → mlp.act → mlp.proj → [mlp.dropout] → add2 = x + that
+//! norm → head (tied: x·embedᵀ; untied: its own linear)
+//! ```
+//!
+//! The block norms and the final norm are `model.norm` with a learned gain and no bias (nanoGPT's
+//! LayerNorm). A quantized linear with input bits (`activation_bits`, BitNet's BitLinear) first
+//! normalises its input with an RMS norm without gain (`<layer>.input_norm`) and quantizes it per
+//! token (`<layer>.input_quant`). Weights are initialised as nanoGPT: normal(0, 0.02), the two
+//! residual output projections of each block normal(0, 0.02/√(2·depth)); gains 1.
+
+use qatlab_core::config::{Norm, RunConfig, TransformerConfig};
+use qatlab_core::{Registry, Shape};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
+
+use super::GraphBuilder;
+use crate::data::Task;
+use crate::error::{Error, Result};
+use crate::nn::model::{Layer, Network};
+use crate::nn::ops::{
+    act_quant::ActQuant, activation::ActivationOp, add::Add, attention::Attention, dropout::Dropout,
+    embed::Embed, linear::Linear, norm::NormOp, positions::Positions, table::Table, tied_head::TiedHead,
+};
+
+/// Build the transformer `config.model` describes; the vocabulary is the task's classes and the
+/// input's values per sample are token ids.
+pub fn build(registry: &Registry, config: &RunConfig, task: &Task, t: &TransformerConfig) -> Result<Network> {
+    let model = &config.model;
+    let (width, vocab) = (t.width, task.classes);
+    let names = model.layer_names();
+    let count = names.len();
+    let mut rng = ChaCha8Rng::seed_from_u64(config.train.seed ^ 0x7a4f_0b1e);
+    let mut index = 0;
+    // the next layer in `names` order, initialised normal(0, std)
+    let mut layer = |shape: Shape, std: f32| -> Result<(Layer, Option<u32>)> {
+        let i = index;
+        index += 1;
+        let normal = Normal::new(0.0, std).expect("a positive deviation");
+        let weight = (0..shape.len()).map(|_| normal.sample(&mut rng)).collect();
+        let (spec, bits) = model.layer(i, count, &config.quantizer);
+        let quantizer = registry
+            .quantizers
+            .build(&spec.name, &spec.params)
+            .map_err(|e| Error::Config(format!("quantizer of {}: {e}", names[i])))?;
+        Ok((Layer::new(names[i].clone(), shape, weight, quantizer), bits))
+    };
+    let activation = || {
+        registry
+            .activations
+            .build(&t.mlp.activation.name, &t.mlp.activation.params)
+            .map(|activation| ActivationOp { activation })
+            .map_err(|e| Error::Config(format!("model.mlp.activation: {e}")))
+    };
+    let dropout = |g: &mut GraphBuilder, name: String, x: usize| {
+        let p = model.dropout as f32;
+        if p > 0.0 {
+            g.push(name, &[x], Dropout { p, seed: config.train.seed })
+        } else {
+            x
+        }
+    };
+    let block_norm = || NormOp::new(model.norm, width, true, false);
+    let std = 0.02;
+    let residual_std = 0.02 / (2.0 * t.depth as f32).sqrt();
+
+    let mut g = GraphBuilder::new();
+    let input = g.input();
+    let (table, _) = layer(Shape::new(vocab, width), std)?;
+    let embed = g.push("embed", &[], Table { layer: table });
+    let mut x = g.push("tokens", &[embed, input], Embed);
+    let normal = Normal::new(0.0, std).expect("a positive deviation");
+    let mut pos_rng = ChaCha8Rng::seed_from_u64(config.train.seed ^ 0x9051_7105);
+    let weight = (0..t.context * width).map(|_| normal.sample(&mut pos_rng)).collect();
+    x = g.push("pos", &[x], Positions { weight, grad: Vec::new(), width });
+    x = dropout(&mut g, "pos.dropout".into(), x);
+    for i in 0..t.depth {
+        let p = format!("blocks.{i}");
+        let h = g.push(format!("{p}.norm1"), &[x], block_norm());
+        let (qkv, bits) = layer(Shape::new(3 * width, width), std)?;
+        let h = prologue(&mut g, &format!("{p}.attn.qkv"), bits, h, width);
+        let a = g.push(format!("{p}.attn"), &[h], Attention { layer: qkv, heads: t.heads });
+        let (proj, bits) = layer(Shape::new(width, width), residual_std)?;
+        let a = prologue(&mut g, &format!("{p}.attn.proj"), bits, a, width);
+        let a = g.push(format!("{p}.attn.proj"), &[a], Linear { layer: proj });
+        let a = dropout(&mut g, format!("{p}.attn.dropout"), a);
+        x = g.push(format!("{p}.add1"), &[a, x], Add::new(false));
+        let h = g.push(format!("{p}.norm2"), &[x], block_norm());
+        let hidden = t.mlp.ratio * width;
+        let (fc, bits) = layer(Shape::new(hidden, width), std)?;
+        let h = prologue(&mut g, &format!("{p}.mlp.fc"), bits, h, width);
+        let m = g.push(format!("{p}.mlp.fc"), &[h], Linear { layer: fc });
+        let m = g.push(format!("{p}.mlp.act"), &[m], activation()?);
+        let (down, bits) = layer(Shape::new(width, hidden), residual_std)?;
+        let m = prologue(&mut g, &format!("{p}.mlp.proj"), bits, m, hidden);
+        let m = g.push(format!("{p}.mlp.proj"), &[m], Linear { layer: down });
+        let m = dropout(&mut g, format!("{p}.mlp.dropout"), m);
+        x = g.push(format!("{p}.add2"), &[m, x], Add::new(false));
+    }
+    let features = g.push("norm", &[x], block_norm());
+    let logits = if t.tie_embeddings {
+        g.push("head", &[features, embed], TiedHead)
+    } else {
+        let (head, bits) = layer(Shape::new(vocab, width), std)?;
+        let h = prologue(&mut g, "head", bits, features, width);
+        g.push("head", &[h], Linear { layer: head })
+    };
+    Ok(g.finish(logits, Some(features)))
+}
+
+/// BitLinear's input prologue for an input of `features` values per token: an RMS norm without
+/// gain, then per-token absmax quantization (nothing without input bits).
+fn prologue(g: &mut GraphBuilder, name: &str, bits: Option<u32>, x: usize, features: usize) -> usize {
+    match bits {
+        Some(bits) => {
+            let x =
+                g.push(format!("{name}.input_norm"), &[x], NormOp::new(Norm::Rms, features, false, false));
+            g.push(format!("{name}.input_quant"), &[x], ActQuant { bits })
+        }
+        None => x,
+    }
+}
