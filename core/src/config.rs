@@ -65,6 +65,13 @@ pub struct EvalConfig {
     /// its mean output.
     #[serde(default, skip_serializing_if = "is_false")]
     pub bias_correction: bool,
+    /// Optimizer steps between evaluations (and checkpoints) of a run trained for
+    /// `train.steps`; each interval counts as an epoch for every epoch-keyed setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every: Option<usize>,
+    /// Batches of validation windows a language model is evaluated on (nanoGPT: 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batches: Option<usize>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -74,7 +81,11 @@ fn is_false(b: &bool) -> bool {
 impl EvalConfig {
     /// True when nothing extra is evaluated.
     pub fn is_empty(&self) -> bool {
-        self.post_quantize.is_empty() && !self.recalibrate_batch_norm && !self.bias_correction
+        self.post_quantize.is_empty()
+            && !self.recalibrate_batch_norm
+            && !self.bias_correction
+            && self.every.is_none()
+            && self.batches.is_none()
     }
 }
 
@@ -108,6 +119,10 @@ pub enum Dataset {
     /// CIFAR-10: 32×32 colour images of ten classes (the binary version).
     #[serde(rename = "cifar10")]
     Cifar10,
+    /// Tiny Shakespeare, character level (nanoGPT's `shakespeare_char`): the sorted set of the
+    /// file's 65 characters is the vocabulary, the first 90 % trains, the last 10 % validates.
+    #[serde(rename = "tinyshakespeare")]
+    Tinyshakespeare,
 }
 
 impl Dataset {
@@ -117,7 +132,13 @@ impl Dataset {
             Dataset::Mnist => "mnist",
             Dataset::FashionMnist => "fashion-mnist",
             Dataset::Cifar10 => "cifar10",
+            Dataset::Tinyshakespeare => "tinyshakespeare",
         }
+    }
+
+    /// Whether the dataset is text (token windows) rather than images.
+    pub fn is_text(self) -> bool {
+        self == Dataset::Tinyshakespeare
     }
 }
 
@@ -190,7 +211,7 @@ impl Residual {
 /// defaults (an MLP normalises with RMS and quantizes activations to 8 bits; a transformer uses
 /// LayerNorm and float activations, as nanoGPT).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(try_from = "RawModelConfig")]
+#[serde(try_from = "RawModelConfig", into = "WrittenModelConfig")]
 pub struct ModelConfig {
     /// The model family: the preset that expands this config into a graph of ops.
     #[serde(skip_serializing_if = "ModelKind::is_default")]
@@ -273,6 +294,51 @@ pub enum Position {
     /// A learned embedding per position, added to the token embedding (GPT-2, nanoGPT).
     #[default]
     Learned,
+}
+
+/// [`ModelConfig`] as serialised (and hashed into run ids): an MLP's keys as they always were,
+/// a transformer's without the MLP-only ones.
+#[derive(Serialize)]
+struct WrittenModelConfig {
+    #[serde(skip_serializing_if = "ModelKind::is_default")]
+    kind: ModelKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hidden: Option<Vec<usize>>,
+    norm: Norm,
+    activation_bits: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    activation: Option<PluginSpec>,
+    #[serde(skip_serializing_if = "is_no_residual")]
+    residual: Residual,
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    layers: std::collections::BTreeMap<String, LayerOverride>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    conv: Vec<ConvSpec>,
+    #[serde(skip_serializing_if = "is_false")]
+    norm_affine: bool,
+    #[serde(skip_serializing_if = "is_zero_f64")]
+    dropout: f64,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    transformer: Option<TransformerConfig>,
+}
+
+impl From<ModelConfig> for WrittenModelConfig {
+    fn from(m: ModelConfig) -> Self {
+        let mlp = m.kind == ModelKind::Mlp;
+        Self {
+            kind: m.kind,
+            hidden: mlp.then_some(m.hidden),
+            norm: m.norm,
+            activation_bits: m.activation_bits,
+            activation: mlp.then_some(m.activation),
+            residual: m.residual,
+            layers: m.layers,
+            conv: m.conv,
+            norm_affine: m.norm_affine,
+            dropout: m.dropout,
+            transformer: m.transformer,
+        }
+    }
 }
 
 /// [`ModelConfig`] as written: every key optional, so defaults can depend on `kind`.
@@ -609,6 +675,11 @@ impl Default for ModelConfig {
 pub struct TrainConfig {
     /// Passes over the training set.
     pub epochs: usize,
+    /// Optimizer steps instead of epochs (language models): training batches are random
+    /// windows drawn from (seed, step), evaluated every `eval.every` steps, and learning-rate
+    /// schedules see (step, total steps).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<usize>,
     /// Samples per optimizer step.
     pub batch_size: usize,
     /// Optimizer and its hyper-parameters.
@@ -812,6 +883,7 @@ impl Default for TrainConfig {
     fn default() -> Self {
         Self {
             epochs: 30,
+            steps: None,
             batch_size: 128,
             optimizer: OptimizerConfig::default(),
             schedule: PluginSpec::named("cosine"),
@@ -1068,6 +1140,37 @@ impl RunConfig {
                     );
                 }
             }
+            Dataset::Tinyshakespeare => {
+                if d.augment || d.elastic || d.crop_flip {
+                    problems
+                        .push("data.augment, data.elastic, data.crop_flip: image keys; text has none".into());
+                }
+                if self.model.kind != ModelKind::Transformer {
+                    problems.push(format!(
+                        "data.dataset {}: text needs model.kind: transformer",
+                        d.dataset.dir_name()
+                    ));
+                }
+            }
+        }
+        if self.model.kind == ModelKind::Transformer && !d.dataset.is_text() {
+            problems.push(format!(
+                "model.kind transformer: a language model needs a text dataset (tinyshakespeare), not {}",
+                d.dataset.dir_name()
+            ));
+        }
+        let t = &self.train;
+        match (t.steps, d.dataset.is_text()) {
+            (None, true) => problems.push("train.steps: a language model trains for a number of optimizer steps; set it (nanoGPT's CPU run: 2000)".into()),
+            (Some(_), false) => problems.push("train.steps: only language models train by steps; use train.epochs".into()),
+            (Some(0), true) => problems.push("train.steps: must be at least 1".into()),
+            _ => {}
+        }
+        if self.eval.every == Some(0) || self.eval.batches == Some(0) {
+            problems.push("eval.every, eval.batches: must be at least 1".into());
+        }
+        if !d.dataset.is_text() && (self.eval.every.is_some() || self.eval.batches.is_some()) {
+            problems.push("eval.every, eval.batches: language-model keys; classifiers evaluate every epoch on the test set".into());
         }
         if problems.is_empty() {
             Ok(())

@@ -6,6 +6,7 @@ pub mod cifar;
 pub mod fetch;
 pub mod idx;
 pub mod resize;
+pub mod text;
 
 use std::path::{Path, PathBuf};
 
@@ -246,6 +247,8 @@ pub enum RawImages {
     Grey(Split),
     /// Colour images (CIFAR-10).
     Colour(cifar::Images),
+    /// None (text).
+    None,
 }
 
 /// Everything a run needs: clean train and test samples, and the raw training images for
@@ -261,6 +264,8 @@ pub struct RunData {
     pub raw_train: RawImages,
     /// The data config they were made with.
     pub config: DataConfig,
+    /// The token streams of a text dataset (then `train` and `test` are empty).
+    pub text: Option<text::Text>,
 }
 
 /// What a dataset asks of a model: the shape of its inputs and the number of classes. Models,
@@ -283,6 +288,8 @@ impl Task {
                 Task { channels: 1, side: config.image_size, classes: 10 }
             }
             Dataset::Cifar10 => Task { channels: 3, side: cifar::SIDE, classes: cifar::CLASSES },
+            // one token per input value; the model's context says how many per sample
+            Dataset::Tinyshakespeare => Task { channels: 1, side: 1, classes: text::SHAKESPEARE_VOCAB },
         }
     }
 
@@ -297,6 +304,25 @@ impl RunData {
     pub fn load(config: &DataConfig) -> Result<Self> {
         let root = find_dir(config.dataset)?;
         let task = Task::of(config);
+        if config.dataset.is_text() {
+            let text = text::Text::load(config.dataset, &root)?;
+            if text.vocab.len() != task.classes {
+                return Err(Error::Data(format!(
+                    "{}: {} distinct characters, expected {}",
+                    config.dataset.dir_name(),
+                    text.vocab.len(),
+                    task.classes
+                )));
+            }
+            return Ok(Self {
+                task,
+                train: Samples::default(),
+                test: Samples::default(),
+                raw_train: RawImages::None,
+                config: config.clone(),
+                text: Some(text),
+            });
+        }
         if config.dataset == Dataset::Cifar10 {
             let files = cifar::load(&root.join(config.dataset.dir_name()))?;
             return Ok(Self {
@@ -305,6 +331,7 @@ impl RunData {
                 test: cifar::preprocess(&files.test),
                 raw_train: RawImages::Colour(files.train),
                 config: config.clone(),
+                text: None,
             });
         }
         let files = load(config.dataset, &root)?;
@@ -314,6 +341,7 @@ impl RunData {
             test: preprocess(&files.test, config.image_size),
             raw_train: RawImages::Grey(files.train),
             config: config.clone(),
+            text: None,
         })
     }
 

@@ -271,7 +271,10 @@ pub fn run_one(
     });
     match result {
         Ok(mut finished) => {
-            record.analysis = Some(crate::train::analysis::analyze(&mut finished.trainer, &data.test)?);
+            // classifier analysis (confusion, calibration, per-layer sensitivity on the test set)
+            if !config.data.dataset.is_text() {
+                record.analysis = Some(crate::train::analysis::analyze(&mut finished.trainer, &data.test)?);
+            }
             record.swa_test_acc = finished.swa_test_acc;
             record.status = Status::Success;
             record.total_bits = finished.total_bits;
@@ -394,10 +397,16 @@ impl<'a> RunObserver<'a> {
         log: &'a mut RunLog,
     ) -> Self {
         let augment_factor = if config.data.augment { 2 } else { 1 };
-        let epoch_size = (data.train.len() * augment_factor) as u64;
+        // a run by steps: an epoch is an evaluation interval, its progress counted in steps
+        let (epoch_size, epochs) = match config.train.steps {
+            Some(steps) => {
+                let every = config.eval.every.unwrap_or(steps).max(1);
+                (every as u64, steps.div_ceil(every))
+            }
+            None => ((data.train.len() * augment_factor) as u64, config.train.epochs),
+        };
         let label = format!("{}/{}", config.name, run_id(config));
-        let bar = progress.run_bar(&label, epoch_size * config.train.epochs as u64);
-        let epochs = config.train.epochs;
+        let bar = progress.run_bar(&label, epoch_size * epochs as u64);
         Self { bar, dir, history: Vec::new(), write_error: None, epoch_size, label, log, epochs }
     }
 

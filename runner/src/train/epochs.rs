@@ -45,6 +45,9 @@ pub fn train(
     observer: &mut dyn Observer,
     resume: Option<&Checkpoint>,
 ) -> Result<Finished> {
+    if config.train.steps.is_some() {
+        return super::steps::train_steps(config, registry, data, observer, resume);
+    }
     let mut trainer = Trainer::new(config, registry, data.task)?;
     trainer.attach_teacher(registry)?;
     let (epochs, batch) = (config.train.epochs, config.train.batch_size);

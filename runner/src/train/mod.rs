@@ -1,5 +1,5 @@
 //! Training: the [`Trainer`] (a network with its optimizer state) and everything done to it,
-//! one job per module: the epoch loop ([`epochs`]), one training step ([`trainer`]), the
+//! one job per module: the epoch loop ([`epochs`]), the step loop of language models ([`steps`]), one training step ([`trainer`]), the
 //! optimizer step ([`step`]), evaluation ([`evaluate`]), post-training calibration
 //! ([`calibrate`]), checkpoints ([`checkpoint`]; [`legacy`] reads the JSON ones of earlier
 //! versions), distillation teachers ([`teacher`]), metrics ([`metrics`]) and analysis
@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod optim;
 pub mod recipe;
 pub mod step;
+pub mod steps;
 pub mod teacher;
 pub mod trainer;
 

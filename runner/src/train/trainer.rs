@@ -97,6 +97,19 @@ impl Trainer {
         self.base_lr * self.schedule.value(p)
     }
 
+    /// Learning rate of the next optimizer step of a run of `steps` steps: the schedule sees
+    /// each step as an epoch of `steps`, so epoch-keyed schedules (`warmup-cosine {warmup: 100}`)
+    /// count steps.
+    pub fn lr_at_step(&self, steps: usize) -> f64 {
+        let step = self.step as usize;
+        self.base_lr * self.schedule.value(Progress { epoch: step, step, epochs: steps, steps })
+    }
+
+    /// Optimizer steps taken.
+    pub fn steps_taken(&self) -> u64 {
+        self.step
+    }
+
     /// Forward and backward pass on a batch (mixed with partners when `mixed`), then an
     /// optimizer step, or only the gradient sum while accumulating; returns (loss, correct).
     pub fn train_batch(

@@ -1,0 +1,156 @@
+//! Text datasets for language models: the token streams of the training and validation splits,
+//! and the windows drawn from them.
+//!
+//! Tiny Shakespeare follows nanoGPT's `shakespeare_char`: the vocabulary is the sorted set of
+//! the file's characters (65), the first 90 % of the characters train and the last 10 %
+//! validate, so numbers compare with nanoGPT's. A window is `context + 1` consecutive tokens at
+//! an offset drawn uniformly from [0, len − context): its first `context` tokens are the input,
+//! its last `context` the targets. Training windows are drawn from (seed, step), so a resumed
+//! run sees the batches an uninterrupted one would; evaluation windows from a fixed seed, so
+//! every run of a sweep is scored on the same text.
+
+use std::path::Path;
+
+use qatlab_core::config::Dataset;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::augment::stream_seed;
+use crate::error::{Error, Result};
+
+/// Share of the text that trains (nanoGPT's split).
+pub const TRAIN_FRACTION: f64 = 0.9;
+/// The seed of evaluation windows (the same for every run).
+pub const EVAL_SEED: u64 = 0x5e1f_e7a1;
+/// Tiny Shakespeare's vocabulary size.
+pub const SHAKESPEARE_VOCAB: usize = 65;
+
+/// A tokenized text split into training and validation streams.
+#[derive(Clone, Debug)]
+pub struct Text {
+    /// The vocabulary: token id → character.
+    pub vocab: Vec<char>,
+    /// Training tokens.
+    pub train: Vec<u8>,
+    /// Validation tokens.
+    pub val: Vec<u8>,
+    /// SHA-256 of the file, hex.
+    pub sha256: String,
+}
+
+/// One batch of windows: inputs as token ids (`batch × context`, as f32 for the graph's host
+/// input) and the next token of each position (`batch × context`).
+pub struct Windows {
+    /// Input token ids.
+    pub x: Vec<f32>,
+    /// Target token ids.
+    pub targets: Vec<u8>,
+}
+
+impl Text {
+    /// Load `dataset` from `root/<dataset>/` and check its SHA-256.
+    pub fn load(dataset: Dataset, root: &Path) -> Result<Self> {
+        let remote = super::fetch::dataset(dataset.dir_name())?;
+        let file = &remote.files[0];
+        let path = root.join(dataset.dir_name()).join(file.name);
+        let bytes =
+            std::fs::read(&path).map_err(|e| Error::Data(format!("cannot read {}: {e}", path.display())))?;
+        let sha256 = super::sha256_hex(&bytes);
+        if sha256 != file.sha256 {
+            return Err(Error::Data(format!(
+                "{}: SHA-256 {sha256}, expected {}; the file is not the dataset's (fetch it again with `qat data fetch {}`)",
+                path.display(),
+                file.sha256,
+                dataset.dir_name()
+            )));
+        }
+        let text = String::from_utf8(bytes).map_err(|e| {
+            Error::Data(format!("{}: not UTF-8 ({e}); the char tokenizer needs text", path.display()))
+        })?;
+        Self::from_text(&text, sha256)
+    }
+
+    /// Tokenize `text` by character and split it 90 / 10.
+    pub fn from_text(text: &str, sha256: String) -> Result<Self> {
+        let chars: Vec<char> = text.chars().collect();
+        let mut vocab = chars.clone();
+        vocab.sort_unstable();
+        vocab.dedup();
+        if vocab.len() > 256 {
+            return Err(Error::Data(format!(
+                "{} distinct characters; the char tokenizer holds 256",
+                vocab.len()
+            )));
+        }
+        let tokens: Vec<u8> =
+            chars.iter().map(|c| vocab.binary_search(c).expect("in the vocabulary") as u8).collect();
+        let split = (tokens.len() as f64 * TRAIN_FRACTION) as usize;
+        Ok(Self { vocab, val: tokens[split..].to_vec(), train: tokens[..split].to_vec(), sha256 })
+    }
+
+    /// `batch` training windows of `context` tokens for optimizer step `step`.
+    pub fn train_windows(&self, seed: u64, step: usize, batch: usize, context: usize) -> Result<Windows> {
+        windows(&self.train, "training", stream_seed(seed, step, 0x7e87), batch, context)
+    }
+
+    /// Evaluation batch `index` (of `batch` validation windows).
+    pub fn eval_windows(&self, index: usize, batch: usize, context: usize) -> Result<Windows> {
+        windows(&self.val, "validation", stream_seed(EVAL_SEED, index, 0xe7a1), batch, context)
+    }
+
+    /// Decode token ids to text.
+    pub fn decode(&self, tokens: &[u8]) -> String {
+        tokens.iter().map(|&t| self.vocab[t as usize]).collect()
+    }
+}
+
+/// `batch` windows of `context + 1` tokens of `stream` at offsets drawn from `seed`.
+fn windows(stream: &[u8], split: &str, seed: u64, batch: usize, context: usize) -> Result<Windows> {
+    if stream.len() <= context {
+        return Err(Error::Data(format!(
+            "the {split} split has {} tokens, not more than one context window ({context}); use a shorter model.context",
+            stream.len()
+        )));
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let (mut x, mut targets) = (Vec::with_capacity(batch * context), Vec::with_capacity(batch * context));
+    for _ in 0..batch {
+        let at = rng.gen_range(0..stream.len() - context);
+        x.extend(stream[at..at + context].iter().map(|&t| t as f32));
+        targets.extend_from_slice(&stream[at + 1..at + 1 + context]);
+    }
+    Ok(Windows { x, targets })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_vocabulary_is_the_sorted_characters_and_the_split_is_ninety_ten() {
+        let text = Text::from_text("abcabcabca", String::new()).unwrap();
+        assert_eq!(text.vocab, ['a', 'b', 'c']);
+        assert_eq!(text.train, [0, 1, 2, 0, 1, 2, 0, 1, 2]);
+        assert_eq!(text.val, [0]);
+        assert_eq!(text.decode(&[2, 0]), "ca");
+    }
+
+    #[test]
+    fn windows_are_shifted_by_one_and_depend_on_seed_and_step_only() {
+        let text = Text::from_text(&"the quick brown fox jumps over the lazy dog ".repeat(5), String::new())
+            .unwrap();
+        let w = text.train_windows(3, 7, 4, 8).unwrap();
+        assert_eq!((w.x.len(), w.targets.len()), (32, 32));
+        for (row, targets) in w.x.chunks(8).zip(w.targets.chunks(8)) {
+            assert_eq!(row[1..].iter().map(|&t| t as u8).collect::<Vec<_>>(), targets[..7]);
+        }
+        assert_eq!(w.x, text.train_windows(3, 7, 4, 8).unwrap().x);
+        assert_ne!(w.x, text.train_windows(3, 8, 4, 8).unwrap().x);
+        assert_eq!(text.eval_windows(0, 2, 8).unwrap().x, text.eval_windows(0, 2, 8).unwrap().x);
+        let err = text.eval_windows(0, 2, 100).err().unwrap().to_string();
+        assert!(
+            err.contains("the validation split has 22 tokens, not more than one context window (100)"),
+            "{err}"
+        );
+    }
+}
