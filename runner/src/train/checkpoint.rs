@@ -254,12 +254,11 @@ impl Trainer {
             Error::Config(format!("checkpoint: {what}; delete the run directory or use --force"))
         };
         let tensors = &checkpoint.tensors;
+        // every `*.weight` parameter (layers, and tables such as learned positions)
         let saved_weights = checkpoint.layer_weights().count();
-        if saved_weights != self.net.layer_count() {
-            return Err(stale(format!(
-                "it has {saved_weights} layers, the config {}",
-                self.net.layer_count()
-            )));
+        let weights = self.net.params().iter().filter(|p| p.path.ends_with(".weight")).count();
+        if saved_weights != weights {
+            return Err(stale(format!("it has {saved_weights} weight tensors, the config {weights}")));
         }
         let values = |path: &str| tensors.get(path).map_or(&[][..], |t| t.values.as_slice());
         for p in self.net.params_mut() {

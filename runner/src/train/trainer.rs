@@ -124,7 +124,11 @@ impl Trainer {
         self.net.quantize_all(true, self.step, epoch, seed)?;
         let mut correct = 0;
         let smoothing = self.config.train.label_smoothing as f32;
-        let batch = labels.len();
+        // samples in the batch: one label each, or a language model's window of `context`
+        let batch = match &self.config.model.transformer {
+            Some(t) => x.len() / t.context,
+            None => labels.len(),
+        };
         let classes = self.task.classes;
         let teacher = self.teacher.as_ref().map(|t| {
             let features =

@@ -7,6 +7,7 @@ mod data;
 mod deploy;
 mod engine;
 mod fetch;
+mod lm;
 mod plugins;
 mod runs;
 mod slurm;
