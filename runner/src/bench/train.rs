@@ -11,6 +11,14 @@ use crate::train::{train, EpochMetrics, Observer};
 pub const QUICKSTART_BENCH_YAML: &str =
     "name: bench-quickstart\nquantizer: ternary\nmodel: {hidden: [64, 64, 64]}\n";
 
+/// Optimizer steps per timed interval of a language model.
+pub const LM_BENCH_STEPS: usize = 50;
+
+/// PyTorch's float throughput at nanoGPT's CPU shape (4 blocks, width 128, context 64, batch
+/// 12) on one thread of this project's machine class, nanoGPT's code (tokens/s;
+/// ../shared/reference/lm-anchors.md). An anchor for the ratio, not re-measured here.
+pub const PYTORCH_NANOGPT_TOKENS_PER_S: f64 = 14_560.0;
+
 /// PyTorch's throughput for the quickstart recipe (RMSNorm, 8-bit activations, ternary STE,
 /// Adam, batch 128) on one thread of this project's machine class, as measured by the project
 /// (issue "Foundation", samples/s). It is an anchor for the ratio, not re-measured here.
@@ -38,7 +46,9 @@ impl Observer for Collect {
     }
 }
 
-/// Train `config` for `epochs` epochs on one thread and collect the per-epoch throughput.
+/// Train `config` for `epochs` epochs on one thread and collect the per-epoch throughput
+/// (samples/s; for a language model, `epochs` intervals of [`LM_BENCH_STEPS`] steps, each
+/// evaluated on one batch, in tokens/s).
 pub fn bench_train(
     config: &RunConfig,
     registry: &Registry,
@@ -47,6 +57,11 @@ pub fn bench_train(
 ) -> Result<TrainBench> {
     let mut config = config.clone();
     config.train.epochs = epochs.max(1);
+    if config.train.steps.is_some() {
+        config.train.steps = Some(epochs.max(1) * LM_BENCH_STEPS);
+        config.eval.every = Some(LM_BENCH_STEPS);
+        config.eval.batches = Some(1);
+    }
     let mut collect = Collect(Vec::new());
     single_threaded(|| train(&config, registry, data, &mut collect, None))?;
     Ok(TrainBench { per_epoch: collect.0 })

@@ -9,7 +9,9 @@ use super::args::{
     AnalyzeArgs, BenchCommand, BenchInferArgs, BenchTrainArgs, Cli, Command, DataCommand, ExportArgs,
     ExportFormat, InferArgs, Launcher, ListArgs, PluginsArgs, ReproArgs, RunArgs, StatusArgs, TableArgs,
 };
-use crate::bench::train::{bench_train, PYTORCH_TERNARY_SAMPLES_PER_S};
+use crate::bench::train::{
+    bench_train, LM_BENCH_STEPS, PYTORCH_NANOGPT_TOKENS_PER_S, PYTORCH_TERNARY_SAMPLES_PER_S,
+};
 use crate::data::RunData;
 use crate::dynamic;
 use crate::error::Error;
@@ -340,6 +342,26 @@ fn bench(args: &BenchTrainArgs, registry: &qatlab_core::Registry) -> Result<Exit
     let result = bench_train(&config, registry, &data, args.epochs)?;
     let per_epoch: Vec<String> = result.per_epoch.iter().map(|s| format!("{s:.0}")).collect();
     let median = result.median();
+    if let Some(t) = &config.model.transformer {
+        println!(
+            "model: {} transformer depth {} width {} heads {} context {}, quantizer {}, activation bits {:?}, batch {}",
+            config.name,
+            t.depth,
+            t.width,
+            t.heads,
+            t.context,
+            config.quantizer.name,
+            config.model.activation_bits,
+            config.train.batch_size
+        );
+        println!("training tokens/s per {LM_BENCH_STEPS} steps (1 thread): {}", per_epoch.join(", "));
+        println!("median: {median:.0} tokens/s");
+        println!(
+            "vs PyTorch anchor for nanoGPT's float CPU shape ({PYTORCH_NANOGPT_TOKENS_PER_S:.0} tokens/s, 1 thread): {:.2}x",
+            median / PYTORCH_NANOGPT_TOKENS_PER_S
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
         "model: {} hidden {:?}, quantizer {}, batch {}",
         config.name, config.model.hidden, config.quantizer.name, config.train.batch_size
