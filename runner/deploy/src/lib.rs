@@ -10,5 +10,6 @@ pub mod graph;
 pub mod kernel;
 pub mod pack;
 pub mod runtime;
+pub mod sample;
 
 pub use error::{DeployError, Result};

@@ -50,6 +50,8 @@ pub enum Command {
     /// Analyse a finished run: per-class scores, confusion, calibration (ECE), per-layer code
     /// statistics, SQNR and cosine, and each layer's sensitivity; also stored in its run.json.
     Analyze(AnalyzeArgs),
+    /// Generate text from a finished language-model run (its evaluation weights).
+    Sample(SampleArgs),
     /// Datasets on this machine: list where each was found, fetch (download and verify), or
     /// verify what is there.
     #[command(subcommand)]
@@ -93,6 +95,32 @@ pub struct DataFetchArgs {
 pub struct DataVerifyArgs {
     /// Dataset ids (default: every dataset that is present).
     pub ids: Vec<String>,
+}
+
+/// Arguments of `qat sample`.
+#[derive(clap::Args, Debug)]
+pub struct SampleArgs {
+    /// The run directory (`results/<experiment>/<run id>`).
+    pub run: PathBuf,
+    /// Text to continue (default: a newline, as nanoGPT's sample.py). Past the context, the last
+    /// `context` tokens are kept.
+    #[arg(long, conflicts_with = "prompt_file")]
+    pub prompt: Option<String>,
+    /// Read the prompt from this file.
+    #[arg(long)]
+    pub prompt_file: Option<PathBuf>,
+    /// Tokens to generate.
+    #[arg(long, default_value_t = crate::train::sample::DEFAULT_TOKENS)]
+    pub tokens: usize,
+    /// Softmax temperature; 0 is greedy.
+    #[arg(long, default_value_t = crate::train::sample::DEFAULT_TEMPERATURE)]
+    pub temperature: f32,
+    /// Draw only among the k most likely tokens (0: all).
+    #[arg(long, default_value_t = crate::train::sample::DEFAULT_TOP_K)]
+    pub top_k: usize,
+    /// Seed of the draws.
+    #[arg(long, default_value_t = crate::train::sample::DEFAULT_SEED)]
+    pub seed: u64,
 }
 
 /// Arguments of `qat analyze`.

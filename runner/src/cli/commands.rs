@@ -7,7 +7,8 @@ use qatlab_core::config::RunConfig;
 
 use super::args::{
     AnalyzeArgs, BenchCommand, BenchInferArgs, BenchTrainArgs, Cli, Command, DataCommand, ExportArgs,
-    ExportFormat, InferArgs, Launcher, ListArgs, PluginsArgs, ReproArgs, RunArgs, StatusArgs, TableArgs,
+    ExportFormat, InferArgs, Launcher, ListArgs, PluginsArgs, ReproArgs, RunArgs, SampleArgs, StatusArgs,
+    TableArgs,
 };
 use crate::bench::train::{
     bench_train, LM_BENCH_STEPS, PYTORCH_NANOGPT_TOKENS_PER_S, PYTORCH_TERNARY_SAMPLES_PER_S,
@@ -61,6 +62,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
         }
         Command::Infer(args) => infer(&args, &registry),
         Command::Analyze(args) => analyze(&args, &registry),
+        Command::Sample(args) => sample(&args, &registry),
         Command::Data(command) => data(&command),
     }
 }
@@ -426,6 +428,22 @@ fn bench_infer(args: &BenchInferArgs) -> Result<ExitCode, Error> {
     let model = export::read_model(&args.file)?;
     let samples = export::test_samples(&model)?;
     print!("{}", crate::bench::kernels::infer_table(&model, &samples));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sample(args: &SampleArgs, registry: &qatlab_core::Registry) -> Result<ExitCode, Error> {
+    let mut run = crate::train::load_finished(&args.run, registry)?;
+    let data = RunData::load(&run.config.data)?;
+    let Some(text) = &data.text else {
+        return Err(Error::Config(format!("{}: not a language-model run", args.run.display())));
+    };
+    let prompt = match &args.prompt_file {
+        Some(file) => std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?,
+        None => args.prompt.clone().unwrap_or_else(|| crate::train::sample::DEFAULT_PROMPT.to_string()),
+    };
+    let top_k = (args.top_k > 0).then_some(args.top_k);
+    let mut sampler = qatlab_deploy::sample::Sampler::new(args.temperature, top_k, args.seed);
+    println!("{}", run.trainer.sample(text, &prompt, args.tokens, &mut sampler)?);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -98,6 +98,20 @@ impl Text {
         windows(&self.val, "validation", stream_seed(EVAL_SEED, index, 0xe7a1), batch, context)
     }
 
+    /// Token ids of `text`; characters outside the vocabulary are an error naming them.
+    pub fn encode(&self, text: &str) -> Result<Vec<u8>> {
+        let mut unknown: Vec<char> = text.chars().filter(|c| self.vocab.binary_search(c).is_err()).collect();
+        if !unknown.is_empty() {
+            unknown.sort_unstable();
+            unknown.dedup();
+            return Err(Error::Config(format!(
+                "characters outside the model's vocabulary: {unknown:?}; the vocabulary is {:?}",
+                self.vocab.iter().collect::<String>()
+            )));
+        }
+        Ok(text.chars().map(|c| self.vocab.binary_search(&c).expect("checked") as u8).collect())
+    }
+
     /// Decode token ids to text.
     pub fn decode(&self, tokens: &[u8]) -> String {
         tokens.iter().map(|&t| self.vocab[t as usize]).collect()

@@ -271,9 +271,14 @@ pub fn run_one(
     });
     match result {
         Ok(mut finished) => {
-            // classifier analysis (confusion, calibration, per-layer sensitivity on the test set)
-            if !config.data.dataset.is_text() {
-                record.analysis = Some(crate::train::analysis::analyze(&mut finished.trainer, &data.test)?);
+            // classifier analysis (confusion, calibration, per-layer sensitivity on the test set);
+            // a language model writes a sample of its text instead
+            match &data.text {
+                None => {
+                    record.analysis =
+                        Some(crate::train::analysis::analyze(&mut finished.trainer, &data.test)?)
+                }
+                Some(text) => write_sample(&mut finished.trainer, text, dir)?,
             }
             record.swa_test_acc = finished.swa_test_acc;
             record.status = Status::Success;
@@ -472,4 +477,20 @@ pub fn display_path(path: &Path) -> String {
         .unwrap_or_else(|| path.to_path_buf())
         .display()
         .to_string()
+}
+
+/// A finished language model's `sample.txt`: [`DEFAULT_TOKENS`](crate::train::sample) tokens
+/// after a newline, with `qat sample`'s defaults.
+fn write_sample(
+    trainer: &mut crate::train::Trainer,
+    text: &crate::data::text::Text,
+    dir: &RunDir,
+) -> Result<()> {
+    use crate::train::sample::{
+        DEFAULT_PROMPT, DEFAULT_SEED, DEFAULT_TEMPERATURE, DEFAULT_TOKENS, DEFAULT_TOP_K,
+    };
+    let mut sampler =
+        qatlab_deploy::sample::Sampler::new(DEFAULT_TEMPERATURE, Some(DEFAULT_TOP_K), DEFAULT_SEED);
+    let sample = trainer.sample(text, DEFAULT_PROMPT, DEFAULT_TOKENS, &mut sampler)?;
+    crate::run::write_atomic(&dir.path.join("sample.txt"), sample.as_bytes())
 }

@@ -14,6 +14,7 @@ pub mod legacy;
 pub mod metrics;
 pub mod optim;
 pub mod recipe;
+pub mod sample;
 pub mod step;
 pub mod steps;
 pub mod teacher;

@@ -75,3 +75,31 @@ fn every_registered_quantizer_trains_transformer_linears() {
         assert!(keep.epochs[0].test_loss.is_finite(), "{name}: {:?}", keep.epochs[0]);
     }
 }
+
+#[test]
+fn a_finished_run_writes_a_sample_and_qat_sample_repeats_with_its_seed() {
+    use super::cli::{qat, run_dirs, text, workdir};
+    let dir = workdir();
+    let yaml =
+        SMALL.replace("steps: 40", "steps: 10").replace("every: 10, batches: 4", "every: 10, batches: 1");
+    std::fs::write(dir.path().join("lm.yaml"), yaml).unwrap();
+    let out = qat(&["run", "lm.yaml", "-q"], dir.path());
+    assert!(out.status.success(), "{}", text(&out));
+    let run = run_dirs(dir.path(), "lm").remove(0);
+    let written = std::fs::read_to_string(run.join("sample.txt")).unwrap();
+    assert_eq!(written.chars().count(), 1 + 500, "the newline prompt and 500 characters");
+    let sample = |args: &[&str]| {
+        let mut all = vec!["sample", run.to_str().unwrap(), "--tokens", "30"];
+        all.extend_from_slice(args);
+        qat(&all, dir.path())
+    };
+    let greedy = text(&sample(&["--prompt", "ROMEO:", "--temperature", "0"]));
+    assert!(greedy.starts_with("ROMEO:") && greedy.trim_end().chars().count() >= 6, "{greedy}");
+    assert_eq!(greedy, text(&sample(&["--prompt", "ROMEO:", "--temperature", "0"])));
+    let seeded = |seed: &str| text(&sample(&["--prompt", "ROMEO:", "--seed", seed]));
+    assert_eq!(seeded("3"), seeded("3"));
+    assert_ne!(seeded("3"), seeded("4"));
+    let out = sample(&["--prompt", "ROMEO: é"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("characters outside the model's vocabulary: ['é']"), "{}", text(&out));
+}

@@ -1,0 +1,53 @@
+//! Text from a trained language model: extend a prompt token by token with the shared sampler
+//! ([`qatlab_deploy::sample`]), the evaluation weights (the EMA when kept) and, past the
+//! context, nanoGPT's rule: crop to the last `context` tokens and recompute.
+
+use qatlab_deploy::sample::Sampler;
+
+use super::recipe::swap_params;
+use super::Trainer;
+use crate::data::text::Text;
+use crate::error::{Error, Result};
+use crate::nn::engine::Pass;
+
+/// What `qat sample` and a finished run's `sample.txt` use unless told otherwise.
+pub const DEFAULT_TOKENS: usize = 500;
+/// Default temperature.
+pub const DEFAULT_TEMPERATURE: f32 = 0.8;
+/// Default top-k.
+pub const DEFAULT_TOP_K: usize = 40;
+/// Default seed.
+pub const DEFAULT_SEED: u64 = 1;
+/// Default prompt (nanoGPT's `sample.py` starts from a newline).
+pub const DEFAULT_PROMPT: &str = "\n";
+
+impl Trainer {
+    /// `prompt` followed by `tokens` sampled tokens, as text.
+    pub fn sample(
+        &mut self,
+        text: &Text,
+        prompt: &str,
+        tokens: usize,
+        sampler: &mut Sampler,
+    ) -> Result<String> {
+        let context = self.config.model.transformer.as_ref().map(|t| t.context).ok_or_else(|| {
+            Error::Config("sampling needs a language model (model.kind: transformer)".into())
+        })?;
+        let mut ids = text.encode(prompt)?;
+        if ids.is_empty() {
+            return Err(Error::Config("the prompt is empty; give at least one character".into()));
+        }
+        swap_params(&mut self.averages.ema, &mut self.net);
+        let result = self.net.quantize_all(false, self.step, 0, self.config.train.seed).map(|_| {
+            let vocab = self.task.classes;
+            for _ in 0..tokens {
+                let window: Vec<f32> =
+                    ids[ids.len().saturating_sub(context)..].iter().map(|&t| t as f32).collect();
+                let (logits, _) = self.engine.logits(&self.net, &window, 1, Pass::Eval);
+                ids.push(sampler.pick(&logits[logits.len() - vocab..]) as u8);
+            }
+        });
+        swap_params(&mut self.averages.ema, &mut self.net);
+        result.map(|_| text.decode(&ids))
+    }
+}
