@@ -456,6 +456,25 @@ fn analyze(args: &AnalyzeArgs, registry: &qatlab_core::Registry) -> Result<ExitC
         config.eval.recalibrate_batch_norm |= args.recalibrate_batch_norm;
         run.trainer.set_eval_options(&config.eval);
     }
+    if let (Some(text), Some(t)) = (&data.text, run.config.model.transformer.clone()) {
+        // a language model: its loss over the whole validation split, beside the sampled windows
+        let windows: Vec<(Vec<f32>, Vec<u8>)> =
+            text.validation_split(64, t.context).into_iter().map(|w| (w.x, w.targets)).collect();
+        let count: usize = windows.iter().map(|(_, targets)| targets.len()).sum();
+        let (loss, accuracy) = run.trainer.evaluate_windows(&windows, t.context)?;
+        println!(
+            "validation split: {count} tokens in windows of {}: loss {loss:.4} nats/token ({:.4} bits), next-token accuracy {:.2}%",
+            t.context,
+            loss / std::f64::consts::LN_2,
+            100.0 * accuracy
+        );
+        if let Some(last) =
+            (crate::run::RunDir { path: args.run.clone() }).read_record().and_then(|r| r.final_scores)
+        {
+            println!("evaluation windows (training-time): loss {:.4}", last.test_loss);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let analysis = crate::train::analysis::analyze(&mut run.trainer, &data.test)?;
     print!("{}", crate::train::analysis::summary(&analysis));
     for text in &args.post_quantize {

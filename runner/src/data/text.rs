@@ -98,6 +98,25 @@ impl Text {
         windows(&self.val, "validation", stream_seed(EVAL_SEED, index, 0xe7a1), batch, context)
     }
 
+    /// The whole validation split as consecutive windows of `context` tokens (the last partial
+    /// one left out), in batches of `batch`.
+    pub fn validation_split(&self, batch: usize, context: usize) -> Vec<Windows> {
+        let starts: Vec<usize> = (0..self.val.len().saturating_sub(context)).step_by(context).collect();
+        starts
+            .chunks(batch.max(1))
+            .map(|chunk| Windows {
+                x: chunk
+                    .iter()
+                    .flat_map(|&at| self.val[at..at + context].iter().map(|&t| t as f32))
+                    .collect(),
+                targets: chunk
+                    .iter()
+                    .flat_map(|&at| self.val[at + 1..at + 1 + context].iter().copied())
+                    .collect(),
+            })
+            .collect()
+    }
+
     /// Token ids of `text`; characters outside the vocabulary are an error naming them.
     pub fn encode(&self, text: &str) -> Result<Vec<u8>> {
         let mut unknown: Vec<char> = text.chars().filter(|c| self.vocab.binary_search(c).is_err()).collect();

@@ -61,15 +61,19 @@ impl Trainer {
         Ok(())
     }
 
-    /// Mean loss per target and share of correctly predicted targets over batches of `batch`
-    /// samples with several targets each (a language model's windows), with the evaluation
-    /// quantization and the EMA weights when kept.
-    pub fn evaluate_batches(&mut self, batches: &[(Vec<f32>, Vec<u8>)], batch: usize) -> Result<(f64, f64)> {
+    /// Mean loss per target and share of correctly predicted targets over batches of windows of
+    /// `context` tokens, each token's successor its target (a language model's evaluation), with
+    /// the evaluation quantization and the EMA weights when kept.
+    pub fn evaluate_windows(
+        &mut self,
+        batches: &[(Vec<f32>, Vec<u8>)],
+        context: usize,
+    ) -> Result<(f64, f64)> {
         swap_params(&mut self.averages.ema, &mut self.net);
         let result = self.net.quantize_all(false, self.step, 0, self.config.train.seed).map(|_| {
             let (mut loss, mut correct, mut targets) = (0.0, 0, 0);
             for (x, labels) in batches {
-                let (logits, _) = self.engine.logits(&self.net, x, batch, Pass::Eval);
+                let (logits, _) = self.engine.logits(&self.net, x, x.len() / context.max(1), Pass::Eval);
                 let (l, c) = cross_entropy_sum(&logits, labels, self.task.classes);
                 (loss, correct, targets) = (loss + l, correct + c, targets + labels.len());
             }

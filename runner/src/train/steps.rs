@@ -74,7 +74,7 @@ pub fn train_steps(
         if !float_phase {
             trainer.end_epoch(interval)?;
         }
-        let (val_loss, val_acc) = trainer.evaluate_batches(&eval, batch)?;
+        let (val_loss, val_acc) = trainer.evaluate_windows(&eval, context)?;
         let metrics = EpochMetrics {
             epoch: interval + 1,
             train_loss: loss_sum / batches.max(1) as f64,
