@@ -113,6 +113,7 @@ pub fn load(file: &Path, registry: &Registry) -> Result<RunPlan> {
     if let Some(m) = base.as_mapping_mut() {
         m.remove("extends");
     }
+    check_steps_or_epochs(&base, &shown)?;
     let config = from_value(&base, &shown)?;
     let resolved = serde_yaml::to_value(&config).expect("a config serialises");
     let (points, swept) = match sweep_value {
@@ -223,6 +224,18 @@ fn read_merged(file: &Path, chain: &mut Vec<PathBuf>) -> Result<Value> {
     let mut merged = read_merged(&base_path, chain)?;
     sweep::merge(&mut merged, own);
     Ok(merged)
+}
+
+/// `train.epochs` has a default, so only the file as written can tell that both it and
+/// `train.steps` were given.
+fn check_steps_or_epochs(written: &Value, origin: &str) -> Result<()> {
+    let train = written.get("train");
+    if train.is_some_and(|t| t.get("steps").is_some() && t.get("epochs").is_some()) {
+        return Err(Error::Config(format!(
+            "{origin}: train.steps and train.epochs: a run trains for one or the other; remove train.epochs"
+        )));
+    }
+    Ok(())
 }
 
 fn from_value(value: &Value, origin: &str) -> Result<RunConfig> {

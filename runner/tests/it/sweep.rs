@@ -209,6 +209,22 @@ fn sweep_errors_stop_before_anything_runs() {
     );
 }
 
+/// A language model's bad input stops before any run of the sweep, naming the key and the fix.
+#[test]
+fn language_model_errors_stop_before_anything_runs() {
+    let lm = "name: e\ndata: {dataset: tinyshakespeare}\nmodel: {kind: transformer, depth: 1, width: 16, heads: 2, context: 8}\n";
+    for (yaml, expected) in [
+        (format!("{lm}train: {{steps: 10, epochs: 2}}\n"), "train.steps and train.epochs: a run trains for one or the other; remove train.epochs"),
+        (format!("{lm}train: {{steps: 10}}\nsweep: {{grid: {{model.width: [16, 17]}}}}\n"), "model.width: 17 is not a multiple of model.heads (2)"),
+        (format!("{lm}train: {{steps: 10}}\nsweep: {{grid: {{model.kind: [transformer, rnn]}}}}\n"), "unknown variant `rnn`, expected `mlp` or `transformer`"),
+        (format!("{lm}train: {{epochs: 1}}\n"), "train.steps: a language model trains for a number of optimizer steps"),
+        ("name: e\ndata: {dataset: tinyshakespeare, augment: true}\nmodel: {kind: transformer}\ntrain: {steps: 1}\n".to_string(), "data.augment, data.elastic, data.crop_flip: image keys; text has none"),
+        ("name: e\nmodel: {kind: transformer}\ntrain: {steps: 1}\n".to_string(), "a language model needs a text dataset (tinyshakespeare), not mnist"),
+    ] {
+        assert_rejected(&[("e.yaml", yaml.as_str())], &[expected]);
+    }
+}
+
 /// Read the sweep's TensorBoard files with the real `tensorboard` package (EventAccumulator and
 /// the hparams plugin's data provider). Skipped with a message when Python lacks the package,
 /// unless QAT_REQUIRE_TENSORBOARD is set (CI sets it after installing the package).
