@@ -387,6 +387,10 @@ fn transformer_gradients_match_finite_differences() {
         let config = crate::config(&format!("name: lm\n{yaml}"));
         let task = Task { channels: context, side: 1, classes: vocab };
         let mut net = Network::new(&registry(), &config, &task).unwrap();
+        if !yaml.contains("tie_embeddings") {
+            // float: embedding 5×8, positions 4×8, qkv 24×8, proj 8×8, MLP 32×8 and 8×32, 32 bits each
+            assert_eq!(net.total_weight_bits(), 32.0 * (40 + 32 + 192 + 64 + 256 + 256) as f64);
+        }
         // nanoGPT's initialisation (0.02) gives gradients too small to test: spread the values
         for (k, p) in net.params_mut().into_iter().enumerate() {
             let base = if p.path.ends_with("gain") { 1.0 } else { 0.0 };
