@@ -300,8 +300,9 @@ pub struct TableArgs {
     /// Group by these columns (comma-separated); default: every swept key but the seed.
     #[arg(long, value_delimiter = ',')]
     pub by: Vec<String>,
-    /// Metric columns to aggregate (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "final_test_acc")]
+    /// Metric columns to aggregate (comma-separated); a language model's table defaults to
+    /// final_val_loss.
+    #[arg(long, value_delimiter = ',', default_value = crate::report::results::DEFAULT_METRIC)]
     pub metric: Vec<String>,
     /// Output format.
     #[arg(long, value_enum, default_value = "md")]

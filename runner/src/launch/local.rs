@@ -264,7 +264,12 @@ pub fn run_one(
     record.wall_s = earlier_wall + started.elapsed().as_secs_f64();
     let history = &observer.history;
     record.final_scores = history.last().map(Scores::of);
-    record.best = history.iter().max_by(|a, b| a.test_acc.total_cmp(&b.test_acc)).map(Scores::of);
+    // the best evaluation: the highest test accuracy, or a language model's lowest validation loss
+    record.best = if data.text.is_some() {
+        history.iter().min_by(|a, b| a.test_loss.total_cmp(&b.test_loss)).map(Scores::of)
+    } else {
+        history.iter().max_by(|a, b| a.test_acc.total_cmp(&b.test_acc)).map(Scores::of)
+    };
     record.samples_per_s = history.iter().map(|m| m.samples_per_s).sum::<f64>() / history.len().max(1) as f64;
     record.sparsity = history.last().map_or(0.0, |m| {
         m.layers.iter().map(|l| l.sparsity as f64).sum::<f64>() / m.layers.len().max(1) as f64
@@ -391,6 +396,8 @@ struct RunObserver<'a> {
     epoch_size: u64,
     label: String,
     epochs: usize,
+    /// Steps per evaluation and total steps of a language model (None: a classifier's epochs).
+    steps_per_eval: Option<(usize, usize)>,
 }
 
 impl<'a> RunObserver<'a> {
@@ -412,7 +419,18 @@ impl<'a> RunObserver<'a> {
         };
         let label = format!("{}/{}", config.name, run_id(config));
         let bar = progress.run_bar(&label, epoch_size * epochs as u64);
-        Self { bar, dir, history: Vec::new(), write_error: None, epoch_size, label, log, epochs }
+        let steps_per_eval = config.train.steps.map(|steps| (epoch_size as usize, steps));
+        Self {
+            bar,
+            dir,
+            history: Vec::new(),
+            write_error: None,
+            epoch_size,
+            label,
+            log,
+            epochs,
+            steps_per_eval,
+        }
     }
 
     fn finish(&mut self) {
@@ -434,14 +452,24 @@ impl Observer for RunObserver<'_> {
         if let Err(e) = self.dir.write_metrics(&self.history) {
             self.write_error.get_or_insert(e);
         }
-        let line = format!(
-            "epoch {:>3}  loss {:.4}  train {:.2}%  test {:.2}%  {:.0} samples/s",
-            m.epoch,
-            m.train_loss,
-            100.0 * m.train_acc,
-            100.0 * m.test_acc,
-            m.samples_per_s
-        );
+        let line = match self.steps_per_eval {
+            Some((every, steps)) => format!(
+                "step {:>6}  train loss {:.4}  val loss {:.4} ({:.3} bits/token)  {:.0} tokens/s",
+                (m.epoch * every).min(steps),
+                m.train_loss,
+                m.test_loss,
+                m.test_loss / std::f64::consts::LN_2,
+                m.samples_per_s
+            ),
+            None => format!(
+                "epoch {:>3}  loss {:.4}  train {:.2}%  test {:.2}%  {:.0} samples/s",
+                m.epoch,
+                m.train_loss,
+                100.0 * m.train_acc,
+                100.0 * m.test_acc,
+                m.samples_per_s
+            ),
+        };
         match &self.bar {
             Some(bar) => bar.set_message(line),
             None => eprintln!("{}: {line}", self.label),

@@ -227,7 +227,8 @@ impl Network {
     /// Σ weights × bits per weight over all layers, plus 32 bits for every value of a weight
     /// tensor that no quantizer holds (a transformer's learned positions).
     pub fn total_weight_bits(&self) -> f64 {
-        let quantized: f64 = self.layers().map(|l| l.shape.len() as f64 * l.quantizer.bits_per_weight()).sum();
+        let quantized: f64 =
+            self.layers().map(|l| l.shape.len() as f64 * l.quantizer.bits_per_weight()).sum();
         let float: usize = self
             .nodes
             .iter()

@@ -27,6 +27,25 @@ pub const METRIC_COLUMNS: [&str; 13] = [
     "error",
 ];
 
+/// The fixed metric columns of a language model's `results.csv`: validation loss in nats per
+/// token (the final one, the lowest, and its evaluation), bits per character, next-token
+/// accuracy, and tokens per second.
+pub const LM_METRIC_COLUMNS: [&str; 13] = [
+    "status",
+    "final_val_loss",
+    "best_val_loss",
+    "best_eval",
+    "final_val_bpc",
+    "final_val_acc",
+    "train_loss",
+    "total_bits",
+    "kB",
+    "sparsity",
+    "wall_s",
+    "tokens_per_s",
+    "error",
+];
+
 /// Rewrite `results/<experiment>/results.csv` from the run directories of every run of `plan`
 /// that has a record (runs not started yet are left out, so a resumed sweep never duplicates).
 pub fn write_results_csv(plan: &RunPlan, results: &Path) -> Result<()> {
@@ -35,7 +54,8 @@ pub fn write_results_csv(plan: &RunPlan, results: &Path) -> Result<()> {
     header.extend(plan.swept.iter().filter(|k| *k != "train.seed").cloned());
     header.push("seed".into());
     let first_metric = header.len();
-    header.extend(METRIC_COLUMNS.map(String::from));
+    let text = plan.runs.first().is_some_and(|r| r.config.data.dataset.is_text());
+    header.extend(if text { LM_METRIC_COLUMNS } else { METRIC_COLUMNS }.map(String::from));
     let records: Vec<_> =
         plan.runs.iter().map(|run| RunDir::new(results, &run.config).read_record()).collect();
     let mut ptq: Vec<String> =
@@ -55,21 +75,40 @@ pub fn write_results_csv(plan: &RunPlan, results: &Path) -> Result<()> {
         row.push(run.config.train.seed.to_string());
         let f = r.final_scores.clone().unwrap_or_default();
         let b = r.best.clone().unwrap_or_default();
-        row.extend([
-            format!("{:?}", r.status).to_lowercase(),
-            format!("{:.4}", 100.0 * f.test_acc),
-            format!("{:.4}", 100.0 * b.test_acc),
-            b.epoch.to_string(),
-            format!("{:.6}", f.test_loss),
-            format!("{:.4}", 100.0 * f.train_acc),
-            format!("{:.6}", f.train_loss),
-            format!("{:.1}", r.total_bits),
-            format!("{:.3}", r.total_bits / 8.0 / 1024.0),
-            format!("{:.4}", r.sparsity),
-            format!("{:.1}", r.wall_s),
-            format!("{:.0}", r.samples_per_s),
-            r.error.clone().unwrap_or_default(),
-        ]);
+        let status = format!("{:?}", r.status).to_lowercase();
+        if text {
+            row.extend([
+                status,
+                format!("{:.6}", f.test_loss),
+                format!("{:.6}", b.test_loss),
+                b.epoch.to_string(),
+                format!("{:.6}", f.test_loss / std::f64::consts::LN_2),
+                format!("{:.4}", 100.0 * f.test_acc),
+                format!("{:.6}", f.train_loss),
+                format!("{:.1}", r.total_bits),
+                format!("{:.3}", r.total_bits / 8.0 / 1024.0),
+                format!("{:.4}", r.sparsity),
+                format!("{:.1}", r.wall_s),
+                format!("{:.0}", r.samples_per_s),
+                r.error.clone().unwrap_or_default(),
+            ]);
+        } else {
+            row.extend([
+                status,
+                format!("{:.4}", 100.0 * f.test_acc),
+                format!("{:.4}", 100.0 * b.test_acc),
+                b.epoch.to_string(),
+                format!("{:.6}", f.test_loss),
+                format!("{:.4}", 100.0 * f.train_acc),
+                format!("{:.6}", f.train_loss),
+                format!("{:.1}", r.total_bits),
+                format!("{:.3}", r.total_bits / 8.0 / 1024.0),
+                format!("{:.4}", r.sparsity),
+                format!("{:.1}", r.wall_s),
+                format!("{:.0}", r.samples_per_s),
+                r.error.clone().unwrap_or_default(),
+            ]);
+        }
         if r.status != Status::Success {
             // unfinished or failed runs have no final metrics worth averaging
             for cell in row.iter_mut().skip(first_metric + 1).take(METRIC_COLUMNS.len() - 2) {
@@ -88,6 +127,9 @@ pub fn write_results_csv(plan: &RunPlan, results: &Path) -> Result<()> {
     let bytes = w.into_inner().map_err(|e| Error::Config(e.to_string()))?;
     write_atomic(&results.join(&plan.experiment).join("results.csv"), &bytes)
 }
+
+/// `qat table`'s metric unless told otherwise (a language model's table uses `final_val_loss`).
+pub const DEFAULT_METRIC: &str = "final_test_acc";
 
 /// Output format of `qat table`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -119,6 +161,10 @@ pub fn table(dir: &Path, by: &[String], metrics: &[String], format: TableFormat)
     let seed_col = col("seed")?;
     let by: Vec<String> = if by.is_empty() { header[2..seed_col].to_vec() } else { by.to_vec() };
     let by_cols: Vec<usize> = by.iter().map(|b| col(b)).collect::<Result<_>>()?;
+    // a language model's table has no test accuracy: the default metric is its validation loss
+    let lm_default = metrics == [DEFAULT_METRIC] && !header.iter().any(|h| h == DEFAULT_METRIC);
+    let metrics: Vec<String> = if lm_default { vec!["final_val_loss".to_string()] } else { metrics.to_vec() };
+    let metrics = &metrics[..];
     let metric_cols: Vec<usize> = metrics.iter().map(|m| col(m)).collect::<Result<_>>()?;
     let status_col = col("status")?;
     // group key → (first row's position, one value list per metric)
@@ -150,7 +196,7 @@ pub fn table(dir: &Path, by: &[String], metrics: &[String], format: TableFormat)
             let _ = writeln!(out, "|{}", "---|".repeat(head.len()));
             for (key, (_, values)) in &rows {
                 let mut cells = key.clone();
-                cells.extend(values.iter().map(|v| mean_std(v)));
+                cells.extend(values.iter().zip(metrics).map(|(v, m)| mean_std_to(v, decimals_of(m))));
                 cells.push(n_of(values).to_string());
                 let _ = writeln!(out, "| {} |", cells.join(" | "));
             }
@@ -191,12 +237,27 @@ pub fn stats(v: &[f64]) -> (Option<f64>, Option<f64>) {
     (Some(mean), std)
 }
 
-/// `mean ± std` (or the single value, or `-`).
+/// `mean ± std` (or the single value, or `-`) with two decimals (accuracies in %).
 pub fn mean_std(v: &[f64]) -> String {
+    mean_std_to(v, 2)
+}
+
+/// `mean ± std` with `decimals` decimals.
+pub fn mean_std_to(v: &[f64], decimals: usize) -> String {
     match stats(v) {
         (None, _) => "-".into(),
-        (Some(m), None) => format!("{m:.2}"),
-        (Some(m), Some(s)) => format!("{m:.2} ± {s:.2}"),
+        (Some(m), None) => format!("{m:.decimals$}"),
+        (Some(m), Some(s)) => format!("{m:.decimals$} ± {s:.decimals$}"),
+    }
+}
+
+/// Decimals a metric column is shown with: losses and bits per character differ in the
+/// third decimal, accuracies in % in the second.
+fn decimals_of(metric: &str) -> usize {
+    if metric.contains("loss") || metric.contains("bpc") {
+        4
+    } else {
+        2
     }
 }
 

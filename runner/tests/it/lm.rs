@@ -103,3 +103,28 @@ fn a_finished_run_writes_a_sample_and_qat_sample_repeats_with_its_seed() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("characters outside the model's vocabulary: ['é']"), "{}", text(&out));
 }
+
+#[test]
+fn a_language_model_sweep_reports_validation_loss_columns_and_table() {
+    use super::cli::{qat, text, workdir};
+    let dir = workdir();
+    let yaml =
+        SMALL.replace("steps: 40", "steps: 4").replace("every: 10, batches: 4", "every: 2, batches: 1");
+    std::fs::write(dir.path().join("lm.yaml"), format!("{yaml}\nsweep: {{seeds: [0, 1]}}\n")).unwrap();
+    let out = qat(&["run", "lm.yaml", "-q", "--jobs", "2"], dir.path());
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("step      4  train loss"), "{}", text(&out));
+    let csv = std::fs::read_to_string(dir.path().join("results/lm/results.csv")).unwrap();
+    let header = csv.lines().next().unwrap();
+    assert!(
+        header.contains("final_val_loss,best_val_loss,best_eval,final_val_bpc,final_val_acc"),
+        "{header}"
+    );
+    let row: Vec<&str> = csv.lines().nth(1).unwrap().split(',').collect();
+    let column = |name: &str| header.split(',').position(|h| h == name).unwrap();
+    let (loss, bpc): (f64, f64) =
+        (row[column("final_val_loss")].parse().unwrap(), row[column("final_val_bpc")].parse().unwrap());
+    assert!((bpc - loss / std::f64::consts::LN_2).abs() < 1e-5, "{loss} nats = {bpc} bits");
+    let table = text(&qat(&["table", "results/lm"], dir.path()));
+    assert!(table.contains("final_val_loss") && table.contains("| 2 |"), "{table}");
+}
