@@ -684,6 +684,11 @@ pub struct TrainConfig {
     pub batch_size: usize,
     /// Optimizer and its hyper-parameters.
     pub optimizer: OptimizerConfig,
+    /// A multiplier of `optimizer.weight_decay` over training, any registered schedule (evaluated
+    /// like the learning rate's: per epoch, or per step with `train.steps`); BitNet b1.58 decays
+    /// by 0.1 in its first stage and not at all in its second: `{name: step, size: <half>, gamma: 0}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight_decay_schedule: Option<PluginSpec>,
     /// Learning-rate multiplier over training, stepped per epoch.
     pub schedule: PluginSpec,
     /// Seed of data order, augmentation, initialisation and stochastic strategies.
@@ -884,6 +889,7 @@ impl Default for TrainConfig {
         Self {
             epochs: 30,
             steps: None,
+            weight_decay_schedule: None,
             batch_size: 128,
             optimizer: OptimizerConfig::default(),
             schedule: PluginSpec::named("cosine"),

@@ -400,6 +400,19 @@ fn learning_rate_schedules_at_known_epochs() {
     assert!((value("cyclic", "{period: 5, low: 0.2}", 9) - 0.2).abs() < 1e-12);
     let err = registry.schedules.build("step", &params("{size: 0}")).err().unwrap().to_string();
     assert_eq!(err, "schedule `step`: size: must be at least 1");
+    // two-stage over 30 epochs, warm-up 5: (e+1)/6, then 1 → `to` linearly over 25 epochs,
+    // times `second` from epoch 15 on
+    let two = "{warmup: 5, second: 0.5, to: 0.2}";
+    assert!((value("two-stage", two, 2) - 0.5).abs() < 1e-12);
+    assert_eq!(value("two-stage", two, 5), 1.0);
+    assert!((value("two-stage", two, 14) - (1.0 - 0.8 * 9.0 / 25.0)).abs() < 1e-12);
+    assert!((value("two-stage", two, 15) - 0.5 * (1.0 - 0.8 * 10.0 / 25.0)).abs() < 1e-12);
+    assert!((value("two-stage", two, 30) - 0.5 * 0.2).abs() < 1e-12);
+    // BitNet's weight decay: on in the first half, off in the second
+    assert_eq!(value("step", "{size: 15, gamma: 0}", 14), 1.0);
+    assert_eq!(value("step", "{size: 15, gamma: 0}", 15), 0.0);
+    let err = registry.schedules.build("two-stage", &params("{split: 1.5}")).err().unwrap().to_string();
+    assert_eq!(err, "schedule `two-stage`: split: a fraction of training in [0, 1], got 1.5");
 }
 
 #[test]

@@ -103,6 +103,38 @@ impl Default for TwoStepConfig {
     }
 }
 
+/// Parameters of the `two-stage` schedule (BitNet b1.58's learning rate).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TwoStageConfig {
+    /// Epochs (steps, with `train.steps`) of linear warm-up.
+    pub warmup: usize,
+    /// Where the second stage starts, as a fraction of training.
+    pub split: f64,
+    /// The multiplier of the second stage (BitNet 700M: 1e-3 / 1.5e-3).
+    pub second: f64,
+    /// The value the linear decay reaches at the end (before `second`).
+    pub to: f64,
+}
+
+impl Default for TwoStageConfig {
+    fn default() -> Self {
+        Self { warmup: 0, split: 0.5, second: 2.0 / 3.0, to: 0.0 }
+    }
+}
+
+/// The `two-stage` value at `epoch` of `epochs`: (e+1)/(warmup+1) during warm-up, then a linear
+/// decay from 1 to `to`, multiplied by `second` from `split · epochs` on.
+pub fn two_stage(c: &TwoStageConfig, epoch: usize, epochs: usize) -> f64 {
+    if epoch < c.warmup {
+        return (epoch + 1) as f64 / (c.warmup + 1) as f64;
+    }
+    let t = (epoch - c.warmup) as f64 / epochs.saturating_sub(c.warmup).max(1) as f64;
+    let decayed = 1.0 - (1.0 - c.to) * t.min(1.0);
+    let stage = if epoch as f64 >= c.split * epochs as f64 { c.second } else { 1.0 };
+    decayed * stage
+}
+
 /// Parameters of `warmup-cosine`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -188,6 +220,17 @@ pub fn register_more(catalog: &mut Catalog<dyn Schedule>) -> Result<()> {
     catalog.register("two-step", "1 before epoch `at`, 0.5 from it", BUILT_IN, |c: TwoStepConfig| {
         curve(move |p| if p.epoch < c.at { 1.0 } else { 0.5 })
     })?;
+    catalog.register(
+        "two-stage",
+        "BitNet b1.58's: warm-up, then linear decay to `to`, times `second` from `split` of training on",
+        BUILT_IN,
+        |c: TwoStageConfig| {
+            if !(0.0..=1.0).contains(&c.split) {
+                return Err(format!("split: a fraction of training in [0, 1], got {}", c.split).into());
+            }
+            curve(move |p| two_stage(&c, p.epoch, p.epochs))
+        },
+    )?;
     catalog.register(
         "warmup-cosine",
         "linear warm-up for `warmup` epochs, then cosine to `to`",

@@ -338,6 +338,12 @@ pub fn check_with_teachers(
     registry.activations.validate(&a.name, &a.params).map_err(|e| format!("model.activation: {e}"))?;
     let s = &config.train.schedule;
     registry.schedules.validate(&s.name, &s.params).map_err(|e| format!("train.schedule: {e}"))?;
+    if let Some(s) = &config.train.weight_decay_schedule {
+        registry
+            .schedules
+            .validate(&s.name, &s.params)
+            .map_err(|e| format!("train.weight_decay_schedule: {e}"))?;
+    }
     if let Some(d) = &config.train.distill {
         registry
             .distillers

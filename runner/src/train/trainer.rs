@@ -20,6 +20,8 @@ pub struct Trainer {
     pub net: Network,
     pub(super) engine: Engine,
     pub(super) schedule: Box<dyn Schedule>,
+    /// The multiplier of the weight decay over training (`train.weight_decay_schedule`).
+    pub(super) weight_decay_schedule: Option<Box<dyn Schedule>>,
     pub(super) adam: AdamConfig,
     pub(super) base_lr: f64,
     /// Optimizer state of every parameter, by path.
@@ -44,10 +46,20 @@ impl Trainer {
             .schedules
             .build(&spec.name, &spec.params)
             .map_err(|e| Error::Config(format!("train.schedule: {e}")))?;
+        let weight_decay_schedule = match &config.train.weight_decay_schedule {
+            Some(spec) => Some(
+                registry
+                    .schedules
+                    .build(&spec.name, &spec.params)
+                    .map_err(|e| Error::Config(format!("train.weight_decay_schedule: {e}")))?,
+            ),
+            None => None,
+        };
         let o = &config.train.optimizer;
         let layers = net.layer_count();
         Ok(Self {
             net,
+            weight_decay_schedule,
             engine: Engine::new(),
             schedule,
             adam: AdamConfig {
@@ -90,19 +102,26 @@ impl Trainer {
         Ok(())
     }
 
-    /// Learning rate of `epoch`.
-    pub fn lr(&self, epoch: usize, steps: usize) -> f64 {
+    /// Learning rate of `epoch` (and the weight decay of it, when scheduled).
+    pub fn lr(&mut self, epoch: usize, steps: usize) -> f64 {
         let epochs = self.config.train.epochs;
-        let p = Progress { epoch, step: self.step as usize, epochs, steps };
-        self.base_lr * self.schedule.value(p)
+        self.at(Progress { epoch, step: self.step as usize, epochs, steps })
     }
 
-    /// Learning rate of the next optimizer step of a run of `steps` steps: the schedule sees
-    /// each step as an epoch of `steps`, so epoch-keyed schedules (`warmup-cosine {warmup: 100}`)
-    /// count steps.
-    pub fn lr_at_step(&self, steps: usize) -> f64 {
+    /// Learning rate of the next optimizer step of a run of `steps` steps (and its weight decay,
+    /// when scheduled): the schedules see each step as an epoch of `steps`, so epoch-keyed
+    /// schedules (`warmup-cosine {warmup: 100}`) count steps.
+    pub fn lr_at_step(&mut self, steps: usize) -> f64 {
         let step = self.step as usize;
-        self.base_lr * self.schedule.value(Progress { epoch: step, step, epochs: steps, steps })
+        self.at(Progress { epoch: step, step, epochs: steps, steps })
+    }
+
+    /// Set the scheduled weight decay for `p` and return the learning rate there.
+    fn at(&mut self, p: Progress) -> f64 {
+        if let Some(schedule) = &self.weight_decay_schedule {
+            self.adam.weight_decay = (self.config.train.optimizer.weight_decay * schedule.value(p)) as f32;
+        }
+        self.base_lr * self.schedule.value(p)
     }
 
     /// Optimizer steps taken.
@@ -217,5 +236,25 @@ impl Trainer {
                 .map_err(|e| Error::Plugin(format!("{}: {e}", layer.name)))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_weight_decay_follows_its_schedule() {
+        let config: RunConfig = serde_yaml::from_str(
+            "name: wd\nmodel: {hidden: [4]}\ntrain: {epochs: 4, optimizer: {name: adamw, weight_decay: 0.1}, \
+             weight_decay_schedule: {name: step, size: 2, gamma: 0}}",
+        )
+        .unwrap();
+        let task = Task { channels: 1, side: 2, classes: 3 };
+        let mut trainer = Trainer::new(&config, &qatlab_plugins::builtin_registry(), task).unwrap();
+        trainer.lr(1, 8);
+        assert!((trainer.adam.weight_decay - 0.1).abs() < 1e-7, "first stage: decayed");
+        trainer.lr(2, 8);
+        assert_eq!(trainer.adam.weight_decay, 0.0, "second stage: no decay");
     }
 }
