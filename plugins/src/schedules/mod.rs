@@ -226,7 +226,7 @@ pub fn register_more(catalog: &mut Catalog<dyn Schedule>) -> Result<()> {
         BUILT_IN,
         |c: TwoStageConfig| {
             if !(0.0..=1.0).contains(&c.split) {
-                return Err(format!("split: a fraction of training in [0, 1], got {}", c.split).into());
+                return Err(format!("split: a fraction of training in [0, 1], got {}", c.split));
             }
             curve(move |p| two_stage(&c, p.epoch, p.epochs))
         },
