@@ -60,6 +60,13 @@ pub fn export_run(dir: &Path, registry: &Registry, packing: PackingChoice) -> Re
     let run = load_finished(dir, registry)?;
     let config = &run.config;
     let unsupported = |what: String| Error::Config(format!("{}: cannot deploy: {what}", dir.display()));
+    if config.data.dataset.is_text() {
+        return Err(unsupported(
+            "a language model: the model file and runtime do not hold transformers yet (qat sample generates \
+             text from the run itself)"
+                .into(),
+        ));
+    }
     if !matches!(config.data.dataset, Dataset::Mnist | Dataset::FashionMnist) {
         return Err(unsupported(format!(
             "data.dataset {}: the model file describes greyscale inputs with one mean and std, and \

@@ -99,6 +99,9 @@ fn a_finished_run_writes_a_sample_and_qat_sample_repeats_with_its_seed() {
     let seeded = |seed: &str| text(&sample(&["--prompt", "ROMEO:", "--seed", seed]));
     assert_eq!(seeded("3"), seeded("3"));
     assert_ne!(seeded("3"), seeded("4"));
+    let out = qat(&["export", run.to_str().unwrap(), "-o", "lm.qat"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("cannot deploy: a language model"), "{}", text(&out));
     let out = sample(&["--prompt", "ROMEO: é"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("characters outside the model's vocabulary: ['é']"), "{}", text(&out));
