@@ -76,6 +76,15 @@ pub fn write_results_csv(plan: &RunPlan, results: &Path) -> Result<()> {
         let f = r.final_scores.clone().unwrap_or_default();
         let b = r.best.clone().unwrap_or_default();
         let status = format!("{:?}", r.status).to_lowercase();
+        // the columns both kinds of run end with
+        let tail = [
+            format!("{:.1}", r.total_bits),
+            format!("{:.3}", r.total_bits / 8.0 / 1024.0),
+            format!("{:.4}", r.sparsity),
+            format!("{:.1}", r.wall_s),
+            format!("{:.0}", r.samples_per_s),
+            r.error.clone().unwrap_or_default(),
+        ];
         if text {
             row.extend([
                 status,
@@ -85,13 +94,8 @@ pub fn write_results_csv(plan: &RunPlan, results: &Path) -> Result<()> {
                 format!("{:.6}", f.test_loss / std::f64::consts::LN_2),
                 format!("{:.4}", 100.0 * f.test_acc),
                 format!("{:.6}", f.train_loss),
-                format!("{:.1}", r.total_bits),
-                format!("{:.3}", r.total_bits / 8.0 / 1024.0),
-                format!("{:.4}", r.sparsity),
-                format!("{:.1}", r.wall_s),
-                format!("{:.0}", r.samples_per_s),
-                r.error.clone().unwrap_or_default(),
             ]);
+            row.extend(tail);
         } else {
             row.extend([
                 status,
@@ -101,13 +105,8 @@ pub fn write_results_csv(plan: &RunPlan, results: &Path) -> Result<()> {
                 format!("{:.6}", f.test_loss),
                 format!("{:.4}", 100.0 * f.train_acc),
                 format!("{:.6}", f.train_loss),
-                format!("{:.1}", r.total_bits),
-                format!("{:.3}", r.total_bits / 8.0 / 1024.0),
-                format!("{:.4}", r.sparsity),
-                format!("{:.1}", r.wall_s),
-                format!("{:.0}", r.samples_per_s),
-                r.error.clone().unwrap_or_default(),
             ]);
+            row.extend(tail);
         }
         if r.status != Status::Success {
             // unfinished or failed runs have no final metrics worth averaging

@@ -19,7 +19,7 @@ use qatlab_core::{Registry, Shape};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::GraphBuilder;
+use super::{weight_layer, GraphBuilder};
 use crate::data::Task;
 use crate::error::{Error, Result};
 use crate::nn::model::{Layer, Network};
@@ -50,12 +50,7 @@ pub fn build(registry: &Registry, config: &RunConfig, task: &Task) -> Result<Net
     let mut layer = |i: usize, shape: Shape| -> Result<(Layer, Option<u32>)> {
         let bound = 1.0 / (shape.cols as f32).sqrt();
         let weight = (0..shape.len()).map(|_| rng.gen_range(-bound..bound)).collect();
-        let (spec, activation_bits) = model.layer(i, count, &config.quantizer);
-        let quantizer = registry
-            .quantizers
-            .build(&spec.name, &spec.params)
-            .map_err(|e| Error::Config(format!("quantizer of {}: {e}", names[i])))?;
-        Ok((Layer::new(names[i].clone(), shape, weight, quantizer), activation_bits))
+        weight_layer(registry, config, i, shape, weight)
     };
     let mut g = GraphBuilder::new();
     let mut x = g.input();

@@ -24,6 +24,24 @@ pub fn build(registry: &Registry, config: &RunConfig, task: &Task) -> Result<Net
     }
 }
 
+/// Layer `i` of the model's layer names with latent weights `weight` and the quantizer (and
+/// input bits) the config resolves for it, by name, index or position.
+pub fn weight_layer(
+    registry: &Registry,
+    config: &RunConfig,
+    i: usize,
+    shape: qatlab_core::Shape,
+    weight: Vec<f32>,
+) -> Result<(crate::nn::model::Layer, Option<u32>)> {
+    let names = config.model.layer_names();
+    let (spec, bits) = config.model.layer(i, names.len(), &config.quantizer);
+    let quantizer = registry
+        .quantizers
+        .build(&spec.name, &spec.params)
+        .map_err(|e| crate::error::Error::Config(format!("quantizer of {}: {e}", names[i])))?;
+    Ok((crate::nn::model::Layer::new(names[i].clone(), shape, weight, quantizer), bits))
+}
+
 /// A graph under construction: nodes are appended in evaluation order and named by path.
 pub struct GraphBuilder {
     nodes: Vec<Node>,

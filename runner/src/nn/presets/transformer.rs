@@ -21,7 +21,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
-use super::GraphBuilder;
+use super::{weight_layer, GraphBuilder};
 use crate::data::Task;
 use crate::error::{Error, Result};
 use crate::nn::model::{Layer, Network};
@@ -35,22 +35,14 @@ use crate::nn::ops::{
 pub fn build(registry: &Registry, config: &RunConfig, task: &Task, t: &TransformerConfig) -> Result<Network> {
     let model = &config.model;
     let (width, vocab) = (t.width, task.classes);
-    let names = model.layer_names();
-    let count = names.len();
     let mut rng = ChaCha8Rng::seed_from_u64(config.train.seed ^ 0x7a4f_0b1e);
     let mut index = 0;
     // the next layer in `names` order, initialised normal(0, std)
     let mut layer = |shape: Shape, std: f32| -> Result<(Layer, Option<u32>)> {
-        let i = index;
-        index += 1;
         let normal = Normal::new(0.0, std).expect("a positive deviation");
         let weight = (0..shape.len()).map(|_| normal.sample(&mut rng)).collect();
-        let (spec, bits) = model.layer(i, count, &config.quantizer);
-        let quantizer = registry
-            .quantizers
-            .build(&spec.name, &spec.params)
-            .map_err(|e| Error::Config(format!("quantizer of {}: {e}", names[i])))?;
-        Ok((Layer::new(names[i].clone(), shape, weight, quantizer), bits))
+        index += 1;
+        weight_layer(registry, config, index - 1, shape, weight)
     };
     let activation = || {
         registry
