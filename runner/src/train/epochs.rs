@@ -48,17 +48,8 @@ pub fn train(
     if config.train.steps.is_some() {
         return super::steps::train_steps(config, registry, data, observer, resume);
     }
-    let mut trainer = Trainer::new(config, registry, data.task)?;
-    trainer.attach_teacher(registry)?;
+    let (mut trainer, mut history) = start(config, registry, data, observer, resume)?;
     let (epochs, batch) = (config.train.epochs, config.train.batch_size);
-    let mut history = Vec::new();
-    if let Some(checkpoint) = resume {
-        trainer.restore(checkpoint, registry)?;
-        history = checkpoint.history().to_vec();
-        for m in &history {
-            observer.on_epoch(m);
-        }
-    }
     let mut x = Vec::new();
     let mut labels = Vec::new();
     for epoch in history.len()..epochs {
@@ -129,6 +120,26 @@ pub fn train(
     }
     let swa_test_acc = trainer.evaluate_swa(&data.train, &data.test)?;
     Ok(Finished { epochs: history, total_bits, post_quantized, trainer, swa_test_acc })
+}
+
+/// The trainer of `config` with its teacher, restored from `resume` when given, and the epochs
+/// already done (replayed to `observer`): how both the epoch and the step loop begin.
+pub(super) fn start(
+    config: &RunConfig,
+    registry: &Registry,
+    data: &RunData,
+    observer: &mut dyn Observer,
+    resume: Option<&Checkpoint>,
+) -> Result<(Trainer, Vec<EpochMetrics>)> {
+    let mut trainer = Trainer::new(config, registry, data.task)?;
+    trainer.attach_teacher(registry)?;
+    let mut history = Vec::new();
+    if let Some(checkpoint) = resume {
+        trainer.restore(checkpoint, registry)?;
+        history = checkpoint.history().to_vec();
+        history.iter().for_each(|m| observer.on_epoch(m));
+    }
+    Ok((trainer, history))
 }
 
 /// Seed salt of batch mixing, so it draws independently of augmentation.

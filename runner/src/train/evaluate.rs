@@ -31,55 +31,49 @@ impl Trainer {
         Ok(out)
     }
 
-    /// Quantize for evaluation, then visit each test batch's logits, labels and
-    /// (positive activations, activations).
-    /// With an EMA, the averaged weights are evaluated.
-    fn for_each_test_batch(
-        &mut self,
-        test: &Samples,
-        visit: impl FnMut(&[f32], &[u8], (u64, u64)),
-    ) -> Result<()> {
+    /// Run `f` on the evaluation weights: the EMA when the recipe keeps one, quantized for
+    /// evaluation; the training weights are put back after.
+    pub(super) fn with_evaluation_weights<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> Result<R> {
         swap_params(&mut self.averages.ema, &mut self.net);
-        let result = self.visit_test_batches(test, visit);
+        let result = self.net.quantize_all(false, self.step, 0, self.config.train.seed).map(|_| f(self));
         swap_params(&mut self.averages.ema, &mut self.net);
         result
     }
 
-    fn visit_test_batches(
+    /// Visit each test batch's logits, labels and (positive activations, activations) with the
+    /// evaluation weights.
+    fn for_each_test_batch(
         &mut self,
         test: &Samples,
         mut visit: impl FnMut(&[f32], &[u8], (u64, u64)),
     ) -> Result<()> {
-        self.net.quantize_all(false, self.step, 0, self.config.train.seed)?;
-        let f = test.features;
-        for start in (0..test.len()).step_by(EVAL_BATCH) {
-            let end = (start + EVAL_BATCH).min(test.len());
-            let (logits, positive) =
-                self.engine.logits(&self.net, &test.x[start * f..end * f], end - start, Pass::Eval);
-            visit(&logits, &test.labels[start..end], positive);
-        }
-        Ok(())
+        self.with_evaluation_weights(|t| {
+            let f = test.features;
+            for start in (0..test.len()).step_by(EVAL_BATCH) {
+                let end = (start + EVAL_BATCH).min(test.len());
+                let (logits, positive) =
+                    t.engine.logits(&t.net, &test.x[start * f..end * f], end - start, Pass::Eval);
+                visit(&logits, &test.labels[start..end], positive);
+            }
+        })
     }
 
     /// Mean loss per target and share of correctly predicted targets over batches of windows of
     /// `context` tokens, each token's successor its target (a language model's evaluation), with
-    /// the evaluation quantization and the EMA weights when kept.
+    /// the evaluation weights.
     pub fn evaluate_windows(
         &mut self,
         batches: &[(Vec<f32>, Vec<u8>)],
         context: usize,
     ) -> Result<(f64, f64)> {
-        swap_params(&mut self.averages.ema, &mut self.net);
-        let result = self.net.quantize_all(false, self.step, 0, self.config.train.seed).map(|_| {
+        self.with_evaluation_weights(|t| {
             let (mut loss, mut correct, mut targets) = (0.0, 0, 0);
             for (x, labels) in batches {
-                let (logits, _) = self.engine.logits(&self.net, x, x.len() / context.max(1), Pass::Eval);
-                let (l, c) = cross_entropy_sum(&logits, labels, self.task.classes);
+                let (logits, _) = t.engine.logits(&t.net, x, x.len() / context.max(1), Pass::Eval);
+                let (l, c) = cross_entropy_sum(&logits, labels, t.task.classes);
                 (loss, correct, targets) = (loss + l, correct + c, targets + labels.len());
             }
             (loss / targets.max(1) as f64, correct as f64 / targets.max(1) as f64)
-        });
-        swap_params(&mut self.averages.ema, &mut self.net);
-        result
+        })
     }
 }

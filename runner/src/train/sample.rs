@@ -4,7 +4,6 @@
 
 use qatlab_deploy::sample::Sampler;
 
-use super::recipe::swap_params;
 use super::Trainer;
 use crate::data::text::Text;
 use crate::error::{Error, Result};
@@ -37,17 +36,15 @@ impl Trainer {
         if ids.is_empty() {
             return Err(Error::Config("the prompt is empty; give at least one character".into()));
         }
-        swap_params(&mut self.averages.ema, &mut self.net);
-        let result = self.net.quantize_all(false, self.step, 0, self.config.train.seed).map(|_| {
-            let vocab = self.task.classes;
+        let vocab = self.task.classes;
+        self.with_evaluation_weights(|t| {
             for _ in 0..tokens {
                 let window: Vec<f32> =
                     ids[ids.len().saturating_sub(context)..].iter().map(|&t| t as f32).collect();
-                let (logits, _) = self.engine.logits(&self.net, &window, 1, Pass::Eval);
+                let (logits, _) = t.engine.logits(&t.net, &window, 1, Pass::Eval);
                 ids.push(sampler.pick(&logits[logits.len() - vocab..]) as u8);
             }
-        });
-        swap_params(&mut self.averages.ema, &mut self.net);
-        result.map(|_| text.decode(&ids))
+        })?;
+        Ok(text.decode(&ids))
     }
 }

@@ -12,7 +12,6 @@ use qatlab_core::Registry;
 use super::checkpoint::Checkpoint;
 use super::epochs::Finished;
 use super::metrics::{layer_stats, EpochMetrics, Observer};
-use super::Trainer;
 use crate::data::text::Text;
 use crate::data::RunData;
 use crate::error::{Error, Result};
@@ -39,14 +38,7 @@ pub fn train_steps(
     let (batch, accumulate, seed) =
         (config.train.batch_size, config.train.grad_accumulation.max(1), config.train.seed);
     let eval = eval_batches(text, config.eval.batches.unwrap_or(DEFAULT_EVAL_BATCHES), batch, context)?;
-    let mut trainer = Trainer::new(config, registry, data.task)?;
-    trainer.attach_teacher(registry)?;
-    let mut history = Vec::new();
-    if let Some(checkpoint) = resume {
-        trainer.restore(checkpoint, registry)?;
-        history = checkpoint.history().to_vec();
-        history.iter().for_each(|m| observer.on_epoch(m));
-    }
+    let (mut trainer, mut history) = super::epochs::start(config, registry, data, observer, resume)?;
     for interval in history.len()..intervals {
         trainer.use_quantizers_of_epoch(registry, interval)?;
         let float_phase = interval < config.train.float_epochs();
