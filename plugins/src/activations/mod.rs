@@ -26,6 +26,20 @@ impl<F: Fn(f32) -> f32 + Send + Sync, D: Fn(f32) -> f32 + Send + Sync> Activatio
     }
 }
 
+/// An activation from one function giving (f, f′) together, for those whose two share their
+/// expensive part.
+pub struct Fused<G> {
+    g: G,
+}
+
+impl<G: Fn(f32) -> (f32, f32) + Send + Sync> Activation for Fused<G> {
+    fn apply(&self, x: &[f32], y: &mut [f32], dy: &mut [f32]) {
+        for ((x, y), dy) in x.iter().zip(y).zip(dy) {
+            (*y, *dy) = (self.g)(*x);
+        }
+    }
+}
+
 fn boxed<F, D>(f: F, df: D) -> std::result::Result<Box<dyn Activation>, String>
 where
     F: Fn(f32) -> f32 + Send + Sync + 'static,
@@ -138,6 +152,19 @@ pub fn normal_cdf(x: f32) -> f32 {
     0.5 * (1.0 + erf(x / std::f32::consts::SQRT_2))
 }
 
+/// GELU x·Φ(x) and its derivative Φ(x) + x·φ(x) from one exponential: [`erf`]'s approximation
+/// of Φ and the density φ share e^(−x²/2), and GELU runs over every MLP value of a transformer.
+pub fn gelu_with_slope(x: f32) -> (f32, f32) {
+    let e = (-0.5 * x * x).exp();
+    let z = x / std::f32::consts::SQRT_2;
+    let t = 1.0 / (1.0 + 0.327_591_1 * z.abs());
+    let poly =
+        t * (0.254_829_6 + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152_1 + t * 1.061_405_4))));
+    let cdf = 0.5 * (1.0 + (1.0 - poly * e).copysign(z));
+    let pdf = e / (2.0 * std::f32::consts::PI).sqrt();
+    (x * cdf, cdf + x * pdf)
+}
+
 /// Standard normal density φ.
 pub fn normal_pdf(x: f32) -> f32 {
     (-0.5 * x * x).exp() / (2.0 * std::f32::consts::PI).sqrt()
@@ -162,7 +189,7 @@ pub fn register(catalog: &mut Catalog<dyn Activation>) -> Result<()> {
         boxed(move |x| if x > 0.0 { x } else { s * x }, move |x| if x > 0.0 { 1.0 } else { s })
     })?;
     catalog.register("gelu", "x·Phi(x) (exact, erf-based)", BUILT_IN, |_: NoParams| {
-        boxed(|x| x * normal_cdf(x), |x| normal_cdf(x) + x * normal_pdf(x))
+        Ok(Box::new(Fused { g: gelu_with_slope }) as Box<dyn Activation>)
     })?;
     catalog.register("hardswish", "x·relu6(x + 3)/6", BUILT_IN, |_: NoParams| {
         boxed(

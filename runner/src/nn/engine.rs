@@ -10,18 +10,20 @@
 //! - host values: ops up to the first linear one compute on the host (see [`super::op`]); after
 //!   dfdx's backward pass the runner walks the ops in reverse and hands each one ∂L/∂ of its host
 //!   output, which it turns into its parameters' gradients and ∂L/∂ of its host input.
+//! - a network on the host throughout ([`Network::host`]) yields host logits: ∂L/∂logits goes
+//!   straight to the reverse walk and dfdx's backward pass is not run at all.
 
 use dfdx::prelude::*;
 
 use super::model::{BatchStats, Network, INPUT_NODE};
 pub use super::op::Pass;
-use super::op::{host, Back, Cx, Host, Mat, Mode, Taped, Value};
+use super::op::{Back, Cx, Host, Mode, Taped, Value};
 
 /// What one forward pass produced.
 struct Forward<T: Mode> {
-    logits: Mat<T>,
+    logits: Value<T>,
     /// The penultimate features (None when the network has none).
-    features: Option<Mat<T>>,
+    features: Option<Value<T>>,
     /// What each node saved for its backward pass.
     saved: Vec<Option<Box<dyn std::any::Any>>>,
     /// Positive activations counted and the number of activations seen (when tracked).
@@ -57,7 +59,7 @@ impl Engine {
     /// tape. Also returns (positive activations, activations) over the hidden layers.
     pub fn logits(&self, net: &Network, x: &[f32], batch: usize, pass: Pass) -> (Vec<f32>, (u64, u64)) {
         let f = self.forward::<NoneTape>(net, x, batch, pass, true, false);
-        (host(&f.logits), f.positive)
+        (f.logits.to_host().0, f.positive)
     }
 
     /// Each batch norm's statistics over `batch` samples of `x` (a training forward pass at
@@ -71,7 +73,7 @@ impl Engine {
     pub fn features(&self, net: &Network, x: &[f32], batch: usize) -> Vec<f32> {
         self.forward::<NoneTape>(net, x, batch, Pass::Eval, false, false)
             .features
-            .map_or(Vec::new(), |f| host(&f))
+            .map_or(Vec::new(), |f| f.to_host().0)
     }
 
     /// The mean over `batch` samples of each linear op's matmul input (after its norm and input
@@ -121,27 +123,37 @@ impl Engine {
         for ((_, running), batch) in net.running_stats_mut().into_iter().zip(&f.batch_stats) {
             running.update(batch);
         }
-        let logits = host(&f.logits);
-        let features = f.features.as_ref().filter(|_| with_features).map_or(Vec::new(), host);
+        let logits = f.logits.to_host().0;
+        let features = f.features.as_ref().filter(|_| with_features).map_or(Vec::new(), |f| f.to_host().0);
         let (mut grad, mut grad_features) = (vec![0.0; logits.len()], vec![0.0; features.len()]);
         let loss = loss_grad(&logits, &features, &mut grad, &mut grad_features);
-        let shape = *f.logits.shape();
-        let mut surrogate = (f.logits * self.dev.tensor_from_vec(grad, shape)).sum::<Rank0, _>();
-        if let (Some(feature_tensor), true) = (f.features, with_features) {
-            let shape = *feature_tensor.shape();
-            surrogate = surrogate
-                + (feature_tensor * self.dev.tensor_from_vec(grad_features, shape)).sum::<Rank0, _>();
-        }
-        let grads = surrogate.backward();
         let mut grad_of: Vec<Option<Vec<f32>>> = (0..net.nodes.len()).map(|_| None).collect();
+        let grads = match f.logits {
+            Value::Host(_) => {
+                grad_of[net.output] = Some(grad);
+                if let (Some(i), true) = (net.features, with_features) {
+                    add_into(&mut grad_of[i], grad_features);
+                }
+                Gradients::leaky()
+            }
+            Value::Graph(logits) => {
+                let shape = *logits.shape();
+                let mut surrogate = (logits * self.dev.tensor_from_vec(grad, shape)).sum::<Rank0, _>();
+                if let (Some(feature), true) = (f.features, with_features) {
+                    let feature_tensor = feature.into_graph(&self.dev, batch);
+                    let shape = *feature_tensor.shape();
+                    surrogate = surrogate
+                        + (feature_tensor * self.dev.tensor_from_vec(grad_features, shape)).sum::<Rank0, _>();
+                }
+                surrogate.backward()
+            }
+        };
         for (i, node) in net.nodes.iter_mut().enumerate().rev() {
             let back =
                 Back { grads: &grads, saved: f.saved[i].take(), grad_out: grad_of[i].take(), dev: &self.dev };
             for (&input, grad) in node.inputs.iter().zip(node.op.backward(back)) {
-                let (Some(grad), true) = (grad, input != INPUT_NODE) else { continue };
-                match &mut grad_of[input] {
-                    Some(sum) => sum.iter_mut().zip(&grad).for_each(|(s, g)| *s += g),
-                    slot => *slot = Some(grad),
+                if let (Some(grad), true) = (grad, input != INPUT_NODE) {
+                    add_into(&mut grad_of[input], grad);
                 }
             }
         }
@@ -162,6 +174,7 @@ impl Engine {
             pass,
             batch,
             name: "",
+            host: net.host,
             positive: track.then_some((0, 0)),
             batch_stats: Vec::new(),
             layer_inputs: collect_inputs.then(Vec::new),
@@ -196,11 +209,11 @@ impl Engine {
             let out = T::forward(&*node.op, &mut cx, inputs);
             saved.push(cx.saved.take());
             if net.features == Some(i) {
-                features = Some(out.share().into_graph(&self.dev, batch));
+                features = Some(out.share());
             }
             values[i] = Some(out);
         }
-        let logits = values[net.output].take().expect("the output is computed").into_graph(&self.dev, batch);
+        let logits = values[net.output].take().expect("the output is computed");
         Forward {
             logits,
             features,
@@ -209,5 +222,13 @@ impl Engine {
             batch_stats: cx.batch_stats,
             layer_inputs: cx.layer_inputs.unwrap_or_default(),
         }
+    }
+}
+
+/// Add `grad` to the gradient collected so far in `slot` (several readers of one value).
+fn add_into(slot: &mut Option<Vec<f32>>, grad: Vec<f32>) {
+    match slot {
+        Some(sum) => sum.iter_mut().zip(&grad).for_each(|(s, g)| *s += g),
+        None => *slot = Some(grad),
     }
 }

@@ -179,6 +179,9 @@ pub struct Network {
     pub output: usize,
     /// The node whose output are the penultimate features distillers compare (None: none).
     pub features: Option<usize>,
+    /// Whether every op computes on host values with its own backward pass (see
+    /// [`super::op`]); false runs the ops after the first linear one on dfdx's tape.
+    pub host: bool,
 }
 
 impl Network {

@@ -8,6 +8,11 @@
 //! receives a [`Value::Host`] computes on the host and, when a later backward pass needs it,
 //! saves what its own host backward needs; the first linear op turns its host input into a graph
 //! leaf. From there on values are [`Value::Graph`] tensors and dfdx differentiates them.
+//!
+//! A network may also run on the host throughout ([`Cx::host`], the transformer preset): tables
+//! and linear ops then keep host values too, every op computes its own backward pass, and the
+//! tape is never used. dfdx's composed ops stay as the reference those host passes are tested
+//! against (`tests/it/engine.rs`), and carry the MLP presets.
 
 use std::any::Any;
 
@@ -144,6 +149,8 @@ pub struct Cx<'a> {
     pub batch: usize,
     /// The path of the op running now (`fc1`, `fc2.norm`).
     pub name: &'a str,
+    /// Whether the network runs on the host throughout (tables and linear ops emit host values).
+    pub host: bool,
     /// (positive activations, activations) over the graph-side activations, when counted.
     pub positive: Option<(u64, u64)>,
     /// Batch statistics of each batch norm, in graph order (training passes).

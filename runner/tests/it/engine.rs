@@ -458,3 +458,52 @@ fn transformer_attention_is_causal() {
     assert_ne!(before[2 * vocab..3 * vocab], after[2 * vocab..3 * vocab]);
     assert_ne!(before[3 * vocab..], after[3 * vocab..], "position 3 sees position 2");
 }
+
+/// The host passes of a transformer (fused attention, host norms, linears, lookup and head)
+/// against dfdx's composed ops on the same network: logits and every parameter's gradient, for
+/// tied and untied heads, BitLinear inputs with a ternary quantizer, and dropout.
+#[test]
+fn transformer_host_passes_match_dfdx_composed_ops() {
+    let (vocab, context, batch) = (7usize, 6usize, 3usize);
+    let ids: Vec<f32> = (0..batch * context).map(|i| ((i * 5 + 2) % vocab) as f32).collect();
+    let targets: Vec<u8> = (0..batch * context).map(|i| ((i * 3 + 1) % vocab) as u8).collect();
+    for yaml in [
+        "model: {kind: transformer, depth: 2, heads: 2, width: 8, context: 6}",
+        "model: {kind: transformer, depth: 1, heads: 4, width: 16, context: 6, tie_embeddings: false}",
+        "model: {kind: transformer, depth: 2, heads: 2, width: 8, context: 6, activation_bits: 8}\nquantizer: ternary",
+        "model: {kind: transformer, depth: 1, heads: 2, width: 8, context: 6, dropout: 0.2}",
+    ] {
+        let config = crate::config(&format!("name: lm\n{yaml}"));
+        let task = Task { channels: context, side: 1, classes: vocab };
+        let run = |host: bool| {
+            let mut net = Network::new(&registry(), &config, &task).unwrap();
+            net.host = host;
+            for (k, p) in net.params_mut().into_iter().enumerate() {
+                let base = if p.path.ends_with("gain") { 1.0 } else { 0.0 };
+                p.values.iter_mut().enumerate().for_each(|(i, v)| *v = base + (((i + k) * 7 % 13) as f32 - 6.0) / 15.0);
+            }
+            net.quantize_all(false, 0, 0, 0).unwrap();
+            let engine = Engine::new();
+            let logits = engine.logits(&net, &ids, batch, Pass::Train { step: 3 }).0;
+            let loss = engine.backward(&mut net, &ids, batch, 3, &mut |l, g| cross_entropy(l, &targets, vocab, g).0);
+            net.layers_mut().for_each(|l| l.backward_quantizer());
+            let grads: Vec<(String, Vec<f32>)> = net.params_mut().into_iter().map(|p| (p.path, p.grad.to_vec())).collect();
+            (logits, loss, grads)
+        };
+        let ((host_logits, host_loss, host_grads), (graph_logits, graph_loss, graph_grads)) = (run(true), run(false));
+        assert_eq!(host_logits.len(), batch * context * vocab);
+        for (h, g) in host_logits.iter().zip(&graph_logits) {
+            assert!((h - g).abs() < 1e-4 * (1.0 + g.abs()), "{yaml}: logits {h} vs {g}");
+        }
+        assert!((host_loss - graph_loss).abs() < 1e-5, "{yaml}: loss {host_loss} vs {graph_loss}");
+        assert_eq!(host_grads.len(), graph_grads.len());
+        for ((path, h), (_, g)) in host_grads.iter().zip(&graph_grads) {
+            assert_eq!(h.len(), g.len(), "{yaml}: {path}");
+            let scale = g.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            assert!(scale > 0.0, "{yaml}: {path} has a gradient");
+            for (i, (h, g)) in h.iter().zip(g).enumerate() {
+                assert!((h - g).abs() < 1e-4 * scale + 1e-6, "{yaml}: {path}[{i}] {h} vs {g}");
+            }
+        }
+    }
+}

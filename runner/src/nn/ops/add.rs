@@ -5,8 +5,16 @@ use dfdx::prelude::*;
 use qatlab_deploy::graph;
 
 use crate::nn::deploy::{Deployment, Node};
-use crate::nn::op::{Back, Cx, Forward, Mode, Op, Scalar, Value};
+use crate::nn::op::{Back, Cx, Forward, Host, Mode, Op, Scalar, Value};
 use crate::nn::params::{Param, ParamKind, ParamMut};
+
+/// What the backward pass needs (with a learned scale).
+enum Saved {
+    /// The scale's leaf (graph inputs).
+    Graph(Scalar),
+    /// The skip values (host inputs).
+    Host(Vec<f32>),
+}
 
 /// A residual add; its inputs are the main branch, then the skip.
 pub struct Add {
@@ -25,13 +33,24 @@ impl Add {
 
 impl<T: Mode> Forward<T> for Add {
     fn forward(&self, cx: &mut Cx, inputs: Vec<Value<T>>) -> Value<T> {
-        let mut inputs = inputs.into_iter().map(|v| v.into_graph(cx.dev, cx.batch));
+        let mut inputs = inputs.into_iter();
         let (main, skip) = (inputs.next().expect("add reads a value"), inputs.next().expect("and a skip"));
+        let (main, skip) = match (main, skip) {
+            (Value::Host(mut main), Value::Host(skip)) => {
+                let a = self.scale.first().copied().unwrap_or(1.0);
+                main.data.iter_mut().zip(&skip.data).for_each(|(m, s)| *m += a * s);
+                if !self.scale.is_empty() {
+                    cx.save::<T>(Saved::Host(skip.data));
+                }
+                return Value::Host(Host { wants_grad: main.wants_grad || skip.wants_grad, ..main });
+            }
+            (main, skip) => (main.into_graph(cx.dev, cx.batch), skip.into_graph(cx.dev, cx.batch)),
+        };
         let skip = match self.scale.first() {
             Some(&a) => {
                 let shape = *main.shape();
                 let a: Scalar = cx.dev.tensor(a);
-                cx.save::<T>(a.clone());
+                cx.save::<T>(Saved::Graph(a.clone()));
                 skip * T::leaf0(a).broadcast_like::<_, Axes2<0, 1>>(&shape)
             }
             None => skip,
@@ -60,10 +79,18 @@ impl Op for Add {
     }
 
     fn backward(&mut self, mut back: Back) -> Vec<Option<Vec<f32>>> {
-        if let Some(a) = back.take::<Scalar>() {
-            self.grad_scale = back.grads.get(&a).as_vec();
+        let saved = back.take::<Saved>();
+        if let Some(Saved::Graph(a)) = &saved {
+            self.grad_scale = back.grads.get(a).as_vec();
         }
-        vec![None, None]
+        let Some(grad) = back.grad_out.take() else { return vec![None, None] };
+        // host: ∂L/∂main = G, ∂L/∂skip = a·G, ∂L/∂a = Σ G·skip
+        let a = self.scale.first().copied().unwrap_or(1.0);
+        if let Some(Saved::Host(skip)) = &saved {
+            self.grad_scale = vec![grad.iter().zip(skip).map(|(g, s)| g * s).sum()];
+        }
+        let grad_skip = grad.iter().map(|g| a * g).collect();
+        vec![Some(grad), Some(grad_skip)]
     }
 
     fn deploy<'a>(&'a self, node: &Node, out: &mut Deployment<'a>) -> Result<(), String> {

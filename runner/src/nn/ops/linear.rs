@@ -4,14 +4,16 @@
 //! ∂L/∂Ŵ, which the trainer hands to the quantizer's straight-through backward. When its input
 //! is a host value (the first layer reads the constant network input), the product is computed
 //! off the tape and becomes a leaf itself: ∂L/∂Ŵ = Gᵀ·x is then one matmul, and ∂L/∂x = G·Ŵ
-//! another, computed only when an op upstream has parameters.
+//! another, computed only when an op upstream has parameters. In a network on the host
+//! ([`Cx::host`]) the output stays a host value and both products run on the host.
 
 use dfdx::prelude::*;
 use qatlab_deploy::kernel::transpose;
 
 use crate::nn::deploy::{Deployment, Node};
+use crate::nn::host::{product, View};
 use crate::nn::model::Layer;
-use crate::nn::op::{host, Back, Cx, Forward, Mat, Mode, Op, Value};
+use crate::nn::op::{host, Back, Cx, Forward, Host, Mat, Mode, Op, Value};
 
 /// A quantized linear op.
 pub struct Linear {
@@ -25,6 +27,8 @@ enum Saved {
     Host { x: Mat, z: Mat, wants_grad: bool },
     /// The weight leaf (transposed, `cols × rows`).
     Graph { w: Mat },
+    /// Host input and output (a network on the host): the input, for ∂L/∂Ŵ = Gᵀ·x.
+    OnHost { x: Vec<f32>, wants_grad: bool },
 }
 
 impl Linear {
@@ -49,6 +53,21 @@ impl<T: Mode> Forward<T> for Linear {
     fn forward(&self, cx: &mut Cx, inputs: Vec<Value<T>>) -> Value<T> {
         let name = &self.layer.name;
         match inputs.into_iter().next().expect("a linear op reads one value") {
+            Value::Host(h) if cx.host => {
+                if let Some(collected) = &mut cx.layer_inputs {
+                    collected.push((name.clone(), h.data.clone()));
+                }
+                let s = self.layer.shape;
+                let n = h.data.len() / s.cols;
+                let w = View::dense(&self.layer.quantized.values, s.rows, s.cols);
+                let mut y = product(View::dense(&h.data, n, s.cols), w.t());
+                if !self.layer.bias.is_empty() {
+                    y.chunks_exact_mut(s.rows)
+                        .for_each(|r| r.iter_mut().zip(&self.layer.bias).for_each(|(v, b)| *v += b));
+                }
+                cx.save::<T>(Saved::OnHost { x: h.data, wants_grad: h.wants_grad });
+                Value::Host(Host { data: y, cols: s.rows, wants_grad: true })
+            }
             Value::Host(h) => {
                 let x = cx.dev.tensor_from_vec(h.data, (cx.batch, h.cols));
                 if let Some(collected) = &mut cx.layer_inputs {
@@ -90,6 +109,14 @@ impl Op for Linear {
             Some(Saved::Graph { w }) => {
                 self.layer.grad_values = transpose(&host(&back.grads.get(&w)), s.cols, s.rows);
                 vec![None]
+            }
+            Some(Saved::OnHost { x, wants_grad }) => {
+                let Some(g) = back.grad_out.take() else { return vec![None] };
+                let n = x.len() / s.cols;
+                let (g, x) = (View::dense(&g, n, s.rows), View::dense(&x, n, s.cols));
+                let w = View::dense(&self.layer.quantized.values, s.rows, s.cols);
+                self.layer.grad_values = product(g.t(), x);
+                vec![wants_grad.then(|| product(g, w))]
             }
             None => vec![None],
         }

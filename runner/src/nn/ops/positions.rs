@@ -3,8 +3,16 @@
 
 use dfdx::prelude::*;
 
-use crate::nn::op::{Back, Cx, Forward, Mat, Mode, Op, Value};
+use crate::nn::op::{Back, Cx, Forward, Host, Mat, Mode, Op, Value};
 use crate::nn::params::{Param, ParamKind, ParamMut};
+
+/// What the backward pass needs.
+enum Saved {
+    /// The table leaf (graph input).
+    Graph(Mat),
+    /// Tokens per sample (host input).
+    Host { tokens: usize },
+}
 
 /// A learned-positions op.
 pub struct Positions {
@@ -18,12 +26,23 @@ pub struct Positions {
 
 impl<T: Mode> Forward<T> for Positions {
     fn forward(&self, cx: &mut Cx, inputs: Vec<Value<T>>) -> Value<T> {
-        let x = inputs.into_iter().next().expect("positions read one value").into_graph(cx.dev, cx.batch);
+        let x = match inputs.into_iter().next().expect("positions read one value") {
+            Value::Host(mut h) => {
+                let tokens = h.data.len() / self.width / cx.batch.max(1);
+                for (i, row) in h.data.chunks_exact_mut(self.width).enumerate() {
+                    let p = i % tokens;
+                    row.iter_mut().zip(&self.weight[p * self.width..]).for_each(|(v, p)| *v += p);
+                }
+                cx.save::<T>(Saved::Host { tokens });
+                return Value::Host(Host { wants_grad: true, ..h });
+            }
+            Value::Graph(x) => x,
+        };
         let shape = *x.shape();
         let tokens = shape.0 / cx.batch.max(1);
         let table: Mat =
             cx.dev.tensor_from_vec(self.weight.clone(), (self.weight.len() / self.width, self.width));
-        cx.save::<T>(table.clone());
+        cx.save::<T>(Saved::Graph(table.clone()));
         let index: Vec<usize> = (0..shape.0).map(|i| i % tokens).collect();
         let rows = T::leaf(table).gather(cx.dev.tensor_from_vec(index, (shape.0,)));
         Value::Graph(x + rows)
@@ -45,9 +64,24 @@ impl Op for Positions {
     }
 
     fn backward(&mut self, mut back: Back) -> Vec<Option<Vec<f32>>> {
-        if let Some(table) = back.take::<Mat>() {
-            self.grad = back.grads.get(&table).as_vec();
+        match back.take::<Saved>() {
+            Some(Saved::Graph(table)) => {
+                self.grad = back.grads.get(&table).as_vec();
+                vec![None]
+            }
+            Some(Saved::Host { tokens }) => {
+                let grad = back.grad_out.take().unwrap_or_default();
+                self.grad = vec![0.0; self.weight.len()];
+                for (i, g) in grad.chunks_exact(self.width).enumerate() {
+                    let p = i % tokens;
+                    self.grad[p * self.width..(p + 1) * self.width]
+                        .iter_mut()
+                        .zip(g)
+                        .for_each(|(s, g)| *s += g);
+                }
+                vec![Some(grad)]
+            }
+            None => vec![None],
         }
-        vec![None]
     }
 }

@@ -71,7 +71,7 @@ impl GraphBuilder {
 
     /// The finished network with its logits at `output` and penultimate features at `features`.
     pub fn finish(self, output: usize, features: Option<usize>) -> Network {
-        Network { nodes: self.nodes, output, features }
+        Network { nodes: self.nodes, output, features, host: false }
     }
 }
 

@@ -104,7 +104,10 @@ pub fn build(registry: &Registry, config: &RunConfig, task: &Task, t: &Transform
         let h = prologue(&mut g, "head", bits, features, width);
         g.push("head", &[h], Linear { layer: head })
     };
-    Ok(g.finish(logits, Some(features)))
+    let mut net = g.finish(logits, Some(features));
+    // every op has a host pass: faster than dfdx's composed ops at these shapes (see op.rs)
+    net.host = true;
+    Ok(net)
 }
 
 /// BitLinear's input prologue for an input of `features` values per token: an RMS norm without
