@@ -78,6 +78,10 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
 impl EvalConfig {
     /// True when nothing extra is evaluated.
     pub fn is_empty(&self) -> bool {
@@ -269,6 +273,14 @@ pub struct TransformerConfig {
     pub position: Position,
     /// Whether the output head reuses the token embedding (stored once).
     pub tie_embeddings: bool,
+    /// Whether each block normalises the input of its attention and its MLP (pre-norm; true).
+    /// BitNet's training notes drop these when every linear is a BitLinear with its own norm.
+    #[serde(skip_serializing_if = "is_true")]
+    pub block_norms: bool,
+    /// SubLN (BitNet b1.58 2B4T): a gained norm before the attention output projection and
+    /// before the MLP's down projection.
+    #[serde(skip_serializing_if = "is_false")]
+    pub subln: bool,
 }
 
 /// A transformer block's feed-forward network.
@@ -279,11 +291,28 @@ pub struct MlpConfig {
     pub ratio: usize,
     /// Its activation (a registered activation plugin).
     pub activation: PluginSpec,
+    /// A gated MLP: `down(act(gate(x)) ⊙ up(x))` (SwiGLU with `silu`, BitNet's gated squared
+    /// ReLU with `relu2`), hidden width `ratio·width` rounded up to a multiple of 32.
+    #[serde(skip_serializing_if = "is_false")]
+    pub gated: bool,
 }
 
 impl Default for MlpConfig {
     fn default() -> Self {
-        Self { ratio: 4, activation: PluginSpec::named("gelu") }
+        Self { ratio: 4, activation: PluginSpec::named("gelu"), gated: false }
+    }
+}
+
+impl MlpConfig {
+    /// The hidden width for a model of `width`: `ratio·width`, rounded up to a multiple of 32
+    /// when gated (as LLaMA-style gated MLPs do, so packed rows stay whole).
+    pub fn hidden(&self, width: usize) -> usize {
+        let hidden = self.ratio * width;
+        if self.gated {
+            hidden.div_ceil(32) * 32
+        } else {
+            hidden
+        }
     }
 }
 
@@ -294,6 +323,9 @@ pub enum Position {
     /// A learned embedding per position, added to the token embedding (GPT-2, nanoGPT).
     #[default]
     Learned,
+    /// Rotary embeddings: q and k of each head turned by position-dependent angles (LLaMA,
+    /// BitNet b1.58 2B4T); no position table.
+    Rope,
 }
 
 /// [`ModelConfig`] as serialised (and hashed into run ids): an MLP's keys as they always were,
@@ -366,6 +398,8 @@ struct RawModelConfig {
     mlp: Option<MlpConfig>,
     position: Option<Position>,
     tie_embeddings: Option<bool>,
+    block_norms: Option<bool>,
+    subln: Option<bool>,
 }
 
 impl TryFrom<RawModelConfig> for ModelConfig {
@@ -390,6 +424,8 @@ impl TryFrom<RawModelConfig> for ModelConfig {
                     (raw.mlp.is_some(), "mlp"),
                     (raw.position.is_some(), "position"),
                     (raw.tie_embeddings.is_some(), "tie_embeddings"),
+                    (raw.block_norms.is_some(), "block_norms"),
+                    (raw.subln.is_some(), "subln"),
                 ] {
                     only(present, key, "mlp (set kind: transformer)")?;
                 }
@@ -425,6 +461,8 @@ impl TryFrom<RawModelConfig> for ModelConfig {
                     mlp: raw.mlp.unwrap_or_default(),
                     position: raw.position.unwrap_or_default(),
                     tie_embeddings: raw.tie_embeddings.unwrap_or(true),
+                    block_norms: raw.block_norms.unwrap_or(true),
+                    subln: raw.subln.unwrap_or(false),
                 };
                 if t.heads == 0 || t.width % t.heads != 0 {
                     return Err(format!(
@@ -434,6 +472,15 @@ impl TryFrom<RawModelConfig> for ModelConfig {
                 }
                 if t.depth == 0 || t.context == 0 || t.mlp.ratio == 0 {
                     return Err("model.depth, model.context and model.mlp.ratio must be at least 1".into());
+                }
+                if t.position == Position::Rope && (t.width / t.heads) % 2 != 0 {
+                    return Err(format!(
+                        "model.position: rope turns pairs of dimensions, but a head has {} (width {} / heads {}); \
+                         choose an even head width",
+                        t.width / t.heads,
+                        t.width,
+                        t.heads
+                    ));
                 }
                 Ok(Self {
                     kind: raw.kind,
@@ -553,8 +600,13 @@ impl ModelConfig {
     pub fn layer_names(&self) -> Vec<String> {
         if let Some(t) = &self.transformer {
             let mut names = vec!["embed".to_string()];
+            let parts: &[&str] = if t.mlp.gated {
+                &["attn.qkv", "attn.proj", "mlp.gate", "mlp.up", "mlp.proj"]
+            } else {
+                &["attn.qkv", "attn.proj", "mlp.fc", "mlp.proj"]
+            };
             for i in 0..t.depth {
-                for part in ["attn.qkv", "attn.proj", "mlp.fc", "mlp.proj"] {
+                for part in parts {
                     names.push(format!("blocks.{i}.{part}"));
                 }
             }
@@ -1411,5 +1463,24 @@ mod tests {
             err("{depth: 2}").contains("model.depth: not a key of model.kind mlp (set kind: transformer)")
         );
         assert!(err("{kind: rnn}").contains("unknown variant `rnn`, expected `mlp` or `transformer`"));
+        assert!(err("{kind: transformer, width: 12, heads: 4, position: rope}")
+            .contains("model.position: rope turns pairs of dimensions, but a head has 3"));
+        assert!(err("{block_norms: false}").contains("model.block_norms: not a key of model.kind mlp"));
+        let gated = parse(
+            "{kind: transformer, width: 20, heads: 4, mlp: {ratio: 3, gated: true, activation: relu2}}",
+        )
+        .unwrap()
+        .model;
+        let t = gated.transformer.clone().unwrap();
+        assert_eq!(
+            (t.mlp.hidden(20), MlpConfig::default().hidden(20)),
+            (64, 80),
+            "60 rounds up to 64 when gated"
+        );
+        assert_eq!(
+            gated.layer_names()[1..4],
+            ["blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.0.mlp.gate"]
+        );
+        assert!(t.block_norms && !t.subln, "pre-norm blocks without SubLN by default");
     }
 }

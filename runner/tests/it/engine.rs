@@ -367,8 +367,8 @@ fn layer_norm_gain_and_bias_gradients_match_finite_differences() {
     check_weight_gradients("model: {hidden: [5], norm: layer, norm_affine: true, activation_bits: null}");
 }
 
-/// A one-block transformer (2 heads, width 8, context 4, vocabulary 5; tied and untied heads,
-/// float and with 8-bit BitLinear inputs): every parameter by path against finite differences.
+/// A one-block transformer (2 heads, width 8, context 4, vocabulary 5; tied and untied heads;
+/// RoPE with SubLN and a SwiGLU MLP): every parameter by path against finite differences.
 #[test]
 fn transformer_gradients_match_finite_differences() {
     let (vocab, context, batch) = (5usize, 4usize, 2usize);
@@ -383,13 +383,21 @@ fn transformer_gradients_match_finite_differences() {
             "model: {kind: transformer, depth: 1, heads: 2, width: 8, context: 4, tie_embeddings: false}",
             vec![ParamKind::Weight],
         ),
+        (
+            "model: {kind: transformer, depth: 1, heads: 2, width: 8, context: 4, position: rope, subln: true, mlp: {gated: true, activation: silu}}",
+            vec![ParamKind::Weight, ParamKind::NormParam],
+        ),
     ] {
         let config = crate::config(&format!("name: lm\n{yaml}"));
         let task = Task { channels: context, side: 1, classes: vocab };
         let mut net = Network::new(&registry(), &config, &task).unwrap();
-        if !yaml.contains("tie_embeddings") {
+        if yaml.ends_with("context: 4}") {
             // float: embedding 5×8, positions 4×8, qkv 24×8, proj 8×8, MLP 32×8 and 8×32, 32 bits each
             assert_eq!(net.total_weight_bits(), 32.0 * (40 + 32 + 192 + 64 + 256 + 256) as f64);
+        }
+        if yaml.contains("rope") {
+            // no position table; gate, up and down 32×8 each (ratio 4 · 8 is a multiple of 32)
+            assert_eq!(net.total_weight_bits(), 32.0 * (40 + 192 + 64 + 3 * 256) as f64);
         }
         // nanoGPT's initialisation (0.02) gives gradients too small to test: spread the values
         for (k, p) in net.params_mut().into_iter().enumerate() {
@@ -415,16 +423,30 @@ fn transformer_gradients_match_finite_differences() {
             .map(|p| (p.path, p.values.to_vec(), p.grad.to_vec()))
             .collect();
         let paths: Vec<&str> = analytic.iter().map(|(p, _, _)| p.as_str()).collect();
-        for expected in [
-            "embed.weight",
-            "pos.weight",
-            "blocks.0.attn.qkv.weight",
-            "blocks.0.attn.proj.weight",
-            "blocks.0.mlp.fc.weight",
-            "blocks.0.mlp.proj.weight",
-        ] {
-            assert!(paths.contains(&expected), "{expected} in {paths:?}");
+        let expected: &[&str] = if yaml.contains("rope") {
+            &[
+                "embed.weight",
+                "blocks.0.attn.qkv.weight",
+                "blocks.0.attn.subln.gain",
+                "blocks.0.mlp.gate.weight",
+                "blocks.0.mlp.up.weight",
+                "blocks.0.mlp.subln.gain",
+                "blocks.0.mlp.proj.weight",
+            ]
+        } else {
+            &[
+                "embed.weight",
+                "pos.weight",
+                "blocks.0.attn.qkv.weight",
+                "blocks.0.attn.proj.weight",
+                "blocks.0.mlp.fc.weight",
+                "blocks.0.mlp.proj.weight",
+            ]
+        };
+        for expected in expected {
+            assert!(paths.contains(expected), "{expected} in {paths:?}");
         }
+        assert_eq!(yaml.contains("rope"), !paths.contains(&"pos.weight"), "rope replaces the position table");
         let largest = analytic.iter().flat_map(|(_, _, g)| g).fold(0.0f32, |m, g| m.max(g.abs()));
         assert!(largest > 0.05, "gradients large enough to compare: {largest}");
         let eps = 1e-3;
@@ -472,6 +494,9 @@ fn transformer_host_passes_match_dfdx_composed_ops() {
         "model: {kind: transformer, depth: 1, heads: 4, width: 16, context: 6, tie_embeddings: false}",
         "model: {kind: transformer, depth: 2, heads: 2, width: 8, context: 6, activation_bits: 8}\nquantizer: ternary",
         "model: {kind: transformer, depth: 1, heads: 2, width: 8, context: 6, dropout: 0.2}",
+        "model: {kind: transformer, depth: 2, heads: 2, width: 8, context: 6, position: rope}",
+        "model: {kind: transformer, depth: 1, heads: 2, width: 8, context: 6, mlp: {gated: true, activation: silu}, subln: true}",
+        "model: {kind: transformer, depth: 2, heads: 2, width: 8, context: 6, norm: rms, block_norms: false, activation_bits: 8, mlp: {gated: true, activation: relu2}}\nquantizer: ternary",
     ] {
         let config = crate::config(&format!("name: lm\n{yaml}"));
         let task = Task { channels: context, side: 1, classes: vocab };

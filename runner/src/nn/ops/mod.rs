@@ -13,10 +13,12 @@ pub mod attention;
 pub mod conv;
 pub mod dropout;
 pub mod embed;
+pub mod gate;
 pub mod linear;
 pub mod max_pool;
 pub mod norm;
 pub mod positions;
+pub mod rope;
 pub mod table;
 pub mod tied_head;
 

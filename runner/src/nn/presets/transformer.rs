@@ -2,20 +2,24 @@
 //! (0-based), with `x` the residual stream:
 //!
 //! ```text
-//! embed (table) → tokens (lookup of the input ids) → pos (+ learned positions) → [dropout]
-//! blocks.i:  norm1 → attn (q, k, v from qkv.weight; causal softmax per head) → attn.proj
-//!            → [attn.dropout] → add1 = x + that
-//!            norm2 → mlp.fc → mlp.act → mlp.proj → [mlp.dropout] → add2 = x + that
+//! embed (table) → tokens (lookup of the input ids) → [pos (+ learned positions)] → [dropout]
+//! blocks.i:  [norm1] → attn.qkv (q|k|v) → [attn.rope] → attn (causal softmax per head)
+//!            → [attn.subln] → attn.proj → [attn.dropout] → add1 = x + that
+//!            [norm2] → mlp.fc → mlp.act → [mlp.subln] → mlp.proj → [mlp.dropout] → add2 = x + that
+//!     gated: [norm2] → mlp.act(mlp.gate) ⊙ mlp.up = mlp.gated → [mlp.subln] → mlp.proj → …
 //! norm → head (tied: x·embedᵀ; untied: its own linear)
 //! ```
 //!
-//! The block norms and the final norm are `model.norm` with a learned gain and no bias (nanoGPT's
-//! LayerNorm). A quantized linear with input bits (`activation_bits`, BitNet's BitLinear) first
-//! normalises its input with an RMS norm without gain (`<layer>.input_norm`) and quantizes it per
-//! token (`<layer>.input_quant`). Weights are initialised as nanoGPT: normal(0, 0.02), the two
-//! residual output projections of each block normal(0, 0.02/√(2·depth)); gains 1.
+//! `pos` is there with `position: learned` (the default), `attn.rope` with `position: rope`; the
+//! block norms `norm1`/`norm2` unless `block_norms: false`; the SubLN norms with `subln: true`.
+//! The block norms, SubLN norms and the final norm are `model.norm` with a learned gain and no
+//! bias (nanoGPT's LayerNorm). A quantized linear with input bits (`activation_bits`, BitNet's
+//! BitLinear) first normalises its input with an RMS norm without gain (`<layer>.input_norm`) and
+//! quantizes it per token (`<layer>.input_quant`). Weights are initialised as nanoGPT:
+//! normal(0, 0.02), the two residual output projections of each block normal(0, 0.02/√(2·depth));
+//! gains 1.
 
-use qatlab_core::config::{Norm, RunConfig, TransformerConfig};
+use qatlab_core::config::{Norm, Position, RunConfig, TransformerConfig};
 use qatlab_core::{Registry, Shape};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -27,7 +31,8 @@ use crate::error::{Error, Result};
 use crate::nn::model::{Layer, Network};
 use crate::nn::ops::{
     act_quant::ActQuant, activation::ActivationOp, add::Add, attention::Attention, dropout::Dropout,
-    embed::Embed, linear::Linear, norm::NormOp, positions::Positions, table::Table, tied_head::TiedHead,
+    embed::Embed, gate::Gate, linear::Linear, norm::NormOp, positions::Positions, rope::Rope, table::Table,
+    tied_head::TiedHead,
 };
 
 /// Build the transformer `config.model` describes; the vocabulary is the task's classes and the
@@ -59,7 +64,6 @@ pub fn build(registry: &Registry, config: &RunConfig, task: &Task, t: &Transform
             x
         }
     };
-    let block_norm = || NormOp::new(model.norm, width, true, false);
     let std = 0.02;
     let residual_std = 0.02 / (2.0 * t.depth as f32).sqrt();
 
@@ -68,35 +72,63 @@ pub fn build(registry: &Registry, config: &RunConfig, task: &Task, t: &Transform
     let (table, _) = layer(Shape::new(vocab, width), std)?;
     let embed = g.push("embed", &[], Table { layer: table });
     let mut x = g.push("tokens", &[embed, input], Embed);
-    let normal = Normal::new(0.0, std).expect("a positive deviation");
-    let mut pos_rng = ChaCha8Rng::seed_from_u64(config.train.seed ^ 0x9051_7105);
-    let weight = (0..t.context * width).map(|_| normal.sample(&mut pos_rng)).collect();
-    x = g.push("pos", &[x], Positions { weight, grad: Vec::new(), width });
+    if t.position == Position::Learned {
+        let normal = Normal::new(0.0, std).expect("a positive deviation");
+        let mut pos_rng = ChaCha8Rng::seed_from_u64(config.train.seed ^ 0x9051_7105);
+        let weight = (0..t.context * width).map(|_| normal.sample(&mut pos_rng)).collect();
+        x = g.push("pos", &[x], Positions { weight, grad: Vec::new(), width });
+    }
     x = dropout(&mut g, "pos.dropout".into(), x);
+    // a block's pre-norm (unless `block_norms: false`) or SubLN norm (when `subln`)
+    let norm = |g: &mut GraphBuilder, on: bool, name: String, x: usize, features: usize| {
+        if on {
+            g.push(name, &[x], NormOp::new(model.norm, features, true, false))
+        } else {
+            x
+        }
+    };
     for i in 0..t.depth {
         let p = format!("blocks.{i}");
-        let h = g.push(format!("{p}.norm1"), &[x], block_norm());
+        let h = norm(&mut g, t.block_norms, format!("{p}.norm1"), x, width);
         let (qkv, bits) = layer(Shape::new(3 * width, width), std)?;
         let h = prologue(&mut g, &format!("{p}.attn.qkv"), bits, h, width);
-        let a = g.push(format!("{p}.attn"), &[h], Attention { layer: qkv, heads: t.heads });
+        let mut a = g.push(format!("{p}.attn.qkv"), &[h], Linear { layer: qkv });
+        if t.position == Position::Rope {
+            a = g.push(format!("{p}.attn.rope"), &[a], Rope { heads: t.heads });
+        }
+        let a = g.push(format!("{p}.attn"), &[a], Attention { heads: t.heads });
+        let a = norm(&mut g, t.subln, format!("{p}.attn.subln"), a, width);
         let (proj, bits) = layer(Shape::new(width, width), residual_std)?;
         let a = prologue(&mut g, &format!("{p}.attn.proj"), bits, a, width);
         let a = g.push(format!("{p}.attn.proj"), &[a], Linear { layer: proj });
         let a = dropout(&mut g, format!("{p}.attn.dropout"), a);
         x = g.push(format!("{p}.add1"), &[a, x], Add::new(false));
-        let h = g.push(format!("{p}.norm2"), &[x], block_norm());
-        let hidden = t.mlp.ratio * width;
-        let (fc, bits) = layer(Shape::new(hidden, width), std)?;
-        let h = prologue(&mut g, &format!("{p}.mlp.fc"), bits, h, width);
-        let m = g.push(format!("{p}.mlp.fc"), &[h], Linear { layer: fc });
-        let m = g.push(format!("{p}.mlp.act"), &[m], activation()?);
+        let h = norm(&mut g, t.block_norms, format!("{p}.norm2"), x, width);
+        let hidden = t.mlp.hidden(width);
+        let m = if t.mlp.gated {
+            let (gate, bits) = layer(Shape::new(hidden, width), std)?;
+            let h = prologue(&mut g, &format!("{p}.mlp.gate"), bits, h, width);
+            let gate = g.push(format!("{p}.mlp.gate"), &[h], Linear { layer: gate });
+            let gate = g.push(format!("{p}.mlp.act"), &[gate], activation()?);
+            let (up, bits) = layer(Shape::new(hidden, width), std)?;
+            // BitLinear's prologue reads the block input again (the same values as the gate's)
+            let h = prologue(&mut g, &format!("{p}.mlp.up"), bits, h, width);
+            let up = g.push(format!("{p}.mlp.up"), &[h], Linear { layer: up });
+            g.push(format!("{p}.mlp.gated"), &[gate, up], Gate)
+        } else {
+            let (fc, bits) = layer(Shape::new(hidden, width), std)?;
+            let h = prologue(&mut g, &format!("{p}.mlp.fc"), bits, h, width);
+            let m = g.push(format!("{p}.mlp.fc"), &[h], Linear { layer: fc });
+            g.push(format!("{p}.mlp.act"), &[m], activation()?)
+        };
+        let m = norm(&mut g, t.subln, format!("{p}.mlp.subln"), m, hidden);
         let (down, bits) = layer(Shape::new(width, hidden), residual_std)?;
         let m = prologue(&mut g, &format!("{p}.mlp.proj"), bits, m, hidden);
         let m = g.push(format!("{p}.mlp.proj"), &[m], Linear { layer: down });
         let m = dropout(&mut g, format!("{p}.mlp.dropout"), m);
         x = g.push(format!("{p}.add2"), &[m, x], Add::new(false));
     }
-    let features = g.push("norm", &[x], block_norm());
+    let features = g.push("norm", &[x], NormOp::new(model.norm, width, true, false));
     let logits = if t.tie_embeddings {
         g.push("head", &[features, embed], TiedHead)
     } else {
