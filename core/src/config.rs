@@ -127,6 +127,9 @@ pub enum Dataset {
     /// file's 65 characters is the vocabulary, the first 90 % trains, the last 10 % validates.
     #[serde(rename = "tinyshakespeare")]
     Tinyshakespeare,
+    /// A text file the user brings (`data.path`), tokenized by character or byte
+    /// (`data.tokenizer`), its last `data.val_fraction` validating.
+    Text,
 }
 
 impl Dataset {
@@ -137,12 +140,13 @@ impl Dataset {
             Dataset::FashionMnist => "fashion-mnist",
             Dataset::Cifar10 => "cifar10",
             Dataset::Tinyshakespeare => "tinyshakespeare",
+            Dataset::Text => "text",
         }
     }
 
     /// Whether the dataset is text (token windows) rather than images.
     pub fn is_text(self) -> bool {
-        self == Dataset::Tinyshakespeare
+        matches!(self, Dataset::Tinyshakespeare | Dataset::Text)
     }
 }
 
@@ -162,11 +166,58 @@ pub struct DataConfig {
     /// zero pixels, then a horizontal flip with probability ½, seeded per (seed, epoch, image).
     #[serde(skip_serializing_if = "is_false")]
     pub crop_flip: bool,
+    /// `dataset: text`: the file, relative to the experiment file. Planning resolves it to a
+    /// full path for the runs; the run id hashes the file's SHA-256 instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// `dataset: text`: `char` (the vocabulary is the sorted set of the file's characters, at
+    /// most 256) or `byte` (the 256 byte values; any file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<Tokenizer>,
+    /// `dataset: text`: the share of the text at its end that validates (default 0.1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_fraction: Option<f64>,
+    /// `dataset: text`: the file's SHA-256 (hex). Planning fills it in; written by hand, it pins
+    /// the file, and a different file is an error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// `dataset: text`: the vocabulary size, filled in by planning (it depends on the file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vocab: Option<usize>,
 }
 
 impl Default for DataConfig {
     fn default() -> Self {
-        Self { dataset: Dataset::Mnist, image_size: 16, augment: false, elastic: false, crop_flip: false }
+        Self {
+            dataset: Dataset::Mnist,
+            image_size: 16,
+            augment: false,
+            elastic: false,
+            crop_flip: false,
+            path: None,
+            tokenizer: None,
+            val_fraction: None,
+            sha256: None,
+            vocab: None,
+        }
+    }
+}
+
+/// How `dataset: text` turns a file into tokens.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Tokenizer {
+    /// One token per character; the vocabulary is the sorted set of the file's characters.
+    #[default]
+    Char,
+    /// One token per byte; the vocabulary is all 256 byte values.
+    Byte,
+}
+
+impl DataConfig {
+    /// The share of a `dataset: text` file that validates.
+    pub fn val_fraction(&self) -> f64 {
+        self.val_fraction.unwrap_or(0.1)
     }
 }
 
@@ -1198,7 +1249,7 @@ impl RunConfig {
                     );
                 }
             }
-            Dataset::Tinyshakespeare => {
+            Dataset::Tinyshakespeare | Dataset::Text => {
                 if d.augment || d.elastic || d.crop_flip {
                     problems
                         .push("data.augment, data.elastic, data.crop_flip: image keys; text has none".into());
@@ -1211,9 +1262,37 @@ impl RunConfig {
                 }
             }
         }
+        let text_keys = [
+            (d.path.is_some(), "path"),
+            (d.tokenizer.is_some(), "tokenizer"),
+            (d.val_fraction.is_some(), "val_fraction"),
+            (d.sha256.is_some(), "sha256"),
+            (d.vocab.is_some(), "vocab"),
+        ];
+        if d.dataset == Dataset::Text {
+            if d.path.is_none() {
+                problems.push(
+                    "data.path: dataset text reads a file; set data.path (relative to the experiment file)"
+                        .into(),
+                );
+            }
+            if !(d.val_fraction() > 0.0 && d.val_fraction() < 1.0) {
+                problems.push(format!(
+                    "data.val_fraction: must be between 0 and 1 (exclusive), got {}",
+                    d.val_fraction()
+                ));
+            }
+        } else {
+            for (_, key) in text_keys.iter().filter(|(present, _)| *present) {
+                problems.push(format!(
+                    "data.{key}: a key of dataset text; {} has its own file and split",
+                    d.dataset.dir_name()
+                ));
+            }
+        }
         if self.model.kind == ModelKind::Transformer && !d.dataset.is_text() {
             problems.push(format!(
-                "model.kind transformer: a language model needs a text dataset (tinyshakespeare), not {}",
+                "model.kind transformer: a language model needs a text dataset (tinyshakespeare or text), not {}",
                 d.dataset.dir_name()
             ));
         }

@@ -290,6 +290,8 @@ impl Task {
             Dataset::Cifar10 => Task { channels: 3, side: cifar::SIDE, classes: cifar::CLASSES },
             // one token per input value; the model's context says how many per sample
             Dataset::Tinyshakespeare => Task { channels: 1, side: 1, classes: text::SHAKESPEARE_VOCAB },
+            // planning fills in the vocabulary of a user's file (bytes: all 256)
+            Dataset::Text => Task { channels: 1, side: 1, classes: config.vocab.unwrap_or(256) },
         }
     }
 
@@ -302,15 +304,17 @@ impl Task {
 impl RunData {
     /// Find, verify, decode and preprocess the dataset named in `config`.
     pub fn load(config: &DataConfig) -> Result<Self> {
-        let root = find_dir(config.dataset)?;
         let task = Task::of(config);
         if config.dataset.is_text() {
-            let text = text::Text::load(config.dataset, &root)?;
-            if text.vocab.len() != task.classes {
+            let text = match config.dataset {
+                Dataset::Text => text::Text::from_file(config)?,
+                _ => text::Text::load(config.dataset, &find_dir(config.dataset)?)?,
+            };
+            if text.vocab_size() != task.classes {
                 return Err(Error::Data(format!(
-                    "{}: {} distinct characters, expected {}",
+                    "{}: {} tokens in the vocabulary, expected {}",
                     config.dataset.dir_name(),
-                    text.vocab.len(),
+                    text.vocab_size(),
                     task.classes
                 )));
             }
@@ -323,6 +327,7 @@ impl RunData {
                 text: Some(text),
             });
         }
+        let root = find_dir(config.dataset)?;
         if config.dataset == Dataset::Cifar10 {
             let files = cifar::load(&root.join(config.dataset.dir_name()))?;
             return Ok(Self {

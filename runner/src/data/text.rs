@@ -3,7 +3,9 @@
 //!
 //! Tiny Shakespeare follows nanoGPT's `shakespeare_char`: the vocabulary is the sorted set of
 //! the file's characters (65), the first 90 % of the characters train and the last 10 %
-//! validate, so numbers compare with nanoGPT's. A window is `context + 1` consecutive tokens at
+//! validate, so numbers compare with nanoGPT's. `dataset: text` does the same for a file the
+//! user brings, by character or by byte, with its own validation share; planning resolves the
+//! file ([`resolve`]) so every problem is reported before a run starts. A window is `context + 1` consecutive tokens at
 //! an offset drawn uniformly from [0, len − context): its first `context` tokens are the input,
 //! its last `context` the targets. Training windows are drawn from (seed, step), so a resumed
 //! run sees the batches an uninterrupted one would; evaluation windows from a fixed seed, so
@@ -11,7 +13,7 @@
 
 use std::path::Path;
 
-use qatlab_core::config::Dataset;
+use qatlab_core::config::{DataConfig, Dataset, Tokenizer};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -24,11 +26,15 @@ pub const TRAIN_FRACTION: f64 = 0.9;
 pub const EVAL_SEED: u64 = 0x5e1f_e7a1;
 /// Tiny Shakespeare's vocabulary size.
 pub const SHAKESPEARE_VOCAB: usize = 65;
+/// Tiny Shakespeare's validation tokens (1,115,394 characters, the last 10 %).
+pub const SHAKESPEARE_VAL_TOKENS: usize = 111_540;
 
 /// A tokenized text split into training and validation streams.
 #[derive(Clone, Debug)]
 pub struct Text {
-    /// The vocabulary: token id → character.
+    /// How text becomes tokens.
+    pub tokenizer: Tokenizer,
+    /// The vocabulary of the char tokenizer: token id → character (empty for bytes).
     pub vocab: Vec<char>,
     /// Training tokens.
     pub train: Vec<u8>,
@@ -72,20 +78,58 @@ impl Text {
 
     /// Tokenize `text` by character and split it 90 / 10.
     pub fn from_text(text: &str, sha256: String) -> Result<Self> {
-        let chars: Vec<char> = text.chars().collect();
-        let mut vocab = chars.clone();
-        vocab.sort_unstable();
-        vocab.dedup();
-        if vocab.len() > 256 {
+        Self::tokenize(text.as_bytes(), Tokenizer::Char, 1.0 - TRAIN_FRACTION, sha256)
+    }
+
+    /// Read a `dataset: text` file as planning resolved it ([`resolve`]): the same bytes (by
+    /// SHA-256), tokenized and split as configured.
+    pub fn from_file(config: &DataConfig) -> Result<Self> {
+        let path = config.path.as_deref().unwrap_or_default();
+        let bytes = std::fs::read(path).map_err(|e| Error::Data(format!("data.path {path}: {e}")))?;
+        let sha256 = super::sha256_hex(&bytes);
+        if let Some(expected) = config.sha256.as_deref().filter(|&e| e != sha256) {
             return Err(Error::Data(format!(
-                "{} distinct characters; the char tokenizer holds 256",
-                vocab.len()
+                "data.path {path}: SHA-256 {sha256}, but the run was planned with {expected}; the file changed (restore it, or start a new experiment)"
             )));
         }
-        let tokens: Vec<u8> =
-            chars.iter().map(|c| vocab.binary_search(c).expect("in the vocabulary") as u8).collect();
-        let split = (tokens.len() as f64 * TRAIN_FRACTION) as usize;
-        Ok(Self { vocab, val: tokens[split..].to_vec(), train: tokens[..split].to_vec(), sha256 })
+        Self::tokenize(&bytes, config.tokenizer.unwrap_or_default(), config.val_fraction(), sha256)
+    }
+
+    /// Tokenize `bytes`; the last `val_fraction` of the tokens validate.
+    fn tokenize(bytes: &[u8], tokenizer: Tokenizer, val_fraction: f64, sha256: String) -> Result<Self> {
+        let (vocab, tokens) = match tokenizer {
+            Tokenizer::Byte => (Vec::new(), bytes.to_vec()),
+            Tokenizer::Char => {
+                let text = std::str::from_utf8(bytes).map_err(|e| {
+                    Error::Data(format!(
+                        "not UTF-8 ({e}); the char tokenizer needs text, or use data.tokenizer: byte"
+                    ))
+                })?;
+                let chars: Vec<char> = text.chars().collect();
+                let mut vocab = chars.clone();
+                vocab.sort_unstable();
+                vocab.dedup();
+                if vocab.len() > 256 {
+                    return Err(Error::Data(format!(
+                        "{} distinct characters; the char tokenizer holds 256 (use data.tokenizer: byte)",
+                        vocab.len()
+                    )));
+                }
+                let tokens =
+                    chars.iter().map(|c| vocab.binary_search(c).expect("in the vocabulary") as u8).collect();
+                (vocab, tokens)
+            }
+        };
+        let split = (tokens.len() as f64 * (1.0 - val_fraction)) as usize;
+        Ok(Self { tokenizer, vocab, val: tokens[split..].to_vec(), train: tokens[..split].to_vec(), sha256 })
+    }
+
+    /// Tokens the model can tell apart: the characters, or 256 bytes.
+    pub fn vocab_size(&self) -> usize {
+        match self.tokenizer {
+            Tokenizer::Char => self.vocab.len(),
+            Tokenizer::Byte => 256,
+        }
     }
 
     /// `batch` training windows of `context` tokens for optimizer step `step`.
@@ -119,6 +163,9 @@ impl Text {
 
     /// Token ids of `text`; characters outside the vocabulary are an error naming them.
     pub fn encode(&self, text: &str) -> Result<Vec<u8>> {
+        if self.tokenizer == Tokenizer::Byte {
+            return Ok(text.as_bytes().to_vec());
+        }
         let mut unknown: Vec<char> = text.chars().filter(|c| self.vocab.binary_search(c).is_err()).collect();
         if !unknown.is_empty() {
             unknown.sort_unstable();
@@ -131,10 +178,53 @@ impl Text {
         Ok(text.chars().map(|c| self.vocab.binary_search(&c).expect("checked") as u8).collect())
     }
 
-    /// Decode token ids to text.
+    /// Decode token ids to text (bytes that are not UTF-8 show as U+FFFD).
     pub fn decode(&self, tokens: &[u8]) -> String {
-        tokens.iter().map(|&t| self.vocab[t as usize]).collect()
+        match self.tokenizer {
+            Tokenizer::Char => tokens.iter().map(|&t| self.vocab[t as usize]).collect(),
+            Tokenizer::Byte => String::from_utf8_lossy(tokens).into_owned(),
+        }
     }
+}
+
+/// Resolve `data` of a `dataset: text` run planned from an experiment file in `base` for a
+/// model of `context` tokens: read the file (its path relative to `base`), fill in its full path,
+/// SHA-256 and vocabulary size, and check that both splits hold more than one window. Errors
+/// name the key and the fix.
+pub fn resolve(data: &mut DataConfig, base: &Path, context: usize) -> std::result::Result<(), String> {
+    let written = data.path.clone().unwrap_or_default();
+    let path = base.join(&written);
+    let bytes = std::fs::read(&path).map_err(|e| {
+        format!(
+            "data.path: cannot read {written} (relative to the experiment file's folder): {e}; fix the path"
+        )
+    })?;
+    if bytes.is_empty() {
+        return Err(format!("data.path: {written} is empty; a language model needs text to train on"));
+    }
+    let sha256 = super::sha256_hex(&bytes);
+    if let Some(pinned) = data.sha256.as_deref().filter(|&p| p != sha256) {
+        return Err(format!(
+            "data.sha256: {written} has SHA-256 {sha256}, the experiment pins {pinned}; restore the file or update the pin"
+        ));
+    }
+    let text = Text::tokenize(&bytes, data.tokenizer.unwrap_or_default(), data.val_fraction(), sha256)
+        .map_err(|e| format!("data.tokenizer: {written}: {e}"))?;
+    for (split, tokens, fix) in [
+        ("validation", text.val.len(), "a larger data.val_fraction"),
+        ("training", text.train.len(), "a smaller data.val_fraction"),
+    ] {
+        if tokens <= context {
+            return Err(format!(
+                "data.val_fraction: the {split} split of {written} has {tokens} tokens, not more than one context window ({context}); use a longer text, {fix} or a shorter model.context"
+            ));
+        }
+    }
+    let full = std::fs::canonicalize(&path).unwrap_or(path);
+    data.path = Some(full.to_string_lossy().into_owned());
+    data.vocab = Some(text.vocab_size());
+    data.sha256 = Some(text.sha256);
+    Ok(())
 }
 
 /// `batch` windows of `context + 1` tokens of `stream` at offsets drawn from `seed`.

@@ -7,7 +7,11 @@ pub mod sweep;
 
 use std::path::{Path, PathBuf};
 
-use qatlab_core::{config::RunConfig, registry::did_you_mean, Registry};
+use qatlab_core::{
+    config::{Dataset, RunConfig},
+    registry::did_you_mean,
+    Registry,
+};
 use serde_yaml::Value;
 
 use crate::error::{Error, Result};
@@ -134,7 +138,7 @@ pub fn load(file: &Path, registry: &Registry) -> Result<RunPlan> {
             (points, swept)
         }
     };
-    let teachers = teacher_runs(teachers_value, &resolved, &config.name, &shown, registry)?;
+    let teachers = teacher_runs(teachers_value, &resolved, &config.name, file, registry)?;
     let names: Vec<String> = teachers.iter().map(|(n, _)| n.clone()).collect();
     let mut runs = Vec::new();
     for (index, point) in points.into_iter().enumerate() {
@@ -143,13 +147,31 @@ pub fn load(file: &Path, registry: &Registry) -> Result<RunPlan> {
             set_path(&mut value, path, v.clone());
         }
         let describe = || describe(&point.overrides);
-        let config = from_value(&value, &format!("{shown}: run {index} ({})", describe()))?;
+        let mut config = from_value(&value, &format!("{shown}: run {index} ({})", describe()))?;
         check_with_teachers(&config, registry, &names)
+            .and_then(|()| resolve_text(&mut config, file))
             .map_err(|e| Error::Config(format!("{shown}: run {index} ({}): {e}", describe())))?;
         runs.push(PlannedRun { index, config, overrides: point.overrides });
     }
     let experiment = runs[0].config.name.clone();
     Ok(RunPlan { file: file.to_path_buf(), experiment, swept, runs, teachers })
+}
+
+/// Check a text dataset against the model before any run starts: a `dataset: text` file is
+/// read relative to the experiment `file`'s folder and resolved ([`crate::data::text::resolve`]);
+/// Tiny Shakespeare's validation split must hold more than one context window.
+fn resolve_text(config: &mut RunConfig, file: &Path) -> std::result::Result<(), String> {
+    let context = config.model.transformer.as_ref().map_or(0, |t| t.context);
+    match config.data.dataset {
+        Dataset::Text => {
+            crate::data::text::resolve(&mut config.data, file.parent().unwrap_or(Path::new(".")), context)
+        }
+        Dataset::Tinyshakespeare if context >= crate::data::text::SHAKESPEARE_VAL_TOKENS => Err(format!(
+            "model.context: {context} tokens; tinyshakespeare's validation split has {}, so no window fits; use a shorter model.context",
+            crate::data::text::SHAKESPEARE_VAL_TOKENS
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The runs of `teachers:`: each the base config with its overrides, named
@@ -158,9 +180,10 @@ fn teacher_runs(
     teachers: Option<Value>,
     resolved: &Value,
     experiment: &str,
-    shown: &str,
+    file: &Path,
     registry: &Registry,
 ) -> Result<Vec<(String, PlannedRun)>> {
+    let shown = &file.display().to_string();
     let Some(Value::Mapping(map)) = teachers else {
         return match teachers {
             None | Some(Value::Null) => Ok(Vec::new()),
@@ -181,8 +204,10 @@ fn teacher_runs(
         if let Some(train) = value.get_mut("train").and_then(Value::as_mapping_mut) {
             train.remove("distill");
         }
-        let config = from_value(&value, &origin)?;
-        check(&config, registry).map_err(|e| Error::Config(format!("{origin}: {e}")))?;
+        let mut config = from_value(&value, &origin)?;
+        check(&config, registry)
+            .and_then(|()| resolve_text(&mut config, file))
+            .map_err(|e| Error::Config(format!("{origin}: {e}")))?;
         let overrides = vec![("teacher".to_string(), Value::String(name.clone()))];
         out.push((name, PlannedRun { index, config, overrides }));
     }

@@ -145,7 +145,11 @@ pub fn submit(
 ) -> Result<Submitted> {
     // Fetch missing datasets here, once, never inside array tasks.
     for &i in selected {
-        crate::data::find_dir(plan.runs[i].config.data.dataset)?;
+        let dataset = plan.runs[i].config.data.dataset;
+        // a `dataset: text` file was read when the experiment was planned
+        if dataset != qatlab_core::config::Dataset::Text {
+            crate::data::find_dir(dataset)?;
+        }
     }
     let results = absolute(results)?;
     let experiment_dir = results.join(&plan.experiment);

@@ -25,9 +25,14 @@ pub fn config_yaml(config: &RunConfig) -> String {
     serde_yaml::to_string(config).expect("a config always serialises")
 }
 
-/// Run id: the first 10 hex digits of the SHA-256 of the resolved config (seed included).
+/// Run id: the first 10 hex digits of the SHA-256 of the resolved config (seed included). A
+/// `dataset: text` file counts by its SHA-256, not its path, so a moved file keeps its runs.
 pub fn run_id(config: &RunConfig) -> String {
-    let digest = Sha256::digest(config_yaml(config).as_bytes());
+    let mut hashed = std::borrow::Cow::Borrowed(config);
+    if config.data.sha256.is_some() {
+        hashed.to_mut().data.path = None;
+    }
+    let digest = Sha256::digest(config_yaml(&hashed).as_bytes());
     digest.iter().take(5).map(|b| format!("{b:02x}")).collect()
 }
 

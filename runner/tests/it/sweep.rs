@@ -16,7 +16,7 @@ fn csv_rows(path: &Path) -> Vec<Vec<String>> {
     let timing: Vec<usize> = header
         .iter()
         .enumerate()
-        .filter(|(_, h)| *h == "wall_s" || *h == "samples_per_s")
+        .filter(|(_, h)| matches!(h.as_str(), "wall_s" | "samples_per_s" | "tokens_per_s"))
         .map(|(i, _)| i)
         .collect();
     let mut rows: Vec<Vec<String>> = vec![header];
@@ -93,6 +93,23 @@ fn a_grid_with_seeds_runs_in_parallel_and_aggregates() {
 #[test]
 fn a_killed_sweep_resumes_to_the_same_results_as_an_uninterrupted_one() {
     let yaml = "name: resume\nquantizer: ternary\nmodel: {hidden: [64, 64]}\ntrain: {epochs: 3}\nsweep:\n  grid:\n    train.optimizer.lr: [0.001, 0.002]\n";
+    killed_and_resumed_matches_uninterrupted(yaml, "resume");
+}
+
+/// The same for a language model: SIGKILL between evaluations, rerun, and every metric of every
+/// evaluation equals the uninterrupted run's.
+#[test]
+fn a_killed_language_model_sweep_resumes_to_the_same_results() {
+    let yaml = "name: lmresume\ndata: {dataset: tinyshakespeare}\nquantizer: ternary\n\
+        model: {kind: transformer, depth: 1, heads: 2, width: 32, context: 32, activation_bits: 8}\n\
+        train: {steps: 120, batch_size: 8, optimizer: {name: adamw, lr: 3.0e-3}}\neval: {every: 10, batches: 2}\n\
+        sweep: {seeds: [0, 1]}\n";
+    killed_and_resumed_matches_uninterrupted(yaml, "lmresume");
+}
+
+/// Run `yaml` (experiment `name`) once uninterrupted and once SIGKILLed mid-run and rerun;
+/// results.csv and every run's metrics (timing aside) must match.
+fn killed_and_resumed_matches_uninterrupted(yaml: &str, name: &str) {
     let clean = workdir();
     std::fs::write(clean.path().join("r.yaml"), yaml).unwrap();
     let out = qat(&["run", "r.yaml", "--jobs", "2", "-q"], clean.path());
@@ -108,7 +125,7 @@ fn a_killed_sweep_resumes_to_the_same_results_as_an_uninterrupted_one() {
         .spawn()
         .unwrap();
     // wait until some run has checkpointed an epoch but not finished, then SIGKILL
-    let root = killed.path().join("results/resume");
+    let root = killed.path().join("results").join(name);
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut interrupted = false;
     while Instant::now() < deadline && !interrupted {
@@ -126,11 +143,9 @@ fn a_killed_sweep_resumes_to_the_same_results_as_an_uninterrupted_one() {
     let again = qat(&["run", "r.yaml", "--jobs", "2", "-q"], killed.path());
     assert!(again.status.success(), "{}", text(&again));
 
-    assert_eq!(
-        csv_rows(&root.join("results.csv")),
-        csv_rows(&clean.path().join("results/resume/results.csv"))
-    );
-    for (a, b) in run_dirs(&root).iter().zip(run_dirs(&clean.path().join("results/resume"))) {
+    let clean_root = clean.path().join("results").join(name);
+    assert_eq!(csv_rows(&root.join("results.csv")), csv_rows(&clean_root.join("results.csv")));
+    for (a, b) in run_dirs(&root).iter().zip(run_dirs(&clean_root)) {
         assert_eq!(a.file_name(), b.file_name());
         assert_eq!(
             metrics_without_timing(&a.join("metrics.csv")),
@@ -219,7 +234,7 @@ fn language_model_errors_stop_before_anything_runs() {
         (format!("{lm}train: {{steps: 10}}\nsweep: {{grid: {{model.kind: [transformer, rnn]}}}}\n"), "unknown variant `rnn`, expected `mlp` or `transformer`"),
         (format!("{lm}train: {{epochs: 1}}\n"), "train.steps: a language model trains for a number of optimizer steps"),
         ("name: e\ndata: {dataset: tinyshakespeare, augment: true}\nmodel: {kind: transformer}\ntrain: {steps: 1}\n".to_string(), "data.augment, data.elastic, data.crop_flip: image keys; text has none"),
-        ("name: e\nmodel: {kind: transformer}\ntrain: {steps: 1}\n".to_string(), "a language model needs a text dataset (tinyshakespeare), not mnist"),
+        ("name: e\nmodel: {kind: transformer}\ntrain: {steps: 1}\n".to_string(), "a language model needs a text dataset (tinyshakespeare or text), not mnist"),
     ] {
         assert_rejected(&[("e.yaml", yaml.as_str())], &[expected]);
     }
@@ -347,4 +362,76 @@ fn a_sweep_addresses_layer_overrides_by_quoted_name_and_glob() {
     assert_eq!(model.layer(2, 3, quantizer).1, Some(4), "the exact name reaches fc3");
     let out = qat(&["list", "g.yaml"], dir.path());
     assert!(out.status.success(), "{}", text(&out));
+}
+
+/// `dataset: text` with a file the user brings: the path is relative to the experiment file,
+/// planning fills in its SHA-256 and vocabulary, the byte tokenizer trains on any bytes, and a
+/// moved copy of the same file keeps the run id.
+#[test]
+fn a_text_file_trains_by_byte_and_its_run_id_follows_its_contents() {
+    let body =
+        "name: own\ndata: {dataset: text, path: corpus/notes.txt, tokenizer: byte, val_fraction: 0.2}\n\
+        model: {kind: transformer, depth: 1, heads: 2, width: 16, context: 16}\n\
+        train: {steps: 20, batch_size: 4}\neval: {every: 10, batches: 2}\n";
+    let corpus: String = (0..40).map(|i| format!("line {i}: ünïcödé and bytes\n")).collect();
+    let (a, b) = (workdir(), workdir());
+    for dir in [&a, &b] {
+        std::fs::create_dir_all(dir.path().join("corpus")).unwrap();
+        std::fs::write(dir.path().join("corpus/notes.txt"), &corpus).unwrap();
+        std::fs::write(dir.path().join("e.yaml"), body).unwrap();
+    }
+    let (list_a, list_b) = (qat(&["list", "e.yaml"], a.path()), qat(&["list", "e.yaml"], b.path()));
+    assert!(list_a.status.success(), "{}", text(&list_a));
+    assert_eq!(text(&list_a), text(&list_b), "the same file in another folder: the same run id");
+    let out = qat(&["run", "e.yaml", "-q"], a.path());
+    assert!(out.status.success(), "{}", text(&out));
+    let runs = run_dirs(&a.path().join("results/own"));
+    assert_eq!(runs.len(), 1);
+    let config = std::fs::read_to_string(runs[0].join("config.yaml")).unwrap();
+    let sha = {
+        use sha2::Digest;
+        sha2::Sha256::digest(corpus.as_bytes()).iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    assert!(config.contains(&format!("sha256: {sha}")) && config.contains("vocab: 256"), "{config}");
+    let rows = csv_rows(&a.path().join("results/own/results.csv"));
+    let loss = rows[0].iter().position(|h| h == "final_val_loss").unwrap();
+    let value: f64 = rows[1][loss].parse().unwrap();
+    assert!(value.is_finite() && value < (256f64).ln(), "below a uniform guess over bytes: {value}");
+    // a different file at the same path is a different run
+    std::fs::write(b.path().join("corpus/notes.txt"), corpus.replace("line", "row")).unwrap();
+    assert_ne!(text(&list_a), text(&qat(&["list", "e.yaml"], b.path())));
+}
+
+/// Every problem with a `dataset: text` file stops the sweep before a run starts, naming the key.
+#[test]
+fn text_file_errors_stop_before_anything_runs() {
+    let lm = "model: {kind: transformer, depth: 1, width: 16, heads: 2, context: 8}\ntrain: {steps: 2}\n";
+    let with = |data: &str| format!("name: e\ndata: {data}\n{lm}");
+    let long: String = "to be or not to be ".repeat(20);
+    for (data, files, expected) in [
+        ("{dataset: text, path: missing.txt}", vec![], "data.path: cannot read missing.txt (relative to the experiment file's folder)"),
+        ("{dataset: text, path: empty.txt}", vec![("empty.txt", Vec::new())], "data.path: empty.txt is empty"),
+        ("{dataset: text, path: bin.dat}", vec![("bin.dat", vec![0xff, 0xfe, 0x00, 0x41])], "data.tokenizer: bin.dat: not UTF-8"),
+        ("{dataset: text, path: short.txt}", vec![("short.txt", b"0123456789012345678901234567890123456789".to_vec())], "data.val_fraction: the validation split of short.txt has 4 tokens, not more than one context window (8)"),
+        ("{dataset: text, path: t.txt, augment: true}", vec![("t.txt", long.clone().into_bytes())], "data.augment, data.elastic, data.crop_flip: image keys"),
+        ("{dataset: text}", vec![], "data.path: dataset text reads a file; set data.path"),
+        ("{dataset: text, path: t.txt, val_fraction: 1.5}", vec![("t.txt", long.clone().into_bytes())], "data.val_fraction: must be between 0 and 1"),
+        ("{dataset: tinyshakespeare, tokenizer: byte}", vec![], "data.tokenizer: a key of dataset text; tinyshakespeare has its own file and split"),
+        ("{dataset: text, path: t.txt, sha256: abc}", vec![("t.txt", long.clone().into_bytes())], "data.sha256: t.txt has SHA-256"),
+    ] {
+        let mut all: Vec<(&str, Vec<u8>)> = vec![("e.yaml", with(data).into_bytes())];
+        all.extend(files);
+        let dir = workdir();
+        for (name, bytes) in &all {
+            std::fs::write(dir.path().join(name), bytes).unwrap();
+        }
+        let out = qat(&["run", "e.yaml"], dir.path());
+        assert_eq!(out.status.code(), Some(2), "{data}: {}", text(&out));
+        assert!(text(&out).contains(expected), "{data}: expected `{expected}` in: {}", text(&out));
+        assert!(!dir.path().join("results").exists(), "nothing may start");
+    }
+    assert_rejected(
+        &[("e.yaml", "name: e\ndata: {dataset: tinyshakespeare}\nmodel: {kind: transformer, context: 200000}\ntrain: {steps: 1}\n")],
+        &["model.context: 200000 tokens; tinyshakespeare's validation split has 111540"],
+    );
 }
