@@ -454,11 +454,12 @@ impl Observer for RunObserver<'_> {
         }
         let line = match self.steps_per_eval {
             Some((every, steps)) => format!(
-                "step {:>6}  train loss {:.4}  val loss {:.4} ({:.3} bits/token)  {:.0} tokens/s",
+                "step {:>6}  train loss {:.4}  val loss {:.4} ({:.3} bits/token, perplexity {:.2})  {:.0} tokens/s",
                 (m.epoch * every).min(steps),
                 m.train_loss,
                 m.test_loss,
                 m.test_loss / std::f64::consts::LN_2,
+                m.test_loss.exp(),
                 m.samples_per_s
             ),
             None => format!(

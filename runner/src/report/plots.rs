@@ -1,6 +1,7 @@
-//! Plots per experiment (plotters, SVG and PNG): test accuracy against total weight bits with
-//! one series per quantizer (the Pareto view of the low-bit literature), and test-accuracy
-//! curves per run group (mean over seeds).
+//! Plots per experiment (plotters, SVG and PNG): the final score against total weight memory
+//! with one series per quantizer (the Pareto view of the low-bit literature), and its curve per
+//! run group (mean over seeds). The score is test accuracy for classifiers and validation loss
+//! for language models ([`Measure`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,45 +35,108 @@ fn font() -> std::result::Result<(), String> {
         .clone()
 }
 
+/// What the plots show of a run.
+#[derive(Clone, Copy, PartialEq)]
+enum Measure {
+    /// Test accuracy in %, per epoch (classifiers).
+    Accuracy,
+    /// Validation loss in nats per token, per evaluation every `every` steps (language models).
+    ValLoss {
+        /// Optimizer steps between evaluations.
+        every: usize,
+    },
+}
+
+impl Measure {
+    fn of(plan: &RunPlan) -> Self {
+        match plan.runs.first().map(|r| &r.config) {
+            Some(c) if c.data.dataset.is_text() => {
+                let steps = c.train.steps.unwrap_or(1);
+                Measure::ValLoss { every: c.eval.every.unwrap_or(steps).max(1) }
+            }
+            _ => Measure::Accuracy,
+        }
+    }
+
+    /// The x value of point `i` (0-based) of a curve.
+    fn x(self, i: usize) -> f64 {
+        match self {
+            Measure::Accuracy => (i + 1) as f64,
+            Measure::ValLoss { every } => ((i + 1) * every) as f64,
+        }
+    }
+
+    /// The axis label.
+    fn label(self) -> &'static str {
+        match self {
+            Measure::Accuracy => "test accuracy (%)",
+            Measure::ValLoss { .. } => "validation loss (nats per token)",
+        }
+    }
+
+    /// metrics.csv's column and the factor to the plotted unit.
+    fn column(self) -> (&'static str, f64) {
+        match self {
+            Measure::Accuracy => ("test_acc", 100.0),
+            Measure::ValLoss { .. } => ("test_loss", 1.0),
+        }
+    }
+
+    /// The x axis of a curve.
+    fn interval(self) -> &'static str {
+        match self {
+            Measure::Accuracy => "epoch",
+            Measure::ValLoss { .. } => "optimizer step",
+        }
+    }
+}
+
 /// What the plots need of one finished run.
 struct RunPoint {
     series: String,
     group: String,
     bits: f64,
-    accuracy: f64,
+    /// The final score in the plotted unit.
+    value: f64,
     curve: Vec<f64>,
 }
 
-fn collect(plan: &RunPlan, results: &Path) -> Vec<RunPoint> {
+fn collect(plan: &RunPlan, results: &Path, measure: Measure) -> Vec<RunPoint> {
     plan.runs
         .iter()
         .filter_map(|run| {
             let dir = RunDir::new(results, &run.config);
             let record = dir.read_record().filter(|r| r.status == Status::Success)?;
-            let curve = read_test_accuracy(&dir.path.join("metrics.csv"));
+            let curve = read_curve(&dir.path.join("metrics.csv"), measure);
+            let scores = record.final_scores?;
             Some(RunPoint {
                 series: qatlab_core::config::spec_label(&run.config.quantizer),
                 group: group_name(run),
                 bits: record.total_bits,
-                accuracy: 100.0 * record.final_scores.map_or(0.0, |s| s.test_acc),
+                value: match measure {
+                    Measure::Accuracy => 100.0 * scores.test_acc,
+                    Measure::ValLoss { .. } => scores.test_loss,
+                },
                 curve,
             })
         })
         .collect()
 }
 
-fn read_test_accuracy(path: &Path) -> Vec<f64> {
+fn read_curve(path: &Path, measure: Measure) -> Vec<f64> {
+    let (column, factor) = measure.column();
     let Ok(mut reader) = csv::Reader::from_path(path) else { return Vec::new() };
-    let Some(col) = reader.headers().ok().and_then(|h| h.iter().position(|c| c == "test_acc")) else {
+    let Some(col) = reader.headers().ok().and_then(|h| h.iter().position(|c| c == column)) else {
         return Vec::new();
     };
-    reader.records().filter_map(|r| r.ok()?.get(col)?.parse::<f64>().ok()).map(|v| 100.0 * v).collect()
+    reader.records().filter_map(|r| r.ok()?.get(col)?.parse::<f64>().ok()).map(|v| factor * v).collect()
 }
 
-/// Write `plots/accuracy_vs_bits` and `plots/curves` (SVG and PNG) for the finished runs of
-/// `plan`; returns the files written.
+/// Write `plots/accuracy_vs_bits` (language models: `plots/loss_vs_memory`) and `plots/curves`
+/// (SVG and PNG) for the finished runs of `plan`; returns the files written.
 pub fn write_plots(plan: &RunPlan, results: &Path) -> Result<Vec<PathBuf>> {
-    let points = collect(plan, results);
+    let measure = Measure::of(plan);
+    let points = collect(plan, results, measure);
     if points.is_empty() {
         return Ok(Vec::new());
     }
@@ -81,9 +145,9 @@ pub fn write_plots(plan: &RunPlan, results: &Path) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let mut written = Vec::new();
     for ext in ["svg", "png"] {
-        for kind in [Plot::AccuracyVsBits, Plot::Curves] {
-            let path = dir.join(format!("{}.{ext}", kind.stem()));
-            draw(&path, kind, &points, &plan.experiment)?;
+        for kind in [Plot::VsMemory, Plot::Curves] {
+            let path = dir.join(format!("{}.{ext}", kind.stem(measure)));
+            draw(&path, kind, measure, &points, &plan.experiment)?;
             written.push(path);
         }
     }
@@ -93,25 +157,32 @@ pub fn write_plots(plan: &RunPlan, results: &Path) -> Result<Vec<PathBuf>> {
 /// The plots of an experiment.
 #[derive(Clone, Copy)]
 enum Plot {
-    AccuracyVsBits,
+    VsMemory,
     Curves,
 }
 
 impl Plot {
-    fn stem(self) -> &'static str {
-        match self {
-            Plot::AccuracyVsBits => "accuracy_vs_bits",
-            Plot::Curves => "curves",
+    fn stem(self, measure: Measure) -> &'static str {
+        match (self, measure) {
+            (Plot::VsMemory, Measure::Accuracy) => "accuracy_vs_bits",
+            (Plot::VsMemory, Measure::ValLoss { .. }) => "loss_vs_memory",
+            (Plot::Curves, _) => "curves",
         }
     }
 
-    fn render<DB: DrawingBackend>(self, root: &Area<DB>, points: &[RunPoint], title: &str) -> DrawResult
+    fn render<DB: DrawingBackend>(
+        self,
+        root: &Area<DB>,
+        measure: Measure,
+        points: &[RunPoint],
+        title: &str,
+    ) -> DrawResult
     where
         DB::ErrorType: 'static,
     {
         match self {
-            Plot::AccuracyVsBits => accuracy_vs_bits(root, points, title),
-            Plot::Curves => curves(root, points, title),
+            Plot::VsMemory => vs_memory(root, measure, points, title),
+            Plot::Curves => curves(root, measure, points, title),
         }
     }
 }
@@ -119,19 +190,24 @@ impl Plot {
 type Area<'a, DB> = DrawingArea<DB, plotters::coord::Shift>;
 type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
 
-fn draw(path: &Path, plot: Plot, points: &[RunPoint], title: &str) -> Result<()> {
+fn draw(path: &Path, plot: Plot, measure: Measure, points: &[RunPoint], title: &str) -> Result<()> {
     let size = (900, 600);
     let outcome = if path.extension().is_some_and(|e| e == "svg") {
         let root = SVGBackend::new(path, size).into_drawing_area();
-        plot.render(&root, points, title).and_then(|_| root.present().map_err(|e| e.into()))
+        plot.render(&root, measure, points, title).and_then(|_| root.present().map_err(|e| e.into()))
     } else {
         let root = BitMapBackend::new(path, size).into_drawing_area();
-        plot.render(&root, points, title).and_then(|_| root.present().map_err(|e| e.into()))
+        plot.render(&root, measure, points, title).and_then(|_| root.present().map_err(|e| e.into()))
     };
     outcome.map_err(|e| Error::Config(format!("plot {}: {e}", path.display())))
 }
 
-fn accuracy_vs_bits<DB: DrawingBackend>(root: &Area<DB>, points: &[RunPoint], title: &str) -> DrawResult
+fn vs_memory<DB: DrawingBackend>(
+    root: &Area<DB>,
+    measure: Measure,
+    points: &[RunPoint],
+    title: &str,
+) -> DrawResult
 where
     DB::ErrorType: 'static,
 {
@@ -139,21 +215,21 @@ where
     let kb = |p: &RunPoint| p.bits / 8.0 / 1024.0;
     let (xmin, xmax) = points.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| (lo.min(kb(p)), hi.max(kb(p))));
     let (ymin, ymax) =
-        points.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| (lo.min(p.accuracy), hi.max(p.accuracy)));
+        points.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| (lo.min(p.value), hi.max(p.value)));
+    let pad = match measure {
+        Measure::Accuracy => 0.3,
+        Measure::ValLoss { .. } => 0.02,
+    };
     let mut chart = ChartBuilder::on(root)
-        .caption(format!("{title}: test accuracy vs weight memory"), ("sans-serif", 22))
+        .caption(format!("{title}: {} vs weight memory", measure.label()), ("sans-serif", 22))
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(60)
-        .build_cartesian_2d((xmin * 0.8..xmax * 1.25).log_scale(), (ymin - 0.3)..(ymax + 0.3))?;
-    chart
-        .configure_mesh()
-        .x_desc("total weight memory (kB, log scale)")
-        .y_desc("test accuracy (%)")
-        .draw()?;
+        .build_cartesian_2d((xmin * 0.8..xmax * 1.25).log_scale(), (ymin - pad)..(ymax + pad))?;
+    chart.configure_mesh().x_desc("total weight memory (kB, log scale)").y_desc(measure.label()).draw()?;
     let mut series: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
     for p in points {
-        series.entry(&p.series).or_default().push((kb(p), p.accuracy));
+        series.entry(&p.series).or_default().push((kb(p), p.value));
     }
     for (i, (name, mut xy)) in series.into_iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
@@ -169,10 +245,15 @@ where
         }
         chart.draw_series(LineSeries::new(means, color))?;
     }
-    draw_legend(&mut chart)
+    draw_legend(&mut chart, measure)
 }
 
-fn curves<DB: DrawingBackend>(root: &Area<DB>, points: &[RunPoint], title: &str) -> DrawResult
+fn curves<DB: DrawingBackend>(
+    root: &Area<DB>,
+    measure: Measure,
+    points: &[RunPoint],
+    title: &str,
+) -> DrawResult
 where
     DB::ErrorType: 'static,
 {
@@ -189,28 +270,44 @@ where
         })
         .collect();
     let epochs = means.iter().map(|(_, c)| c.len()).max().unwrap_or(1).max(2);
-    let ymin = means.iter().flat_map(|(_, c)| c.iter().skip(c.len() / 3)).fold(100.0f64, |m, v| m.min(*v));
+    let y = match measure {
+        // the last two thirds of every curve, where runs differ
+        Measure::Accuracy => {
+            let tail = means.iter().flat_map(|(_, c)| c.iter().skip(c.len() / 3));
+            (tail.fold(100.0f64, |m, v| m.min(*v)) - 0.5).max(0.0)..100.0
+        }
+        Measure::ValLoss { .. } => {
+            let all = means.iter().flat_map(|(_, c)| c.iter());
+            let (lo, hi) = all.fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+            if lo > hi {
+                0.0..1.0
+            } else {
+                (lo - 0.05)..(hi + 0.05)
+            }
+        }
+    };
     let mut chart = ChartBuilder::on(root)
-        .caption(format!("{title}: test accuracy per epoch (mean over seeds)"), ("sans-serif", 22))
+        .caption(format!("{title}: {} (mean over seeds)", measure.label()), ("sans-serif", 20))
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(60)
-        .build_cartesian_2d(1f64..epochs as f64, (ymin - 0.5).max(0.0)..100.0)?;
-    chart.configure_mesh().x_desc("epoch").y_desc("test accuracy (%)").draw()?;
+        .build_cartesian_2d(measure.x(0)..measure.x(epochs - 1), y)?;
+    chart.configure_mesh().x_desc(measure.interval()).y_desc(measure.label()).draw()?;
     for (i, (group, curve)) in means.into_iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
-        let xy: Vec<(f64, f64)> = curve.iter().enumerate().map(|(e, a)| ((e + 1) as f64, *a)).collect();
+        let xy: Vec<(f64, f64)> = curve.iter().enumerate().map(|(e, a)| (measure.x(e), *a)).collect();
         chart
             .draw_series(LineSeries::new(xy, color.stroke_width(2)))?
             .label(group)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
     }
-    draw_legend(&mut chart)
+    draw_legend(&mut chart, measure)
 }
 
-/// The legend box both plots use, in the lower right corner.
+/// The legend box both plots use.
 fn draw_legend<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(
     chart: &mut ChartContext<'a, DB, CT>,
+    measure: Measure,
 ) -> DrawResult
 where
     DB::ErrorType: 'static,
@@ -219,7 +316,11 @@ where
         .configure_series_labels()
         .border_style(BLACK)
         .background_style(WHITE.mix(0.8))
-        .position(SeriesLabelPosition::LowerRight)
+        // where the curves are not: under rising accuracy, over falling loss
+        .position(match measure {
+            Measure::Accuracy => SeriesLabelPosition::LowerRight,
+            Measure::ValLoss { .. } => SeriesLabelPosition::UpperRight,
+        })
         .draw()?;
     Ok(())
 }

@@ -6,20 +6,39 @@ use qatlab_core::Registry;
 
 use crate::run::Outcome;
 
-/// One line per run: status, final and best test accuracy, train accuracy, size, time.
-pub fn summary(outcomes: &[Outcome]) -> String {
+/// One line per run: status, final and best test accuracy (language models: validation loss,
+/// the best and its evaluation, bits per token), train accuracy, size, time.
+pub fn summary(outcomes: &[Outcome], language_models: bool) -> String {
     let mut out = String::new();
+    let columns = if language_models {
+        ["val loss", "best (eval)", "val bpc"]
+    } else {
+        ["test acc", "best (epoch)", "train acc"]
+    };
     let _ = writeln!(
         out,
         "{:<28} {:<9} {:>9} {:>14} {:>9} {:>10} {:>8} {:>8}",
-        "run", "status", "test acc", "best (epoch)", "train acc", "bits", "kB", "wall s"
+        "run", "status", columns[0], columns[1], columns[2], "bits", "kB", "wall s"
     );
     for o in outcomes {
         let r = &o.record;
-        let pct = |v: f64| format!("{:.2}%", 100.0 * v);
+        let score = |s: &crate::run::Scores| {
+            if language_models {
+                format!("{:.4}", s.test_loss)
+            } else {
+                format!("{:.2}%", 100.0 * s.test_acc)
+            }
+        };
+        let third = |s: &crate::run::Scores| {
+            if language_models {
+                format!("{:.3}", s.test_loss / std::f64::consts::LN_2)
+            } else {
+                format!("{:.2}%", 100.0 * s.train_acc)
+            }
+        };
         let (test, train) =
-            r.final_scores.as_ref().map_or(("-".into(), "-".into()), |s| (pct(s.test_acc), pct(s.train_acc)));
-        let best = r.best.as_ref().map_or("-".into(), |s| format!("{} ({})", pct(s.test_acc), s.epoch));
+            r.final_scores.as_ref().map_or(("-".into(), "-".into()), |s| (score(s), third(s)));
+        let best = r.best.as_ref().map_or("-".into(), |s| format!("{} ({})", score(s), s.epoch));
         let status = if o.skipped { "done".to_string() } else { format!("{:?}", r.status).to_lowercase() };
         let _ = writeln!(
             out,

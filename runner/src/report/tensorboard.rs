@@ -20,6 +20,13 @@ use crate::train::EpochMetrics;
 
 /// The scalar tags the HParams view shows as metrics.
 pub const METRIC_TAGS: [&str; 4] = ["test/accuracy", "test/loss", "train/accuracy", "train/loss"];
+/// The same for language models.
+pub const LM_METRIC_TAGS: [&str; 4] = ["val/loss", "val/bpc", "val/perplexity", "train/loss"];
+
+/// (evaluation interval, total steps) of a run that trains by steps (a language model).
+fn steps_of(config: &qatlab_core::config::RunConfig) -> Option<(usize, usize)> {
+    config.train.steps.map(|steps| (config.eval.every.unwrap_or(steps).max(1), steps))
+}
 
 /// Weight histograms are written every this many epochs (and at the last).
 pub const HISTOGRAM_EVERY: usize = 5;
@@ -101,7 +108,8 @@ pub fn write_experiment(root: &Path, plan: &RunPlan) -> std::io::Result<()> {
             info
         })
         .collect();
-    let metrics: Vec<MetricInfo> = METRIC_TAGS
+    let lm = plan.runs.first().is_some_and(|r| steps_of(&r.config).is_some());
+    let metrics: Vec<MetricInfo> = (if lm { LM_METRIC_TAGS } else { METRIC_TAGS })
         .iter()
         .map(|tag| {
             let mut name = MetricName::new();
@@ -137,6 +145,9 @@ fn value_of(run: &PlannedRun, key: &str) -> Value {
 /// One run's event file in its own directory.
 pub struct RunLog {
     writer: FileWriter,
+    /// (evaluation interval, total steps) for a language model, whose scalars are logged at
+    /// optimizer steps under `val/…` tags.
+    steps: Option<(usize, usize)>,
 }
 
 impl RunLog {
@@ -156,21 +167,38 @@ impl RunLog {
         data.set_session_start_info(start);
         writer.add_summary(hparams_summary("_hparams_/session_start_info", &data), 0);
         writer.flush();
-        Self { writer }
+        Self { writer, steps: steps_of(&run.config) }
     }
 
     /// Scalars of one epoch, and weight histograms of `layers` (parameter path, latent weights)
     /// when given, tagged by path.
     pub fn epoch(&mut self, m: &EpochMetrics, layers: &[(String, &[f32])]) {
-        let step = m.epoch;
-        let scalars = [
-            ("train/loss", m.train_loss),
-            ("train/accuracy", m.train_acc),
-            ("test/loss", m.test_loss),
-            ("test/accuracy", m.test_acc),
-            ("lr", m.lr),
-            ("activations/positive_fraction", m.positive_fraction),
-        ];
+        let (step, scalars) = match self.steps {
+            // a language model: per evaluation, at its optimizer step
+            Some((every, steps)) => (
+                (m.epoch * every).min(steps),
+                vec![
+                    ("train/loss", m.train_loss),
+                    ("val/loss", m.test_loss),
+                    ("val/bpc", m.test_loss / std::f64::consts::LN_2),
+                    ("val/perplexity", m.test_loss.exp()),
+                    ("val/accuracy", m.test_acc),
+                    ("lr", m.lr),
+                    ("tokens_per_s", m.samples_per_s),
+                ],
+            ),
+            None => (
+                m.epoch,
+                vec![
+                    ("train/loss", m.train_loss),
+                    ("train/accuracy", m.train_acc),
+                    ("test/loss", m.test_loss),
+                    ("test/accuracy", m.test_acc),
+                    ("lr", m.lr),
+                    ("activations/positive_fraction", m.positive_fraction),
+                ],
+            ),
+        };
         for (tag, v) in scalars {
             self.writer.add_summary(scalar(tag, v as f32), step);
         }

@@ -130,4 +130,19 @@ fn a_language_model_sweep_reports_validation_loss_columns_and_table() {
     assert!((bpc - loss / std::f64::consts::LN_2).abs() < 1e-5, "{loss} nats = {bpc} bits");
     let table = text(&qat(&["table", "results/lm"], dir.path()));
     assert!(table.contains("final_val_loss") && table.contains("| 2 |"), "{table}");
+    // TensorBoard: val/loss, val/bpc and val/perplexity at steps 2 and 4; plots of loss
+    let root = dir.path().join("results/lm");
+    super::sweep::check_tensorboard(&root, 2, 1, 2, Some(2));
+    for plot in ["loss_vs_memory.svg", "loss_vs_memory.png", "curves.svg", "curves.png"] {
+        let bytes = std::fs::read(root.join("plots").join(plot)).unwrap();
+        assert!(bytes.len() > 1000, "{plot} is {} bytes", bytes.len());
+    }
+    let svg = std::fs::read_to_string(root.join("plots/curves.svg")).unwrap();
+    assert!(svg.contains("validation loss"), "the curves plot validation loss");
+    assert!(text(&out).contains("perplexity"), "{}", text(&out));
+    assert!(
+        text(&out).contains("val loss    best (eval)   val bpc"),
+        "the summary speaks of loss: {}",
+        text(&out)
+    );
 }

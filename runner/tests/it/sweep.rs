@@ -75,7 +75,7 @@ fn a_grid_with_seeds_runs_in_parallel_and_aggregates() {
     assert_eq!(body.len(), 4, "{t}");
     assert!(body.iter().all(|l| l.contains(" ± ") && l.ends_with("| 2 |")), "{t}");
 
-    check_tensorboard(&root, 8, 4, 3);
+    check_tensorboard(&root, 8, 4, 3, None);
     for plot in ["accuracy_vs_bits.svg", "accuracy_vs_bits.png", "curves.svg", "curves.png"] {
         let bytes = std::fs::read(root.join("plots").join(plot)).unwrap();
         assert!(bytes.len() > 1000, "{plot} is {} bytes", bytes.len());
@@ -243,7 +243,7 @@ fn language_model_errors_stop_before_anything_runs() {
 /// Read the sweep's TensorBoard files with the real `tensorboard` package (EventAccumulator and
 /// the hparams plugin's data provider). Skipped with a message when Python lacks the package,
 /// unless QAT_REQUIRE_TENSORBOARD is set (CI sets it after installing the package).
-fn check_tensorboard(root: &Path, sessions: usize, groups: usize, epochs: usize) {
+pub fn check_tensorboard(root: &Path, sessions: usize, groups: usize, epochs: usize, every: Option<usize>) {
     let available =
         Command::new("python3").args(["-c", "import tensorboard"]).output().is_ok_and(|o| o.status.success());
     if !available {
@@ -259,6 +259,7 @@ fn check_tensorboard(root: &Path, sessions: usize, groups: usize, epochs: usize)
         .arg(script)
         .arg(root)
         .args([sessions, groups, epochs].map(|n| n.to_string()))
+        .args(every.map(|n| n.to_string()))
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));

@@ -1,9 +1,11 @@
 """Read a qat sweep's TensorBoard output back with the real tensorboard package.
 
-usage: tensorboard_check.py SWEEP_ROOT SESSIONS GROUPS EPOCHS
+usage: tensorboard_check.py SWEEP_ROOT SESSIONS GROUPS EPOCHS [EVERY]
 Checks the HParams experiment at the root, one session per run with start and end info, the
-number of session groups, and the per-run scalars; prints a one-line summary.
+number of session groups, and the per-run scalars; prints a one-line summary. With EVERY, the
+sweep is of language models evaluated every EVERY steps: validation scalars at those steps.
 """
+import math
 import sys
 
 from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
@@ -12,7 +14,7 @@ from tensorboard import context
 from tensorboard.plugins.hparams import api_pb2, metadata
 
 
-def main(root, sessions, groups, epochs):
+def main(root, sessions, groups, epochs, every=None):
     mux = plugin_event_multiplexer.EventMultiplexer()
     mux.AddRunsFromDirectory(root)
     mux.Reload()
@@ -49,10 +51,17 @@ def main(root, sessions, groups, epochs):
     for run in starts:
         acc = EventAccumulator(f"{root}/{run}")
         acc.Reload()
-        accuracy = acc.Scalars("test/accuracy")
-        assert len(accuracy) == epochs, f"{run}: {len(accuracy)} test/accuracy points, expected {epochs}"
-        assert all(0.0 <= e.value <= 1.0 for e in accuracy)
-        assert acc.Histograms("fc1.weight"), f"{run}: no weight histogram"
+        if every is None:
+            accuracy = acc.Scalars("test/accuracy")
+            assert len(accuracy) == epochs, f"{run}: {len(accuracy)} test/accuracy points, expected {epochs}"
+            assert all(0.0 <= e.value <= 1.0 for e in accuracy)
+            assert acc.Histograms("fc1.weight"), f"{run}: no weight histogram"
+            continue
+        loss, bpc, ppl = (acc.Scalars(t) for t in ("val/loss", "val/bpc", "val/perplexity"))
+        assert [e.step for e in loss] == [every * (i + 1) for i in range(epochs)], f"{run}: steps {[e.step for e in loss]}"
+        for l, b, p in zip(loss, bpc, ppl):
+            assert abs(b.value - l.value / math.log(2)) < 1e-4 and abs(p.value - math.exp(l.value)) < 1e-3 * p.value
+        assert acc.Histograms("blocks.0.attn.qkv.weight"), f"{run}: no weight histogram"
     print(
         f"sessions={len(starts)} groups={len(group_names)} statuses={sorted(statuses)} "
         f"hparams={hparam_names} metrics={metric_tags}"
@@ -60,4 +69,4 @@ def main(root, sessions, groups, epochs):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+    main(sys.argv[1], *(int(a) for a in sys.argv[2:]))
