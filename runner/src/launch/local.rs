@@ -79,7 +79,8 @@ pub fn execute(
     let datasets = load_datasets(plan, &todo)?;
     let root = experiment_dir(&options.results, plan);
     write_experiment(&root, plan).map_err(|e| Error::io(&root, e))?;
-    let progress = SweepProgress::new(todo.len(), options.quiet);
+    let language_models = plan.runs.first().is_some_and(|r| r.config.data.dataset.is_text());
+    let progress = SweepProgress::new(todo.len(), options.quiet, language_models);
     let next = AtomicUsize::new(0);
     let done = Mutex::new(outcomes);
     let csv_lock = Mutex::new(());
@@ -323,14 +324,17 @@ pub fn single_threaded<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 pub struct SweepProgress {
     multi: Option<MultiProgress>,
     overall: Option<ProgressBar>,
-    best: Mutex<f64>,
+    /// The best final score so far: test accuracy, or the lowest validation loss.
+    best: Mutex<Option<f64>>,
+    /// Whether the runs are language models (scored by validation loss).
+    language_models: bool,
 }
 
 impl SweepProgress {
-    /// Progress for `runs` runs.
-    pub fn new(runs: usize, quiet: bool) -> Self {
+    /// Progress for `runs` runs (of language models: scored by validation loss).
+    pub fn new(runs: usize, quiet: bool, language_models: bool) -> Self {
         if quiet || runs == 0 {
-            return Self { multi: None, overall: None, best: Mutex::new(0.0) };
+            return Self { multi: None, overall: None, best: Mutex::new(None), language_models };
         }
         let multi = MultiProgress::new();
         let overall = multi.add(ProgressBar::new(runs as u64));
@@ -340,12 +344,12 @@ impl SweepProgress {
                 .progress_chars("=> "),
         );
         overall.enable_steady_tick(std::time::Duration::from_millis(500));
-        Self { multi: Some(multi), overall: Some(overall), best: Mutex::new(0.0) }
+        Self { multi: Some(multi), overall: Some(overall), best: Mutex::new(None), language_models }
     }
 
     /// Progress that prints nothing but log lines (one run outside a sweep).
     pub fn quiet() -> Self {
-        Self::new(0, true)
+        Self::new(0, true, false)
     }
 
     fn run_bar(&self, label: &str, len: u64) -> Option<ProgressBar> {
@@ -361,21 +365,33 @@ impl SweepProgress {
     }
 
     fn finished(&self, record: &RunRecord) {
-        let acc = record.final_scores.as_ref().map_or(0.0, |s| s.test_acc);
+        let scores = record.final_scores.as_ref();
+        let (score, better): (f64, fn(f64, f64) -> bool) = if self.language_models {
+            (scores.map_or(f64::NAN, |s| s.test_loss), |new, old| new < old)
+        } else {
+            (scores.map_or(0.0, |s| s.test_acc), |new, old| new > old)
+        };
+        let shown = |v: f64| {
+            if self.language_models {
+                format!("val loss {v:.4}")
+            } else {
+                format!("test {:.2}%", 100.0 * v)
+            }
+        };
         let mut best = self.best.lock().expect("no panics hold this lock");
-        *best = best.max(acc);
+        if score.is_finite() && best.is_none_or(|b| better(score, b)) {
+            *best = Some(score);
+        }
         match &self.overall {
             Some(bar) => {
                 bar.inc(1);
-                bar.set_message(format!("best test {:.2}%", 100.0 * *best));
+                if let Some(b) = *best {
+                    bar.set_message(format!("best {}", shown(b)));
+                }
             }
-            None => eprintln!(
-                "{}/{}: {:?}, test {:.2}%",
-                record.experiment,
-                record.run_id,
-                record.status,
-                100.0 * acc
-            ),
+            None => {
+                eprintln!("{}/{}: {:?}, {}", record.experiment, record.run_id, record.status, shown(score))
+            }
         }
     }
 

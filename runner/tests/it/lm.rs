@@ -146,3 +146,48 @@ fn a_language_model_sweep_reports_validation_loss_columns_and_table() {
         text(&out)
     );
 }
+
+/// Distillation of a ternary student from a float teacher language model on per-token logits:
+/// the named teacher trains first, `kd` with alpha 0 is the plain cross-entropy run to the last
+/// bit, and alpha 0.5 trains differently.
+#[test]
+fn a_ternary_language_model_distils_from_a_float_teacher() {
+    use super::cli::{qat, run_dirs, text, workdir};
+    let dir = workdir();
+    let student = format!(
+        "{}\nquantizer: ternary\n",
+        SMALL.replace("steps: 40", "steps: 12").replace("every: 10, batches: 4", "every: 4, batches: 2")
+    );
+    let kd = student.replace("name: lm", "name: kd").replace(
+        "grad_clip: 1.0}",
+        "grad_clip: 1.0, distill: {teacher: float, loss: {name: kd, temperature: 2}}}",
+    )
+        + "teachers: {float: {quantizer: none}}\nsweep: {grid: {train.distill.loss.alpha: [0.0, 0.5]}}\n";
+    std::fs::write(dir.path().join("plain.yaml"), &student).unwrap();
+    std::fs::write(dir.path().join("kd.yaml"), &kd).unwrap();
+    for file in ["plain.yaml", "kd.yaml"] {
+        let out = qat(&["run", file, "-q", "--jobs", "1"], dir.path());
+        assert!(out.status.success(), "{file}: {}", text(&out));
+    }
+    assert_eq!(run_dirs(dir.path(), "kd-teachers").len(), 1, "the float teacher trained first");
+    let metrics = |run: &std::path::Path| {
+        let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+        let drop = csv.lines().next().unwrap().split(',').position(|c| c == "samples_per_s").unwrap();
+        csv.lines()
+            .map(|l| {
+                l.split(',')
+                    .enumerate()
+                    .filter(|(i, _)| *i != drop)
+                    .map(|(_, v)| v)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .collect::<Vec<_>>()
+    };
+    let plain = metrics(&run_dirs(dir.path(), "lm")[0]);
+    let kd_runs: Vec<Vec<String>> = run_dirs(dir.path(), "kd").iter().map(|d| metrics(d)).collect();
+    assert_eq!(plain.len(), 4, "header and 3 evaluations");
+    let alpha_zero = kd_runs.iter().filter(|m| **m == plain).count();
+    assert_eq!(alpha_zero, 1, "alpha 0 is cross-entropy alone: the plain run, bit for bit");
+    assert!(kd_runs.iter().any(|m| m[1..] != plain[1..]), "alpha 0.5 learns from the teacher");
+}
