@@ -138,6 +138,10 @@ pub struct AnalyzeArgs {
     /// With --post-quantize: re-estimate batch-norm statistics for each post-quantized network.
     #[arg(long)]
     pub recalibrate_batch_norm: bool,
+    /// Language models: also score this many draws of random validation windows (`eval.batches`
+    /// batches of `train.batch_size`, nanoGPT's estimate) and print their mean, spread and range.
+    #[arg(long, default_value_t = 0)]
+    pub draws: usize,
 }
 
 /// Arguments of `qat export`.

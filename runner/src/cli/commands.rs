@@ -474,6 +474,26 @@ fn analyze(args: &AnalyzeArgs, registry: &qatlab_core::Registry) -> Result<ExitC
         {
             println!("evaluation windows (training-time): loss {:.4}", last.test_loss);
         }
+        // how far one estimate from random windows (nanoGPT's way) strays from the split's loss
+        let (batches, batch) = (run.config.eval.batches.unwrap_or(20), run.config.train.batch_size);
+        let mut estimates = Vec::with_capacity(args.draws);
+        for draw in 1..=args.draws as u64 {
+            let windows = (0..batches)
+                .map(|i| text.random_val_windows(draw, i, batch, t.context).map(|w| (w.x, w.targets)))
+                .collect::<Result<Vec<_>, _>>()?;
+            estimates.push(run.trainer.evaluate_windows(&windows, t.context)?.0);
+        }
+        if estimates.len() > 1 {
+            let n = estimates.len() as f64;
+            let mean = estimates.iter().sum::<f64>() / n;
+            let std = (estimates.iter().map(|e| (e - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+            let (lo, hi) =
+                estimates.iter().fold((f64::MAX, f64::MIN), |(lo, hi), e| (lo.min(*e), hi.max(*e)));
+            println!(
+                "{} estimates from {batches} random batches of {batch} windows each: mean {mean:.4}, std {std:.4}, range {lo:.4} to {hi:.4}",
+                estimates.len()
+            );
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let analysis = crate::train::analysis::analyze(&mut run.trainer, &data.test)?;

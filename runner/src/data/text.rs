@@ -142,6 +142,19 @@ impl Text {
         windows(&self.val, "validation", stream_seed(EVAL_SEED, index, 0xe7a1), batch, context)
     }
 
+    /// Validation batch `index` of draw `draw` of random windows (draws other than the fixed
+    /// evaluation set, to see how much a sampled estimate of the loss varies).
+    pub fn random_val_windows(
+        &self,
+        draw: u64,
+        index: usize,
+        batch: usize,
+        context: usize,
+    ) -> Result<Windows> {
+        let seed = stream_seed(EVAL_SEED ^ draw.wrapping_mul(0x9e37_79b9_7f4a_7c15), index, 0xd7a3);
+        windows(&self.val, "validation", seed, batch, context)
+    }
+
     /// The whole validation split as consecutive windows of `context` tokens (the last partial
     /// one left out), in batches of `batch`.
     pub fn validation_split(&self, batch: usize, context: usize) -> Vec<Windows> {

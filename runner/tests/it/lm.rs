@@ -99,6 +99,16 @@ fn a_finished_run_writes_a_sample_and_qat_sample_repeats_with_its_seed() {
     let seeded = |seed: &str| text(&sample(&["--prompt", "ROMEO:", "--seed", seed]));
     assert_eq!(seeded("3"), seeded("3"));
     assert_ne!(seeded("3"), seeded("4"));
+    // the whole split and the spread of estimates from random windows (1 batch of 8 each here)
+    let analysis = text(&qat(&["analyze", run.to_str().unwrap(), "--draws", "3"], dir.path()));
+    let number = |after: &str| -> f64 {
+        let rest = &analysis
+            [analysis.find(after).unwrap_or_else(|| panic!("{after} in {analysis}")) + after.len()..];
+        rest.split(|c: char| !(c.is_ascii_digit() || c == '.')).next().unwrap().parse().unwrap()
+    };
+    let (split, mean, std) = (number("loss "), number("mean "), number("std "));
+    assert!(analysis.contains("3 estimates from 1 random batches of 8 windows"), "{analysis}");
+    assert!(std > 0.0 && (mean - split).abs() < 0.5 && split < (65f64).ln(), "{analysis}");
     let out = qat(&["export", run.to_str().unwrap(), "-o", "lm.qat"], dir.path());
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("cannot deploy: a language model"), "{}", text(&out));
