@@ -521,8 +521,10 @@ impl TryFrom<RawModelConfig> for ModelConfig {
                         t.width, t.heads
                     ));
                 }
-                if t.depth == 0 || t.context == 0 || t.mlp.ratio == 0 {
-                    return Err("model.depth, model.context and model.mlp.ratio must be at least 1".into());
+                for (value, key) in [(t.depth, "depth"), (t.context, "context"), (t.mlp.ratio, "mlp.ratio")] {
+                    if value == 0 {
+                        return Err(format!("model.{key}: must be at least 1"));
+                    }
                 }
                 if t.position == Position::Rope && (t.width / t.heads) % 2 != 0 {
                     return Err(format!(

@@ -302,9 +302,37 @@ fn check_path(resolved: &Value, path: &str, sample: &Value) -> Result<(), String
 /// Parse YAML text into a config; `origin` names the source in messages.
 pub fn parse(text: &str, origin: &str) -> Result<RunConfig> {
     serde_yaml::from_str::<RunConfig>(text).map_err(|e| {
-        let location = e.location().map(|l| format!(":{}:{}", l.line(), l.column())).unwrap_or_default();
-        Error::Config(with_hint(format!("{origin}{location}: {e}")))
+        let message = e.to_string();
+        // a check across keys (model.width against model.heads) fails where serde has no
+        // position (it says 1:1); such messages start with the key, so point at the key instead
+        let key = message.split_once(": ").map(|(k, _)| k).filter(|k| k.contains('.') && !k.contains(' '));
+        let location = match (e.location(), key.and_then(|k| locate_key(text, k))) {
+            (Some(l), _) if (l.line(), l.column()) != (1, 1) => format!(":{}:{}", l.line(), l.column()),
+            (_, Some((line, column))) => format!(":{line}:{column}"),
+            _ => String::new(),
+        };
+        Error::Config(with_hint(format!("{origin}{location}: {message}")))
     })
+}
+
+/// Line and column (1-based) of the dotted key `path` (`model.width`) in YAML `text`, block or
+/// flow style: each segment is searched for as `segment:` after the previous one.
+fn locate_key(text: &str, path: &str) -> Option<(usize, usize)> {
+    let mut from = 0;
+    let mut at = None;
+    for segment in path.split('.') {
+        let pattern = format!("{segment}:");
+        let found = text[from..]
+            .match_indices(&pattern)
+            .map(|(i, _)| from + i)
+            .find(|&i| i == 0 || text[..i].ends_with(|c: char| c.is_whitespace() || c == '{' || c == ','))?;
+        at = Some(found);
+        from = found + pattern.len();
+    }
+    let at = at?;
+    let line = text[..at].matches('\n').count() + 1;
+    let column = at - text[..at].rfind('\n').map_or(0, |i| i + 1) + 1;
+    Some((line, column))
 }
 
 /// For serde's "unknown field `x`, expected one of `a`, `b`" add a did-you-mean.

@@ -238,6 +238,14 @@ fn language_model_errors_stop_before_anything_runs() {
     ] {
         assert_rejected(&[("e.yaml", yaml.as_str())], &[expected]);
     }
+    // checks across keys point at the key's line and column, in block and flow style
+    let block = "name: e\ndata: {dataset: tinyshakespeare}\ntrain: {steps: 1}\nmodel:\n  kind: transformer\n  width: 130\n  heads: 4\n";
+    assert_rejected(
+        &[("e.yaml", block)],
+        &["e.yaml:6:3: model.width: 130 is not a multiple of model.heads (4)"],
+    );
+    let flow = "name: e\ndata: {dataset: tinyshakespeare}\ntrain: {steps: 1}\nmodel: {kind: transformer, depth: 0}\n";
+    assert_rejected(&[("e.yaml", flow)], &["e.yaml:4:28: model.depth: must be at least 1"]);
 }
 
 /// Read the sweep's TensorBoard files with the real `tensorboard` package (EventAccumulator and
