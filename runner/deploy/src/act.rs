@@ -14,11 +14,41 @@ pub fn qmax(bits: u32) -> i32 {
 
 /// RMS normalisation of each row without gain: x / sqrt(mean(x²) + ε).
 pub fn rms_norm_rows(x: &mut [f32], features: usize) {
-    for row in x.chunks_exact_mut(features) {
-        let ms = row.iter().map(|v| v * v).sum::<f32>() / features as f32;
-        let inv = 1.0 / (ms + RMS_EPS).sqrt();
-        row.iter_mut().for_each(|v| *v *= inv);
+    x.chunks_exact_mut(features).for_each(|row| {
+        rms_norm_row(row);
+    });
+}
+
+/// RMS normalisation of one row; returns the factor 1/sqrt(mean(x²) + ε) it applied.
+pub fn rms_norm_row(row: &mut [f32]) -> f32 {
+    let inv = 1.0 / (dot(row, row) / row.len() as f32 + RMS_EPS).sqrt();
+    row.iter_mut().for_each(|v| *v *= inv);
+    inv
+}
+
+/// Σ aᵢ·bᵢ in eight independent lanes, so it vectorises (one running sum is a serial chain the
+/// compiler may not reorder).
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(a, b)| a * b).sum();
+    for (x, y) in ca.zip(cb) {
+        for ((lane, x), y) in lanes.iter_mut().zip(x).zip(y) {
+            *lane += x * y;
+        }
     }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// Σ xᵢ in eight independent lanes (see [`dot`]).
+pub fn sum(x: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for chunk in chunks {
+        lanes.iter_mut().zip(chunk).for_each(|(lane, v)| *lane += v);
+    }
+    lanes.iter().sum::<f32>() + tail
 }
 
 /// max |x| over `x`, in eight independent lanes so it vectorises (a single running maximum is a

@@ -262,16 +262,23 @@ impl Network {
     }
 }
 
-pub use qatlab_deploy::act::{abs_max, quantize_activations, rms_norm_rows, RMS_EPS};
+pub use qatlab_deploy::act::{abs_max, dot, quantize_activations, rms_norm_row, rms_norm_rows, sum, RMS_EPS};
 
 /// Layer normalisation of each row without affine: (x − mean) / sqrt(var + ε).
 pub fn layer_norm_rows(x: &mut [f32], features: usize) {
-    for row in x.chunks_exact_mut(features) {
-        let mean = row.iter().sum::<f32>() / features as f32;
-        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / features as f32;
-        let inv = 1.0 / (var + LAYER_NORM_EPS).sqrt();
-        row.iter_mut().for_each(|v| *v = (*v - mean) * inv);
-    }
+    x.chunks_exact_mut(features).for_each(|row| {
+        layer_norm_row(row);
+    });
+}
+
+/// Layer normalisation of one row; returns the factor 1/sqrt(var + ε) it applied.
+pub fn layer_norm_row(row: &mut [f32]) -> f32 {
+    let n = row.len() as f32;
+    let mean = sum(row) / n;
+    row.iter_mut().for_each(|v| *v -= mean);
+    let inv = 1.0 / (dot(row, row) / n + LAYER_NORM_EPS).sqrt();
+    row.iter_mut().for_each(|v| *v *= inv);
+    inv
 }
 
 /// ε of the layer norm (PyTorch's default).

@@ -12,7 +12,7 @@ use qatlab_deploy::format::NormKind;
 
 use crate::nn::deploy::{Deployment, Node};
 use crate::nn::model::{
-    layer_norm_rows, rms_norm_rows, BatchStats, RunningStats, BATCH_NORM_EPS, LAYER_NORM_EPS, RMS_EPS,
+    dot, layer_norm_row, rms_norm_row, sum, BatchStats, RunningStats, BATCH_NORM_EPS, LAYER_NORM_EPS, RMS_EPS,
 };
 use crate::nn::op::{host, Back, Cx, Forward, Host, Mat, Mode, Op, Pass, Row, Value};
 use crate::nn::params::{Param, ParamKind, ParamMut};
@@ -56,6 +56,9 @@ enum Saved {
     Host { x: Option<Vec<f32>>, normalised: Option<Vec<f32>>, cols: usize, stats: Option<BatchStats> },
     /// Graph input: the gain and bias leaves (those it has).
     Graph { gain: Option<Row>, bias: Option<Row> },
+    /// Host input to an RMS or layer norm: the normalised rows y, each row's factor
+    /// r = 1/sqrt(mean square + ε), and whether upstream wants ∂L/∂x (which y and r give).
+    Rows { y: Vec<f32>, inv: Vec<f32>, cols: usize, wants_x: bool },
 }
 
 impl<T: Mode> Forward<T> for NormOp {
@@ -100,6 +103,19 @@ impl<T: Mode> Forward<T> for NormOp {
 impl NormOp {
     fn forward_host<T: Mode>(&self, cx: &mut Cx, h: Host) -> Value<T> {
         let cols = h.cols;
+        let affine = !self.gain.is_empty() || !self.bias.is_empty();
+        if matches!(self.kind, Norm::Rms | Norm::Layer) {
+            let mut data = h.data;
+            let inv: Vec<f32> = data
+                .chunks_exact_mut(cols)
+                .map(|row| if self.kind == Norm::Rms { rms_norm_row(row) } else { layer_norm_row(row) })
+                .collect();
+            if T::RECORDS && (h.wants_grad || affine) {
+                cx.save::<T>(Saved::Rows { y: data.clone(), inv, cols, wants_x: h.wants_grad });
+            }
+            self.apply_affine(&mut data, cols);
+            return Value::Host(Host { data, cols, wants_grad: h.wants_grad || affine });
+        }
         let x = h.wants_grad.then(|| h.data.clone());
         let mut data = h.data;
         let mut stats = None;
@@ -113,11 +129,17 @@ impl NormOp {
                 stats = Some(b.clone());
                 cx.batch_stats.push(b);
             }
-            (Norm::Rms, _) => rms_norm_rows(&mut data, cols),
-            (Norm::Layer, _) => layer_norm_rows(&mut data, cols),
-            (Norm::None, _) => {}
+            (Norm::Rms | Norm::Layer | Norm::None, _) => {}
         }
-        let normalised = (!self.gain.is_empty() || !self.bias.is_empty()).then(|| data.clone());
+        let normalised = affine.then(|| data.clone());
+        self.apply_affine(&mut data, cols);
+        let wants_grad = h.wants_grad || normalised.is_some();
+        cx.save::<T>(Saved::Host { x, normalised, cols, stats });
+        Value::Host(Host { data, cols, wants_grad })
+    }
+
+    /// The learned gain and bias, on each row of normalised values.
+    fn apply_affine(&self, data: &mut [f32], cols: usize) {
         for row in data.chunks_exact_mut(cols) {
             match (self.gain.is_empty(), self.bias.is_empty()) {
                 (false, false) => {
@@ -128,9 +150,33 @@ impl NormOp {
                 (true, true) => break,
             }
         }
-        let wants_grad = h.wants_grad || normalised.is_some();
-        cx.save::<T>(Saved::Host { x, normalised, cols, stats });
-        Value::Host(Host { data, cols, wants_grad })
+    }
+
+    /// Gradients of the gain and bias from ∂L/∂output `grad` and the normalised values.
+    fn affine_grads(&mut self, normalised: &[f32], grad: &[f32], cols: usize) {
+        let (mut gain, mut bias) = (vec![0.0f32; cols], vec![0.0f32; cols]);
+        for (row, g) in normalised.chunks_exact(cols).zip(grad.chunks_exact(cols)) {
+            gain.iter_mut().zip(row).zip(g).for_each(|((s, y), g)| *s += y * g);
+            bias.iter_mut().zip(g).for_each(|(s, g)| *s += g);
+        }
+        if !self.gain.is_empty() {
+            self.grad_gain = gain;
+        }
+        if !self.bias.is_empty() {
+            self.grad_bias = bias;
+        }
+    }
+
+    /// ∂L/∂x of a host RMS or layer norm from ∂L/∂y (`grad`, before the gain), the normalised
+    /// rows y and their factors r: RMS r·(g − y·mean(g·y)), layer r·(g − mean g − y·mean(g·y)).
+    fn rows_input_grad(&self, y: &[f32], inv: &[f32], mut grad: Vec<f32>, cols: usize) -> Vec<f32> {
+        let n = cols as f32;
+        for ((y, g), &r) in y.chunks_exact(cols).zip(grad.chunks_exact_mut(cols)).zip(inv) {
+            let mean_gy = dot(g, y) / n;
+            let mean_g = if self.kind == Norm::Layer { sum(g) / n } else { 0.0 };
+            g.iter_mut().zip(y).for_each(|(d, y)| *d = r * (*d - mean_g - y * mean_gy));
+        }
+        grad
     }
 
     /// (x − mean)/sqrt(var + ε) per feature with the running statistics.
@@ -143,29 +189,9 @@ impl NormOp {
         x * inv + shift
     }
 
-    /// ∂L/∂x of the host norm from ∂L/∂y (before the affine), `x` the input.
+    /// ∂L/∂x of the host batch norm from ∂L/∂y (before the affine), `x` the input.
     fn input_grad(&self, x: &[f32], mut grad: Vec<f32>, cols: usize, stats: Option<&BatchStats>) -> Vec<f32> {
-        let n = cols as f32;
         match self.kind {
-            // y = x·r, r = (mean x² + ε)^(−1/2): ∂L/∂x = r·(g − y·mean(g·y))
-            Norm::Rms => {
-                for (row, g) in x.chunks_exact(cols).zip(grad.chunks_exact_mut(cols)) {
-                    let r = 1.0 / (row.iter().map(|v| v * v).sum::<f32>() / n + RMS_EPS).sqrt();
-                    let mean: f32 = row.iter().zip(g.iter()).map(|(x, d)| x * r * d).sum::<f32>() / n;
-                    g.iter_mut().zip(row).for_each(|(d, x)| *d = r * (*d - x * r * mean));
-                }
-            }
-            // y = (x − μ)·r: ∂L/∂x = r·(g − mean(g) − y·mean(g·y)), per sample
-            Norm::Layer => {
-                for (row, g) in x.chunks_exact(cols).zip(grad.chunks_exact_mut(cols)) {
-                    let mu = row.iter().sum::<f32>() / n;
-                    let var = row.iter().map(|v| (v - mu) * (v - mu)).sum::<f32>() / n;
-                    let r = 1.0 / (var + LAYER_NORM_EPS).sqrt();
-                    let mean_g = g.iter().sum::<f32>() / n;
-                    let mean_gy = row.iter().zip(g.iter()).map(|(x, d)| (x - mu) * r * d).sum::<f32>() / n;
-                    g.iter_mut().zip(row).for_each(|(d, x)| *d = r * (*d - mean_g - (x - mu) * r * mean_gy));
-                }
-            }
             // the same per feature over the batch, with the batch's statistics (training)
             Norm::Batch => {
                 let Some(stats) = stats else { return grad };
@@ -183,7 +209,7 @@ impl NormOp {
                     }
                 }
             }
-            Norm::None => {}
+            Norm::Rms | Norm::Layer | Norm::None => {}
         }
         grad
     }
@@ -227,22 +253,24 @@ impl Op for NormOp {
                 }
                 vec![None]
             }
+            Some(Saved::Rows { y, inv, cols, wants_x }) => {
+                let Some(mut grad) = back.grad_out.take() else { return vec![None] };
+                if !self.gain.is_empty() || !self.bias.is_empty() {
+                    self.affine_grads(&y, &grad, cols);
+                }
+                if !wants_x {
+                    return vec![None];
+                }
+                if !self.gain.is_empty() {
+                    grad.chunks_exact_mut(cols)
+                        .for_each(|g| g.iter_mut().zip(&self.gain).for_each(|(d, a)| *d *= a));
+                }
+                vec![Some(self.rows_input_grad(&y, &inv, grad, cols))]
+            }
             Some(Saved::Host { x, normalised, cols, stats }) => {
                 let Some(mut grad) = back.grad_out.take() else { return vec![None] };
                 if let Some(normalised) = normalised {
-                    let (mut gain, mut bias) = (vec![0.0f32; cols], vec![0.0f32; cols]);
-                    for (row, g) in normalised.chunks_exact(cols).zip(grad.chunks_exact(cols)) {
-                        for j in 0..cols {
-                            gain[j] += row[j] * g[j];
-                            bias[j] += g[j];
-                        }
-                    }
-                    if !self.gain.is_empty() {
-                        self.grad_gain = gain;
-                    }
-                    if !self.bias.is_empty() {
-                        self.grad_bias = bias;
-                    }
+                    self.affine_grads(&normalised, &grad, cols);
                     if x.is_some() && !self.gain.is_empty() {
                         grad.chunks_exact_mut(cols)
                             .for_each(|g| g.iter_mut().zip(&self.gain).for_each(|(d, a)| *d *= a));
