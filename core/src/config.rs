@@ -695,7 +695,13 @@ impl ModelConfig {
     /// The `layers` entries that apply to layer `index` (named `name`) of `count`, weakest
     /// first, so that applying them in order lets the strongest win.
     fn overrides_of(&self, index: usize, count: usize, name: &str) -> Vec<&LayerOverride> {
-        let positional = [(index == 0, "first"), (index + 1 == count, "last")];
+        // a transformer's first layer is its embedding and its last the head, which with tied
+        // embeddings is the embedding table again
+        let (first, last) = match &self.transformer {
+            Some(t) => (name == "embed", name == "head" || (t.tie_embeddings && name == "embed")),
+            None => (index == 0, index + 1 == count),
+        };
+        let positional = [(first, "first"), (last, "last")];
         let mut found: Vec<&LayerOverride> = positional
             .into_iter()
             .filter(|(hit, _)| *hit)
@@ -1563,5 +1569,19 @@ mod tests {
             ["blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.0.mlp.gate"]
         );
         assert!(t.block_norms && !t.subln, "pre-norm blocks without SubLN by default");
+        // `first` and `last` name a transformer's embedding and head (tied: the embedding too)
+        for (tie, head) in [(true, "embed"), (false, "head")] {
+            let m = parse(&format!(
+                "{{kind: transformer, depth: 2, tie_embeddings: {tie}, layers: {{last: {{quantizer: {{name: int, bits: 8}}}}}}}}"
+            ))
+            .unwrap()
+            .model;
+            let names = m.layer_names();
+            let spec = |name: &str| {
+                let i = names.iter().position(|n| n == name).unwrap();
+                m.layer(i, names.len(), &PluginSpec::named("ternary")).0.name
+            };
+            assert_eq!((spec(head), spec("blocks.1.mlp.proj")), ("int".to_string(), "ternary".to_string()));
+        }
     }
 }

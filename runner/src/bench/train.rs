@@ -19,6 +19,10 @@ pub const LM_BENCH_STEPS: usize = 50;
 /// ../shared/reference/lm-anchors.md). An anchor for the ratio, not re-measured here.
 pub const PYTORCH_NANOGPT_TOKENS_PER_S: f64 = 14_560.0;
 
+/// The same with BitNet b1.58's BitLinear in every block linear (written from its formulas on
+/// PyTorch; the same source).
+pub const PYTORCH_BITNET_TOKENS_PER_S: f64 = 8_300.0;
+
 /// PyTorch's throughput for the quickstart recipe (RMSNorm, 8-bit activations, ternary STE,
 /// Adam, batch 128) on one thread of this project's machine class, as measured by the project
 /// (issue "Foundation", samples/s). It is an anchor for the ratio, not re-measured here.

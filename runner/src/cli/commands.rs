@@ -11,7 +11,8 @@ use super::args::{
     TableArgs,
 };
 use crate::bench::train::{
-    bench_train, LM_BENCH_STEPS, PYTORCH_NANOGPT_TOKENS_PER_S, PYTORCH_TERNARY_SAMPLES_PER_S,
+    bench_train, LM_BENCH_STEPS, PYTORCH_BITNET_TOKENS_PER_S, PYTORCH_NANOGPT_TOKENS_PER_S,
+    PYTORCH_TERNARY_SAMPLES_PER_S,
 };
 use crate::data::RunData;
 use crate::dynamic;
@@ -359,10 +360,13 @@ fn bench(args: &BenchTrainArgs, registry: &qatlab_core::Registry) -> Result<Exit
         );
         println!("training tokens/s per {LM_BENCH_STEPS} steps (1 thread): {}", per_epoch.join(", "));
         println!("median: {median:.0} tokens/s");
-        println!(
-            "vs PyTorch anchor for nanoGPT's float CPU shape ({PYTORCH_NANOGPT_TOKENS_PER_S:.0} tokens/s, 1 thread): {:.2}x",
-            median / PYTORCH_NANOGPT_TOKENS_PER_S
-        );
+        // the anchor of the same kind of model: float, or BitLinear (quantized with input bits)
+        let (what, anchor) = if config.quantizer.name != "none" && config.model.activation_bits.is_some() {
+            ("nanoGPT's CPU shape with BitNet b1.58's BitLinear", PYTORCH_BITNET_TOKENS_PER_S)
+        } else {
+            ("nanoGPT's float CPU shape", PYTORCH_NANOGPT_TOKENS_PER_S)
+        };
+        println!("vs PyTorch anchor for {what} ({anchor:.0} tokens/s, 1 thread): {:.2}x", median / anchor);
         return Ok(ExitCode::SUCCESS);
     }
     println!(
