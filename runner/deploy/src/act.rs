@@ -85,10 +85,16 @@ pub fn quantize_row(row: &[f32], bits: u32, out: &mut [i8]) -> f32 {
 
 /// Fake-quantize the rows of `x` (the training form: codes divided by their scale again).
 pub fn quantize_activations(x: &[f32], features: usize, bits: u32, out: &mut [f32]) {
+    out.copy_from_slice(x);
+    quantize_activations_in_place(out, features, bits);
+}
+
+/// [`quantize_activations`] overwriting its input.
+pub fn quantize_activations_in_place(x: &mut [f32], features: usize, bits: u32) {
     let qp = qmax(bits) as f32;
-    for (row, out_row) in x.chunks_exact(features).zip(out.chunks_exact_mut(features)) {
+    for row in x.chunks_exact_mut(features) {
         let scale = row_scale(row, bits);
-        out_row.iter_mut().zip(row).for_each(|(o, v)| *o = quantize_value(*v, scale, qp) / scale);
+        row.iter_mut().for_each(|v| *v = quantize_value(*v, scale, qp) / scale);
     }
 }
 

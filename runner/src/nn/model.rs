@@ -262,7 +262,10 @@ impl Network {
     }
 }
 
-pub use qatlab_deploy::act::{abs_max, dot, quantize_activations, rms_norm_row, rms_norm_rows, sum, RMS_EPS};
+pub use qatlab_deploy::act::{
+    abs_max, dot, quantize_activations, quantize_activations_in_place, rms_norm_row, rms_norm_rows, sum,
+    RMS_EPS,
+};
 
 /// Layer normalisation of each row without affine: (x − mean) / sqrt(var + ε).
 pub fn layer_norm_rows(x: &mut [f32], features: usize) {

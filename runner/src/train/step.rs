@@ -40,7 +40,19 @@ impl Trainer {
 /// `clip_grad_norm_`); returns the norm before.
 pub fn clip_global_norm(net: &mut Network, max_norm: f32) -> f32 {
     let mut params = net.params_mut();
-    let squares: f64 = params.iter().flat_map(|p| p.grad.iter()).map(|g| (*g as f64) * (*g as f64)).sum();
+    // in f64, in eight independent lanes so that it vectorises
+    let squares: f64 = params
+        .iter()
+        .map(|p| {
+            let mut lanes = [0.0f64; 8];
+            let chunks = p.grad.chunks_exact(8);
+            let tail: f64 = chunks.remainder().iter().map(|g| (*g as f64) * (*g as f64)).sum();
+            for chunk in chunks {
+                lanes.iter_mut().zip(chunk).for_each(|(l, g)| *l += (*g as f64) * (*g as f64));
+            }
+            lanes.iter().sum::<f64>() + tail
+        })
+        .sum();
     let norm = squares.sqrt() as f32;
     if norm > max_norm {
         let factor = max_norm / (norm + 1e-6);

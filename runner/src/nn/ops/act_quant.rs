@@ -5,8 +5,8 @@
 use dfdx::prelude::*;
 
 use crate::nn::deploy::{Deployment, Node};
-use crate::nn::model::quantize_activations;
-use crate::nn::op::{host, Back, Cx, Forward, Host, Mode, Op, Value};
+use crate::nn::model::{quantize_activations, quantize_activations_in_place};
+use crate::nn::op::{host, Back, Cx, Forward, Mode, Op, Value};
 
 /// An input-quantization op.
 pub struct ActQuant {
@@ -17,10 +17,9 @@ pub struct ActQuant {
 impl<T: Mode> Forward<T> for ActQuant {
     fn forward(&self, cx: &mut Cx, inputs: Vec<Value<T>>) -> Value<T> {
         match inputs.into_iter().next().expect("input quantization reads one value") {
-            Value::Host(h) => {
-                let mut out = h.data.clone();
-                quantize_activations(&h.data, h.cols, self.bits, &mut out);
-                Value::Host(Host { data: out, ..h })
+            Value::Host(mut h) => {
+                quantize_activations_in_place(&mut h.data, h.cols, self.bits);
+                Value::Host(h)
             }
             Value::Graph(x) => {
                 let shape = *x.shape();
