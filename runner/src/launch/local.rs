@@ -231,6 +231,7 @@ fn new_record(config: &RunConfig) -> RunRecord {
         post_quantized: Default::default(),
         analysis: None,
         swa_test_acc: None,
+        language_model: None,
         samples_per_s: 0.0,
         wall_s: 0.0,
         versions: Versions::current(),
@@ -271,6 +272,9 @@ pub fn run_one(
     } else {
         history.iter().max_by(|a, b| a.test_acc.total_cmp(&b.test_acc)).map(Scores::of)
     };
+    if let (Some(last), Some(best), true) = (&record.final_scores, &record.best, data.text.is_some()) {
+        record.language_model = Some(crate::run::LmScores::of(last, best));
+    }
     record.samples_per_s = history.iter().map(|m| m.samples_per_s).sum::<f64>() / history.len().max(1) as f64;
     record.sparsity = history.last().map_or(0.0, |m| {
         m.layers.iter().map(|l| l.sparsity as f64).sum::<f64>() / m.layers.len().max(1) as f64

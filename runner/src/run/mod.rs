@@ -5,4 +5,4 @@ pub mod dir;
 pub mod record;
 
 pub use dir::{config_yaml, metrics_csv, run_id, write_atomic, RunDir};
-pub use record::{host_name, now, Outcome, RunRecord, Scores, Status, Versions};
+pub use record::{host_name, now, LmScores, Outcome, RunRecord, Scores, Status, Versions};

@@ -82,6 +82,10 @@ pub struct RunRecord {
     /// Test accuracy of the stochastic weight average (with `train.swa`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub swa_test_acc: Option<f64>,
+    /// A language model's scores under their own names (also in `final_scores`/`best`, where
+    /// `test_loss` is the validation loss).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language_model: Option<LmScores>,
     /// Mean training samples per second (training passes only).
     pub samples_per_s: f64,
     /// Wall time of the run in seconds, data loading excluded.
@@ -94,6 +98,37 @@ pub struct RunRecord {
     pub started: String,
     /// End time (RFC 3339, UTC), when ended.
     pub ended: Option<String>,
+}
+
+/// A language model's validation scores, as results.csv names them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LmScores {
+    /// Validation loss of the last evaluation (nats per token).
+    pub final_val_loss: f64,
+    /// The lowest validation loss of any evaluation.
+    pub best_val_loss: f64,
+    /// The evaluation (1-based) that gave it.
+    pub best_eval: usize,
+    /// Bits per token of the last evaluation (loss / ln 2).
+    pub final_val_bpc: f64,
+    /// Perplexity of the last evaluation (e^loss).
+    pub final_val_perplexity: f64,
+    /// Next-token accuracy of the last evaluation (0–1).
+    pub final_val_acc: f64,
+}
+
+impl LmScores {
+    /// The scores of a language model's final and best evaluations.
+    pub fn of(last: &Scores, best: &Scores) -> Self {
+        Self {
+            final_val_loss: last.test_loss,
+            best_val_loss: best.test_loss,
+            best_eval: best.epoch,
+            final_val_bpc: last.test_loss / std::f64::consts::LN_2,
+            final_val_perplexity: last.test_loss.exp(),
+            final_val_acc: last.test_acc,
+        }
+    }
 }
 
 /// Code versions recorded with a run.

@@ -140,6 +140,18 @@ fn a_language_model_sweep_reports_validation_loss_columns_and_table() {
     assert!((bpc - loss / std::f64::consts::LN_2).abs() < 1e-5, "{loss} nats = {bpc} bits");
     let table = text(&qat(&["table", "results/lm"], dir.path()));
     assert!(table.contains("final_val_loss") && table.contains("| 2 |"), "{table}");
+    // run.json names the same scores
+    let run = super::cli::run_dirs(dir.path(), "lm").remove(0);
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
+    let lm = &record["language_model"];
+    let final_loss = lm["final_val_loss"].as_f64().unwrap();
+    assert_eq!(final_loss, record["final_scores"]["test_loss"].as_f64().unwrap());
+    assert!((lm["final_val_perplexity"].as_f64().unwrap() - final_loss.exp()).abs() < 1e-9, "{lm}");
+    assert!(
+        lm["best_val_loss"].as_f64().unwrap() <= final_loss && lm["best_eval"].as_u64().unwrap() >= 1,
+        "{lm}"
+    );
     // TensorBoard: val/loss, val/bpc and val/perplexity at steps 2 and 4; plots of loss
     let root = dir.path().join("results/lm");
     super::sweep::check_tensorboard(&root, 2, 1, 2, Some(2));
