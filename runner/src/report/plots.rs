@@ -225,7 +225,11 @@ where
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(60)
-        .build_cartesian_2d((xmin * 0.8..xmax * 1.25).log_scale(), (ymin - pad)..(ymax + pad))?;
+        // labels sit at powers of the base: 10 leaves a narrow range (218-423 kB) unlabelled
+        .build_cartesian_2d(
+            (xmin * 0.8..xmax * 1.25).log_scale().base(if xmax < 10.0 * xmin { 2.0 } else { 10.0 }),
+            (ymin - pad)..(ymax + pad),
+        )?;
     chart.configure_mesh().x_desc("total weight memory (kB, log scale)").y_desc(measure.label()).draw()?;
     let mut series: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
     for p in points {
