@@ -13,6 +13,7 @@ static GLOBAL: qatlab_runner::alloc::MiMalloc = qatlab_runner::alloc::MiMalloc;
 
 fn main() -> ExitCode {
     qatlab_runner::alloc::keep_freed_pages();
+    quit_quietly_on_closed_pipe();
     let cli = Cli::parse();
     match dispatch(cli) {
         Ok(code) => code,
@@ -26,3 +27,18 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// `qat analyze … | head` closes stdout early; Rust ignores SIGPIPE, so the next print would
+/// panic. Restore the default action, ending the process quietly as Unix tools do.
+#[cfg(unix)]
+fn quit_quietly_on_closed_pipe() {
+    #[allow(unsafe_code)]
+    // SAFETY: setting a signal's disposition to SIG_DFL installs no handler code and is sound at
+    // any point; it runs first thing in main, before other threads exist.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+#[cfg(not(unix))]
+fn quit_quietly_on_closed_pipe() {}
