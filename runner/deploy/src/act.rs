@@ -15,15 +15,44 @@ pub fn qmax(bits: u32) -> i32 {
 /// RMS normalisation of each row without gain: x / sqrt(mean(x²) + ε).
 pub fn rms_norm_rows(x: &mut [f32], features: usize) {
     x.chunks_exact_mut(features).for_each(|row| {
-        rms_norm_row(row);
+        rms_norm_row(row, Sums::InOrder);
     });
 }
 
-/// RMS normalisation of one row; returns the factor 1/sqrt(mean(x²) + ε) it applied.
-pub fn rms_norm_row(row: &mut [f32]) -> f32 {
-    let inv = 1.0 / (dot(row, row) / row.len() as f32 + RMS_EPS).sqrt();
+/// RMS normalisation of one row with sums of `sums`; returns the factor 1/sqrt(mean(x²) + ε).
+pub fn rms_norm_row(row: &mut [f32], sums: Sums) -> f32 {
+    let inv = 1.0 / (sums.dot(row, row) / row.len() as f32 + RMS_EPS).sqrt();
     row.iter_mut().for_each(|v| *v *= inv);
     inv
+}
+
+/// How a row's sums are taken. `InOrder` is one running sum, the order every recorded MLP run
+/// and model file was computed with (so resumed and re-run ones stay bit-identical); `Lanes`
+/// keeps eight independent sums, which vectorises, for the transformer's host-side ops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sums {
+    /// Left to right.
+    InOrder,
+    /// Eight lanes ([`dot`], [`sum`]).
+    Lanes,
+}
+
+impl Sums {
+    /// Σ aᵢ·bᵢ.
+    pub fn dot(self, a: &[f32], b: &[f32]) -> f32 {
+        match self {
+            Sums::InOrder => a.iter().zip(b).map(|(a, b)| a * b).sum(),
+            Sums::Lanes => dot(a, b),
+        }
+    }
+
+    /// Σ xᵢ.
+    pub fn sum(self, x: &[f32]) -> f32 {
+        match self {
+            Sums::InOrder => x.iter().sum(),
+            Sums::Lanes => sum(x),
+        }
+    }
 }
 
 /// Σ aᵢ·bᵢ in eight independent lanes, so it vectorises (one running sum is a serial chain the

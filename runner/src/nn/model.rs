@@ -263,23 +263,22 @@ impl Network {
 }
 
 pub use qatlab_deploy::act::{
-    abs_max, dot, quantize_activations, quantize_activations_in_place, rms_norm_row, rms_norm_rows, sum,
-    RMS_EPS,
+    abs_max, quantize_activations, quantize_activations_in_place, rms_norm_row, rms_norm_rows, Sums, RMS_EPS,
 };
 
 /// Layer normalisation of each row without affine: (x − mean) / sqrt(var + ε).
 pub fn layer_norm_rows(x: &mut [f32], features: usize) {
     x.chunks_exact_mut(features).for_each(|row| {
-        layer_norm_row(row);
+        layer_norm_row(row, Sums::InOrder);
     });
 }
 
-/// Layer normalisation of one row; returns the factor 1/sqrt(var + ε) it applied.
-pub fn layer_norm_row(row: &mut [f32]) -> f32 {
+/// Layer normalisation of one row with sums of `sums`; returns the factor 1/sqrt(var + ε).
+pub fn layer_norm_row(row: &mut [f32], sums: Sums) -> f32 {
     let n = row.len() as f32;
-    let mean = sum(row) / n;
+    let mean = sums.sum(row) / n;
     row.iter_mut().for_each(|v| *v -= mean);
-    let inv = 1.0 / (dot(row, row) / n + LAYER_NORM_EPS).sqrt();
+    let inv = 1.0 / (sums.dot(row, row) / n + LAYER_NORM_EPS).sqrt();
     row.iter_mut().for_each(|v| *v *= inv);
     inv
 }

@@ -39,20 +39,23 @@ impl Trainer {
 /// and biases) so that their joint L2 norm is at most `max_norm` (PyTorch's
 /// `clip_grad_norm_`); returns the norm before.
 pub fn clip_global_norm(net: &mut Network, max_norm: f32) -> f32 {
+    let host = net.host;
     let mut params = net.params_mut();
-    // in f64, in eight independent lanes so that it vectorises
-    let squares: f64 = params
-        .iter()
-        .map(|p| {
-            let mut lanes = [0.0f64; 8];
-            let chunks = p.grad.chunks_exact(8);
-            let tail: f64 = chunks.remainder().iter().map(|g| (*g as f64) * (*g as f64)).sum();
-            for chunk in chunks {
-                lanes.iter_mut().zip(chunk).for_each(|(l, g)| *l += (*g as f64) * (*g as f64));
-            }
-            lanes.iter().sum::<f64>() + tail
-        })
-        .sum();
+    let square = |g: &f32| (*g as f64) * (*g as f64);
+    // in f64; a transformer's (host graph) in eight independent lanes so that it vectorises, the
+    // MLP presets' in the order their recorded runs used
+    let lanes = |grad: &[f32]| {
+        let mut lanes = [0.0f64; 8];
+        let chunks = grad.chunks_exact(8);
+        let tail: f64 = chunks.remainder().iter().map(square).sum();
+        chunks.for_each(|chunk| lanes.iter_mut().zip(chunk).for_each(|(l, g)| *l += square(g)));
+        lanes.iter().sum::<f64>() + tail
+    };
+    let squares: f64 = if host {
+        params.iter().map(|p| lanes(p.grad)).sum()
+    } else {
+        params.iter().flat_map(|p| p.grad.iter()).map(square).sum()
+    };
     let norm = squares.sqrt() as f32;
     if norm > max_norm {
         let factor = max_norm / (norm + 1e-6);

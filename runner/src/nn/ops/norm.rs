@@ -12,7 +12,7 @@ use qatlab_deploy::format::NormKind;
 
 use crate::nn::deploy::{Deployment, Node};
 use crate::nn::model::{
-    dot, layer_norm_row, rms_norm_row, sum, BatchStats, RunningStats, BATCH_NORM_EPS, LAYER_NORM_EPS, RMS_EPS,
+    layer_norm_row, rms_norm_row, BatchStats, RunningStats, Sums, BATCH_NORM_EPS, LAYER_NORM_EPS, RMS_EPS,
 };
 use crate::nn::op::{host, Back, Cx, Forward, Host, Mat, Mode, Op, Pass, Row, Value};
 use crate::nn::params::{Param, ParamKind, ParamMut};
@@ -58,7 +58,7 @@ enum Saved {
     Graph { gain: Option<Row>, bias: Option<Row> },
     /// Host input to an RMS or layer norm: the normalised rows y, each row's factor
     /// r = 1/sqrt(mean square + ε), and whether upstream wants ∂L/∂x (which y and r give).
-    Rows { y: Vec<f32>, inv: Vec<f32>, cols: usize, wants_x: bool },
+    Rows { y: Vec<f32>, inv: Vec<f32>, cols: usize, wants_x: bool, sums: Sums },
 }
 
 impl<T: Mode> Forward<T> for NormOp {
@@ -106,12 +106,20 @@ impl NormOp {
         let affine = !self.gain.is_empty() || !self.bias.is_empty();
         if matches!(self.kind, Norm::Rms | Norm::Layer) {
             let mut data = h.data;
-            let inv: Vec<f32> = data
-                .chunks_exact_mut(cols)
-                .map(|row| if self.kind == Norm::Rms { rms_norm_row(row) } else { layer_norm_row(row) })
-                .collect();
+            // the transformer's host graph sums in lanes; the MLP presets keep the recorded order
+            let sums = if cx.host { Sums::Lanes } else { Sums::InOrder };
+            let inv: Vec<f32> =
+                data.chunks_exact_mut(cols)
+                    .map(|row| {
+                        if self.kind == Norm::Rms {
+                            rms_norm_row(row, sums)
+                        } else {
+                            layer_norm_row(row, sums)
+                        }
+                    })
+                    .collect();
             if T::RECORDS && (h.wants_grad || affine) {
-                cx.save::<T>(Saved::Rows { y: data.clone(), inv, cols, wants_x: h.wants_grad });
+                cx.save::<T>(Saved::Rows { y: data.clone(), inv, cols, wants_x: h.wants_grad, sums });
             }
             self.apply_affine(&mut data, cols);
             return Value::Host(Host { data, cols, wants_grad: h.wants_grad || affine });
@@ -169,11 +177,18 @@ impl NormOp {
 
     /// ∂L/∂x of a host RMS or layer norm from ∂L/∂y (`grad`, before the gain), the normalised
     /// rows y and their factors r: RMS r·(g − y·mean(g·y)), layer r·(g − mean g − y·mean(g·y)).
-    fn rows_input_grad(&self, y: &[f32], inv: &[f32], mut grad: Vec<f32>, cols: usize) -> Vec<f32> {
+    fn rows_input_grad(
+        &self,
+        y: &[f32],
+        inv: &[f32],
+        mut grad: Vec<f32>,
+        cols: usize,
+        sums: Sums,
+    ) -> Vec<f32> {
         let n = cols as f32;
         for ((y, g), &r) in y.chunks_exact(cols).zip(grad.chunks_exact_mut(cols)).zip(inv) {
-            let mean_gy = dot(g, y) / n;
-            let mean_g = if self.kind == Norm::Layer { sum(g) / n } else { 0.0 };
+            let mean_gy = sums.dot(y, g) / n;
+            let mean_g = if self.kind == Norm::Layer { sums.sum(g) / n } else { 0.0 };
             g.iter_mut().zip(y).for_each(|(d, y)| *d = r * (*d - mean_g - y * mean_gy));
         }
         grad
@@ -253,7 +268,7 @@ impl Op for NormOp {
                 }
                 vec![None]
             }
-            Some(Saved::Rows { y, inv, cols, wants_x }) => {
+            Some(Saved::Rows { y, inv, cols, wants_x, sums }) => {
                 let Some(mut grad) = back.grad_out.take() else { return vec![None] };
                 if !self.gain.is_empty() || !self.bias.is_empty() {
                     self.affine_grads(&y, &grad, cols);
@@ -265,7 +280,7 @@ impl Op for NormOp {
                     grad.chunks_exact_mut(cols)
                         .for_each(|g| g.iter_mut().zip(&self.gain).for_each(|(d, a)| *d *= a));
                 }
-                vec![Some(self.rows_input_grad(&y, &inv, grad, cols))]
+                vec![Some(self.rows_input_grad(&y, &inv, grad, cols, sums))]
             }
             Some(Saved::Host { x, normalised, cols, stats }) => {
                 let Some(mut grad) = back.grad_out.take() else { return vec![None] };
