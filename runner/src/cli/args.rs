@@ -198,6 +198,10 @@ pub struct InferArgs {
 pub struct RunArgs {
     /// The experiment YAML file.
     pub file: PathBuf,
+    /// Override a config key for every run: a dotted path and a YAML value
+    /// (`--set train.optimizer.lr=3e-3`); repeatable. Part of each run's config and run id.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
     /// Root of the results tree; runs go to `<results>/<experiment>/<run id>/`.
     #[arg(long, default_value = "results")]
     pub results: PathBuf,
@@ -294,6 +298,9 @@ pub struct PluginsArgs {
 pub struct ListArgs {
     /// The experiment YAML file.
     pub file: PathBuf,
+    /// The same overrides as `qat run --set` (the run ids depend on them).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
 }
 
 /// Arguments of `qat table`.

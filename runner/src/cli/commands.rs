@@ -188,7 +188,7 @@ fn plugins(
 }
 
 fn run(args: &RunArgs, registry: &qatlab_core::Registry) -> Result<ExitCode, Error> {
-    let plan = experiment::load(&args.file, registry)?;
+    let plan = experiment::load_with(&args.file, registry, &args.set)?;
     let selected = plan.selection(&args.only)?;
     if args.jobs == Some(0) {
         return Err(Error::Config("--jobs: must be at least 1".into()));
@@ -229,7 +229,7 @@ fn submit(
     registry: &qatlab_core::Registry,
     libraries: &[std::path::PathBuf],
 ) -> Result<ExitCode, Error> {
-    let plan = experiment::load(&args.file, registry)?;
+    let plan = experiment::load_with(&args.file, registry, &args.set)?;
     let selected = plan.selection(&args.only)?;
     // Array tasks would all train an unfinished teacher at once, in one directory.
     for (name, teacher) in &plan.teachers {
@@ -252,6 +252,7 @@ fn submit(
         sbatch_args: args.sbatch_args.clone(),
         dry_run: args.dry_run,
         plugins: libraries.to_vec(),
+        sets: args.set.clone(),
     };
     let submitted = crate::launch::slurm::submit(&plan, &selected, &args.results, args.force, &options)?;
     for w in &submitted.warnings {
@@ -327,7 +328,7 @@ fn status(args: &StatusArgs) -> Result<ExitCode, Error> {
 }
 
 fn list(args: &ListArgs, registry: &qatlab_core::Registry) -> Result<ExitCode, Error> {
-    let plan = experiment::load(&args.file, registry)?;
+    let plan = experiment::load_with(&args.file, registry, &args.set)?;
     print!("{}", report::run_list(&plan));
     Ok(ExitCode::SUCCESS)
 }

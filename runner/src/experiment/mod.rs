@@ -109,6 +109,13 @@ pub fn plugin_paths(file: &Path) -> Result<Vec<PathBuf>> {
 
 /// Parse, merge, expand and validate `file`.
 pub fn load(file: &Path, registry: &Registry) -> Result<RunPlan> {
+    load_with(file, registry, &[])
+}
+
+/// [`load`] with command-line overrides (`--set key=value`: a dotted config path and a YAML
+/// value), applied to the file's base config before its sweep expands; they are part of every
+/// run's resolved config, and so of its run id.
+pub fn load_with(file: &Path, registry: &Registry, sets: &[String]) -> Result<RunPlan> {
     let shown = file.display().to_string();
     let merged = read_merged(file, &mut Vec::new())?;
     let mut base = merged.clone();
@@ -117,9 +124,22 @@ pub fn load(file: &Path, registry: &Registry) -> Result<RunPlan> {
     if let Some(m) = base.as_mapping_mut() {
         m.remove("extends");
     }
-    check_steps_or_epochs(&base, &shown)?;
-    let config = from_value(&base, &shown)?;
-    let resolved = serde_yaml::to_value(&config).expect("a config serialises");
+    let sets = sets.iter().map(|s| parse_set(s)).collect::<Result<Vec<_>>>()?;
+    let mut written = base.clone();
+    sets.iter().for_each(|(path, value)| set_path(&mut written, path, value.clone()));
+    check_steps_or_epochs(&written, &shown)?;
+    let mut config = from_value(&base, &shown)?;
+    let mut resolved = serde_yaml::to_value(&config).expect("a config serialises");
+    if !sets.is_empty() {
+        // on the resolved config, as a sweep's values are (`quantizer.bits` of `quantizer: int`)
+        // each resolved in turn, so a later one can set a parameter of an earlier strategy
+        for (path, value) in &sets {
+            check_path(&resolved, path, value).map_err(|e| Error::Config(format!("--set {path}: {e}")))?;
+            set_path(&mut resolved, path, value.clone());
+            config = from_value(&resolved, &format!("{shown} with --set {path}"))?;
+            resolved = serde_yaml::to_value(&config).expect("a config serialises");
+        }
+    }
     let (points, swept) = match sweep_value {
         None | Some(Value::Null) => (vec![sweep::Point { overrides: Vec::new() }], Vec::new()),
         Some(v) => {
@@ -131,7 +151,12 @@ pub fn load(file: &Path, registry: &Registry) -> Result<RunPlan> {
             for (path, sample) in points.iter().flat_map(|p| &p.overrides) {
                 if !swept.contains(path) {
                     check_path(&resolved, path, sample)
-                        .map_err(|e| Error::Config(format!("{shown}: {e}")))?;
+                        .map_err(|e| Error::Config(format!("{shown}: sweep: {e}")))?;
+                    if sets.iter().any(|(set, _)| set == path) {
+                        return Err(Error::Config(format!(
+                            "--set {path}: {shown} sweeps this key; remove it from the sweep or from --set"
+                        )));
+                    }
                     swept.push(path.clone());
                 }
             }
@@ -296,7 +321,19 @@ fn check_path(resolved: &Value, path: &str, sample: &Value) -> Result<(), String
         _ => Vec::new(),
     };
     let names: Vec<&str> = siblings.iter().map(String::as_str).collect();
-    Err(format!("sweep: `{path}` is not a config key{}", did_you_mean(last, &names)))
+    Err(format!("`{path}` is not a config key{}", did_you_mean(last, &names)))
+}
+
+/// `key=value` of `--set`: a dotted path and a YAML value.
+fn parse_set(text: &str) -> Result<(String, Value)> {
+    let Some((path, value)) = text.split_once('=').filter(|(p, _)| !p.trim().is_empty()) else {
+        return Err(Error::Config(format!(
+            "--set {text}: expected key=value, a dotted config path and a YAML value (train.optimizer.lr=3e-3)"
+        )));
+    };
+    let value = serde_yaml::from_str(value)
+        .map_err(|e| Error::Config(format!("--set {path}: the value `{value}` is not YAML: {e}")))?;
+    Ok((path.trim().to_string(), value))
 }
 
 /// Parse YAML text into a config; `origin` names the source in messages.

@@ -33,6 +33,8 @@ pub struct SlurmOptions {
     pub dry_run: bool,
     /// Plugin libraries to pass on to every task.
     pub plugins: Vec<PathBuf>,
+    /// `--set` overrides to pass on to every task (they are part of the run ids).
+    pub sets: Vec<String>,
 }
 
 /// One planned run, as written to the manifest.
@@ -276,6 +278,10 @@ fn script_text(
     for p in &o.plugins {
         command.push("--plugin".into());
         command.push(shell_quote(&absolute(p)?.display().to_string()));
+    }
+    for set in &o.sets {
+        command.push("--set".into());
+        command.push(shell_quote(set));
     }
     lines.push(format!("exec {}", command.join(" ")));
     Ok(lines.join("\n") + "\n")

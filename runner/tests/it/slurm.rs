@@ -110,7 +110,7 @@ fn sbatch_missing_is_a_clear_error() {
     std::fs::write(dir.path().join("a.yaml"), "name: nosb\nmodel: {hidden: [8]}\ntrain: {epochs: 1}\n")
         .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_qat"))
-        .args(["run", "a.yaml", "--launcher", "slurm"])
+        .args(["run", "a.yaml", "--launcher", "slurm", "--set", "train.optimizer.lr=0.002"])
         .current_dir(dir.path())
         .env("PATH", "")
         .output()
@@ -121,4 +121,13 @@ fn sbatch_missing_is_a_clear_error() {
         dir.path().join("results/nosb/slurm/manifest.json").is_file(),
         "the script and manifest are still written"
     );
+    // the array tasks get the same --set overrides (they are part of the run ids)
+    let slurm = dir.path().join("results/nosb/slurm");
+    let script = std::fs::read_dir(&slurm)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "sh"))
+        .expect("a submit script");
+    let script = std::fs::read_to_string(script).unwrap();
+    assert!(script.contains(" --set train.optimizer.lr=0.002"), "{script}");
 }

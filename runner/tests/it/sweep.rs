@@ -444,3 +444,53 @@ fn text_file_errors_stop_before_anything_runs() {
         &["model.context: 200000 tokens; tinyshakespeare's validation split has 111540"],
     );
 }
+
+/// `--set key=value` overrides the file's base config for every run: the value is in each run's
+/// config and run id, the sweep still expands over it, and a bad key, a missing `=`, or a key
+/// the file sweeps stop everything with exit 2.
+#[test]
+fn set_overrides_a_key_for_every_run_and_is_checked_like_a_grid_path() {
+    let dir = workdir();
+    let body = "name: s\nmodel: {hidden: [16]}\ntrain: {epochs: 1}\nsweep: {seeds: [0, 1]}\n";
+    std::fs::write(dir.path().join("s.yaml"), body).unwrap();
+    let ids = |extra: &[&str]| {
+        let mut args = vec!["list", "s.yaml"];
+        args.extend_from_slice(extra);
+        let out = qat(&args, dir.path());
+        assert!(out.status.success(), "{}", text(&out));
+        text(&out)
+    };
+    let plain = ids(&[]);
+    let set = ["--set", "train.optimizer.lr=0.002", "--set", "model.hidden=[24]"];
+    assert_ne!(plain, ids(&set), "overrides change the run ids");
+    assert_eq!(ids(&set), ids(&set));
+    let mut run = vec!["run", "s.yaml", "-q"];
+    run.extend_from_slice(&set);
+    let out = qat(&run, dir.path());
+    assert!(out.status.success(), "{}", text(&out));
+    let runs = run_dirs(&dir.path().join("results/s"));
+    assert_eq!(runs.len(), 2, "both seeds ran");
+    for r in &runs {
+        let config = std::fs::read_to_string(r.join("config.yaml")).unwrap();
+        assert!(config.contains("lr: 0.002") && config.contains("- 24"), "{config}");
+        assert!(plain.contains("2 runs") && !plain.contains(r.file_name().unwrap().to_str().unwrap()));
+    }
+    for (args, expected) in [
+        (
+            vec!["--set", "train.optimiser.lr=1"],
+            "--set train.optimiser.lr: `train.optimiser.lr` is not a config key",
+        ),
+        (vec!["--set", "train.epochs"], "--set train.epochs: expected key=value"),
+        (vec!["--set", "train.seed=3"], "--set train.seed: s.yaml sweeps this key"),
+        (vec!["--set", "quantizer=int", "--set", "quantizer.bits=0"], "bits: must be between 2 and 8, got 0"),
+    ] {
+        let mut all = vec!["run", "s.yaml"];
+        all.extend_from_slice(&args);
+        let d = workdir();
+        std::fs::write(d.path().join("s.yaml"), body).unwrap();
+        let out = qat(&all, d.path());
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains(expected), "{args:?}: expected `{expected}` in {}", text(&out));
+        assert!(!d.path().join("results").exists(), "nothing may start");
+    }
+}
