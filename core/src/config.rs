@@ -1125,6 +1125,12 @@ impl<'de> Deserialize<'de> for PluginSpec {
 }
 
 impl RunConfig {
+    /// (optimizer steps between evaluations, total steps) of a run that trains by steps (a
+    /// language model; `eval.every` defaults to one evaluation at the end); None for epochs.
+    pub fn steps_per_eval(&self) -> Option<(usize, usize)> {
+        self.train.steps.map(|steps| (self.eval.every.unwrap_or(steps).max(1), steps))
+    }
+
     /// The network-wide quantizer of `epoch`: `quantizer`, or the last schedule entry that has
     /// started.
     pub fn quantizer_at(&self, epoch: usize) -> &PluginSpec {

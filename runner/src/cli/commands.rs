@@ -209,8 +209,7 @@ fn run(args: &RunArgs, registry: &qatlab_core::Registry) -> Result<ExitCode, Err
         eprintln!("qat: stopping after the current step; run the same command again to resume");
     });
     let outcomes = execute(&plan, &selected, registry, &options)?;
-    let language_models = plan.runs.first().is_some_and(|r| r.config.data.dataset.is_text());
-    print!("{}", report::summary(&outcomes, language_models));
+    print!("{}", report::summary(&outcomes, plan.language_models()));
     match crate::report::plots::write_plots(&plan, &options.results) {
         Ok(files) if !files.is_empty() => {
             println!("plots: {}", display_path(files[0].parent().unwrap_or(&options.results)))

@@ -44,6 +44,11 @@ pub struct RunPlan {
 }
 
 impl RunPlan {
+    /// Whether the runs are language models (a text dataset), scored by validation loss.
+    pub fn language_models(&self) -> bool {
+        self.runs.first().is_some_and(|r| r.config.data.dataset.is_text())
+    }
+
     /// Indices of the runs named by `only` (indices or run ids, comma-separated or repeated);
     /// all runs when `only` is empty. Errors on an unknown one.
     pub fn selection(&self, only: &[String]) -> Result<Vec<usize>> {

@@ -79,8 +79,7 @@ pub fn execute(
     let datasets = load_datasets(plan, &todo)?;
     let root = experiment_dir(&options.results, plan);
     write_experiment(&root, plan).map_err(|e| Error::io(&root, e))?;
-    let language_models = plan.runs.first().is_some_and(|r| r.config.data.dataset.is_text());
-    let progress = SweepProgress::new(todo.len(), options.quiet, language_models);
+    let progress = SweepProgress::new(todo.len(), options.quiet, plan.language_models());
     let next = AtomicUsize::new(0);
     let done = Mutex::new(outcomes);
     let csv_lock = Mutex::new(());
@@ -430,11 +429,8 @@ impl<'a> RunObserver<'a> {
     ) -> Self {
         let augment_factor = if config.data.augment { 2 } else { 1 };
         // a run by steps: an epoch is an evaluation interval, its progress counted in steps
-        let (epoch_size, epochs) = match config.train.steps {
-            Some(steps) => {
-                let every = config.eval.every.unwrap_or(steps).max(1);
-                (every as u64, steps.div_ceil(every))
-            }
+        let (epoch_size, epochs) = match config.steps_per_eval() {
+            Some((every, steps)) => (every as u64, steps.div_ceil(every)),
             None => ((data.train.len() * augment_factor) as u64, config.train.epochs),
         };
         let label = format!("{}/{}", config.name, run_id(config));

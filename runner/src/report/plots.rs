@@ -49,12 +49,10 @@ enum Measure {
 
 impl Measure {
     fn of(plan: &RunPlan) -> Self {
-        match plan.runs.first().map(|r| &r.config) {
-            Some(c) if c.data.dataset.is_text() => {
-                let steps = c.train.steps.unwrap_or(1);
-                Measure::ValLoss { every: c.eval.every.unwrap_or(steps).max(1) }
-            }
-            _ => Measure::Accuracy,
+        // language models train by steps (the config check ties the two together)
+        match plan.runs.first().and_then(|r| r.config.steps_per_eval()) {
+            Some((every, _)) => Measure::ValLoss { every },
+            None => Measure::Accuracy,
         }
     }
 

@@ -54,7 +54,7 @@ pub fn write_results_csv(plan: &RunPlan, results: &Path) -> Result<()> {
     header.extend(plan.swept.iter().filter(|k| *k != "train.seed").cloned());
     header.push("seed".into());
     let first_metric = header.len();
-    let text = plan.runs.first().is_some_and(|r| r.config.data.dataset.is_text());
+    let text = plan.language_models();
     header.extend(if text { LM_METRIC_COLUMNS } else { METRIC_COLUMNS }.map(String::from));
     let records: Vec<_> =
         plan.runs.iter().map(|run| RunDir::new(results, &run.config).read_record()).collect();

@@ -23,11 +23,6 @@ pub const METRIC_TAGS: [&str; 4] = ["test/accuracy", "test/loss", "train/accurac
 /// The same for language models.
 pub const LM_METRIC_TAGS: [&str; 4] = ["val/loss", "val/bpc", "val/perplexity", "train/loss"];
 
-/// (evaluation interval, total steps) of a run that trains by steps (a language model).
-fn steps_of(config: &qatlab_core::config::RunConfig) -> Option<(usize, usize)> {
-    config.train.steps.map(|steps| (config.eval.every.unwrap_or(steps).max(1), steps))
-}
-
 /// Weight histograms are written every this many epochs (and at the last).
 pub const HISTOGRAM_EVERY: usize = 5;
 
@@ -108,8 +103,7 @@ pub fn write_experiment(root: &Path, plan: &RunPlan) -> std::io::Result<()> {
             info
         })
         .collect();
-    let lm = plan.runs.first().is_some_and(|r| steps_of(&r.config).is_some());
-    let metrics: Vec<MetricInfo> = (if lm { LM_METRIC_TAGS } else { METRIC_TAGS })
+    let metrics: Vec<MetricInfo> = (if plan.language_models() { LM_METRIC_TAGS } else { METRIC_TAGS })
         .iter()
         .map(|tag| {
             let mut name = MetricName::new();
@@ -167,7 +161,7 @@ impl RunLog {
         data.set_session_start_info(start);
         writer.add_summary(hparams_summary("_hparams_/session_start_info", &data), 0);
         writer.flush();
-        Self { writer, steps: steps_of(&run.config) }
+        Self { writer, steps: run.config.steps_per_eval() }
     }
 
     /// Scalars of one epoch, and weight histograms of `layers` (parameter path, latent weights)

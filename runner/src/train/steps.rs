@@ -32,8 +32,7 @@ pub fn train_steps(
     let context = config.model.transformer.as_ref().map(|t| t.context).ok_or_else(|| {
         Error::Config("train.steps: only a language model (model.kind: transformer) trains by steps".into())
     })?;
-    let steps = config.train.steps.unwrap_or(0);
-    let every = config.eval.every.unwrap_or(steps).max(1);
+    let (every, steps) = config.steps_per_eval().unwrap_or((1, 0));
     let intervals = steps.div_ceil(every);
     let (batch, accumulate, seed) =
         (config.train.batch_size, config.train.grad_accumulation.max(1), config.train.seed);

@@ -192,20 +192,7 @@ fn a_ternary_language_model_distils_from_a_float_teacher() {
         assert!(out.status.success(), "{file}: {}", text(&out));
     }
     assert_eq!(run_dirs(dir.path(), "kd-teachers").len(), 1, "the float teacher trained first");
-    let metrics = |run: &std::path::Path| {
-        let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
-        let drop = csv.lines().next().unwrap().split(',').position(|c| c == "samples_per_s").unwrap();
-        csv.lines()
-            .map(|l| {
-                l.split(',')
-                    .enumerate()
-                    .filter(|(i, _)| *i != drop)
-                    .map(|(_, v)| v)
-                    .collect::<Vec<_>>()
-                    .join(",")
-            })
-            .collect::<Vec<_>>()
-    };
+    let metrics = |run: &std::path::Path| super::sweep::metrics_without_timing(&run.join("metrics.csv"));
     let plain = metrics(&run_dirs(dir.path(), "lm")[0]);
     let kd_runs: Vec<Vec<String>> = run_dirs(dir.path(), "kd").iter().map(|d| metrics(d)).collect();
     assert_eq!(plain.len(), 4, "header and 3 evaluations");

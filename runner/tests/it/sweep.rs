@@ -30,7 +30,7 @@ fn csv_rows(path: &Path) -> Vec<Vec<String>> {
 }
 
 /// metrics.csv without the timing column.
-fn metrics_without_timing(path: &Path) -> Vec<String> {
+pub fn metrics_without_timing(path: &Path) -> Vec<String> {
     let text = std::fs::read_to_string(path).unwrap();
     let drop = text.lines().next().unwrap().split(',').position(|c| c == "samples_per_s").unwrap();
     text.lines()
