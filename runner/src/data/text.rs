@@ -5,7 +5,7 @@
 //! the file's characters (65), the first 90 % of the characters train and the last 10 %
 //! validate, so numbers compare with nanoGPT's. `dataset: text` does the same for a file the
 //! user brings, by character or by byte, with its own validation share; planning resolves the
-//! file ([`resolve`]) so every problem is reported before a run starts. A window is `context + 1` consecutive tokens at
+//! file ([`TextFiles::resolve`]) so every problem is reported before a run starts. A window is `context + 1` consecutive tokens at
 //! an offset drawn uniformly from [0, len − context): its first `context` tokens are the input,
 //! its last `context` the targets. Training windows are drawn from (seed, step), so a resumed
 //! run sees the batches an uninterrupted one would; evaluation windows from a fixed seed, so
@@ -81,7 +81,7 @@ impl Text {
         Self::tokenize(text.as_bytes(), Tokenizer::Char, 1.0 - TRAIN_FRACTION, sha256)
     }
 
-    /// Read a `dataset: text` file as planning resolved it ([`resolve`]): the same bytes (by
+    /// Read a `dataset: text` file as planning resolved it ([`TextFiles`]): the same bytes (by
     /// SHA-256), tokenized and split as configured.
     pub fn from_file(config: &DataConfig) -> Result<Self> {
         let path = config.path.as_deref().unwrap_or_default();
@@ -200,14 +200,72 @@ impl Text {
     }
 }
 
-/// Resolve `data` of a `dataset: text` run planned from an experiment file in `base` for a
-/// model of `context` tokens: read the file (its path relative to `base`), fill in its full path,
-/// SHA-256 and vocabulary size, and check that both splits hold more than one window. Errors
-/// name the key and the fix.
-pub fn resolve(data: &mut DataConfig, base: &Path, context: usize) -> std::result::Result<(), String> {
-    let written = data.path.clone().unwrap_or_default();
-    let path = base.join(&written);
-    let bytes = std::fs::read(&path).map_err(|e| {
+/// What planning learns of a text file: its full path, SHA-256, and the tokenizer's vocabulary
+/// and split sizes (or why it cannot tokenize).
+struct Facts {
+    full: String,
+    sha256: String,
+    tokens: std::result::Result<(usize, usize, usize), String>,
+}
+
+/// The `dataset: text` files of one experiment being planned, each read and tokenized once
+/// however many runs of the sweep name it.
+#[derive(Default)]
+pub struct TextFiles {
+    seen: std::collections::HashMap<String, std::result::Result<Facts, String>>,
+}
+
+impl TextFiles {
+    /// Resolve `data` of a run planned from an experiment file in `base` for a model of
+    /// `context` tokens: read the file (its path relative to `base`), fill in its full path,
+    /// SHA-256 and vocabulary size, and check that both splits hold more than one window.
+    /// Errors name the key and the fix.
+    pub fn resolve(
+        &mut self,
+        data: &mut DataConfig,
+        base: &Path,
+        context: usize,
+    ) -> std::result::Result<(), String> {
+        let written = data.path.clone().unwrap_or_default();
+        let (tokenizer, val_fraction) = (data.tokenizer.unwrap_or_default(), data.val_fraction());
+        let key = format!("{written}\0{tokenizer:?}\0{val_fraction}");
+        let facts = self
+            .seen
+            .entry(key)
+            .or_insert_with(|| inspect(&base.join(&written), &written, tokenizer, val_fraction));
+        let facts = facts.as_ref().map_err(String::clone)?;
+        if let Some(pinned) = data.sha256.as_deref().filter(|&p| p != facts.sha256) {
+            return Err(format!(
+                "data.sha256: {written} has SHA-256 {}, the experiment pins {pinned}; restore the file or update the pin",
+                facts.sha256
+            ));
+        }
+        let (vocab, train, val) = facts.tokens.clone()?;
+        for (split, tokens, fix) in [
+            ("validation", val, "a larger data.val_fraction"),
+            ("training", train, "a smaller data.val_fraction"),
+        ] {
+            if tokens <= context {
+                return Err(format!(
+                    "data.val_fraction: the {split} split of {written} has {tokens} tokens, not more than one context window ({context}); use a longer text, {fix} or a shorter model.context"
+                ));
+            }
+        }
+        data.path = Some(facts.full.clone());
+        data.vocab = Some(vocab);
+        data.sha256 = Some(facts.sha256.clone());
+        Ok(())
+    }
+}
+
+/// Read and tokenize the file at `path` (`written` as the experiment names it).
+fn inspect(
+    path: &Path,
+    written: &str,
+    tokenizer: Tokenizer,
+    val_fraction: f64,
+) -> std::result::Result<Facts, String> {
+    let bytes = std::fs::read(path).map_err(|e| {
         format!(
             "data.path: cannot read {written} (relative to the experiment file's folder): {e}; fix the path"
         )
@@ -216,28 +274,11 @@ pub fn resolve(data: &mut DataConfig, base: &Path, context: usize) -> std::resul
         return Err(format!("data.path: {written} is empty; a language model needs text to train on"));
     }
     let sha256 = super::sha256_hex(&bytes);
-    if let Some(pinned) = data.sha256.as_deref().filter(|&p| p != sha256) {
-        return Err(format!(
-            "data.sha256: {written} has SHA-256 {sha256}, the experiment pins {pinned}; restore the file or update the pin"
-        ));
-    }
-    let text = Text::tokenize(&bytes, data.tokenizer.unwrap_or_default(), data.val_fraction(), sha256)
-        .map_err(|e| format!("data.tokenizer: {written}: {e}"))?;
-    for (split, tokens, fix) in [
-        ("validation", text.val.len(), "a larger data.val_fraction"),
-        ("training", text.train.len(), "a smaller data.val_fraction"),
-    ] {
-        if tokens <= context {
-            return Err(format!(
-                "data.val_fraction: the {split} split of {written} has {tokens} tokens, not more than one context window ({context}); use a longer text, {fix} or a shorter model.context"
-            ));
-        }
-    }
-    let full = std::fs::canonicalize(&path).unwrap_or(path);
-    data.path = Some(full.to_string_lossy().into_owned());
-    data.vocab = Some(text.vocab_size());
-    data.sha256 = Some(text.sha256);
-    Ok(())
+    let tokens = Text::tokenize(&bytes, tokenizer, val_fraction, sha256.clone())
+        .map(|text| (text.vocab_size(), text.train.len(), text.val.len()))
+        .map_err(|e| format!("data.tokenizer: {written}: {e}"));
+    let full = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    Ok(Facts { full: full.to_string_lossy().into_owned(), sha256, tokens })
 }
 
 /// `batch` windows of `context + 1` tokens of `stream` at offsets drawn from `seed`.

@@ -14,6 +14,7 @@ use qatlab_core::{
 };
 use serde_yaml::Value;
 
+use crate::data::text::TextFiles;
 use crate::error::{Error, Result};
 use sweep::{get_path, inline, set_path, SweepSpec};
 
@@ -168,7 +169,8 @@ pub fn load_with(file: &Path, registry: &Registry, sets: &[String]) -> Result<Ru
             (points, swept)
         }
     };
-    let teachers = teacher_runs(teachers_value, &resolved, &config.name, file, registry)?;
+    let mut text_files = TextFiles::default();
+    let teachers = teacher_runs(teachers_value, &resolved, &config.name, file, registry, &mut text_files)?;
     let names: Vec<String> = teachers.iter().map(|(n, _)| n.clone()).collect();
     let mut runs = Vec::new();
     for (index, point) in points.into_iter().enumerate() {
@@ -179,7 +181,7 @@ pub fn load_with(file: &Path, registry: &Registry, sets: &[String]) -> Result<Ru
         let describe = || describe(&point.overrides);
         let mut config = from_value(&value, &format!("{shown}: run {index} ({})", describe()))?;
         check_with_teachers(&config, registry, &names)
-            .and_then(|()| resolve_text(&mut config, file))
+            .and_then(|()| resolve_text(&mut config, file, &mut text_files))
             .map_err(|e| Error::Config(format!("{shown}: run {index} ({}): {e}", describe())))?;
         runs.push(PlannedRun { index, config, overrides: point.overrides });
     }
@@ -188,13 +190,17 @@ pub fn load_with(file: &Path, registry: &Registry, sets: &[String]) -> Result<Ru
 }
 
 /// Check a text dataset against the model before any run starts: a `dataset: text` file is
-/// read relative to the experiment `file`'s folder and resolved ([`crate::data::text::resolve`]);
-/// Tiny Shakespeare's validation split must hold more than one context window.
-fn resolve_text(config: &mut RunConfig, file: &Path) -> std::result::Result<(), String> {
+/// read relative to the experiment `file`'s folder and resolved ([`TextFiles::resolve`], once per
+/// file); Tiny Shakespeare's validation split must hold more than one context window.
+fn resolve_text(
+    config: &mut RunConfig,
+    file: &Path,
+    files: &mut TextFiles,
+) -> std::result::Result<(), String> {
     let context = config.model.transformer.as_ref().map_or(0, |t| t.context);
     match config.data.dataset {
         Dataset::Text => {
-            crate::data::text::resolve(&mut config.data, file.parent().unwrap_or(Path::new(".")), context)
+            files.resolve(&mut config.data, file.parent().unwrap_or(Path::new(".")), context)
         }
         Dataset::Tinyshakespeare if context >= crate::data::text::SHAKESPEARE_VAL_TOKENS => Err(format!(
             "model.context: {context} tokens; tinyshakespeare's validation split has {}, so no window fits; use a shorter model.context",
@@ -212,6 +218,7 @@ fn teacher_runs(
     experiment: &str,
     file: &Path,
     registry: &Registry,
+    text_files: &mut TextFiles,
 ) -> Result<Vec<(String, PlannedRun)>> {
     let shown = &file.display().to_string();
     let Some(Value::Mapping(map)) = teachers else {
@@ -236,7 +243,7 @@ fn teacher_runs(
         }
         let mut config = from_value(&value, &origin)?;
         check(&config, registry)
-            .and_then(|()| resolve_text(&mut config, file))
+            .and_then(|()| resolve_text(&mut config, file, text_files))
             .map_err(|e| Error::Config(format!("{origin}: {e}")))?;
         let overrides = vec![("teacher".to_string(), Value::String(name.clone()))];
         out.push((name, PlannedRun { index, config, overrides }));
