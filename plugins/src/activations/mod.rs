@@ -138,41 +138,16 @@ impl Activation for ReluTopQ {
     }
 }
 
-/// erf by Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7).
-pub fn erf(x: f32) -> f32 {
-    let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
-    let poly =
-        t * (0.254_829_6 + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152_1 + t * 1.061_405_4))));
-    let y = 1.0 - poly * (-x * x).exp();
-    y.copysign(x)
-}
+pub use qatlab_deploy::math::{erf, gelu_with_slope, relu2, sigmoid, silu};
 
 /// Standard normal CDF Φ.
 pub fn normal_cdf(x: f32) -> f32 {
     0.5 * (1.0 + erf(x / std::f32::consts::SQRT_2))
 }
 
-/// GELU x·Φ(x) and its derivative Φ(x) + x·φ(x) from one exponential: [`erf`]'s approximation
-/// of Φ and the density φ share e^(−x²/2), and GELU runs over every MLP value of a transformer.
-pub fn gelu_with_slope(x: f32) -> (f32, f32) {
-    let e = (-0.5 * x * x).exp();
-    let z = x / std::f32::consts::SQRT_2;
-    let t = 1.0 / (1.0 + 0.327_591_1 * z.abs());
-    let poly =
-        t * (0.254_829_6 + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152_1 + t * 1.061_405_4))));
-    let cdf = 0.5 * (1.0 + (1.0 - poly * e).copysign(z));
-    let pdf = e / (2.0 * std::f32::consts::PI).sqrt();
-    (x * cdf, cdf + x * pdf)
-}
-
 /// Standard normal density φ.
 pub fn normal_pdf(x: f32) -> f32 {
     (-0.5 * x * x).exp() / (2.0 * std::f32::consts::PI).sqrt()
-}
-
-/// Logistic σ.
-pub fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
 }
 
 fn step(x: f32) -> f32 {
@@ -205,9 +180,7 @@ pub fn register(catalog: &mut Catalog<dyn Activation>) -> Result<()> {
             },
         )
     })?;
-    catalog.register("relu2", "x·relu(x)", BUILT_IN, |_: NoParams| {
-        boxed(|x| x * x.max(0.0), |x| 2.0 * x.max(0.0))
-    })?;
+    catalog.register("relu2", "x·relu(x)", BUILT_IN, |_: NoParams| boxed(relu2, |x| 2.0 * x.max(0.0)))?;
     catalog.register("x-relu", "x·relu(x + k)/d", BUILT_IN, |p: Shift| {
         check_divisor(p.d)?;
         let (k, d) = (p.k, p.d);
@@ -233,7 +206,7 @@ pub fn register(catalog: &mut Catalog<dyn Activation>) -> Result<()> {
         Ok(Box::new(ReluTopQ(p)) as Box<dyn Activation>)
     })?;
     catalog.register("silu", "x·sigmoid(x) (swish)", BUILT_IN, |_: NoParams| {
-        boxed(|x| x * sigmoid(x), |x| sigmoid(x) * (1.0 + x * (1.0 - sigmoid(x))))
+        boxed(silu, |x| sigmoid(x) * (1.0 + x * (1.0 - sigmoid(x))))
     })?;
     Ok(())
 }

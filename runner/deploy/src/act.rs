@@ -26,6 +26,20 @@ pub fn rms_norm_row(row: &mut [f32], sums: Sums) -> f32 {
     inv
 }
 
+/// ε of the layer norm (PyTorch's default).
+pub const LAYER_NORM_EPS: f32 = 1e-5;
+
+/// Layer normalisation of one row without affine, (x − mean)/sqrt(var + ε), with sums of
+/// `sums`; returns the factor 1/sqrt(var + ε).
+pub fn layer_norm_row(row: &mut [f32], sums: Sums) -> f32 {
+    let n = row.len() as f32;
+    let mean = sums.sum(row) / n;
+    row.iter_mut().for_each(|v| *v -= mean);
+    let inv = 1.0 / (sums.dot(row, row) / n + LAYER_NORM_EPS).sqrt();
+    row.iter_mut().for_each(|v| *v *= inv);
+    inv
+}
+
 /// How a row's sums are taken. `InOrder` is one running sum, the order every recorded MLP run
 /// and model file was computed with (so resumed and re-run ones stay bit-identical); `Lanes`
 /// keeps eight independent sums, which vectorises, for the transformer's host-side ops.

@@ -5,7 +5,8 @@
 //!        8   format version, u32 little-endian
 //!       12   header length H, u32 little-endian
 //!       16   header: UTF-8 JSON (ModelHeader)  H bytes
-//!   16 + H   payload: each layer's packed codes at its (offset, bytes)
+//!   16 + H   payload: each layer's packed codes at its (offset, bytes), then each f32
+//!            tensor (embeddings, norm gains, float linears) little-endian, back to back
 //!  end − 4   CRC-32 of every byte before it, u32 little-endian
 //! ```
 //!
@@ -40,6 +41,119 @@ pub struct InputSpec {
     pub mean: f32,
     /// See `mean`.
     pub std: f32,
+}
+
+/// How a language model turns text into tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TokenizerKind {
+    /// One token per character of [`TextSpec::vocab`] (its position is the id).
+    Char,
+    /// One token per byte (256).
+    Byte,
+}
+
+/// A language model's text side: its tokenizer, its context, and the windows its training
+/// evaluated on, so that `qat infer` scores the same text without any path of the machine the
+/// model was made on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextSpec {
+    /// The tokenizer.
+    pub tokenizer: TokenizerKind,
+    /// The char tokenizer's vocabulary in id order (empty for bytes).
+    #[serde(default)]
+    pub vocab: String,
+    /// Positions the model attends over; longer texts are cropped to the last `context` tokens.
+    pub context: usize,
+    /// The training-time evaluation.
+    pub evaluation: TextEvaluation,
+}
+
+/// Where the training evaluation's windows come from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextEvaluation {
+    /// The dataset id (`tinyshakespeare`, or `text` for a file the user brought).
+    pub dataset: String,
+    /// SHA-256 of the text file (hex).
+    pub sha256: String,
+    /// The share of tokens at the end of the file that validate.
+    pub val_fraction: f64,
+    /// The seed evaluation windows are drawn from.
+    pub seed: u64,
+    /// Batches of windows per evaluation.
+    pub batches: usize,
+    /// Windows per batch.
+    pub batch: usize,
+}
+
+impl TextSpec {
+    /// Distinct tokens: the characters, or 256 bytes.
+    pub fn vocab_size(&self) -> usize {
+        match self.tokenizer {
+            TokenizerKind::Char => self.vocab.chars().count(),
+            TokenizerKind::Byte => 256,
+        }
+    }
+
+    /// Token ids of `text`; characters outside the vocabulary are an error that lists them.
+    pub fn encode(&self, text: &str) -> Result<Vec<u8>> {
+        if self.tokenizer == TokenizerKind::Byte {
+            return Ok(text.as_bytes().to_vec());
+        }
+        let vocab: Vec<char> = self.vocab.chars().collect();
+        let id = |c: char| vocab.iter().position(|&v| v == c);
+        let mut unknown: Vec<char> = text.chars().filter(|&c| id(c).is_none()).collect();
+        if !unknown.is_empty() {
+            unknown.sort_unstable();
+            unknown.dedup();
+            return Err(DeployError::Unsupported(format!(
+                "characters outside the model's vocabulary: {unknown:?}; the vocabulary is {:?}",
+                self.vocab
+            )));
+        }
+        Ok(text.chars().map(|c| id(c).expect("checked") as u8).collect())
+    }
+
+    /// Text of token ids (bytes that are not UTF-8 show as U+FFFD).
+    pub fn decode(&self, tokens: &[u8]) -> String {
+        match self.tokenizer {
+            TokenizerKind::Char => {
+                let vocab: Vec<char> = self.vocab.chars().collect();
+                tokens.iter().map(|&t| vocab.get(t as usize).copied().unwrap_or('\u{fffd}')).collect()
+            }
+            TokenizerKind::Byte => String::from_utf8_lossy(tokens).into_owned(),
+        }
+    }
+}
+
+/// A float tensor of the payload: `rows × cols` f32 values, row-major, little-endian.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorSpec {
+    /// The name ops read it by (`embed`, `pos`, `blocks.0.norm1.gain`).
+    pub name: String,
+    /// Rows.
+    pub rows: usize,
+    /// Columns.
+    pub cols: usize,
+    /// Start in the payload (after the last layer's codes).
+    pub offset: usize,
+    /// Length in bytes (4 per value).
+    pub bytes: usize,
+}
+
+/// One float tensor to write: its name and shape, and its values.
+pub struct TensorData {
+    /// The name ops read it by.
+    pub name: String,
+    /// Rows.
+    pub rows: usize,
+    /// Columns.
+    pub cols: usize,
+    /// `rows × cols` values, row-major.
+    pub values: Vec<f32>,
 }
 
 /// Normalisation of each layer's input (before its activation quantization).
@@ -161,9 +275,13 @@ pub struct ModelHeader {
     pub name: String,
     /// The run id it was exported from.
     pub run_id: String,
-    /// Input preprocessing.
-    pub input: InputSpec,
-    /// Number of classes (outputs of the last layer).
+    /// Input preprocessing of an image classifier (absent for a language model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<InputSpec>,
+    /// A language model's tokenizer, context and evaluation settings (absent for images).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<TextSpec>,
+    /// Number of classes (outputs of the last layer; a language model's vocabulary).
     pub classes: usize,
     /// Input normalisation of every layer.
     pub norm: NormKind,
@@ -178,9 +296,26 @@ pub struct ModelHeader {
     /// The qatlab version that wrote the file (version 3; empty before).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub writer: String,
+    /// Float tensors the ops read by name, stored after the layers' codes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tensors: Vec<TensorSpec>,
 }
 
 impl ModelHeader {
+    /// An image classifier's input preprocessing, or an error saying this model reads text.
+    pub fn image(&self) -> Result<&InputSpec> {
+        self.input.as_ref().ok_or_else(|| {
+            DeployError::Unsupported(
+                "a language model reads text, not images: use qat generate, or qat infer for its loss".into(),
+            )
+        })
+    }
+
+    /// The values per sample of the network input: the image's pixels, or one token id.
+    pub fn input_width(&self) -> usize {
+        self.input.as_ref().map_or(1, |i| i.image_size * i.image_size)
+    }
+
     /// The network's op list: the stored one, or the one a version 1 or 2 file implies.
     pub fn graph(&self) -> Vec<Op> {
         if self.ops.is_empty() {
@@ -198,6 +333,8 @@ pub struct ModelFile {
     pub header: ModelHeader,
     /// Per layer, `rows × cols` codes into its level set.
     pub codes: Vec<Vec<u8>>,
+    /// Per float tensor of the header, its values.
+    pub tensors: Vec<Vec<f32>>,
 }
 
 /// One layer to write: its description (offset and bytes are filled in) and codes.
@@ -210,8 +347,19 @@ pub struct LayerData {
 
 impl ModelFile {
     /// Pack `layers` under `header` (whose `layers` are replaced) and validate the result.
-    pub fn new(mut header: ModelHeader, layers: Vec<LayerData>) -> Result<Self> {
+    pub fn new(header: ModelHeader, layers: Vec<LayerData>) -> Result<Self> {
+        Self::with_tensors(header, layers, Vec::new())
+    }
+
+    /// Pack `layers` and float `tensors` under `header` (whose `layers` and `tensors` are
+    /// replaced) and validate the result.
+    pub fn with_tensors(
+        mut header: ModelHeader,
+        layers: Vec<LayerData>,
+        tensors: Vec<TensorData>,
+    ) -> Result<Self> {
         header.layers.clear();
+        header.tensors.clear();
         let mut offset = 0;
         let mut codes = Vec::new();
         for mut layer in layers {
@@ -221,7 +369,20 @@ impl ModelFile {
             header.layers.push(layer.spec);
             codes.push(layer.codes);
         }
-        let model = Self { header, codes };
+        let mut values = Vec::new();
+        for tensor in tensors {
+            let bytes = 4 * tensor.values.len();
+            header.tensors.push(TensorSpec {
+                name: tensor.name,
+                rows: tensor.rows,
+                cols: tensor.cols,
+                offset,
+                bytes,
+            });
+            offset += bytes;
+            values.push(tensor.values);
+        }
+        let model = Self { header, codes, tensors: values };
         model.validate_header(offset)?;
         model.validate_codes()?;
         Ok(model)
@@ -237,6 +398,9 @@ impl ModelFile {
         out.extend_from_slice(&header);
         for (spec, codes) in self.header.layers.iter().zip(&self.codes) {
             out.extend_from_slice(&spec.packing.pack(codes)?);
+        }
+        for values in &self.tensors {
+            values.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
         }
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_le_bytes());
@@ -277,13 +441,19 @@ impl ModelFile {
             return Err(invalid(format!("an op list needs format version 3, the file says {version}")));
         }
         let payload = &body[PREAMBLE + header_len..];
-        let mut model = Self { header, codes: Vec::new() };
+        let mut model = Self { header, codes: Vec::new(), tensors: Vec::new() };
         model.validate_header(payload.len())?;
         for spec in &model.header.layers {
             let packed = &payload[spec.offset..spec.offset + spec.bytes];
             let codes =
                 spec.packing.unpack(packed, spec.rows * spec.cols).map_err(|e| in_layer(&spec.name, e))?;
             model.codes.push(codes);
+        }
+        for spec in &model.header.tensors {
+            let bytes = &payload[spec.offset..spec.offset + spec.bytes];
+            let values =
+                bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            model.tensors.push(values);
         }
         model.validate_codes()?;
         Ok(model)
@@ -293,17 +463,17 @@ impl ModelFile {
     /// sane. Checked before anything is allocated from the header's numbers.
     fn validate_header(&self, payload_len: usize) -> Result<()> {
         let h = &self.header;
-        if h.layers.is_empty() {
-            return Err(invalid("the model has no layers"));
+        if h.layers.is_empty() && h.tensors.is_empty() {
+            return Err(invalid("the model has no layers and no tensors"));
         }
-        if h.input.image_size == 0 || h.input.image_size > 4096 {
-            return Err(invalid(format!("input.image_size {} (1 to 4096)", h.input.image_size)));
-        }
-        if !(h.input.std > 0.0) || !h.input.mean.is_finite() {
-            return Err(invalid(format!(
-                "input: std must be positive and mean finite (mean {}, std {})",
-                h.input.mean, h.input.std
-            )));
+        match (&h.input, &h.text) {
+            (Some(input), None) => validate_image(input)?,
+            (None, Some(text)) => validate_text(text, h.classes)?,
+            _ => {
+                return Err(invalid(
+                    "the header needs exactly one of `input` (images) and `text` (a language model)",
+                ))
+            }
         }
         if h.ops.is_empty() && h.layers.last().is_some_and(|l| l.conv.is_some()) {
             return Err(invalid(
@@ -365,16 +535,54 @@ impl ModelFile {
                 return Err(at(format!("activation_bits {} (2 to 8 are supported)", spec.activation_bits)));
             }
         }
+        for spec in &h.tensors {
+            let at = |what: String| invalid(format!("tensor {}: {what}", spec.name));
+            let count = spec
+                .rows
+                .checked_mul(spec.cols)
+                .filter(|&c| c > 0)
+                .ok_or_else(|| at("empty or overflowing shape".into()))?;
+            if count.checked_mul(4) != Some(spec.bytes) {
+                return Err(at(format!(
+                    "{}×{} f32 values take {} bytes, the header says {}",
+                    spec.rows,
+                    spec.cols,
+                    4 * count,
+                    spec.bytes
+                )));
+            }
+            if spec.offset != next_offset {
+                return Err(at(format!(
+                    "starts at payload byte {}, but what comes before it ends at {next_offset} (stored back to back)",
+                    spec.offset
+                )));
+            }
+            next_offset =
+                next_offset.checked_add(spec.bytes).filter(|&end| end <= payload_len).ok_or_else(|| {
+                    at(format!(
+                        "bytes {}..+{} lie outside the {payload_len}-byte payload",
+                        spec.offset, spec.bytes
+                    ))
+                })?;
+            if h.tensors.iter().filter(|t| t.name == spec.name).count() > 1 {
+                return Err(at("the name is used twice".into()));
+            }
+        }
         graph::check(h, &h.graph())?;
         if next_offset != payload_len {
             return Err(invalid(format!(
-                "the layers hold {next_offset} bytes but the payload has {payload_len}"
+                "the layers and tensors hold {next_offset} bytes but the payload has {payload_len}"
             )));
         }
         Ok(())
     }
 
     fn validate_codes(&self) -> Result<()> {
+        for (spec, values) in self.header.tensors.iter().zip(&self.tensors) {
+            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                return Err(invalid(format!("tensor {}: value {i} is {}", spec.name, values[i])));
+            }
+        }
         for (spec, codes) in self.header.layers.iter().zip(&self.codes) {
             if codes.len() != spec.rows * spec.cols {
                 return Err(invalid(format!(
@@ -401,6 +609,64 @@ impl ModelFile {
     pub fn weight_bytes(&self) -> usize {
         self.header.layers.iter().map(|l| l.bytes + 4 * l.scales.len()).sum()
     }
+
+    /// Bytes of the float tensors.
+    pub fn tensor_bytes(&self) -> usize {
+        self.header.tensors.iter().map(|t| t.bytes).sum()
+    }
+
+    /// The values of float tensor `name`, with its (rows, cols).
+    pub fn tensor(&self, name: &str) -> Option<(&[f32], usize, usize)> {
+        let i = self.header.tensors.iter().position(|t| t.name == name)?;
+        let spec = &self.header.tensors[i];
+        Some((&self.tensors[i], spec.rows, spec.cols))
+    }
+}
+
+/// An image input can be preprocessed.
+fn validate_image(input: &InputSpec) -> Result<()> {
+    if input.image_size == 0 || input.image_size > 4096 {
+        return Err(invalid(format!("input.image_size {} (1 to 4096)", input.image_size)));
+    }
+    if !(input.std > 0.0) || !input.mean.is_finite() {
+        return Err(invalid(format!(
+            "input: std must be positive and mean finite (mean {}, std {})",
+            input.mean, input.std
+        )));
+    }
+    Ok(())
+}
+
+/// A language model's tokenizer gives its classes, and its context and evaluation are usable.
+fn validate_text(text: &TextSpec, classes: usize) -> Result<()> {
+    if text.vocab_size() != classes {
+        return Err(invalid(format!(
+            "text: the {:?} tokenizer has {} tokens but the model has {classes} classes",
+            text.tokenizer,
+            text.vocab_size()
+        )));
+    }
+    if text.tokenizer == TokenizerKind::Char {
+        let chars: Vec<char> = text.vocab.chars().collect();
+        if !chars.windows(2).all(|w| w[0] < w[1]) {
+            return Err(invalid("text.vocab: characters must be distinct and in ascending order"));
+        }
+    }
+    if text.context == 0 || text.context > 1 << 16 {
+        return Err(invalid(format!("text.context {} (1 to 65536)", text.context)));
+    }
+    let e = &text.evaluation;
+    if !(e.val_fraction > 0.0 && e.val_fraction < 1.0)
+        || e.batch == 0
+        || e.batch > 1 << 16
+        || e.batches > 1 << 20
+    {
+        return Err(invalid(format!(
+            "text.evaluation: val_fraction {} (between 0 and 1), batch {} (1 to 65536), batches {} (up to 2^20)",
+            e.val_fraction, e.batch, e.batches
+        )));
+    }
+    Ok(())
 }
 
 /// A convolution's geometry agrees with its weight matrix and can run. Bounds the map so that
@@ -474,13 +740,15 @@ pub(crate) mod tests {
         let header = ModelHeader {
             name: "test".into(),
             run_id: "0123456789".into(),
-            input: InputSpec { dataset: "mnist".into(), image_size, mean: 0.1307, std: 0.3081 },
+            input: Some(InputSpec { dataset: "mnist".into(), image_size, mean: 0.1307, std: 0.3081 }),
+            text: None,
             classes: layers.last().map_or(0, |l| l.spec.rows),
             norm: NormKind::Rms,
             activation: ActivationKind::Relu,
             layers: Vec::new(),
             ops: Vec::new(),
             writer: String::new(),
+            tensors: Vec::new(),
         };
         ModelFile::new(header, layers).unwrap()
     }
@@ -671,6 +939,148 @@ pub(crate) mod tests {
         model
     }
 
+    /// A small language model with every text op: vocabulary 5, width 8, context 8, two heads,
+    /// learned positions and RoPE, a ternary BitLinear q|k|v and output projection, a gated
+    /// SiLU MLP (ternary gate, 4-bit up, ternary down), GELU on a float side branch, and the
+    /// head tied to the embedding. Values from a fixed generator.
+    pub(crate) fn tiny_language_model() -> ModelFile {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut values = |n: usize, scale: f32| -> Vec<f32> {
+            (0..n).map(|_| ((next() % 2001) as f32 / 1000.0 - 1.0) * scale).collect()
+        };
+        let (vocab, width, context, hidden) = (5usize, 8usize, 8usize, 16usize);
+        let mut layer = |name: &str, rows: usize, cols: usize, levels: usize| {
+            let codes: Vec<u8> = values(rows * cols, 1.0)
+                .iter()
+                .map(|v| ((v + 1.0) * 0.5 * (levels as f32 - 0.01)) as u8)
+                .collect();
+            let grid: Vec<f32> = (0..levels).map(|k| k as f32 - (levels / 2) as f32).collect();
+            let mut data = ternary_layer(name, rows, cols, Packing::bits_for(levels), codes);
+            data.spec.levels = grid;
+            data.spec.scales = values(rows, 0.2).iter().map(|s| s.abs() + 0.05).collect();
+            data
+        };
+        let layers = vec![
+            layer("qkv", 3 * width, width, 3),
+            layer("proj", width, width, 3),
+            layer("gate", hidden, width, 3),
+            layer("up", hidden, width, 16),
+            layer("down", width, hidden, 3),
+        ];
+        let mut tensor = |name: &str, rows: usize, cols: usize, scale: f32| TensorData {
+            name: name.into(),
+            rows,
+            cols,
+            values: values(rows * cols, scale),
+        };
+        let tensors = vec![
+            tensor("embed", vocab, width, 1.0),
+            tensor("pos", context, width, 0.3),
+            tensor("norm1.gain", 1, width, 1.0),
+            tensor("side", width, width, 0.5),
+            tensor("norm.gain", 1, width, 1.0),
+        ];
+        let op = |v: serde_json::Value| serde_json::from_value::<Op>(v).unwrap();
+        let ops = vec![
+            op(serde_json::json!({"op": "embed", "name": "tokens", "input": "input", "table": "embed"})),
+            op(serde_json::json!({"op": "positions", "name": "x0", "input": "tokens", "table": "pos"})),
+            op(
+                serde_json::json!({"op": "norm", "name": "h", "input": "x0", "kind": "layer", "gain": "norm1.gain"}),
+            ),
+            op(serde_json::json!({"op": "layer", "name": "qkv", "input": "h", "layer": "qkv"})),
+            op(serde_json::json!({"op": "rope", "name": "qkv.rope", "input": "qkv", "heads": 2})),
+            op(serde_json::json!({"op": "attention", "name": "attn", "input": "qkv.rope", "heads": 2})),
+            op(serde_json::json!({"op": "layer", "name": "proj", "input": "attn", "layer": "proj"})),
+            op(serde_json::json!({"op": "add", "name": "x1", "input": "proj", "skip": "x0", "scale": 1.0})),
+            op(serde_json::json!({"op": "norm", "name": "h2", "input": "x1", "kind": "rms"})),
+            op(serde_json::json!({"op": "layer", "name": "gate", "input": "h2", "layer": "gate"})),
+            op(
+                serde_json::json!({"op": "activation", "name": "gate.act", "input": "gate", "function": "silu"}),
+            ),
+            op(serde_json::json!({"op": "layer", "name": "up", "input": "h2", "layer": "up"})),
+            op(serde_json::json!({"op": "mul", "name": "gated", "input": "gate.act", "other": "up"})),
+            op(serde_json::json!({"op": "layer", "name": "down", "input": "gated", "layer": "down"})),
+            op(serde_json::json!({"op": "matmul", "name": "side", "input": "x1", "weight": "side"})),
+            op(
+                serde_json::json!({"op": "activation", "name": "side.act", "input": "side", "function": "gelu"}),
+            ),
+            op(
+                serde_json::json!({"op": "add", "name": "x2", "input": "down", "skip": "side.act", "scale": 1.0}),
+            ),
+            op(serde_json::json!({"op": "relu", "name": "x3", "input": "x2"})),
+            op(
+                serde_json::json!({"op": "norm", "name": "out", "input": "x3", "kind": "layer", "gain": "norm.gain"}),
+            ),
+            op(serde_json::json!({"op": "matmul", "name": "head", "input": "out", "weight": "embed"})),
+        ];
+        let header = ModelHeader {
+            name: "tiny-lm".into(),
+            run_id: "0123456789".into(),
+            input: None,
+            text: Some(TextSpec {
+                tokenizer: TokenizerKind::Char,
+                vocab: "\n abc".into(),
+                context,
+                evaluation: TextEvaluation {
+                    dataset: "text".into(),
+                    sha256: "00".repeat(32),
+                    val_fraction: 0.1,
+                    seed: 7,
+                    batches: 2,
+                    batch: 3,
+                },
+            }),
+            classes: vocab,
+            norm: NormKind::Rms,
+            activation: ActivationKind::Relu,
+            layers: Vec::new(),
+            ops,
+            writer: "0.1.0".into(),
+            tensors: Vec::new(),
+        };
+        ModelFile::with_tensors(header, layers, tensors).unwrap()
+    }
+
+    #[test]
+    fn a_language_model_round_trips_with_its_tensors_and_tokenizer() {
+        let model = tiny_language_model();
+        let bytes = model.to_bytes().unwrap();
+        let read = ModelFile::read(&bytes).unwrap();
+        assert_eq!(read, model);
+        assert_eq!(read.tensor("pos").map(|(_, r, c)| (r, c)), Some((8, 8)));
+        let text = read.header.text.as_ref().unwrap();
+        assert_eq!(text.encode("ab\n").unwrap(), vec![2, 3, 0]);
+        assert_eq!(text.decode(&[4, 1, 0]), "c \n");
+        let err = text.encode("abz!").unwrap_err().to_string();
+        assert!(err.contains("['!', 'z']"), "{err}");
+        // every cut of the file is an error, never a panic
+        for cut in [17, bytes.len() / 2, bytes.len() - 5] {
+            assert!(ModelFile::read(&bytes[..cut]).is_err());
+        }
+        // a tensor no op reads, a matmul of the wrong width, a text op on an image model
+        let err = error_of(&with_header(&model, |h| h["ops"][19]["weight"] = "side".into()));
+        assert!(err.contains("the last op gives 8 values for 5 classes"), "{err}");
+        let err = error_of(&with_header(&model, |h| h["ops"][2]["gain"] = serde_json::Value::Null));
+        assert!(err.contains("tensor norm1.gain is in the header but no op reads it"), "{err}");
+        let err = error_of(&with_header(&model, |h| h["ops"][14]["weight"] = "missing".into()));
+        assert!(err.contains("reads tensor `missing`, which the header does not list"), "{err}");
+        let err = error_of(&with_header(&model, |h| h["ops"][14]["weight"] = "embed".into()));
+        assert!(err.contains("op 16 (add `x2`): adds 5 values to 8"), "{err}");
+        let err = error_of(&with_header(&model, |h| h["text"]["vocab"] = "ab".into()));
+        assert!(err.contains("2 tokens but the model has 5 classes"), "{err}");
+        let err = error_of(&with_header(&tiny_with_ops(1.0), |h| {
+            h["ops"][1] =
+                serde_json::json!({"op": "activation", "name": "h", "input": "fc1", "function": "gelu"})
+        }));
+        assert!(err.contains("language model's tokens only"), "{err}");
+    }
+
     #[test]
     fn an_op_list_round_trips_and_older_files_imply_theirs() {
         let model = tiny_with_ops(0.5);
@@ -696,7 +1106,7 @@ pub(crate) mod tests {
         let err = error_of(&bytes);
         assert!(err.contains("op 1 is `gelu`"), "{err}");
         assert!(err.contains("written by qatlab 9.9.0"), "{err}");
-        assert!(err.contains("it runs layer, relu, max-pool, add"), "{err}");
+        assert!(err.contains("it runs layer, relu, max-pool, add, embed"), "{err}");
     }
 
     #[test]

@@ -3,17 +3,62 @@
 //! own, so skip connections are explicit. The runtime and the C export both dispatch on this
 //! list; the last op's value is the logits. Files of versions 1 and 2 have no list: their graph
 //! is implied (each layer in order, ReLU between, a max-pool after a pooling convolution).
+//!
+//! A language model's ops work on rows of one token each: the network input is the token ids
+//! (one value per row), `embed` looks them up, and `attention` attends over the earlier positions
+//! of the same sequence (the runtime keeps their keys and values; [`crate::decoder`]). Float
+//! tensors (embeddings, gains, float weights) are named in the header's `tensors`.
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{invalid, DeployError, Result};
 use crate::format::{LayerSpec, ModelHeader};
 
-/// The name of the network's input value (the preprocessed image, `image_size²` values).
+/// The name of the network's input value (the preprocessed image, `image_size²` values, or a
+/// language model's token ids, one per row).
 pub const INPUT: &str = "input";
 
 /// Every op tag this build runs.
-pub const TAGS: [&str; 4] = ["layer", "relu", "max-pool", "add"];
+pub const TAGS: [&str; 12] = [
+    "layer",
+    "relu",
+    "max-pool",
+    "add",
+    "embed",
+    "positions",
+    "norm",
+    "matmul",
+    "rope",
+    "attention",
+    "activation",
+    "mul",
+];
+
+/// Ops that only a language model's rows of tokens can run.
+pub const TEXT_TAGS: [&str; 8] =
+    ["embed", "positions", "norm", "matmul", "rope", "attention", "activation", "mul"];
+
+/// A norm op's statistic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RowNorm {
+    /// (x − mean)/sqrt(var + 1e-5) (PyTorch's LayerNorm ε).
+    Layer,
+    /// x/sqrt(mean(x²) + 1e-12).
+    Rms,
+}
+
+/// An elementwise function of the `activation` op.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Function {
+    /// x·Φ(x) ([`crate::math::gelu_with_slope`]).
+    Gelu,
+    /// x·σ(x).
+    Silu,
+    /// x·max(x, 0).
+    Relu2,
+}
 
 /// One operation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -60,6 +105,84 @@ pub enum Op {
         /// The skip's learned scale.
         scale: f32,
     },
+    /// Row `id` of the `table` tensor for each token id of `input` (the network input).
+    Embed {
+        /// The value it writes.
+        name: String,
+        /// The token ids.
+        input: String,
+        /// The `vocab × width` tensor.
+        table: String,
+    },
+    /// `input` plus row p of the `table` tensor (`context × width`) for the token at position p.
+    Positions {
+        /// The value it writes.
+        name: String,
+        /// The value it reads.
+        input: String,
+        /// The learned positions.
+        table: String,
+    },
+    /// Each row normalised (`kind`), times the `gain` tensor (1 × width) when there is one.
+    Norm {
+        /// The value it writes.
+        name: String,
+        /// The value it reads.
+        input: String,
+        /// Layer or RMS statistics.
+        kind: RowNorm,
+        /// The learned gain (absent: none).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        gain: Option<String>,
+    },
+    /// `input · weightᵀ` in f32, `weight` a `rows × cols` tensor (a float linear, or the head
+    /// tied to the embedding table).
+    Matmul {
+        /// The value it writes.
+        name: String,
+        /// The value it reads.
+        input: String,
+        /// The weight tensor.
+        weight: String,
+    },
+    /// RoPE on the q and k thirds of a q|k|v row ([`crate::math::rope_rotate`]) at each token's
+    /// position.
+    Rope {
+        /// The value it writes.
+        name: String,
+        /// q|k|v.
+        input: String,
+        /// Heads per third.
+        heads: usize,
+    },
+    /// Causal multi-head attention of each q|k|v row over its own and the earlier positions
+    /// of its sequence: per head softmax(q·kᵀ/√d)·v; gives the width (a third of the input).
+    Attention {
+        /// The value it writes.
+        name: String,
+        /// q|k|v.
+        input: String,
+        /// Heads.
+        heads: usize,
+    },
+    /// An elementwise function.
+    Activation {
+        /// The value it writes.
+        name: String,
+        /// The value it reads.
+        input: String,
+        /// Which.
+        function: Function,
+    },
+    /// `input ⊙ other` (a gated MLP's gate times its up projection).
+    Mul {
+        /// The value it writes.
+        name: String,
+        /// One factor.
+        input: String,
+        /// The other.
+        other: String,
+    },
 }
 
 impl Op {
@@ -69,15 +192,33 @@ impl Op {
             Op::Layer { name, .. }
             | Op::Relu { name, .. }
             | Op::MaxPool { name, .. }
-            | Op::Add { name, .. } => name,
+            | Op::Add { name, .. }
+            | Op::Embed { name, .. }
+            | Op::Positions { name, .. }
+            | Op::Norm { name, .. }
+            | Op::Matmul { name, .. }
+            | Op::Rope { name, .. }
+            | Op::Attention { name, .. }
+            | Op::Activation { name, .. }
+            | Op::Mul { name, .. } => name,
         }
     }
 
     /// The values the op reads.
     pub fn inputs(&self) -> Vec<&str> {
         match self {
-            Op::Layer { input, .. } | Op::Relu { input, .. } | Op::MaxPool { input, .. } => vec![input],
+            Op::Layer { input, .. }
+            | Op::Relu { input, .. }
+            | Op::MaxPool { input, .. }
+            | Op::Embed { input, .. }
+            | Op::Positions { input, .. }
+            | Op::Norm { input, .. }
+            | Op::Matmul { input, .. }
+            | Op::Rope { input, .. }
+            | Op::Attention { input, .. }
+            | Op::Activation { input, .. } => vec![input],
             Op::Add { input, skip, .. } => vec![input, skip],
+            Op::Mul { input, other, .. } => vec![input, other],
         }
     }
 
@@ -88,6 +229,24 @@ impl Op {
             Op::Relu { .. } => "relu",
             Op::MaxPool { .. } => "max-pool",
             Op::Add { .. } => "add",
+            Op::Embed { .. } => "embed",
+            Op::Positions { .. } => "positions",
+            Op::Norm { .. } => "norm",
+            Op::Matmul { .. } => "matmul",
+            Op::Rope { .. } => "rope",
+            Op::Attention { .. } => "attention",
+            Op::Activation { .. } => "activation",
+            Op::Mul { .. } => "mul",
+        }
+    }
+
+    /// The float tensors the op reads.
+    pub fn tensors(&self) -> Vec<&str> {
+        match self {
+            Op::Embed { table, .. } | Op::Positions { table, .. } => vec![table],
+            Op::Matmul { weight, .. } => vec![weight],
+            Op::Norm { gain: Some(gain), .. } => vec![gain],
+            _ => Vec::new(),
         }
     }
 }
@@ -186,14 +345,30 @@ pub fn check(header: &ModelHeader, ops: &[Op]) -> Result<Vec<usize>> {
     if ops.is_empty() {
         return Err(invalid("the graph has no ops"));
     }
-    let size = header.input.image_size;
+    let text = header.text.is_some();
     let mut names: Vec<&str> = vec![INPUT];
-    let mut widths: Vec<usize> = vec![size * size];
+    let mut widths: Vec<usize> = vec![header.input_width()];
+    let tensor = |name: &str| header.tensors.iter().find(|t| t.name == name);
+    let mut tensors_used = vec![false; header.tensors.len()];
     let mut used = vec![false; header.layers.len()];
     for (i, op) in ops.iter().enumerate() {
         let at = |what: String| invalid(format!("op {i} ({} `{}`): {what}", op.tag(), op.name()));
         if names.contains(&op.name()) {
             return Err(at("a value of that name exists already".into()));
+        }
+        if TEXT_TAGS.contains(&op.tag()) != text && TEXT_TAGS.contains(&op.tag()) {
+            return Err(at("runs on a language model's tokens only; this model reads images".into()));
+        }
+        if matches!(op, Op::MaxPool { .. }) && text {
+            return Err(at("a language model's rows are tokens, not maps".into()));
+        }
+        for name in op.tensors() {
+            let k = header
+                .tensors
+                .iter()
+                .position(|t| t.name == name)
+                .ok_or_else(|| at(format!("reads tensor `{name}`, which the header does not list")))?;
+            tensors_used[k] = true;
         }
         let mut read = Vec::new();
         for input in op.inputs() {
@@ -243,12 +418,82 @@ pub fn check(header: &ModelHeader, ops: &[Op]) -> Result<Vec<usize>> {
                 }
                 read[0]
             }
+            Op::Embed { input, table, .. } => {
+                let t = tensor(table).expect("checked above");
+                if input != INPUT || t.rows != header.classes {
+                    return Err(at(format!(
+                        "looks up the network input's token ids in a table of one row per class ({} rows, {} classes)",
+                        t.rows, header.classes
+                    )));
+                }
+                t.cols
+            }
+            Op::Positions { table, .. } => {
+                let t = tensor(table).expect("checked above");
+                let context = header.text.as_ref().map_or(0, |x| x.context);
+                if t.cols != read[0] || t.rows < context {
+                    return Err(at(format!(
+                        "a {}×{} table for rows of {} values and a context of {context}",
+                        t.rows, t.cols, read[0]
+                    )));
+                }
+                read[0]
+            }
+            Op::Norm { gain, .. } => {
+                if let Some(t) = gain.as_deref().map(|g| tensor(g).expect("checked above")) {
+                    if t.rows * t.cols != read[0] {
+                        return Err(at(format!(
+                            "a gain of {} values for rows of {}",
+                            t.rows * t.cols,
+                            read[0]
+                        )));
+                    }
+                }
+                read[0]
+            }
+            Op::Matmul { weight, .. } => {
+                let t = tensor(weight).expect("checked above");
+                if t.cols != read[0] {
+                    return Err(at(format!("a {}×{} weight for rows of {} values", t.rows, t.cols, read[0])));
+                }
+                t.rows
+            }
+            Op::Rope { heads, .. } | Op::Attention { heads, .. } => {
+                let ok = *heads > 0 && read[0] % (3 * heads) == 0 && (read[0] / 3 / heads) % 2 == 0;
+                if !ok {
+                    return Err(at(format!(
+                        "rows of {} values are not q|k|v of {heads} heads of an even width",
+                        read[0]
+                    )));
+                }
+                if matches!(op, Op::Attention { .. }) {
+                    read[0] / 3
+                } else {
+                    read[0]
+                }
+            }
+            Op::Activation { .. } => read[0],
+            Op::Mul { .. } => {
+                if read[0] != read[1] {
+                    return Err(at(format!(
+                        "multiplies {} values by {}: widths must match",
+                        read[0], read[1]
+                    )));
+                }
+                read[0]
+            }
         };
         names.push(op.name());
         widths.push(width);
     }
     if let Some(l) = used.iter().position(|u| !u) {
         return Err(invalid(format!("layer {} is in the header but no op uses it", header.layers[l].name)));
+    }
+    if let Some(t) = tensors_used.iter().position(|u| !u) {
+        return Err(invalid(format!(
+            "tensor {} is in the header but no op reads it",
+            header.tensors[t].name
+        )));
     }
     let last = *widths.last().expect("one op at least");
     if last != header.classes {

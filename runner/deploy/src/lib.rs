@@ -4,10 +4,12 @@
 
 pub mod act;
 pub mod conv;
+pub mod decoder;
 pub mod error;
 pub mod format;
 pub mod graph;
 pub mod kernel;
+pub mod math;
 pub mod pack;
 pub mod runtime;
 pub mod sample;

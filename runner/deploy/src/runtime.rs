@@ -11,7 +11,7 @@
 //! layer's output goes only through a ReLU (and a max-pool) into the next layer, those ops are
 //! fused into one step on the integer sums. Anything else (a residual add) runs in floats.
 
-use crate::act::{qmax, quantize_row, requantize_relu, rms_norm_rows};
+use crate::act::{qmax, quantize_row, requantize_relu, rms_norm_row, rms_norm_rows, Sums as ActSums};
 use crate::conv;
 use crate::error::{DeployError, Result};
 use crate::format::{LayerSpec, ModelFile, ModelHeader, NormKind};
@@ -50,7 +50,7 @@ impl IntGrid {
 }
 
 /// A layer ready to run.
-enum Weights {
+pub(crate) enum Weights {
     /// Integer kernel over codes: a fully connected layer, or a full convolution over patches.
     Int(IntLinear, IntGrid),
     /// A depthwise convolution's integer levels (`offset + step·code`), nine per channel.
@@ -59,13 +59,13 @@ enum Weights {
     Float(Vec<f32>),
 }
 
-struct Layer {
-    spec: LayerSpec,
+pub(crate) struct Layer {
+    pub(crate) spec: LayerSpec,
     weights: Weights,
 }
 
 impl Layer {
-    fn new(spec: &LayerSpec, codes: &[u8], path: Path) -> Self {
+    pub(crate) fn new(spec: &LayerSpec, codes: &[u8], path: Path) -> Self {
         let depthwise = spec.conv.is_some_and(|c| c.depthwise);
         let weights = match IntGrid::of(&spec.levels) {
             Some(grid) if depthwise => {
@@ -118,6 +118,63 @@ impl Layer {
     /// Whether the next layer's input can be requantized in integers from this layer's sums.
     fn integer_requant(&self) -> bool {
         !matches!(self.weights, Weights::Float(_)) && self.spec.scales.len() == 1 && self.spec.scales[0] > 0.0
+    }
+
+    /// A fully connected layer's products, `n × rows`, of `n` rows of input codes at its stride.
+    fn fully_connected(&self, q: &[i8], n: usize, path: Path, parallel: bool) -> Sums {
+        let rows = self.spec.rows;
+        match &self.weights {
+            Weights::Int(linear, _) => {
+                let mut out = vec![0i32; rows * n];
+                linear.forward(q, n, &mut out, path, parallel);
+                Sums::Int(transpose(&out, rows, n))
+            }
+            Weights::Float(w) => Sums::Float(float_products(w, self.spec.cols, q, self.stride(), n)),
+            Weights::IntTaps(..) => unreachable!("only convolutions have taps"),
+        }
+    }
+
+    /// Real-valued outputs (`n × map features`): sums × scale / (multiplier × input scale).
+    fn real_outputs(&self, sums: &Sums, input_scales: &[f32], n: usize) -> Vec<f32> {
+        let features = self.spec.map_features();
+        let mut y = vec![0f32; n * features];
+        for (i, row) in y.chunks_exact_mut(features).enumerate() {
+            let per_unit = 1.0 / (self.multiplier() as f32 * input_scales[i]);
+            for (f, v) in row.iter_mut().enumerate() {
+                *v = match sums {
+                    Sums::Int(s) => s[i * features + f] as f32 * self.scale(f) * per_unit,
+                    Sums::Float(s) => s[i * features + f] * per_unit,
+                };
+            }
+        }
+        y
+    }
+
+    /// A fully connected layer on `n` float rows as deployment runs it: RMS norm of each row
+    /// (when `norm` is given, with those sums), absmax quantization to the layer's input bits,
+    /// the integer (or dequantized) products, and the scales. Gives `n × rows`.
+    pub(crate) fn linear(
+        &self,
+        x: &mut [f32],
+        n: usize,
+        norm: Option<ActSums>,
+        path: Path,
+        parallel: bool,
+    ) -> Vec<f32> {
+        let (cols, stride) = (self.spec.cols, self.stride());
+        let mut q = vec![0i8; n * stride];
+        let scales: Vec<f32> = x
+            .chunks_exact_mut(cols)
+            .zip(q.chunks_exact_mut(stride))
+            .map(|(row, out)| {
+                if let Some(sums) = norm {
+                    rms_norm_row(row, sums);
+                }
+                quantize_row(row, self.spec.activation_bits, &mut out[..cols])
+            })
+            .collect();
+        let sums = self.fully_connected(&q, n, path, parallel);
+        self.real_outputs(&sums, &scales, n)
     }
 
     /// Whether training normalises this layer's input (fully connected layers only; absmax
@@ -207,6 +264,7 @@ fn plan(ops: &[Op], layers: &[Layer]) -> Vec<Step> {
             Op::Add { input, skip, scale, .. } => {
                 Step::Add { input: slot(input, i), skip: slot(skip, i), scale: *scale }
             }
+            other => unreachable!("Runtime::new refuses language models, whose ops `{}` are", other.tag()),
         })
         .collect();
     for i in 0..ops.len() {
@@ -242,6 +300,7 @@ fn plan(ops: &[Op], layers: &[Layer]) -> Vec<Step> {
 /// A loaded model bound to one kernel path.
 pub struct Runtime {
     header: ModelHeader,
+    image_size: usize,
     layers: Vec<Layer>,
     steps: Vec<Step>,
     path: Path,
@@ -257,7 +316,7 @@ struct Codes {
 
 /// A layer's raw products per sample (`n × map features`): integer level sums, or float sums
 /// of dequantized weights times codes.
-enum Sums {
+pub(crate) enum Sums {
     Int(Vec<i32>),
     Float(Vec<f32>),
 }
@@ -272,10 +331,11 @@ impl Runtime {
                 path.name()
             )));
         }
+        let image_size = model.header.image()?.image_size;
         let layers: Vec<Layer> =
             model.header.layers.iter().zip(&model.codes).map(|(s, c)| Layer::new(s, c, path)).collect();
         let steps = plan(&model.header.graph(), &layers);
-        Ok(Self { header: model.header.clone(), layers, steps, path, parallel })
+        Ok(Self { header: model.header.clone(), image_size, layers, steps, path, parallel })
     }
 
     /// The model's description.
@@ -285,7 +345,7 @@ impl Runtime {
 
     /// Logits (`n × classes`, row-major) of `n` preprocessed inputs (`n × image_size²`).
     pub fn logits(&self, x: &[f32], n: usize) -> Vec<f32> {
-        let size = self.header.input.image_size;
+        let size = self.image_size;
         let mut slots: Vec<Slot> = Vec::with_capacity(self.steps.len() + 1);
         slots.push(Slot::Float(x[..n * size * size].to_vec()));
         // codes prepared by a fused step for the layer that reads them
@@ -396,32 +456,12 @@ impl Runtime {
 
     /// A fully connected layer's products, `n × rows`.
     fn fully_connected(&self, layer: &Layer, q: &[i8], n: usize) -> Sums {
-        let rows = layer.spec.rows;
-        match &layer.weights {
-            Weights::Int(linear, _) => {
-                let mut out = vec![0i32; rows * n];
-                linear.forward(q, n, &mut out, self.path, self.parallel);
-                Sums::Int(transpose(&out, rows, n))
-            }
-            Weights::Float(w) => Sums::Float(float_products(w, layer.spec.cols, q, layer.stride(), n)),
-            Weights::IntTaps(..) => unreachable!("only convolutions have taps"),
-        }
+        layer.fully_connected(q, n, self.path, self.parallel)
     }
 
     /// Real-valued outputs (`n × map features`): sums × scale / (multiplier × input scale).
     fn real_outputs(&self, layer: &Layer, sums: &Sums, input_scales: &[f32], n: usize) -> Vec<f32> {
-        let features = layer.spec.map_features();
-        let mut y = vec![0f32; n * features];
-        for (i, row) in y.chunks_exact_mut(features).enumerate() {
-            let per_unit = 1.0 / (layer.multiplier() as f32 * input_scales[i]);
-            for (f, v) in row.iter_mut().enumerate() {
-                *v = match sums {
-                    Sums::Int(s) => s[i * features + f] as f32 * layer.scale(f) * per_unit,
-                    Sums::Float(s) => s[i * features + f] * per_unit,
-                };
-            }
-        }
-        y
+        layer.real_outputs(sums, input_scales, n)
     }
 
     /// ReLU, pooling and absmax requantization straight from the integer sums. The next

@@ -45,13 +45,17 @@ pub enum Command {
     Export(ExportArgs),
     /// Print a model file's header, layers, sizes and real bits per weight.
     Inspect(InspectArgs),
-    /// Run a model file on the integer kernels over its dataset's test set.
+    /// Run a model file on the integer kernels over its dataset's test set (a language model:
+    /// its loss over the training evaluation's windows).
     Infer(InferArgs),
     /// Analyse a finished run: per-class scores, confusion, calibration (ECE), per-layer code
     /// statistics, SQNR and cosine, and each layer's sensitivity; also stored in its run.json.
     Analyze(AnalyzeArgs),
     /// Generate text from a finished language-model run (its evaluation weights).
     Sample(SampleArgs),
+    /// Generate text from a language-model file on the deployment runtime (integer kernels,
+    /// KV cache), streamed as it is drawn.
+    Generate(GenerateArgs),
     /// Datasets on this machine: list where each was found, fetch (download and verify), or
     /// verify what is there.
     #[command(subcommand)]
@@ -102,6 +106,15 @@ pub struct DataVerifyArgs {
 pub struct SampleArgs {
     /// The run directory (`results/<experiment>/<run id>`).
     pub run: PathBuf,
+    /// What to generate.
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+/// The prompt and the draws, shared by `qat sample` and `qat generate` (the same seed gives
+/// the same text from both).
+#[derive(Debug, clap::Args)]
+pub struct SamplingArgs {
     /// Text to continue (default: a newline, as nanoGPT's sample.py). Past the context, the last
     /// `context` tokens are kept.
     #[arg(long, conflicts_with = "prompt_file")]
@@ -109,7 +122,7 @@ pub struct SampleArgs {
     /// Read the prompt from this file.
     #[arg(long)]
     pub prompt_file: Option<PathBuf>,
-    /// Tokens to generate.
+    /// Tokens to generate (0: print the prompt only).
     #[arg(long, default_value_t = crate::train::sample::DEFAULT_TOKENS)]
     pub tokens: usize,
     /// Softmax temperature; 0 is greedy.
@@ -121,6 +134,22 @@ pub struct SampleArgs {
     /// Seed of the draws.
     #[arg(long, default_value_t = crate::train::sample::DEFAULT_SEED)]
     pub seed: u64,
+}
+
+/// Arguments of `qat generate`.
+#[derive(Debug, clap::Args)]
+pub struct GenerateArgs {
+    /// The model file (`qat export` of a language-model run).
+    pub file: PathBuf,
+    /// What to generate.
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// Kernel path: auto, scalar, avx2 or avx512.
+    #[arg(long, default_value = "auto")]
+    pub kernel: String,
+    /// Threads for the matrix products (1: none spawned).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
 }
 
 /// Arguments of `qat analyze`.
@@ -181,16 +210,20 @@ pub struct InspectArgs {
 pub struct InferArgs {
     /// The model file.
     pub file: PathBuf,
-    /// Samples per kernel call.
+    /// Samples per kernel call (a language model: windows per call).
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
     /// Kernel path: auto, scalar, avx2 or avx512.
     #[arg(long, default_value = "auto")]
     pub kernel: String,
     /// Also run the training-time evaluation of this run directory and count the images on
-    /// which the two disagree.
+    /// which the two disagree (a language model: its loss on the same windows, and the
+    /// difference).
     #[arg(long)]
     pub compare: Option<PathBuf>,
+    /// A language model trained on `dataset: text`: the text file (checked by its SHA-256).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
 }
 
 /// Arguments of `qat run`.

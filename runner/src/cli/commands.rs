@@ -1,14 +1,15 @@
 //! What each `qat` subcommand does: plan, execute, print. Errors go back to `main`, which
 //! prints them once as `qat: …` and picks the exit code.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use qatlab_core::config::RunConfig;
 
 use super::args::{
     AnalyzeArgs, BenchCommand, BenchInferArgs, BenchTrainArgs, Cli, Command, DataCommand, ExportArgs,
-    ExportFormat, InferArgs, Launcher, ListArgs, PluginsArgs, ReproArgs, RunArgs, SampleArgs, StatusArgs,
-    TableArgs,
+    ExportFormat, GenerateArgs, InferArgs, Launcher, ListArgs, PluginsArgs, ReproArgs, RunArgs, SampleArgs,
+    SamplingArgs, StatusArgs, TableArgs,
 };
 use crate::bench::train::{
     bench_train, LM_BENCH_STEPS, PYTORCH_BITNET_TOKENS_PER_S, PYTORCH_NANOGPT_TOKENS_PER_S,
@@ -64,6 +65,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
         Command::Infer(args) => infer(&args, &registry),
         Command::Analyze(args) => analyze(&args, &registry),
         Command::Sample(args) => sample(&args, &registry),
+        Command::Generate(args) => generate(&args),
         Command::Data(command) => data(&command),
     }
 }
@@ -402,6 +404,9 @@ fn export(args: &ExportArgs, registry: &qatlab_core::Registry) -> Result<ExitCod
 
 fn infer(args: &InferArgs, registry: &qatlab_core::Registry) -> Result<ExitCode, Error> {
     let model = export::read_model(&args.file)?;
+    if model.header.text.is_some() {
+        return infer_text(args, &model, registry);
+    }
     let path = export::kernel_path(&args.kernel)?;
     let runtime = qatlab_deploy::runtime::Runtime::new(&model, path, false)
         .map_err(|e| Error::Config(e.to_string()))?;
@@ -442,13 +447,82 @@ fn sample(args: &SampleArgs, registry: &qatlab_core::Registry) -> Result<ExitCod
     let Some(text) = &data.text else {
         return Err(Error::Config(format!("{}: not a language-model run", args.run.display())));
     };
+    let (prompt, mut sampler) = sampling(&args.sampling)?;
+    println!("{}", run.trainer.sample(text, &prompt, args.sampling.tokens, &mut sampler)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The prompt and sampler that `qat sample` and `qat generate` share.
+fn sampling(args: &SamplingArgs) -> Result<(String, qatlab_deploy::sample::Sampler), Error> {
     let prompt = match &args.prompt_file {
         Some(file) => std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?,
         None => args.prompt.clone().unwrap_or_else(|| crate::train::sample::DEFAULT_PROMPT.to_string()),
     };
+    if !(args.temperature >= 0.0 && args.temperature.is_finite()) {
+        return Err(Error::Config(format!(
+            "--temperature {}: give 0 (greedy) or a positive number",
+            args.temperature
+        )));
+    }
     let top_k = (args.top_k > 0).then_some(args.top_k);
-    let mut sampler = qatlab_deploy::sample::Sampler::new(args.temperature, top_k, args.seed);
-    println!("{}", run.trainer.sample(text, &prompt, args.tokens, &mut sampler)?);
+    Ok((prompt, qatlab_deploy::sample::Sampler::new(args.temperature, top_k, args.seed)))
+}
+
+fn generate(args: &GenerateArgs) -> Result<ExitCode, Error> {
+    let model = export::read_model(&args.file)?;
+    let spec = export::text::text_of(&model)?.clone();
+    let path = export::kernel_path(&args.kernel)?;
+    let (prompt, mut sampler) = sampling(&args.sampling)?;
+    let ids = export::text::prompt_ids(&spec, &prompt)?;
+    let threads = args.threads.max(1);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| Error::Config(format!("--threads {threads}: {e}")))?;
+    let decoder = qatlab_deploy::decoder::Decoder::new(&model, path, threads > 1)
+        .map_err(|e| Error::Config(format!("{}: {e}", args.file.display())))?;
+    let mut out = std::io::stdout();
+    pool.install(|| export::text::generate(&decoder, &ids, args.sampling.tokens, &mut sampler, &mut out))?;
+    let _ = writeln!(out);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `qat infer` of a language model: the runtime's loss over the header's evaluation windows.
+fn infer_text(
+    args: &InferArgs,
+    model: &qatlab_deploy::format::ModelFile,
+    registry: &qatlab_core::Registry,
+) -> Result<ExitCode, Error> {
+    let spec = export::text::text_of(model)?;
+    let path = export::kernel_path(&args.kernel)?;
+    let decoder = qatlab_deploy::decoder::Decoder::new(model, path, false)
+        .map_err(|e| Error::Config(format!("{}: {e}", args.file.display())))?;
+    let text = export::text::evaluation_text(spec, args.data.as_deref())?;
+    let windows = export::text::evaluation_windows(spec, &text)?;
+    let score = export::text::score(&decoder, &windows, args.batch)?;
+    println!(
+        "{}: validation loss {:.4} nats/token ({:.4} bits per {}), next-token accuracy {:.2}%, over {} windows of {} tokens ({} batches of {}); {:.0} tokens/s at {} windows per call ({} kernels, 1 thread)",
+        model.header.name,
+        score.loss,
+        score.loss / std::f64::consts::LN_2,
+        if spec.tokenizer == qatlab_deploy::format::TokenizerKind::Char { "character" } else { "byte" },
+        100.0 * score.accuracy,
+        spec.evaluation.batches * spec.evaluation.batch,
+        spec.context,
+        spec.evaluation.batches,
+        spec.evaluation.batch,
+        score.tokens as f64 / score.seconds.max(1e-9),
+        args.batch.max(1),
+        path.name()
+    );
+    if let Some(run) = &args.compare {
+        let (loss, accuracy) = export::text::training_score(run, registry, &windows)?;
+        println!(
+            "training-time evaluation: validation loss {loss:.4}, next-token accuracy {:.2}%; runtime − training = {:+.5} nats/token",
+            100.0 * accuracy,
+            score.loss - loss
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

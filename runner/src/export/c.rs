@@ -9,7 +9,7 @@ use qatlab_deploy::format::{LayerSpec, ModelFile, NormKind};
 use qatlab_deploy::graph::{self, Op, INPUT};
 use qatlab_deploy::pack::{pack_bits, Packing};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::run::write_atomic;
 
 /// The portable inference code; it includes the header named `qat_model.h`.
@@ -18,30 +18,44 @@ const INFER_C: &str = include_str!("qat_infer.c");
 /// Write `header` and, beside it, `qat_infer.c`; returns both paths.
 pub fn write(model: &ModelFile, header: &Path) -> Result<Vec<PathBuf>> {
     let c_file = header.with_file_name("qat_infer.c");
-    write_atomic(header, header_text(model).as_bytes())?;
+    write_atomic(header, header_text(model)?.as_bytes())?;
     let include = header.file_name().map_or("qat_model.h".into(), |n| n.to_string_lossy().into_owned());
     write_atomic(&c_file, INFER_C.replace("\"qat_model.h\"", &format!("\"{include}\"")).as_bytes())?;
     Ok(vec![header.to_path_buf(), c_file])
 }
 
-/// The header's text.
-pub fn header_text(model: &ModelFile) -> String {
+/// The ops the portable C runtime implements.
+const C_TAGS: [&str; 4] = ["layer", "relu", "max-pool", "add"];
+
+/// The header's text; an error naming the first op the C runtime lacks (a language model's
+/// embedding, norms, attention: token generation needs the Rust runtime, `qat generate`).
+pub fn header_text(model: &ModelFile) -> Result<String> {
     let h = &model.header;
+    let ops = h.graph();
+    if let Some((i, op)) = ops.iter().enumerate().find(|(_, op)| !C_TAGS.contains(&op.tag())) {
+        return Err(Error::Config(format!(
+            "--format c-header: op {i} (`{}`) is `{}`, which the C runtime does not implement (it runs {}); \
+             a language model runs with qat generate and qat infer",
+            op.name(),
+            op.tag(),
+            C_TAGS.join(", ")
+        )));
+    }
+    let input = h.image().map_err(|e| Error::Config(format!("--format c-header: {e}")))?;
     let mut s = String::new();
     let _ = writeln!(s, "/* {} (run {}), exported by qat. Generated file: do not edit. */", h.name, h.run_id);
     s += "#ifndef QAT_MODEL_H\n#define QAT_MODEL_H\n#include <stdint.h>\n\n";
-    let _ = writeln!(s, "#define QAT_IMAGE_SIZE {}", h.input.image_size);
-    let _ = writeln!(s, "#define QAT_INPUTS {}", h.input.image_size * h.input.image_size);
-    let _ = writeln!(s, "#define QAT_PIXEL_MEAN {:?}f", h.input.mean);
-    let _ = writeln!(s, "#define QAT_PIXEL_STD {:?}f", h.input.std);
+    let _ = writeln!(s, "#define QAT_IMAGE_SIZE {}", input.image_size);
+    let _ = writeln!(s, "#define QAT_INPUTS {}", input.image_size * input.image_size);
+    let _ = writeln!(s, "#define QAT_PIXEL_MEAN {:?}f", input.mean);
+    let _ = writeln!(s, "#define QAT_PIXEL_STD {:?}f", input.std);
     let _ = writeln!(s, "#define QAT_CLASSES {}", h.classes);
     let _ = writeln!(s, "#define QAT_RMS_NORM {}", u8::from(h.norm == NormKind::Rms));
     let _ = writeln!(s, "#define QAT_LAYERS {}", h.layers.len());
-    let ops = h.graph();
     let widths = graph::check(h, &ops).expect("a ModelFile is validated");
     let slots = assign_slots(&ops);
     // Buffers hold any value: the input, and every op's output.
-    let widest = widths.iter().copied().chain([h.input.image_size * h.input.image_size]).max().unwrap_or(0);
+    let widest = widths.iter().copied().chain([h.input_width()]).max().unwrap_or(0);
     let _ = writeln!(s, "#define QAT_MAX_WIDTH {widest}");
     let _ = writeln!(s, "#define QAT_OPS {}", ops.len());
     let _ = writeln!(
@@ -125,6 +139,7 @@ pub fn header_text(model: &ModelFile) -> String {
             Op::Relu { .. } => ("QAT_OP_RELU", 0, 0, 0, 0.0),
             Op::MaxPool { side, channels, .. } => ("QAT_OP_MAX_POOL", 0, *side, *channels, 0.0),
             Op::Add { scale, .. } => ("QAT_OP_ADD", 0, 0, 0, *scale),
+            other => unreachable!("checked above: {} is not a C op", other.tag()),
         };
         let _ = writeln!(
             s,
@@ -135,7 +150,7 @@ pub fn header_text(model: &ModelFile) -> String {
         );
     }
     s += "};\n\n#endif\n";
-    s
+    Ok(s)
 }
 
 /// Bits per code in the header's arrays: the fewest whole bits for the layer's levels.

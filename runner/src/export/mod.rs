@@ -2,21 +2,23 @@
 //! file run on the deployment kernels against the test set.
 
 pub mod c;
+pub mod text;
 
 use std::path::Path;
 use std::time::Instant;
 
-use qatlab_core::config::Dataset;
+use qatlab_core::config::{Dataset, RunConfig, Tokenizer};
 use qatlab_core::Registry;
 use qatlab_deploy::format::{
-    ActivationKind, InputSpec, LayerData, LayerSpec, ModelFile, ModelHeader, NormKind,
+    ActivationKind, InputSpec, LayerData, LayerSpec, ModelFile, ModelHeader, NormKind, TextEvaluation,
+    TextSpec, TokenizerKind,
 };
 use qatlab_deploy::graph::Op;
 use qatlab_deploy::kernel::Path as KernelPath;
 use qatlab_deploy::pack::Packing;
 use qatlab_deploy::runtime::{argmax, IntGrid, Runtime};
 
-use crate::data::{self, Samples, MEAN, STD};
+use crate::data::{self, RunData, Samples, MEAN, STD};
 use crate::error::{Error, Result};
 use crate::nn::deploy::{Deployment, Node as DeployNode, NETWORK_INPUT};
 use crate::nn::engine::{Engine, Pass};
@@ -60,22 +62,20 @@ pub fn export_run(dir: &Path, registry: &Registry, packing: PackingChoice) -> Re
     let run = load_finished(dir, registry)?;
     let config = &run.config;
     let unsupported = |what: String| Error::Config(format!("{}: cannot deploy: {what}", dir.display()));
-    if config.data.dataset.is_text() {
-        return Err(unsupported(
-            "a language model: the model file and runtime do not hold transformers yet (qat sample generates \
-             text from the run itself)"
-                .into(),
-        ));
-    }
-    if !matches!(config.data.dataset, Dataset::Mnist | Dataset::FashionMnist) {
-        return Err(unsupported(format!(
-            "data.dataset {}: the model file describes greyscale inputs with one mean and std, and \
-             qat infer reads the IDX test sets; colour inputs are not deployable yet",
-            config.data.dataset.dir_name()
-        )));
-    }
+    let text = match config.data.dataset {
+        Dataset::Mnist | Dataset::FashionMnist => None,
+        d if d.is_text() => Some(text_spec(config)?),
+        other => {
+            return Err(unsupported(format!(
+                "data.dataset {}: the model file describes greyscale inputs with one mean and std, and \
+                 qat infer reads the IDX test sets; colour inputs are not deployable yet",
+                other.dir_name()
+            )))
+        }
+    };
     let net = &run.trainer.net;
     let mut deployment = Deployment::default();
+    deployment.text = text.is_some();
     for node in &net.nodes {
         let inputs =
             node.inputs.iter().map(|&i| if i == INPUT_NODE { NETWORK_INPUT } else { &net.nodes[i].name[..] });
@@ -86,9 +86,12 @@ pub fn export_run(dir: &Path, registry: &Registry, packing: PackingChoice) -> Re
     }
     let mut layers = Vec::new();
     for (i, d) in deployment.layers.iter().enumerate() {
-        let layer = d.layer;
+        let layer: &crate::nn::model::Layer = d.layer;
         let q = &layer.quantized;
-        let quantizer = qatlab_core::config::spec_label(run.trainer.quantizer_spec(i));
+        // the quantizer of this layer's place among all the network's layers (a language
+        // model's embedding table comes first and does not deploy as a layer)
+        let index = net.layers().position(|l| std::ptr::eq(l, layer)).unwrap_or(i);
+        let quantizer = qatlab_core::config::spec_label(run.trainer.quantizer_spec(index));
         if q.codes.is_empty() || q.levels.is_empty() {
             return Err(unsupported(format!("{} is not quantized (quantizer `{quantizer}`)", layer.name)));
         }
@@ -116,12 +119,13 @@ pub fn export_run(dir: &Path, registry: &Registry, packing: PackingChoice) -> Re
         run_id: crate::run::RunDir { path: dir.to_path_buf() }
             .read_record()
             .map_or_else(|| crate::run::run_id(config), |r| r.run_id),
-        input: InputSpec {
+        input: text.is_none().then(|| InputSpec {
             dataset: config.data.dataset.dir_name().to_string(),
             image_size: config.data.image_size,
             mean: MEAN,
             std: STD,
-        },
+        }),
+        text,
         classes: run.trainer.task().classes,
         norm: deployment.norm.unwrap_or(NormKind::None),
         activation: ActivationKind::Relu,
@@ -129,8 +133,32 @@ pub fn export_run(dir: &Path, registry: &Registry, packing: PackingChoice) -> Re
         // the graph as trained, op for op
         ops: deployment.ops,
         writer: env!("CARGO_PKG_VERSION").to_string(),
+        tensors: Vec::new(),
     };
-    ModelFile::new(header, layers).map_err(|e| unsupported(e.to_string()))
+    ModelFile::with_tensors(header, layers, deployment.tensors).map_err(|e| unsupported(e.to_string()))
+}
+
+/// A language-model run's text side: its tokenizer and vocabulary (read from the text, whose
+/// SHA-256 must still be the run's), context, and evaluation windows.
+fn text_spec(config: &RunConfig) -> Result<TextSpec> {
+    let text = RunData::load(&config.data)?.text.expect("a text dataset loads text");
+    let context = config.model.transformer.as_ref().map_or(0, |t| t.context);
+    Ok(TextSpec {
+        tokenizer: match text.tokenizer {
+            Tokenizer::Char => TokenizerKind::Char,
+            Tokenizer::Byte => TokenizerKind::Byte,
+        },
+        vocab: text.vocab.iter().collect(),
+        context,
+        evaluation: TextEvaluation {
+            dataset: config.data.dataset.dir_name().to_string(),
+            sha256: text.sha256.clone(),
+            val_fraction: config.data.val_fraction(),
+            seed: crate::data::text::EVAL_SEED,
+            batches: config.eval.batches.unwrap_or(crate::train::steps::DEFAULT_EVAL_BATCHES),
+            batch: config.train.batch_size,
+        },
+    })
 }
 
 /// Read a model file, naming it in any error.
@@ -142,23 +170,40 @@ pub fn read_model(path: &Path) -> Result<ModelFile> {
 /// `qat inspect`: the header, and per layer its shape, packing, size and real bits per weight.
 pub fn describe(model: &ModelFile, file_bytes: usize) -> String {
     let h = &model.header;
-    let mut out = format!(
-        "{} (run {}), {} {}×{} → {} classes, norm {:?}, activation {:?}\n",
-        h.name,
-        h.run_id,
-        h.input.dataset,
-        h.input.image_size,
-        h.input.image_size,
-        h.classes,
-        h.norm,
-        h.activation
-    );
+    let mut out = match (&h.input, &h.text) {
+        (Some(input), _) => format!(
+            "{} (run {}), {} {size}×{size} → {} classes, norm {:?}, activation {:?}\n\
+             input: antialiased resize to {size}×{size}, (p/255 − {})/{}\n",
+            h.name,
+            h.run_id,
+            input.dataset,
+            h.classes,
+            h.norm,
+            h.activation,
+            input.mean,
+            input.std,
+            size = input.image_size
+        ),
+        (None, Some(text)) => format!(
+            "{} (run {}), language model: {:?} tokenizer, {} tokens, context {}\n\
+             evaluation: {} (SHA-256 {}…), last {} of the text, {} batches of {} windows, seed {:#x}\n",
+            h.name,
+            h.run_id,
+            text.tokenizer,
+            h.classes,
+            text.context,
+            text.evaluation.dataset,
+            &text.evaluation.sha256[..text.evaluation.sha256.len().min(12)],
+            text.evaluation.val_fraction,
+            text.evaluation.batches,
+            text.evaluation.batch,
+            text.evaluation.seed
+        ),
+        (None, None) => unreachable!("a validated header has an input or text"),
+    };
+    let name_width = h.layers.iter().map(|l| l.name.chars().count()).max().unwrap_or(0).max(6);
     out += &format!(
-        "input: antialiased resize to {0}×{0}, (p/255 − {1})/{2}\n",
-        h.input.image_size, h.input.mean, h.input.std
-    );
-    out += &format!(
-        "{:<6} {:>11} {:<28} {:>6} {:<18} {:>7} {:>8} {:>7} {:<8} {}\n",
+        "{:<name_width$} {:>11} {:<28} {:>6} {:<18} {:>7} {:>8} {:>7} {:<8} {}\n",
         "layer",
         "shape",
         "quantizer",
@@ -178,7 +223,7 @@ pub fn describe(model: &ModelFile, file_bytes: usize) -> String {
             None => "f32".into(),
         };
         out += &format!(
-            "{:<6} {:>11} {:<28} {:>6} {:<18} {:>7} {:>8} {:>7.3} {:<8} {}\n",
+            "{:<name_width$} {:>11} {:<28} {:>6} {:<18} {:>7} {:>8} {:>7.3} {:<8} {}\n",
             spec.name,
             format!("{}×{}", spec.rows, spec.cols),
             spec.quantizer,
@@ -195,8 +240,27 @@ pub fn describe(model: &ModelFile, file_bytes: usize) -> String {
     out += &format!(
         "total: {weights} weights, {} bytes of codes and scales ({:.3} bits/weight), file {file_bytes} bytes\n",
         model.weight_bytes(),
-        model.weight_bytes() as f64 * 8.0 / weights as f64
+        model.weight_bytes() as f64 * 8.0 / weights.max(1) as f64
     );
+    if !h.tensors.is_empty() {
+        out += "float tensors:\n";
+        for t in &h.tensors {
+            out +=
+                &format!("  {:<24} {:>11} {:>9} bytes\n", t.name, format!("{}×{}", t.rows, t.cols), t.bytes);
+        }
+    }
+    if let Some(text) = &h.text {
+        let cache: usize = ops.iter().filter_map(|op| attention_width(h, &ops, op)).map(|w| 2 * 4 * w).sum();
+        out += &format!(
+            "resident: {} bytes of weights ({} packed codes and scales, {} f32 tensors); KV cache {} bytes per position ({} for the context of {})\n",
+            model.weight_bytes() + model.tensor_bytes(),
+            model.weight_bytes(),
+            model.tensor_bytes(),
+            cache,
+            cache * text.context,
+            text.context
+        );
+    }
     out += "graph:\n";
     for op in &ops {
         let reads = op.inputs().join(", ");
@@ -207,9 +271,30 @@ pub fn describe(model: &ModelFile, file_bytes: usize) -> String {
                 format!("  {name} = max-pool 2×2({reads}: {side}×{side}×{channels})\n")
             }
             Op::Add { name, input, skip, scale } => format!("  {name} = {input} + {scale}·{skip}\n"),
+            Op::Embed { name, table, .. } => format!("  {name} = embed {table}[{reads}]\n"),
+            Op::Positions { name, table, .. } => format!("  {name} = {reads} + positions {table}\n"),
+            Op::Norm { name, kind, gain, .. } => {
+                let gain = gain.as_ref().map_or(String::new(), |g| format!(" · {g}"));
+                format!("  {name} = {kind:?} norm({reads}){gain}\n")
+            }
+            Op::Matmul { name, weight, .. } => format!("  {name} = {reads} · {weight}ᵀ (f32)\n"),
+            Op::Rope { name, heads, .. } => format!("  {name} = rope({reads}, {heads} heads)\n"),
+            Op::Attention { name, heads, .. } => {
+                format!("  {name} = causal attention({reads}, {heads} heads)\n")
+            }
+            Op::Activation { name, function, .. } => format!("  {name} = {function:?}({reads})\n"),
+            Op::Mul { name, .. } => format!("  {name} = {}\n", op.inputs().join(" ⊙ ")),
         };
     }
     out
+}
+
+/// The key width of an attention op (a third of its q|k|v input), None for other ops.
+fn attention_width(h: &ModelHeader, ops: &[Op], op: &Op) -> Option<usize> {
+    let Op::Attention { input, .. } = op else { return None };
+    let widths = qatlab_deploy::graph::check(h, ops).ok()?;
+    let at = ops.iter().position(|o| o.name() == input)?;
+    Some(widths[at] / 3)
 }
 
 /// Whether the layer's output is max-pooled after its ReLU (a version 3 graph), or by its
@@ -249,7 +334,8 @@ fn packing_name(p: Packing) -> String {
 
 /// The test split of the model's dataset, preprocessed as its header says.
 pub fn test_samples(model: &ModelFile) -> Result<Samples> {
-    let dataset = match model.header.input.dataset.as_str() {
+    let input = model.header.image().map_err(|e| Error::Config(e.to_string()))?;
+    let dataset = match input.dataset.as_str() {
         "mnist" => Dataset::Mnist,
         "fashion-mnist" => Dataset::FashionMnist,
         other => {
@@ -257,7 +343,7 @@ pub fn test_samples(model: &ModelFile) -> Result<Samples> {
         }
     };
     let files = data::load(dataset, &data::find_dir(dataset)?)?;
-    Ok(data::preprocess(&files.test, model.header.input.image_size))
+    Ok(data::preprocess(&files.test, input.image_size))
 }
 
 /// What `qat infer` measured.

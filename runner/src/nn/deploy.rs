@@ -5,10 +5,14 @@
 //! way: a deployed layer applies its input prologue itself (the model's norm on fully connected
 //! layers, then absmax int8 quantization). Norm and input-quantization ops therefore deploy as
 //! annotations of the value they produce, which the next layer checks and absorbs.
+//!
+//! A language model (`text`) deploys its other ops as the runtime's token ops: the embedding
+//! and positions as float tensors read by `embed` and `positions`, gained norms as `norm` ops,
+//! float linears (no input bits) and the tied head as `matmul` over float tensors.
 
 use std::collections::HashMap;
 
-use qatlab_deploy::format::{ConvSpec, NormKind};
+use qatlab_deploy::format::{ConvSpec, NormKind, TensorData};
 use qatlab_deploy::graph::{self, INPUT};
 
 use super::model::Layer;
@@ -51,6 +55,10 @@ pub struct Deployment<'a> {
     pub layers: Vec<DeployLayer<'a>>,
     /// The norm of every fully connected layer's input (None until one is seen).
     pub norm: Option<NormKind>,
+    /// Float tensors the ops read (a language model's).
+    pub tensors: Vec<TensorData>,
+    /// Whether the model is a language model (rows of tokens): its ops may be token ops.
+    pub text: bool,
     values: HashMap<String, Prologue>,
 }
 
@@ -91,11 +99,36 @@ impl<'a> Deployment<'a> {
         self.values.insert(node.name.to_string(), p);
     }
 
-    /// A weight layer reading `node`'s input through its prologue.
+    /// A float tensor the ops read by `name` (`rows × cols`), stored once however many read it.
+    pub fn tensor(&mut self, name: &str, rows: usize, cols: usize, values: &[f32]) -> String {
+        if !self.tensors.iter().any(|t| t.name == name) {
+            let values = values.to_vec();
+            self.tensors.push(TensorData { name: name.to_string(), rows, cols, values });
+        }
+        name.to_string()
+    }
+
+    /// Refuse a token op outside a language model.
+    pub fn text_only(&self, what: &str) -> Result<(), String> {
+        if self.text {
+            Ok(())
+        } else {
+            Err(format!("{what} deploys in language models only"))
+        }
+    }
+
+    /// A weight layer reading `node`'s input through its prologue; in a language model, a
+    /// layer with float inputs runs as a float `matmul` of its (fake-quantized) weights.
     pub fn layer(&mut self, node: &Node, layer: &'a Layer, conv: Option<ConvSpec>) -> Result<(), String> {
         let p = self.source(node.inputs[0]);
         let Some(bits) = p.bits else {
-            return Err("its inputs are float; set model.activation_bits (the kernels take int8)".into());
+            if !self.text || p.norm.is_some() {
+                return Err("its inputs are float; set model.activation_bits (the kernels take int8)".into());
+            }
+            let weight =
+                self.tensor(&layer.name, layer.shape.rows, layer.shape.cols, &layer.quantized.values);
+            self.push(node, |name, input| graph::Op::Matmul { name, input, weight }, &p);
+            return Ok(());
         };
         let norm = p.norm.unwrap_or(NormKind::None);
         if conv.is_some() && norm != NormKind::None {
@@ -122,6 +155,21 @@ impl<'a> Deployment<'a> {
             return Err("only a weight layer can read a normalised or quantized value".into());
         }
         self.push(node, make, &p);
+        Ok(())
+    }
+
+    /// A token op whose inputs the runtime reads as they are (none normalised or quantized for
+    /// a next layer).
+    pub fn push_op(&mut self, node: &Node, op: graph::Op) -> Result<(), String> {
+        self.text_only(&format!("`{}`", op.tag()))?;
+        for input in &node.inputs {
+            let p = self.source(input);
+            if p.norm.is_some() || p.bits.is_some() {
+                return Err("only a weight layer can read a normalised or quantized value".into());
+            }
+        }
+        let p = Prologue { value: node.name.to_string(), ..Prologue::default() };
+        self.push(node, |_, _| op, &p);
         Ok(())
     }
 

@@ -112,14 +112,7 @@ unsafe fn sgemm(a: View, b: View, c: *mut f32, ldc: usize, accumulate: bool) {
 pub fn causal_softmax(s: &mut [f32], tokens: usize) {
     for (i, row) in s.chunks_exact_mut(tokens).enumerate() {
         let (seen, future) = row.split_at_mut(i + 1);
-        let max = seen.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        let mut sum = 0.0;
-        seen.iter_mut().for_each(|v| {
-            *v = (*v - max).exp();
-            sum += *v;
-        });
-        let inv = 1.0 / sum;
-        seen.iter_mut().for_each(|v| *v *= inv);
+        qatlab_deploy::math::softmax_row(seen);
         future.fill(0.0);
     }
 }

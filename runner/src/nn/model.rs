@@ -263,7 +263,8 @@ impl Network {
 }
 
 pub use qatlab_deploy::act::{
-    abs_max, quantize_activations, quantize_activations_in_place, rms_norm_row, rms_norm_rows, Sums, RMS_EPS,
+    abs_max, layer_norm_row, quantize_activations, quantize_activations_in_place, rms_norm_row,
+    rms_norm_rows, Sums, LAYER_NORM_EPS, RMS_EPS,
 };
 
 /// Layer normalisation of each row without affine: (x − mean) / sqrt(var + ε).
@@ -272,16 +273,3 @@ pub fn layer_norm_rows(x: &mut [f32], features: usize) {
         layer_norm_row(row, Sums::InOrder);
     });
 }
-
-/// Layer normalisation of one row with sums of `sums`; returns the factor 1/sqrt(var + ε).
-pub fn layer_norm_row(row: &mut [f32], sums: Sums) -> f32 {
-    let n = row.len() as f32;
-    let mean = sums.sum(row) / n;
-    row.iter_mut().for_each(|v| *v -= mean);
-    let inv = 1.0 / (sums.dot(row, row) / n + LAYER_NORM_EPS).sqrt();
-    row.iter_mut().for_each(|v| *v *= inv);
-    inv
-}
-
-/// ε of the layer norm (PyTorch's default).
-pub const LAYER_NORM_EPS: f32 = 1e-5;

@@ -226,7 +226,9 @@ fn unsupported_runs_and_bad_files_are_clear_errors() {
         .collect();
     messages.sort_by_key(|m| !m.contains("fc1.act"));
     assert!(
-        messages[0].contains("cannot deploy: fc1.act (activation): the kernels support relu only"),
+        messages[0].contains(
+            "cannot deploy: fc1.act (activation): the kernels support relu only (and gelu, silu, relu2 in language models)"
+        ),
         "{}",
         messages[0]
     );

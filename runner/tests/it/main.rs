@@ -8,6 +8,7 @@ mod deploy;
 mod engine;
 mod fetch;
 mod lm;
+mod lm_deploy;
 mod plugins;
 mod runs;
 mod slurm;

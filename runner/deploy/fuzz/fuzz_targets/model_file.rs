@@ -1,8 +1,10 @@
 //! Any bytes given to the model reader give a model or an error, never a panic; a model that
-//! reads runs on every kernel path without panicking.
+//! reads runs on every kernel path without panicking (a language model: a window of tokens on
+//! the decoder, then one more token on its cache).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use qatlab_deploy::decoder::Decoder;
 use qatlab_deploy::format::ModelFile;
 use qatlab_deploy::kernel::Path;
 use qatlab_deploy::runtime::Runtime;
@@ -12,7 +14,17 @@ fuzz_target!(|data: &[u8]| {
     // the header and payload validation behind it is exercised.
     for bytes in [data.to_vec(), with_valid_checksum(data)] {
         if let Ok(model) = ModelFile::read(&bytes) {
-            let inputs = model.header.input.image_size.pow(2);
+            if let Some(text) = &model.header.text {
+                let tokens: Vec<u8> = (0..text.context.min(16)).map(|i| (i % model.header.classes) as u8).collect();
+                for path in Path::available() {
+                    let decoder = Decoder::new(&model, path, false).expect("available paths load");
+                    let mut state = decoder.state(1);
+                    let _ = decoder.forward(&mut state, &tokens[..tokens.len().saturating_sub(1).max(1)]);
+                    let _ = decoder.forward(&mut state, &tokens[..1]);
+                }
+                continue;
+            }
+            let inputs = model.header.input.as_ref().map_or(0, |i| i.image_size.pow(2));
             if inputs > 1 << 16 {
                 continue;
             }

@@ -16,6 +16,20 @@ use crate::nn::op::{host, Back, Cx, Forward, Host, Mode, Op, Value};
 pub struct ActivationOp {
     /// The activation plugin.
     pub activation: Box<dyn Activation>,
+    /// Its registered name when it has no parameters (what deployment can name), else empty.
+    pub name: String,
+}
+
+impl ActivationOp {
+    /// The activation `spec` names, built from `registry`.
+    pub fn build(
+        registry: &qatlab_core::Registry,
+        spec: &qatlab_core::config::PluginSpec,
+    ) -> qatlab_core::Result<Self> {
+        let activation = registry.activations.build(&spec.name, &spec.params)?;
+        let name = if spec.params.is_empty() { spec.name.clone() } else { String::new() };
+        Ok(Self { activation, name })
+    }
 }
 
 impl<T: Mode> Forward<T> for ActivationOp {
@@ -61,9 +75,18 @@ impl Op for ActivationOp {
     }
 
     fn deploy<'a>(&'a self, node: &Node, out: &mut Deployment<'a>) -> Result<(), String> {
-        if !self.activation.is_relu() {
-            return Err("the kernels support relu only".into());
+        if self.activation.is_relu() {
+            return out.op(node, |name, input| graph::Op::Relu { name, input });
         }
-        out.op(node, |name, input| graph::Op::Relu { name, input })
+        let function = match self.name.as_str() {
+            "gelu" if out.text => graph::Function::Gelu,
+            "silu" if out.text => graph::Function::Silu,
+            "relu2" if out.text => graph::Function::Relu2,
+            _ => {
+                return Err("the kernels support relu only (and gelu, silu, relu2 in language models)".into())
+            }
+        };
+        let input = out.value(node, 0);
+        out.push_op(node, graph::Op::Activation { name: node.name.to_string(), input, function })
     }
 }

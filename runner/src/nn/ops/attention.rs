@@ -15,8 +15,10 @@
 
 use dfdx::prelude::*;
 
+use crate::nn::deploy::{Deployment, Node};
 use crate::nn::host::{causal_softmax, matmul, View};
 use crate::nn::op::{Back, Cx, Forward, Host, Mat, Mode, Op, Value};
+use qatlab_deploy::graph;
 
 /// An attention op.
 pub struct Attention {
@@ -141,6 +143,11 @@ impl Attention {
 impl Op for Attention {
     fn tag(&self) -> &'static str {
         "attention"
+    }
+
+    fn deploy<'a>(&'a self, node: &Node, out: &mut Deployment<'a>) -> Result<(), String> {
+        let input = out.value(node, 0);
+        out.push_op(node, graph::Op::Attention { name: node.name.to_string(), input, heads: self.heads })
     }
 
     fn backward(&mut self, mut back: Back) -> Vec<Option<Vec<f32>>> {

@@ -4,7 +4,9 @@
 
 use dfdx::prelude::*;
 
+use crate::nn::deploy::{Deployment, Node};
 use crate::nn::op::{Back, Cx, Forward, Host, Mode, Op, Value};
+use qatlab_deploy::graph;
 
 /// The token-lookup op; its inputs are the table, then the token ids.
 pub struct Embed;
@@ -40,6 +42,11 @@ impl<T: Mode> Forward<T> for Embed {
 impl Op for Embed {
     fn tag(&self) -> &'static str {
         "embed"
+    }
+
+    fn deploy<'a>(&'a self, node: &Node, out: &mut Deployment<'a>) -> Result<(), String> {
+        let (table, input) = (out.value(node, 0), out.value(node, 1));
+        out.push_op(node, graph::Op::Embed { name: node.name.to_string(), input, table })
     }
 
     fn backward(&mut self, mut back: Back) -> Vec<Option<Vec<f32>>> {

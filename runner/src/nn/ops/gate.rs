@@ -1,7 +1,9 @@
 //! The product of a gated MLP: `a ⊙ b` of two values of the same shape (the activated gate
 //! projection and the up projection); ∂L/∂a = G ⊙ b, ∂L/∂b = G ⊙ a.
 
+use crate::nn::deploy::{Deployment, Node};
 use crate::nn::op::{Back, Cx, Forward, Host, Mode, Op, Value};
+use qatlab_deploy::graph;
 
 /// The elementwise product op; its inputs are the gate, then the value it gates.
 pub struct Gate;
@@ -26,6 +28,11 @@ impl<T: Mode> Forward<T> for Gate {
 impl Op for Gate {
     fn tag(&self) -> &'static str {
         "gate"
+    }
+
+    fn deploy<'a>(&'a self, node: &Node, out: &mut Deployment<'a>) -> Result<(), String> {
+        let (input, other) = (out.value(node, 0), out.value(node, 1));
+        out.push_op(node, graph::Op::Mul { name: node.name.to_string(), input, other })
     }
 
     fn backward(&mut self, mut back: Back) -> Vec<Option<Vec<f32>>> {

@@ -9,6 +9,7 @@
 use dfdx::prelude::*;
 use qatlab_core::config::Norm;
 use qatlab_deploy::format::NormKind;
+use qatlab_deploy::graph;
 
 use crate::nn::deploy::{Deployment, Node};
 use crate::nn::model::{
@@ -306,6 +307,20 @@ impl Op for NormOp {
     }
 
     fn deploy<'a>(&'a self, node: &Node, out: &mut Deployment<'a>) -> Result<(), String> {
+        if out.text && (!self.gain.is_empty() || self.kind == Norm::Layer) && self.bias.is_empty() {
+            // a language model's block or final norm: a norm op, its gain a tensor
+            let kind = match self.kind {
+                Norm::Layer => graph::RowNorm::Layer,
+                Norm::Rms => graph::RowNorm::Rms,
+                other => {
+                    return Err(format!("{other:?} norm does not deploy; the runtime has layer and rms"))
+                }
+            };
+            let gain = (!self.gain.is_empty())
+                .then(|| out.tensor(&format!("{}.gain", node.name), 1, self.gain.len(), &self.gain));
+            let input = out.value(node, 0);
+            return out.push_op(node, graph::Op::Norm { name: node.name.to_string(), input, kind, gain });
+        }
         if !self.gain.is_empty() || !self.bias.is_empty() {
             return Err("a learned gain and bias do not deploy".into());
         }

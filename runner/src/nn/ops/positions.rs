@@ -3,8 +3,10 @@
 
 use dfdx::prelude::*;
 
+use crate::nn::deploy::{Deployment, Node};
 use crate::nn::op::{Back, Cx, Forward, Host, Mat, Mode, Op, Value};
 use crate::nn::params::{Param, ParamKind, ParamMut};
+use qatlab_deploy::graph;
 
 /// What the backward pass needs.
 enum Saved {
@@ -52,6 +54,13 @@ impl<T: Mode> Forward<T> for Positions {
 impl Op for Positions {
     fn tag(&self) -> &'static str {
         "positions"
+    }
+
+    fn deploy<'a>(&'a self, node: &Node, out: &mut Deployment<'a>) -> Result<(), String> {
+        out.text_only("learned positions")?;
+        let table = out.tensor(node.name, self.weight.len() / self.width, self.width, &self.weight);
+        let input = out.value(node, 0);
+        out.push_op(node, graph::Op::Positions { name: node.name.to_string(), input, table })
     }
 
     fn params(&self) -> Vec<Param<'_>> {

@@ -11,20 +11,15 @@ use dfdx::prelude::*;
 
 use crate::nn::op::{Back, Cx, Forward, Mode, Op, Value};
 
-/// RoPE's base wavelength.
-pub const ROPE_BASE: f32 = 10_000.0;
+use crate::nn::deploy::{Deployment, Node};
+use qatlab_deploy::graph;
+pub use qatlab_deploy::math::rope_angle;
+use qatlab_deploy::math::rope_rotate;
 
 /// A rotary-position op over q|k|v with `heads` heads.
 pub struct Rope {
     /// Heads (the width is a multiple).
     pub heads: usize,
-}
-
-/// (cos, sin) of the angle of pair `i` of a head of `d` dimensions at position `p`.
-pub fn rope_angle(p: usize, i: usize, d: usize) -> (f32, f32) {
-    let theta = ROPE_BASE.powf(-2.0 * i as f32 / d as f32);
-    let (sin, cos) = (p as f32 * theta).sin_cos();
-    (cos, sin)
 }
 
 impl Rope {
@@ -33,18 +28,10 @@ impl Rope {
     fn rotate(&self, x: &mut [f32], cols: usize, tokens: usize, sign: f32) {
         let width = cols / 3;
         let d = width / self.heads;
-        let half = d / 2;
         let table: Vec<Vec<(f32, f32)>> =
-            (0..tokens).map(|p| (0..half).map(|i| rope_angle(p, i, d)).collect()).collect();
+            (0..tokens).map(|p| (0..d / 2).map(|i| rope_angle(p, i, d)).collect()).collect();
         for (r, row) in x.chunks_exact_mut(cols).enumerate() {
-            let angles = &table[r % tokens];
-            for head in row[..2 * width].chunks_exact_mut(d) {
-                let (a, b) = head.split_at_mut(half);
-                for ((a, b), &(cos, sin)) in a.iter_mut().zip(b.iter_mut()).zip(angles) {
-                    let sin = sign * sin;
-                    (*a, *b) = (*a * cos - *b * sin, *b * cos + *a * sin);
-                }
-            }
+            rope_rotate(&mut row[..2 * width], d, &table[r % tokens], sign);
         }
     }
 }
@@ -93,6 +80,11 @@ impl<T: Mode> Forward<T> for Rope {
 impl Op for Rope {
     fn tag(&self) -> &'static str {
         "rope"
+    }
+
+    fn deploy<'a>(&'a self, node: &Node, out: &mut Deployment<'a>) -> Result<(), String> {
+        let input = out.value(node, 0);
+        out.push_op(node, graph::Op::Rope { name: node.name.to_string(), input, heads: self.heads })
     }
 
     fn backward(&mut self, mut back: Back) -> Vec<Option<Vec<f32>>> {

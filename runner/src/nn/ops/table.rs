@@ -6,6 +6,7 @@
 
 use dfdx::prelude::*;
 
+use crate::nn::deploy::{Deployment, Node};
 use crate::nn::model::Layer;
 use crate::nn::op::{Back, Cx, Forward, Host, Mat, Mode, Op, Value};
 
@@ -31,6 +32,13 @@ impl<T: Mode> Forward<T> for Table {
 impl Op for Table {
     fn tag(&self) -> &'static str {
         "table"
+    }
+
+    fn deploy<'a>(&'a self, node: &Node, out: &mut Deployment<'a>) -> Result<(), String> {
+        out.text_only("an embedding table")?;
+        let s = self.layer.shape;
+        out.tensor(node.name, s.rows, s.cols, &self.layer.quantized.values);
+        Ok(())
     }
 
     fn backward(&mut self, mut back: Back) -> Vec<Option<Vec<f32>>> {

@@ -4,8 +4,10 @@
 
 use dfdx::prelude::*;
 
+use crate::nn::deploy::{Deployment, Node};
 use crate::nn::host::{product, View};
 use crate::nn::op::{Back, Cx, Forward, Host, Mode, Op, Value};
+use qatlab_deploy::graph;
 
 /// The tied-head op; its inputs are the features, then the table.
 pub struct TiedHead;
@@ -41,6 +43,11 @@ impl<T: Mode> Forward<T> for TiedHead {
 impl Op for TiedHead {
     fn tag(&self) -> &'static str {
         "tied-head"
+    }
+
+    fn deploy<'a>(&'a self, node: &Node, out: &mut Deployment<'a>) -> Result<(), String> {
+        let (input, weight) = (out.value(node, 0), out.value(node, 1));
+        out.push_op(node, graph::Op::Matmul { name: node.name.to_string(), input, weight })
     }
 
     fn backward(&mut self, mut back: Back) -> Vec<Option<Vec<f32>>> {

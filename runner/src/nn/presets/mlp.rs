@@ -38,10 +38,7 @@ use crate::nn::ops::{
 pub fn build(registry: &Registry, config: &RunConfig, task: &Task) -> Result<Network> {
     let model = &config.model;
     let activation = || {
-        registry
-            .activations
-            .build(&model.activation.name, &model.activation.params)
-            .map(|activation| ActivationOp { activation })
+        ActivationOp::build(registry, &model.activation)
             .map_err(|e| Error::Config(format!("model.activation: {e}")))
     };
     let mut rng = ChaCha8Rng::seed_from_u64(config.train.seed ^ 0x1417_7e11);

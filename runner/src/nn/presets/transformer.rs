@@ -50,10 +50,7 @@ pub fn build(registry: &Registry, config: &RunConfig, task: &Task, t: &Transform
         weight_layer(registry, config, index - 1, shape, weight)
     };
     let activation = || {
-        registry
-            .activations
-            .build(&t.mlp.activation.name, &t.mlp.activation.params)
-            .map(|activation| ActivationOp { activation })
+        ActivationOp::build(registry, &t.mlp.activation)
             .map_err(|e| Error::Config(format!("model.mlp.activation: {e}")))
     };
     let dropout = |g: &mut GraphBuilder, name: String, x: usize| {
@@ -107,11 +104,12 @@ pub fn build(registry: &Registry, config: &RunConfig, task: &Task, t: &Transform
         let hidden = t.mlp.hidden(width);
         let m = if t.mlp.gated {
             let (gate, bits) = layer(Shape::new(hidden, width), std)?;
-            let h = prologue(&mut g, &format!("{p}.mlp.gate"), bits, h, width);
-            let gate = g.push(format!("{p}.mlp.gate"), &[h], Linear { layer: gate });
+            let gate_in = prologue(&mut g, &format!("{p}.mlp.gate"), bits, h, width);
+            let gate = g.push(format!("{p}.mlp.gate"), &[gate_in], Linear { layer: gate });
             let gate = g.push(format!("{p}.mlp.act"), &[gate], activation()?);
             let (up, bits) = layer(Shape::new(hidden, width), std)?;
-            // BitLinear's prologue reads the block input again (the same values as the gate's)
+            // BitLinear's prologue reads the block input again (the same values as the gate's; not
+            // the gate's quantized input, whose second norm and quantization deployment lacks)
             let h = prologue(&mut g, &format!("{p}.mlp.up"), bits, h, width);
             let up = g.push(format!("{p}.mlp.up"), &[h], Linear { layer: up });
             g.push(format!("{p}.mlp.gated"), &[gate, up], Gate)

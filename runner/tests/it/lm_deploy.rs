@@ -1,0 +1,142 @@
+//! Language models deployed: small ternary models trained here export to model files, the
+//! runtime scores the training evaluation's windows within 0.01 nats of the training engine,
+//! and `qat generate` (KV cache, integer kernels) gives `qat sample`'s text for the same seed,
+//! past the context too (crop and recompute). Bad prompts and files are clear errors.
+
+use std::path::{Path, PathBuf};
+
+use super::cli::{qat, run_dirs, text, workdir};
+
+/// A ternary BitLinear model of two blocks, trained long enough to write more than one letter.
+const TERNARY: &str = "data: {dataset: tinyshakespeare}\n\
+    model: {kind: transformer, depth: 2, heads: 2, width: 32, context: 32, activation_bits: 8}\n\
+    quantizer: ternary\n\
+    train: {steps: 300, batch_size: 8, optimizer: {name: adamw, lr: 1.0e-2, weight_decay: 0.1}, \
+    schedule: {name: warmup-cosine, warmup: 20, to: 0.1}, grad_clip: 1.0}\n\
+    eval: {every: 300, batches: 3}\n";
+
+/// Train `name` (TERNARY with `model_extra` merged into the model) and export it.
+fn trained_and_exported(dir: &Path, name: &str, model_extra: &str, packing: &str) -> (PathBuf, PathBuf) {
+    let yaml = TERNARY.replace("activation_bits: 8}", &format!("activation_bits: 8{model_extra}}}"));
+    std::fs::write(dir.join(format!("{name}.yaml")), format!("name: {name}\n{yaml}")).unwrap();
+    let out = qat(&["run", &format!("{name}.yaml"), "-q"], dir);
+    assert!(out.status.success(), "{}", text(&out));
+    let run = run_dirs(dir, name).remove(0);
+    let file = dir.join(format!("{name}.qat"));
+    let out =
+        qat(&["export", run.to_str().unwrap(), "-o", file.to_str().unwrap(), "--packing", packing], dir);
+    assert!(out.status.success(), "{}", text(&out));
+    (run, file)
+}
+
+/// The number after `marker` in `haystack`.
+fn number_after(haystack: &str, marker: &str) -> f64 {
+    let rest =
+        &haystack[haystack.find(marker).unwrap_or_else(|| panic!("{marker} in {haystack}")) + marker.len()..];
+    rest.trim_start()
+        .split(|c: char| !(c.is_ascii_digit() || "+-.".contains(c)))
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Runtime and training loss agree on the evaluation windows; generation equals sampling.
+fn assert_parity(dir: &Path, run: &Path, file: &Path) {
+    let (run, file) = (run.to_str().unwrap(), file.to_str().unwrap());
+    let out = qat(&["infer", file, "--compare", run, "--batch", "3"], dir);
+    assert!(out.status.success(), "{}", text(&out));
+    let report = text(&out);
+    let (loss, difference) = (number_after(&report, "validation loss"), number_after(&report, "= "));
+    assert!(report.contains("over 24 windows of 32 tokens (3 batches of 8)"), "{report}");
+    assert!(loss < 2.9, "300 steps learn more than letter frequencies (ln 65 = 4.17): {report}");
+    assert!(difference.abs() < 0.01, "runtime within 0.01 nats of training: {report}");
+    for draw in [&["--temperature", "0"][..], &["--temperature", "0.8", "--top-k", "40", "--seed", "3"]] {
+        let mut args = vec!["--prompt", "ROMEO:", "--tokens", "100"];
+        args.extend_from_slice(draw);
+        let generated = qat(&[&["generate", file][..], &args].concat(), dir);
+        let sampled = qat(&[&["sample", run][..], &args].concat(), dir);
+        assert!(generated.status.success(), "{}", text(&generated));
+        let (generated, sampled) = (text(&generated), text(&sampled));
+        assert_eq!(generated.chars().count(), "ROMEO:".len() + 100 + 1, "{generated}");
+        assert_eq!(generated, sampled, "{draw:?}: 100 tokens past a context of 32, token for token");
+    }
+}
+
+#[test]
+fn a_ternary_language_model_deploys_with_the_training_evaluation_and_sample_text() {
+    let dir = workdir();
+    let (run, file) = trained_and_exported(dir.path(), "lmd", "", "bits");
+    assert_parity(dir.path(), &run, &file);
+    let inspect = text(&qat(&["inspect", file.to_str().unwrap()], dir.path()));
+    for line in [
+        "language model: Char tokenizer, 65 tokens, context 32",
+        "blocks.1.mlp.proj",
+        "head = norm · embedᵀ (f32)",
+        "KV cache 512 bytes per position (16384 for the context of 32)",
+    ] {
+        assert!(inspect.contains(line), "{line} in {inspect}");
+    }
+
+    let generate =
+        |args: &[&str]| qat(&[&["generate", file.to_str().unwrap()][..], args].concat(), dir.path());
+    let out = generate(&["--prompt", "ROMEO: é€"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("characters outside the model's vocabulary: ['é', '€']"), "{}", text(&out));
+    let out = generate(&["--prompt", "ROMEO:", "--tokens", "0"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ROMEO:\n", "--tokens 0 prints the prompt");
+    let long = "KING:\n".repeat(20);
+    let out = generate(&["--prompt", &long, "--tokens", "5"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("the prompt has 120 tokens; the model sees the last 32"),
+        "{}",
+        text(&out)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with(&long), "the whole prompt is printed");
+    let out = generate(&["--prompt", ""]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("empty"), "{}", text(&out));
+
+    // the C runtime has no token ops, and says which
+    let out = qat(&["export", run.to_str().unwrap(), "--format", "c-header", "-o", "m.h"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains("op 0 (`tokens`) is `embed`, which the C runtime does not implement"),
+        "{}",
+        text(&out)
+    );
+    // a classifier's commands name what the file is
+    let out = qat(&["bench", "infer", file.to_str().unwrap()], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("a language model reads text, not images"), "{}", text(&out));
+
+    // every cut and a flipped byte are errors, never a panic
+    let bytes = std::fs::read(&file).unwrap();
+    for (i, cut) in [20, bytes.len() / 2, bytes.len() - 3].into_iter().enumerate() {
+        let broken = dir.path().join(format!("cut{i}.qat"));
+        std::fs::write(&broken, &bytes[..cut]).unwrap();
+        let out = qat(&["generate", broken.to_str().unwrap(), "--prompt", "A"], dir.path());
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    }
+    let mut flipped = bytes.clone();
+    flipped[bytes.len() - 100] ^= 0x10;
+    std::fs::write(dir.path().join("flipped.qat"), &flipped).unwrap();
+    let out = qat(&["generate", "flipped.qat", "--prompt", "A"], dir.path());
+    assert!(text(&out).contains("checksum mismatch"), "{}", text(&out));
+}
+
+#[test]
+fn rope_gated_subln_untied_models_deploy_in_the_trit_packing_too() {
+    let dir = workdir();
+    let extra = ", position: rope, mlp: {gated: true, activation: silu}, subln: true, tie_embeddings: false";
+    let (run, file) = trained_and_exported(dir.path(), "lmr", extra, "base3");
+    assert_parity(dir.path(), &run, &file);
+    let inspect = text(&qat(&["inspect", file.to_str().unwrap()], dir.path()));
+    for line in
+        ["rope(blocks.0.attn.qkv, 2 heads)", "Silu(blocks.0.mlp.gate)", "base3 5/byte", "head = norm · headᵀ"]
+    {
+        assert!(inspect.contains(line), "{line} in {inspect}");
+    }
+}
