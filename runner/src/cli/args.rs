@@ -150,6 +150,11 @@ pub struct GenerateArgs {
     /// Threads for the matrix products (1: none spawned).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// Also generate with the training engine of this run directory (`qat sample`, same
+    /// settings) and say whether the texts agree, or where they part and the two tokens'
+    /// logits there.
+    #[arg(long)]
+    pub compare: Option<PathBuf>,
 }
 
 /// Arguments of `qat analyze`.

@@ -65,7 +65,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
         Command::Infer(args) => infer(&args, &registry),
         Command::Analyze(args) => analyze(&args, &registry),
         Command::Sample(args) => sample(&args, &registry),
-        Command::Generate(args) => generate(&args),
+        Command::Generate(args) => generate(&args, &registry),
         Command::Data(command) => data(&command),
     }
 }
@@ -468,7 +468,7 @@ fn sampling(args: &SamplingArgs) -> Result<(String, qatlab_deploy::sample::Sampl
     Ok((prompt, qatlab_deploy::sample::Sampler::new(args.temperature, top_k, args.seed)))
 }
 
-fn generate(args: &GenerateArgs) -> Result<ExitCode, Error> {
+fn generate(args: &GenerateArgs, registry: &qatlab_core::Registry) -> Result<ExitCode, Error> {
     let model = export::read_model(&args.file)?;
     let spec = export::text::text_of(&model)?.clone();
     let path = export::kernel_path(&args.kernel)?;
@@ -481,9 +481,32 @@ fn generate(args: &GenerateArgs) -> Result<ExitCode, Error> {
         .map_err(|e| Error::Config(format!("--threads {threads}: {e}")))?;
     let decoder = qatlab_deploy::decoder::Decoder::new(&model, path, threads > 1)
         .map_err(|e| Error::Config(format!("{}: {e}", args.file.display())))?;
+    let fresh = sampler.clone();
     let mut out = std::io::stdout();
-    pool.install(|| export::text::generate(&decoder, &ids, args.sampling.tokens, &mut sampler, &mut out))?;
+    let generated = pool
+        .install(|| export::text::generate(&decoder, &ids, args.sampling.tokens, &mut sampler, &mut out))?;
     let _ = writeln!(out);
+    if let Some(run) = &args.compare {
+        let spec = decoder.text();
+        let show = |t: u8| format!("{:?}", spec.decode(&[t]));
+        match export::text::parting_from_sample(&decoder, run, registry, &generated, ids.len(), fresh)? {
+            None => eprintln!("qat sample {} gives the same {} tokens", run.display(), args.sampling.tokens),
+            Some(p) => eprintln!(
+                "qat sample {} parts at generated token {}: the runtime picks {} (logit {:.5}; {} has {:.5}), \
+                 the training engine picks {} (logit {:.5}; {} has {:.5})",
+                run.display(),
+                p.index,
+                show(p.picks.0),
+                p.runtime.0,
+                show(p.picks.1),
+                p.runtime.1,
+                show(p.picks.1),
+                p.training.1,
+                show(p.picks.0),
+                p.training.0
+            ),
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

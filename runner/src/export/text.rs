@@ -182,3 +182,48 @@ pub fn generate(
     write!(out, "{}", String::from_utf8_lossy(&pending)).map_err(io)?;
     Ok(ids)
 }
+
+/// Where the runtime's text and the training engine's (`qat sample`) part: the token index
+/// after the prompt, each side's pick, and both engines' logits for those two tokens there.
+pub struct Parting {
+    /// Generated tokens before the first difference.
+    pub index: usize,
+    /// The runtime's and the training engine's pick.
+    pub picks: (u8, u8),
+    /// The runtime's logits of (its pick, the training pick).
+    pub runtime: (f32, f32),
+    /// The training engine's logits of (the runtime pick, its pick).
+    pub training: (f32, f32),
+}
+
+/// Generate `count` tokens after `prompt` with the training engine of `run` and the same
+/// sampler settings, and compare with the runtime's `generated` ids (prompt included): None
+/// when they agree token for token.
+pub fn parting_from_sample(
+    decoder: &Decoder,
+    run: &Path,
+    registry: &Registry,
+    generated: &[u8],
+    prompt_len: usize,
+    mut sampler: Sampler,
+) -> Result<Option<Parting>> {
+    let mut finished = load_finished(run, registry)?;
+    let count = generated.len() - prompt_len;
+    let trained = finished.trainer.sample_ids(generated[..prompt_len].to_vec(), count, &mut sampler)?;
+    let Some(at) = (prompt_len..generated.len()).find(|&i| generated[i] != trained[i]) else {
+        return Ok(None);
+    };
+    let prefix = &generated[..at];
+    let context = decoder.text().context;
+    let window = &prefix[prefix.len().saturating_sub(context)..];
+    let runtime = decoder.window_logits(window, 1).map_err(|e| Error::Config(e.to_string()))?;
+    let runtime = &runtime[runtime.len() - decoder.vocab()..];
+    let training = finished.trainer.next_logits(prefix)?;
+    let (r, t) = (generated[at] as usize, trained[at] as usize);
+    Ok(Some(Parting {
+        index: at - prompt_len,
+        picks: (generated[at], trained[at]),
+        runtime: (runtime[r], runtime[t]),
+        training: (training[r], training[t]),
+    }))
+}

@@ -29,10 +29,16 @@ impl Trainer {
         tokens: usize,
         sampler: &mut Sampler,
     ) -> Result<String> {
+        let ids = text.encode(prompt)?;
+        Ok(text.decode(&self.sample_ids(ids, tokens, sampler)?))
+    }
+
+    /// Token ids `prompt` followed by `tokens` sampled ones.
+    pub fn sample_ids(&mut self, prompt: Vec<u8>, tokens: usize, sampler: &mut Sampler) -> Result<Vec<u8>> {
         let context = self.config.model.transformer.as_ref().map(|t| t.context).ok_or_else(|| {
             Error::Config("sampling needs a language model (model.kind: transformer)".into())
         })?;
-        let mut ids = text.encode(prompt)?;
+        let mut ids = prompt;
         if ids.is_empty() {
             return Err(Error::Config("the prompt is empty; give at least one character".into()));
         }
@@ -45,6 +51,17 @@ impl Trainer {
                 ids.push(sampler.pick(&logits[logits.len() - vocab..]) as u8);
             }
         })?;
-        Ok(text.decode(&ids))
+        Ok(ids)
+    }
+
+    /// The next-token logits after `ids` (cropped to the context), with the evaluation weights.
+    pub fn next_logits(&mut self, ids: &[u8]) -> Result<Vec<f32>> {
+        let context = self.config.model.transformer.as_ref().map_or(ids.len(), |t| t.context);
+        let vocab = self.task.classes;
+        let window: Vec<f32> = ids[ids.len().saturating_sub(context)..].iter().map(|&t| t as f32).collect();
+        self.with_evaluation_weights(|t| {
+            let (logits, _) = t.engine.logits(&t.net, &window, 1, Pass::Eval);
+            logits[logits.len() - vocab..].to_vec()
+        })
     }
 }
