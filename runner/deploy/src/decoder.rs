@@ -16,7 +16,7 @@ use crate::format::{ModelFile, ModelHeader, NormKind, TextSpec};
 use crate::graph::{Function, Op, RowNorm, INPUT};
 use crate::kernel::Path;
 use crate::math::{gelu_with_slope, relu2, rope_angle, rope_rotate, silu, softmax_row};
-use crate::runtime::Layer;
+use crate::runtime::{Layer, TernaryLayout};
 use crate::sample::Sampler;
 
 /// An op resolved to value slots (slot 0 holds the token ids; op `i` writes slot `i + 1`),
@@ -90,7 +90,32 @@ impl Decoder {
     /// Prepare `model` (a language model file) for `path`; `parallel` splits the rows of large
     /// layers over the current rayon pool.
     pub fn new(model: &ModelFile, path: Path, parallel: bool) -> Result<Self> {
+        Self::with_layout(model, path, parallel, TernaryLayout::Auto)
+    }
+
+    /// [`Decoder::new`] with ternary layers in `layout`.
+    pub fn with_layout(model: &ModelFile, path: Path, parallel: bool, layout: TernaryLayout) -> Result<Self> {
         let header = &model.header;
+        let layers: Vec<Layer> = header
+            .layers
+            .iter()
+            .zip(&model.codes)
+            .map(|(s, c)| Layer::with_layout(s, c, path, layout))
+            .collect();
+        let tensors: Vec<(Vec<f32>, usize, usize)> =
+            header.tensors.iter().zip(&model.tensors).map(|(t, v)| (v.clone(), t.rows, t.cols)).collect();
+        Self::assemble(header, layers, tensors, path, parallel)
+    }
+
+    /// A decoder of `header`'s ops over prepared `layers` and `tensors` (values, rows, cols), in
+    /// the header's order.
+    pub(crate) fn assemble(
+        header: &ModelHeader,
+        layers: Vec<Layer>,
+        tensors: Vec<(Vec<f32>, usize, usize)>,
+        path: Path,
+        parallel: bool,
+    ) -> Result<Self> {
         let text = header.text.clone().ok_or_else(|| {
             DeployError::Unsupported("an image classifier, not a language model: use qat infer".into())
         })?;
@@ -100,10 +125,6 @@ impl Decoder {
                 path.name()
             )));
         }
-        let layers: Vec<Layer> =
-            header.layers.iter().zip(&model.codes).map(|(s, c)| Layer::new(s, c, path)).collect();
-        let tensors: Vec<(Vec<f32>, usize, usize)> =
-            header.tensors.iter().zip(&model.tensors).map(|(t, v)| (v.clone(), t.rows, t.cols)).collect();
         let ops = header.graph();
         let widths = std::iter::once(1).chain(crate::graph::check(header, &ops)?).collect::<Vec<_>>();
         let slot = |name: &str, upto: usize| -> usize {
@@ -193,6 +214,23 @@ impl Decoder {
             .map(|&w| Cache { keys: vec![0.0; batch * context * w], values: vec![0.0; batch * context * w] })
             .collect();
         State { batch, len: 0, caches }
+    }
+
+    /// Bytes of weights one token reads: every layer's codes (in their kernel layout) and
+    /// scales, the float weights of `matmul` and `norm` ops, and one row of each table.
+    pub fn weight_bytes_per_token(&self) -> usize {
+        let layers: usize = self.layers.iter().map(|l| l.bytes_read()).sum();
+        let tensors: usize = self
+            .steps
+            .iter()
+            .map(|step| match *step {
+                Step::Matmul { weight, .. } => 4 * self.tensors[weight].0.len(),
+                Step::Norm { gain: Some(g), .. } => 4 * self.tensors[g].0.len(),
+                Step::Embed { table } | Step::Positions { table, .. } => 4 * self.tensors[table].2,
+                _ => 0,
+            })
+            .sum();
+        layers + tensors
     }
 
     /// Bytes of key/value cache per position of one sequence.

@@ -13,5 +13,6 @@ pub mod math;
 pub mod pack;
 pub mod runtime;
 pub mod sample;
+pub mod synthetic;
 
 pub use error::{DeployError, Result};

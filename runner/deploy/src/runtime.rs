@@ -23,6 +23,19 @@ pub fn argmax(row: &[f32]) -> usize {
     row.iter().enumerate().fold(0, |best, (i, v)| if *v > row[best] { i } else { best })
 }
 
+/// How ternary layers are laid out for the kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum TernaryLayout {
+    /// Five trits per byte where the path decodes them fast and the layer streams from memory
+    /// ([`prefers_trits`]), 2-bit codes otherwise.
+    #[default]
+    Auto,
+    /// 2-bit codes (`--packing bits`).
+    TwoBit,
+    /// Five trits per byte, 1.6 bits per weight (`--packing base3`).
+    Trits,
+}
+
 /// Integer form of a level set: `levels[k] · multiplier = offset + step·k` exactly.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IntGrid {
@@ -66,13 +79,23 @@ pub(crate) struct Layer {
 
 impl Layer {
     pub(crate) fn new(spec: &LayerSpec, codes: &[u8], path: Path) -> Self {
+        Self::with_layout(spec, codes, path, TernaryLayout::Auto)
+    }
+
+    /// A layer of `codes` whose ternary weights take `layout` in the kernels.
+    pub(crate) fn with_layout(spec: &LayerSpec, codes: &[u8], path: Path, layout: TernaryLayout) -> Self {
         let depthwise = spec.conv.is_some_and(|c| c.depthwise);
+        let trits = match layout {
+            TernaryLayout::Auto => prefers_trits(path, spec.rows, spec.cols),
+            TernaryLayout::TwoBit => false,
+            TernaryLayout::Trits => true,
+        };
         let weights = match IntGrid::of(&spec.levels) {
             Some(grid) if depthwise => {
                 Weights::IntTaps(codes.iter().map(|&c| grid.offset + grid.step * c as i32).collect(), grid)
             }
             Some(grid) => {
-                let codes = if spec.levels.len() == 3 && prefers_trits(path, spec.rows, spec.cols) {
+                let codes = if spec.levels.len() == 3 && trits {
                     CodeMatrix::from_trits(codes, spec.rows, spec.cols)
                 } else {
                     let bits = [2, 4, 8].into_iter().find(|&b| spec.levels.len() <= 1 << b).unwrap_or(8);
@@ -91,6 +114,23 @@ impl Layer {
             ),
         };
         Layer { spec: spec.clone(), weights }
+    }
+
+    /// A layer of integer levels `offset + step·code` already in a kernel layout.
+    pub(crate) fn from_linear(spec: LayerSpec, linear: IntLinear) -> Self {
+        let grid = IntGrid { offset: linear.offset, step: linear.step, multiplier: 1 };
+        Layer { spec, weights: Weights::Int(linear, grid) }
+    }
+
+    /// Bytes the kernels read per pass over the layer's weights (codes in their layout, with
+    /// row padding; f32 weights; scales).
+    pub(crate) fn bytes_read(&self) -> usize {
+        let weights = match &self.weights {
+            Weights::Int(linear, _) => linear.codes.bytes(),
+            Weights::IntTaps(taps, _) => 4 * taps.len(),
+            Weights::Float(w) => 4 * w.len(),
+        };
+        weights + 4 * self.spec.scales.len()
     }
 
     /// Length of one input row of codes: the kernel's padded row for a fully connected integer

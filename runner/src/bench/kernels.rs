@@ -224,7 +224,7 @@ fn f32_gemm(w: &[f32], cols: usize, x: &[f32], n: usize, out: &mut [f32], parall
 /// kernel rows are: one 16 MiB buffer per call, rotating over [`COLD_BYTES`] of them, median
 /// call. Returns the table and, per thread count, the best rate in GB/s: the bound the kernels
 /// are judged against.
-fn bandwidth_probe(seconds: f64) -> (String, Vec<(usize, f64)>) {
+pub fn bandwidth_probe(seconds: f64) -> (String, Vec<(usize, f64)>) {
     use rayon::prelude::*;
     const CHUNK: usize = 16 << 20;
     let chunks: Vec<Vec<u64>> =

@@ -367,6 +367,10 @@ pub enum BenchCommand {
     Kernels(BenchKernelsArgs),
     /// Samples/s of a model file on the kernels, batch 1 and 64, one thread.
     Infer(BenchInferArgs),
+    /// Token generation from language-model files (prompt, generation on the KV cache, past
+    /// the context), 2-bit and 1.6-bit ternary layouts, 1 and 2 threads; `--shape` adds a
+    /// random model as large as memory bandwidth bounds.
+    Generate(BenchGenerateArgs),
 }
 
 /// Arguments of `qat bench kernels`.
@@ -381,6 +385,27 @@ pub struct BenchKernelsArgs {
     /// Only these shapes, as ROWSxCOLS (e.g. `--shape 4096x4096`); repeatable.
     #[arg(long = "shape")]
     pub shapes: Vec<String>,
+}
+
+/// Arguments of `qat bench generate`.
+#[derive(Debug, clap::Args)]
+pub struct BenchGenerateArgs {
+    /// Language-model files (`qat export` of transformer runs).
+    pub files: Vec<PathBuf>,
+    /// Also a random ternary model of this shape, `depth=D,width=W,heads=H[,context=256]`
+    /// (byte vocabulary), judged against the memory bandwidth: choose its packed weights at
+    /// least twice the last-level cache.
+    #[arg(long)]
+    pub shape: Option<String>,
+    /// Thread counts to run with.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub threads: Vec<usize>,
+    /// Repetitions per case (medians are reported).
+    #[arg(long, default_value_t = 5)]
+    pub repeat: usize,
+    /// Tokens generated past the context per repetition (each recomputes a whole window).
+    #[arg(long, default_value_t = 8)]
+    pub past: usize,
 }
 
 /// Arguments of `qat bench infer`.

@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use qatlab_core::config::RunConfig;
 
 use super::args::{
-    AnalyzeArgs, BenchCommand, BenchInferArgs, BenchTrainArgs, Cli, Command, DataCommand, ExportArgs,
-    ExportFormat, GenerateArgs, InferArgs, Launcher, ListArgs, PluginsArgs, ReproArgs, RunArgs, SampleArgs,
-    SamplingArgs, StatusArgs, TableArgs,
+    AnalyzeArgs, BenchCommand, BenchGenerateArgs, BenchInferArgs, BenchTrainArgs, Cli, Command, DataCommand,
+    ExportArgs, ExportFormat, GenerateArgs, InferArgs, Launcher, ListArgs, PluginsArgs, ReproArgs, RunArgs,
+    SampleArgs, SamplingArgs, StatusArgs, TableArgs,
 };
 use crate::bench::train::{
     bench_train, LM_BENCH_STEPS, PYTORCH_BITNET_TOKENS_PER_S, PYTORCH_NANOGPT_TOKENS_PER_S,
@@ -56,6 +56,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Infer(args)) => bench_infer(&args),
+        Command::Bench(BenchCommand::Generate(args)) => bench_generate(&args),
         Command::Export(args) => export(&args, &registry),
         Command::Inspect(args) => {
             let bytes = std::fs::metadata(&args.file).map_err(|e| Error::io(&args.file, e))?.len() as usize;
@@ -431,6 +432,57 @@ fn infer(args: &InferArgs, registry: &qatlab_core::Registry) -> Result<ExitCode,
             samples.len()
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench_generate(args: &BenchGenerateArgs) -> Result<ExitCode, Error> {
+    use crate::bench::generate::{last_level_cache_bytes, parse_shape, rows, table};
+    use qatlab_deploy::decoder::Decoder;
+    use qatlab_deploy::runtime::TernaryLayout;
+    let path = qatlab_deploy::kernel::Path::best();
+    let layouts = [TernaryLayout::TwoBit, TernaryLayout::Trits];
+    let mut all = Vec::new();
+    println!("kernels: {}; threads {:?}; {} repetitions, medians\n", path.name(), args.threads, args.repeat);
+    for file in &args.files {
+        let model = export::read_model(file)?;
+        export::text::text_of(&model)?;
+        for layout in layouts {
+            let decoder = Decoder::with_layout(&model, path, true, layout)
+                .map_err(|e| Error::Config(format!("{}: {e}", file.display())))?;
+            all.extend(rows(&model.header.name, layout, &decoder, &args.threads, args.repeat, args.past)?);
+        }
+    }
+    let mut bandwidth = None;
+    if let Some(spec) = &args.shape {
+        let shape = parse_shape(spec)?;
+        let llc = last_level_cache_bytes();
+        for layout in layouts {
+            let start = std::time::Instant::now();
+            let decoder = qatlab_deploy::synthetic::random_ternary(shape, layout, path, true)
+                .map_err(|e| Error::Config(format!("--shape {spec}: {e}")))?;
+            let bytes = decoder.weight_bytes_per_token();
+            println!(
+                "random ternary {spec}: {} ternary weights, {:.1} MB read per token in {}, built in {:.1} s; last-level cache {}",
+                shape.linear_weights(),
+                bytes as f64 / 1e6,
+                crate::bench::generate::layout_name(layout),
+                start.elapsed().as_secs_f64(),
+                llc.map_or("unknown".into(), |b| format!("{:.0} MiB ({:.1}× in this layout)", b as f64 / (1 << 20) as f64, bytes as f64 / b as f64))
+            );
+            all.extend(rows(
+                &format!("random {spec}"),
+                layout,
+                &decoder,
+                &args.threads,
+                args.repeat,
+                args.past,
+            )?);
+        }
+        let (probe, best) = crate::bench::kernels::bandwidth_probe(0.3);
+        println!("\n{probe}");
+        bandwidth = Some(best);
+    }
+    println!("{}", table(&all, bandwidth.as_deref()));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -120,6 +120,19 @@ fn a_ternary_language_model_deploys_with_the_training_evaluation_and_sample_text
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("empty"), "{}", text(&out));
 
+    // the benchmark runs the file in both ternary layouts; a bad shape is named
+    let out =
+        qat(&["bench", "generate", file.to_str().unwrap(), "--repeat", "1", "--threads", "1"], dir.path());
+    assert!(out.status.success(), "{}", text(&out));
+    for row in ["| lmd | bits (2-bit) | 1 | ", "| lmd | base3 (1.6-bit) | 1 | ", "(pp16)", "(tg16)"] {
+        assert!(text(&out).contains(row), "{row} in {}", text(&out));
+    }
+    let out = qat(&["bench", "generate", "--shape", "depth=2,width=63,heads=2"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("width a multiple of 2·heads"), "{}", text(&out));
+    let out = qat(&["bench", "generate", "--shape", "depth=2,size=64"], dir.path());
+    assert!(text(&out).contains("unknown key `size`"), "{}", text(&out));
+
     // the C runtime has no token ops, and says which
     let out = qat(&["export", run.to_str().unwrap(), "--format", "c-header", "-o", "m.h"], dir.path());
     assert_eq!(out.status.code(), Some(2));

@@ -148,6 +148,33 @@ impl CodeMatrix {
         Self { rows, cols, layout, data }
     }
 
+    /// A `rows × cols` matrix of random ternary codes (0, 1, 2) laid out as `layout` (2-bit
+    /// fields or trits), drawn from `seed` a byte at a time: fast enough for the billions of
+    /// weights of a bandwidth benchmark. Padding columns hold random codes too; the kernels'
+    /// padded activations are zero, so they add nothing.
+    ///
+    /// # Panics
+    /// If `layout` is not 2-bit fields or trits.
+    pub fn random_ternary(rows: usize, cols: usize, layout: Layout, seed: u64) -> Self {
+        let valid: Vec<u8> = match layout {
+            Layout::Bits(2) => (0..=255u8).filter(|b| (0..4).all(|k| (b >> (2 * k)) & 3 < 3)).collect(),
+            Layout::Trits => (0..=TRIT_LAST_CODE).filter(|&b| trit_byte(trits_of(b)) == b).collect(),
+            other => panic!("random ternary codes are 2-bit fields or trits, not {other:?}"),
+        };
+        let per_block = layout.block_cols();
+        let len = rows * cols.div_ceil(per_block) * BLOCK_BYTES;
+        let mut state = seed | 1;
+        let data = (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                valid[((state >> 32) as usize * valid.len()) >> 32]
+            })
+            .collect();
+        Self { rows, cols, layout, data }
+    }
+
     /// Output channels.
     pub fn rows(&self) -> usize {
         self.rows
