@@ -171,12 +171,12 @@ mod tests {
             assert_eq!(logits.len(), 4 * 256);
             assert!(logits.iter().all(|v| v.is_finite()));
         }
-        // 12·64² weights per block; rows of 64 columns pad to a block of 256 (2-bit) or 320
+        // 12·64² weights per block, in 2-bit codes exactly (rows of 64 and 256 columns are 16 and
+        // 64 bytes); trits pad rows to 80 and 280 columns (16 and 56 bytes)
         let tables = 4 * (64 + 64 + 256 * 64 + 5 * 64);
-        let padded_2bit = 2 * (3 * 64 + 64 + 256) * 64 + 2 * 64 * 256 / 4;
-        assert_eq!(two_bit.weight_bytes_per_token(), padded_2bit + 4 * 8 + tables);
-        let padded_trits = 2 * ((3 * 64 + 64 + 256) * 64 + 64 * 64);
-        assert_eq!(trits.weight_bytes_per_token(), padded_trits + 4 * 8 + tables);
+        assert_eq!(two_bit.weight_bytes_per_token(), 2 * 12 * 64 * 64 / 4 + 4 * 8 + tables);
+        let trit_bytes = 2 * ((3 * 64 + 64 + 256) * 16 + 64 * 56);
+        assert_eq!(trits.weight_bytes_per_token(), trit_bytes + 4 * 8 + tables);
         assert!(
             random_ternary(Shape { width: 63, ..shape }, TernaryLayout::Auto, Path::Scalar, false).is_err()
         );

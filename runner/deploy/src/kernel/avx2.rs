@@ -7,7 +7,8 @@ use std::arch::x86_64::*;
 
 use super::{block_cols, prefetch_ahead, BLOCK_BYTES};
 
-/// See [`super::CodeMatrix::code_dots`].
+/// See [`super::CodeMatrix::code_dots`]. A row's short last block of `tail` bytes is read in
+/// 32-byte halves with `vpmaskmovd` (its length is a multiple of 8 bytes).
 ///
 /// # Safety
 /// The CPU must support AVX2; `x` must hold `n` rows of `stride` and `data` `out.len() / n`
@@ -17,7 +18,7 @@ use super::{block_cols, prefetch_ahead, BLOCK_BYTES};
 pub unsafe fn code_dots(
     data: &[u8],
     bits: u32,
-    row_bytes: usize,
+    (row_bytes, tail): (usize, usize),
     x: &[i8],
     stride: usize,
     n: usize,
@@ -39,11 +40,17 @@ pub unsafe fn code_dots(
             _mm256_madd_epi16(_mm256_maddubs_epi16(codes, xv), ones)
         }
     };
+    let full = (row_bytes - tail) / BLOCK_BYTES;
+    // the dwords of each half of the short block that hold codes
+    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let half_masks = [0, 1].map(|h| {
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(tail.saturating_sub(32 * h).min(32) as i32 / 4), lanes)
+    });
     for (r, row) in data.chunks_exact(row_bytes).enumerate() {
         for i in 0..n {
             let xi = x.as_ptr().add(i * stride);
             let mut acc = _mm256_setzero_si256();
-            for (b, block) in row.chunks_exact(BLOCK_BYTES).enumerate() {
+            for (b, block) in row[..full * BLOCK_BYTES].chunks_exact(BLOCK_BYTES).enumerate() {
                 prefetch_ahead(block.as_ptr());
                 let base = b * per_block;
                 for half in 0..2 {
@@ -52,6 +59,18 @@ pub unsafe fn code_dots(
                         let codes = _mm256_and_si256(packed, mask);
                         packed = _mm256_srl_epi16(packed, shift);
                         let xv = _mm256_loadu_si256(xi.add(base + k * BLOCK_BYTES + 32 * half) as *const _);
+                        acc = _mm256_add_epi32(acc, dot(codes, xv));
+                    }
+                }
+            }
+            if tail > 0 {
+                let (block, base) = (row.as_ptr().add(full * BLOCK_BYTES), full * per_block);
+                for (half, &m) in half_masks.iter().enumerate().take(tail.div_ceil(32)) {
+                    let mut packed = _mm256_maskload_epi32(block.add(32 * half) as *const i32, m);
+                    for k in 0..fields {
+                        let codes = _mm256_and_si256(packed, mask);
+                        packed = _mm256_srl_epi16(packed, shift);
+                        let xv = _mm256_maskload_epi32(xi.add(base + k * tail + 32 * half) as *const i32, m);
                         acc = _mm256_add_epi32(acc, dot(codes, xv));
                     }
                 }
@@ -72,6 +91,6 @@ unsafe fn horizontal_sum(v: __m256i) -> i32 {
 
 /// Never called: `Path::available` offers this path on x86-64 only.
 #[cfg(not(target_arch = "x86_64"))]
-pub unsafe fn code_dots(_: &[u8], _: u32, _: usize, _: &[i8], _: usize, _: usize, _: &mut [i32]) {
+pub unsafe fn code_dots(_: &[u8], _: u32, _: (usize, usize), _: &[i8], _: usize, _: usize, _: &mut [i32]) {
     unreachable!("AVX2 on a non-x86 CPU")
 }

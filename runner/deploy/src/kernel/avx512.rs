@@ -63,7 +63,7 @@ macro_rules! in_row_groups {
 pub unsafe fn code_dots(
     data: &[u8],
     bits: u32,
-    row_bytes: usize,
+    shape: (usize, usize),
     x: &[i8],
     stride: usize,
     n: usize,
@@ -72,9 +72,9 @@ pub unsafe fn code_dots(
     in_row_groups!(n, |first| {
         let xs = &x[first * stride..];
         match bits {
-            2 => rows::<2, G>(data, row_bytes, xs, stride, n, first, out),
-            4 => rows::<4, G>(data, row_bytes, xs, stride, n, first, out),
-            _ => rows::<8, G>(data, row_bytes, xs, stride, n, first, out),
+            2 => rows::<2, G>(data, shape, xs, stride, n, first, out),
+            4 => rows::<4, G>(data, shape, xs, stride, n, first, out),
+            _ => rows::<8, G>(data, shape, xs, stride, n, first, out),
         }
     });
 }
@@ -86,7 +86,7 @@ pub unsafe fn code_dots(
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn rows<const BITS: u32, const N: usize>(
     data: &[u8],
-    row_bytes: usize,
+    (row_bytes, tail): (usize, usize),
     x: &[i8],
     stride: usize,
     n: usize,
@@ -97,18 +97,31 @@ unsafe fn rows<const BITS: u32, const N: usize>(
     let chains = if N >= 4 { 1 } else { fields };
     let mask = _mm512_set1_epi8(((1u16 << BITS) - 1) as i8);
     let per_block = block_cols(BITS);
+    let full = (row_bytes - tail) / BLOCK_BYTES;
+    let tail_mask: __mmask64 = (1u64 << tail) - 1;
     for (r, row) in data.chunks_exact(row_bytes).enumerate() {
         let mut acc = [[_mm512_setzero_si512(); 4]; N];
-        for (b, block) in row.chunks_exact(BLOCK_BYTES).enumerate() {
-            prefetch_ahead(block.as_ptr());
-            let packed = _mm512_loadu_si512(block.as_ptr() as *const _);
+        // whole blocks, then the short one through masked loads (zeros past its bytes)
+        for b in 0..full + usize::from(tail > 0) {
+            let (block, width) =
+                (row.as_ptr().add(b * BLOCK_BYTES), if b < full { BLOCK_BYTES } else { tail });
+            prefetch_ahead(block);
+            let packed = if b < full {
+                _mm512_loadu_si512(block as *const _)
+            } else {
+                _mm512_maskz_loadu_epi8(tail_mask, block as *const i8)
+            };
             let base = b * per_block;
             for k in 0..fields {
                 let shifted = if k == 0 { packed } else { shift_right::<BITS>(packed, k) };
                 let codes = _mm512_and_si512(shifted, mask);
                 for (i, a) in acc.iter_mut().enumerate() {
-                    let xv =
-                        _mm512_loadu_si512(x.as_ptr().add(i * stride + base + k * BLOCK_BYTES) as *const _);
+                    let at = x.as_ptr().add(i * stride + base + k * width);
+                    let xv = if b < full {
+                        _mm512_loadu_si512(at as *const _)
+                    } else {
+                        _mm512_maskz_loadu_epi8(tail_mask, at)
+                    };
                     a[k % chains] = _mm512_dpbusd_epi32(a[k % chains], codes, xv);
                 }
             }
@@ -132,8 +145,15 @@ unsafe fn rows<const BITS: u32, const N: usize>(
 /// As [`code_dots`], and the CPU must support AVX-512 VBMI.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
-pub unsafe fn trit_dots(data: &[u8], row_bytes: usize, x: &[i8], stride: usize, n: usize, out: &mut [i32]) {
-    in_row_groups!(n, |first| trit_rows::<G>(data, row_bytes, &x[first * stride..], stride, n, first, out));
+pub unsafe fn trit_dots(
+    data: &[u8],
+    shape: (usize, usize),
+    x: &[i8],
+    stride: usize,
+    n: usize,
+    out: &mut [i32],
+) {
+    in_row_groups!(n, |first| trit_rows::<G>(data, shape, &x[first * stride..], stride, n, first, out));
 }
 
 /// Trit sums of every row against activation rows `first .. first + N`; as in [`rows`], few
@@ -142,7 +162,7 @@ pub unsafe fn trit_dots(data: &[u8], row_bytes: usize, x: &[i8], stride: usize, 
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
 unsafe fn trit_rows<const N: usize>(
     data: &[u8],
-    row_bytes: usize,
+    (row_bytes, tail): (usize, usize),
     x: &[i8],
     stride: usize,
     n: usize,
@@ -155,11 +175,20 @@ unsafe fn trit_rows<const N: usize>(
     let offset = table(&tables.offset);
     let trit_tables = tables.trits.map(|t| table(&t));
     let per_block = super::Layout::Trits.block_cols();
+    let full = (row_bytes - tail) / BLOCK_BYTES;
+    let tail_mask: __mmask64 = (1u64 << tail) - 1;
     for (r, row) in data.chunks_exact(row_bytes).enumerate() {
         let mut acc = [[_mm512_setzero_si512(); 5]; N];
-        for (b, block) in row.chunks_exact(BLOCK_BYTES).enumerate() {
-            prefetch_ahead(block.as_ptr());
-            let bytes = _mm512_loadu_si512(block.as_ptr() as *const _);
+        // whole blocks, then the short one through masked loads (byte 0 decodes to five zeros)
+        for b in 0..full + usize::from(tail > 0) {
+            let (block, width) =
+                (row.as_ptr().add(b * BLOCK_BYTES), if b < full { BLOCK_BYTES } else { tail });
+            prefetch_ahead(block);
+            let bytes = if b < full {
+                _mm512_loadu_si512(block as *const _)
+            } else {
+                _mm512_maskz_loadu_epi8(tail_mask, block as *const i8)
+            };
             // `vpermb` reads the low six bits of each index byte: the bits the 16-bit shift
             // brings in from the neighbouring byte are ignored.
             let top = _mm512_srli_epi16::<2>(bytes);
@@ -167,9 +196,12 @@ unsafe fn trit_rows<const N: usize>(
             for (k, t) in trit_tables.iter().enumerate() {
                 let trits = _mm512_permutexvar_epi8(if k < 2 { top } else { rest }, *t);
                 for (i, a) in acc.iter_mut().enumerate() {
-                    let xv = _mm512_loadu_si512(
-                        x.as_ptr().add(i * stride + b * per_block + k * BLOCK_BYTES) as *const _
-                    );
+                    let at = x.as_ptr().add(i * stride + b * per_block + k * width);
+                    let xv = if b < full {
+                        _mm512_loadu_si512(at as *const _)
+                    } else {
+                        _mm512_maskz_loadu_epi8(tail_mask, at)
+                    };
                     a[k % chains] = _mm512_dpbusd_epi32(a[k % chains], trits, xv);
                 }
             }
@@ -183,7 +215,7 @@ unsafe fn trit_rows<const N: usize>(
 
 /// Never called: `Path::available` offers this path on x86-64 only.
 #[cfg(not(target_arch = "x86_64"))]
-pub unsafe fn trit_dots(_: &[u8], _: usize, _: &[i8], _: usize, _: usize, _: &mut [i32]) {
+pub unsafe fn trit_dots(_: &[u8], _: (usize, usize), _: &[i8], _: usize, _: usize, _: &mut [i32]) {
     unreachable!("AVX-512 on a non-x86 CPU")
 }
 
@@ -197,7 +229,7 @@ unsafe fn shift_right<const BITS: u32>(v: __m512i, k: usize) -> __m512i {
 
 /// Never called: `Path::available` offers this path on x86-64 only.
 #[cfg(not(target_arch = "x86_64"))]
-pub unsafe fn code_dots(_: &[u8], _: u32, _: usize, _: &[i8], _: usize, _: usize, _: &mut [i32]) {
+pub unsafe fn code_dots(_: &[u8], _: u32, _: (usize, usize), _: &[i8], _: usize, _: usize, _: &mut [i32]) {
     unreachable!("AVX-512 on a non-x86 CPU")
 }
 

@@ -7,10 +7,14 @@
 //! [`IntLinear`] adds the affine part. One scale per row is applied after the integer sum, by
 //! the caller.
 //!
-//! Layout ([`CodeMatrix`]): each row is padded to whole 64-byte blocks; byte `j` of a block holds
-//! the codes of columns `j + 64·k` (k = 0 .. 8/bits) of the block at bits `bits·k`, so one shift
-//! and one mask turn a block into 64 consecutive codes that line up with 64 consecutive
-//! activations. Padding codes are zero and padded activations are zero.
+//! Layout ([`CodeMatrix`]): each row is whole 64-byte blocks and, where the columns do not fill
+//! the last one, a short block of `tail` bytes (a multiple of 8); byte `j` of a block of `w`
+//! bytes holds the codes of columns `j + w·k` (k = 0 .. 8/bits) of the block at bits `bits·k`, so
+//! one shift and one mask turn a block into `w` consecutive codes that line up with `w`
+//! consecutive activations. A row of any multiple of 32 columns then takes exactly its 2-bit
+//! codes (a width-128 row: 32 bytes, not a 64-byte block); trits pad a short block to a
+//! multiple of 40 columns. The kernels read a short block with masked loads. Padding codes are
+//! zero and padded activations are zero.
 
 #![allow(unsafe_code)]
 
@@ -101,7 +105,19 @@ pub struct CodeMatrix {
     rows: usize,
     cols: usize,
     layout: Layout,
+    /// Bytes of each row's short last block (0: none).
+    tail: usize,
     data: Vec<u8>,
+}
+
+/// Whole blocks and the bytes of the short last block of a row of `cols` in `layout`.
+fn row_shape(cols: usize, layout: Layout) -> (usize, usize) {
+    let (per_block, fields) = (layout.block_cols(), layout.fields());
+    let (full, rest) = (cols / per_block, cols % per_block);
+    match rest.div_ceil(fields).next_multiple_of(8) {
+        BLOCK_BYTES => (full + 1, 0),
+        tail => (full, tail),
+    }
 }
 
 impl CodeMatrix {
@@ -127,25 +143,28 @@ impl CodeMatrix {
         })
     }
 
-    /// Gather each byte's fields (column j + 64·k of its block, zero past the row) and encode.
+    /// Gather each byte's fields (column j + w·k of its block of w bytes, zero past the row)
+    /// and encode.
     fn lay_out(codes: &[u8], rows: usize, cols: usize, layout: Layout, encode: impl Fn(&[u8]) -> u8) -> Self {
         assert_eq!(codes.len(), rows * cols, "codes of a {rows}×{cols} matrix");
         let (per_block, fields) = (layout.block_cols(), layout.fields());
-        let blocks = cols.div_ceil(per_block);
-        let mut data = Vec::with_capacity(rows * blocks * BLOCK_BYTES);
+        let (blocks, tail) = row_shape(cols, layout);
+        let widths: Vec<usize> =
+            std::iter::repeat_n(BLOCK_BYTES, blocks).chain((tail > 0).then_some(tail)).collect();
+        let mut data = Vec::with_capacity(rows * (blocks * BLOCK_BYTES + tail));
         let mut gathered = vec![0u8; fields];
         for r in 0..rows {
             let row = &codes[r * cols..(r + 1) * cols];
-            for block in 0..blocks {
-                for lane in 0..BLOCK_BYTES {
+            for (block, &width) in widths.iter().enumerate() {
+                for lane in 0..width {
                     for (k, g) in gathered.iter_mut().enumerate() {
-                        *g = row.get(block * per_block + k * BLOCK_BYTES + lane).copied().unwrap_or(0);
+                        *g = row.get(block * per_block + k * width + lane).copied().unwrap_or(0);
                     }
                     data.push(encode(&gathered));
                 }
             }
         }
-        Self { rows, cols, layout, data }
+        Self { rows, cols, layout, tail, data }
     }
 
     /// A `rows × cols` matrix of random ternary codes (0, 1, 2) laid out as `layout` (2-bit
@@ -161,8 +180,8 @@ impl CodeMatrix {
             Layout::Trits => (0..=TRIT_LAST_CODE).filter(|&b| trit_byte(trits_of(b)) == b).collect(),
             other => panic!("random ternary codes are 2-bit fields or trits, not {other:?}"),
         };
-        let per_block = layout.block_cols();
-        let len = rows * cols.div_ceil(per_block) * BLOCK_BYTES;
+        let (blocks, tail) = row_shape(cols, layout);
+        let len = rows * (blocks * BLOCK_BYTES + tail);
         let mut state = seed | 1;
         let data = (0..len)
             .map(|_| {
@@ -172,7 +191,7 @@ impl CodeMatrix {
                 valid[((state >> 32) as usize * valid.len()) >> 32]
             })
             .collect();
-        Self { rows, cols, layout, data }
+        Self { rows, cols, layout, tail, data }
     }
 
     /// Output channels.
@@ -192,7 +211,8 @@ impl CodeMatrix {
 
     /// Row length in the layout: the activation stride the kernels expect.
     pub fn padded_cols(&self) -> usize {
-        self.cols.div_ceil(self.layout.block_cols()) * self.layout.block_cols()
+        let (blocks, tail) = row_shape(self.cols, self.layout);
+        blocks * self.layout.block_cols() + tail * self.layout.fields()
     }
 
     /// Bytes of packed codes.
@@ -201,7 +221,8 @@ impl CodeMatrix {
     }
 
     fn row_bytes(&self) -> usize {
-        self.padded_cols() / self.layout.block_cols() * BLOCK_BYTES
+        let (blocks, tail) = row_shape(self.cols, self.layout);
+        blocks * BLOCK_BYTES + tail
     }
 
     /// `out[r·n + i] = Σ_c code[r][c] · x[i·padded_cols + c]` for `n` activation rows, on `path`,
@@ -215,7 +236,7 @@ impl CodeMatrix {
         assert!(Path::available().contains(&path), "{path:?} is not available on this CPU");
         let rows_per_task =
             if parallel { self.rows.div_ceil(rayon::current_num_threads() * 4).max(1) } else { self.rows };
-        let row_bytes = self.row_bytes();
+        let (row_bytes, tail) = (self.row_bytes(), self.tail);
         let run = |(chunk, out): (usize, &mut [i32])| {
             let first = chunk * rows_per_task;
             let rows = out.len() / n.max(1);
@@ -223,28 +244,28 @@ impl CodeMatrix {
             match (self.layout, path) {
                 (Layout::Bits(bits), Path::Scalar) => {
                     ran::record(ran::Variant::Scalar);
-                    scalar::code_dots(data, bits, row_bytes, x, stride, n, out)
+                    scalar::code_dots(data, bits, (row_bytes, tail), x, stride, n, out)
                 }
                 // SAFETY: `available()` confirmed the CPU features above.
                 (Layout::Bits(bits), Path::Avx2) => unsafe {
                     ran::record(ran::Variant::Avx2);
-                    avx2::code_dots(data, bits, row_bytes, x, stride, n, out)
+                    avx2::code_dots(data, bits, (row_bytes, tail), x, stride, n, out)
                 },
                 // SAFETY: as above.
                 (Layout::Bits(bits), Path::Avx512Vnni) => unsafe {
                     ran::record(ran::Variant::Avx512Vnni);
-                    avx512::code_dots(data, bits, row_bytes, x, stride, n, out)
+                    avx512::code_dots(data, bits, (row_bytes, tail), x, stride, n, out)
                 },
                 // SAFETY: as above, and `has_byte_permutes` confirmed VBMI.
                 (Layout::Trits, Path::Avx512Vnni) if has_byte_permutes() => unsafe {
                     ran::record(ran::Variant::Avx512Trits);
-                    avx512::trit_dots(data, row_bytes, x, stride, n, out)
+                    avx512::trit_dots(data, (row_bytes, tail), x, stride, n, out)
                 },
                 // The trit decoder's 256-entry lookups need AVX-512 VBMI byte permutes, which AVX2
                 // and some VNNI CPUs (Cascade Lake) lack: scalar there.
                 (Layout::Trits, _) => {
                     ran::record(ran::Variant::Scalar);
-                    scalar::trit_dots(data, row_bytes, x, stride, n, out)
+                    scalar::trit_dots(data, (row_bytes, tail), x, stride, n, out)
                 }
             }
         };
@@ -424,7 +445,17 @@ mod tests {
         let t = CodeMatrix::from_trits(&trits, 1, 320);
         assert_eq!(t.bytes(), 64);
         assert!(t.data.iter().all(|&b| b == 47));
-        assert_eq!(CodeMatrix::from_codes(&[1; 65], 1, 65, 4).padded_cols(), 128);
+        // a short last block: 65 4-bit codes take 40 bytes (80 columns), not a block of 128
+        let short = CodeMatrix::from_codes(&[1; 65], 1, 65, 4);
+        assert_eq!((short.padded_cols(), short.bytes()), (80, 40));
+        // a width-128 row of 2-bit codes is exactly 32 bytes; byte j holds columns j + 32k
+        let codes: Vec<u8> = (0..128).map(|c| (c / 32) as u8).collect();
+        let m = CodeMatrix::from_codes(&codes, 1, 128, 2);
+        assert_eq!((m.padded_cols(), m.bytes()), (128, 32));
+        assert!(m.data.iter().all(|&b| b == 0b11_10_01_00));
+        // 320 + 128 columns of trits: a block and 32 bytes (160 columns), not two blocks
+        let t = CodeMatrix::from_trits(&[1; 896], 2, 448);
+        assert_eq!((t.padded_cols(), t.bytes()), (480, 2 * 96));
     }
 
     #[test]
