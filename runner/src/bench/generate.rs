@@ -31,12 +31,26 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-/// Measure `decoder` `repeat` times (medians), with `past` tokens past the context.
-pub fn measure(decoder: &Decoder, repeat: usize, past: usize) -> Result<Rates> {
+/// How much to run per repetition.
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    /// Repetitions (medians are reported).
+    pub repeat: usize,
+    /// Prompt tokens (None: half the context).
+    pub prompt: Option<usize>,
+    /// Tokens generated after the prompt (None: up to the context).
+    pub generate: Option<usize>,
+    /// Tokens generated past the context.
+    pub past: usize,
+}
+
+/// Measure `decoder` as `plan` says.
+pub fn measure(decoder: &Decoder, plan: Plan) -> Result<Rates> {
     let err = |e: qatlab_deploy::DeployError| Error::Config(e.to_string());
     let (context, vocab) = (decoder.text().context, decoder.vocab());
-    let prompt_len = (context / 2).max(1);
-    let generated = context - prompt_len;
+    let prompt_len = plan.prompt.unwrap_or(context / 2).clamp(1, context);
+    let generated = plan.generate.unwrap_or(context).min(context - prompt_len);
+    let (repeat, past) = (plan.repeat, plan.past);
     let window: Vec<u8> = (0..context).map(|i| ((i * 7919 + 13) % vocab) as u8).collect();
     let (mut prompt, mut generate, mut beyond) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..repeat.max(1) {
@@ -88,7 +102,7 @@ pub struct Row {
 /// The `--packing` name of a layout.
 pub fn layout_name(layout: TernaryLayout) -> &'static str {
     match layout {
-        TernaryLayout::Auto => "auto",
+        TernaryLayout::Auto => "none (f32) or auto",
         TernaryLayout::TwoBit => "bits (2-bit)",
         TernaryLayout::Trits => "base3 (1.6-bit)",
     }
@@ -100,8 +114,7 @@ pub fn rows(
     layout: TernaryLayout,
     decoder: &Decoder,
     threads: &[usize],
-    repeat: usize,
-    past: usize,
+    plan: Plan,
 ) -> Result<Vec<Row>> {
     let mut out = Vec::new();
     for &n in threads {
@@ -109,7 +122,7 @@ pub fn rows(
             .num_threads(n)
             .build()
             .map_err(|e| Error::Config(format!("--threads {n}: {e}")))?;
-        let rates = pool.install(|| measure(decoder, repeat, past))?;
+        let rates = pool.install(|| measure(decoder, plan))?;
         out.push(Row {
             model: model.to_string(),
             layout: layout_name(layout),

@@ -406,6 +406,12 @@ pub struct BenchGenerateArgs {
     /// Tokens generated past the context per repetition (each recomputes a whole window).
     #[arg(long, default_value_t = 8)]
     pub past: usize,
+    /// Prompt tokens (default: half the context).
+    #[arg(long)]
+    pub prompt: Option<usize>,
+    /// Tokens generated after the prompt (default: up to the context).
+    #[arg(long)]
+    pub generate: Option<usize>,
 }
 
 /// Arguments of `qat bench infer`.

@@ -436,20 +436,24 @@ fn infer(args: &InferArgs, registry: &qatlab_core::Registry) -> Result<ExitCode,
 }
 
 fn bench_generate(args: &BenchGenerateArgs) -> Result<ExitCode, Error> {
-    use crate::bench::generate::{last_level_cache_bytes, parse_shape, rows, table};
+    use crate::bench::generate::{last_level_cache_bytes, parse_shape, rows, table, Plan};
     use qatlab_deploy::decoder::Decoder;
     use qatlab_deploy::runtime::TernaryLayout;
     let path = qatlab_deploy::kernel::Path::best();
     let layouts = [TernaryLayout::TwoBit, TernaryLayout::Trits];
     let mut all = Vec::new();
+    let plan = Plan { repeat: args.repeat, prompt: args.prompt, generate: args.generate, past: args.past };
     println!("kernels: {}; threads {:?}; {} repetitions, medians\n", path.name(), args.threads, args.repeat);
     for file in &args.files {
         let model = export::read_model(file)?;
         export::text::text_of(&model)?;
-        for layout in layouts {
+        // a model without ternary layers (float) runs once
+        let ternary = model.header.layers.iter().any(|l| l.levels.len() == 3);
+        for layout in if ternary { &layouts[..] } else { &[TernaryLayout::Auto][..] } {
+            let layout = *layout;
             let decoder = Decoder::with_layout(&model, path, true, layout)
                 .map_err(|e| Error::Config(format!("{}: {e}", file.display())))?;
-            all.extend(rows(&model.header.name, layout, &decoder, &args.threads, args.repeat, args.past)?);
+            all.extend(rows(&model.header.name, layout, &decoder, &args.threads, plan)?);
         }
     }
     let mut bandwidth = None;
@@ -469,14 +473,7 @@ fn bench_generate(args: &BenchGenerateArgs) -> Result<ExitCode, Error> {
                 start.elapsed().as_secs_f64(),
                 llc.map_or("unknown".into(), |b| format!("{:.0} MiB ({:.1}× in this layout)", b as f64 / (1 << 20) as f64, bytes as f64 / b as f64))
             );
-            all.extend(rows(
-                &format!("random {spec}"),
-                layout,
-                &decoder,
-                &args.threads,
-                args.repeat,
-                args.past,
-            )?);
+            all.extend(rows(&format!("random {spec}"), layout, &decoder, &args.threads, plan)?);
         }
         let (probe, best) = crate::bench::kernels::bandwidth_probe(0.3);
         println!("\n{probe}");
