@@ -134,6 +134,15 @@ pub fn rows(
     Ok(out)
 }
 
+/// A rate with a decimal below 100 (a large model's few tokens per second).
+fn rate(r: f64) -> String {
+    if r < 100.0 {
+        format!("{r:.1}")
+    } else {
+        format!("{r:.0}")
+    }
+}
+
 /// The markdown table of `rows`; with `bandwidth` (GB/s per thread count), each row's bound
 /// (bytes per token ÷ bandwidth) and its share of it.
 pub fn table(rows: &[Row], bandwidth: Option<&[(usize, f64)]>) -> String {
@@ -146,13 +155,13 @@ pub fn table(rows: &[Row], bandwidth: Option<&[(usize, f64)]>) -> String {
             .map(|(_, gbs)| gbs * 1e9 / r.bytes_per_token as f64);
         let (pp, tg) = r.rates.tokens;
         out += &format!(
-            "| {} | {} | {} | {:.0} (pp{pp}) | {:.0} (tg{tg}) | {:.0} | {:.3} | {} | {} |\n",
+            "| {} | {} | {} | {} (pp{pp}) | {} (tg{tg}) | {} | {:.3} | {} | {} |\n",
             r.model,
             r.layout,
             r.threads,
-            r.rates.prompt,
-            r.rates.generate,
-            r.rates.past,
+            rate(r.rates.prompt),
+            rate(r.rates.generate),
+            rate(r.rates.past),
             r.bytes_per_token as f64 / 1e6,
             bound.map_or("—".into(), |b| format!("{b:.1}")),
             bound.map_or("—".into(), |b| format!("{:.0}%", 100.0 * r.rates.generate / b)),
