@@ -101,27 +101,33 @@ unsafe fn rows<const BITS: u32, const N: usize>(
     let tail_mask: __mmask64 = (1u64 << tail) - 1;
     for (r, row) in data.chunks_exact(row_bytes).enumerate() {
         let mut acc = [[_mm512_setzero_si512(); 4]; N];
-        // whole blocks, then the short one through masked loads (zeros past its bytes)
-        for b in 0..full + usize::from(tail > 0) {
-            let (block, width) =
-                (row.as_ptr().add(b * BLOCK_BYTES), if b < full { BLOCK_BYTES } else { tail });
-            prefetch_ahead(block);
-            let packed = if b < full {
-                _mm512_loadu_si512(block as *const _)
-            } else {
-                _mm512_maskz_loadu_epi8(tail_mask, block as *const i8)
-            };
+        // Whole blocks, then the short one through masked loads (zeros past its bytes). The two
+        // loops repeat one body: with the width and the plain loads constant, the whole-block
+        // loop keeps its accumulators in registers (one loop over both ran 8 activation rows of
+        // trits 45 % slower).
+        for (b, block) in row[..full * BLOCK_BYTES].chunks_exact(BLOCK_BYTES).enumerate() {
+            prefetch_ahead(block.as_ptr());
+            let packed = _mm512_loadu_si512(block.as_ptr() as *const _);
             let base = b * per_block;
             for k in 0..fields {
                 let shifted = if k == 0 { packed } else { shift_right::<BITS>(packed, k) };
                 let codes = _mm512_and_si512(shifted, mask);
                 for (i, a) in acc.iter_mut().enumerate() {
-                    let at = x.as_ptr().add(i * stride + base + k * width);
-                    let xv = if b < full {
-                        _mm512_loadu_si512(at as *const _)
-                    } else {
-                        _mm512_maskz_loadu_epi8(tail_mask, at)
-                    };
+                    let xv =
+                        _mm512_loadu_si512(x.as_ptr().add(i * stride + base + k * BLOCK_BYTES) as *const _);
+                    a[k % chains] = _mm512_dpbusd_epi32(a[k % chains], codes, xv);
+                }
+            }
+        }
+        if tail > 0 {
+            let packed =
+                _mm512_maskz_loadu_epi8(tail_mask, row.as_ptr().add(full * BLOCK_BYTES) as *const i8);
+            let base = full * per_block;
+            for k in 0..fields {
+                let shifted = if k == 0 { packed } else { shift_right::<BITS>(packed, k) };
+                let codes = _mm512_and_si512(shifted, mask);
+                for (i, a) in acc.iter_mut().enumerate() {
+                    let xv = _mm512_maskz_loadu_epi8(tail_mask, x.as_ptr().add(i * stride + base + k * tail));
                     a[k % chains] = _mm512_dpbusd_epi32(a[k % chains], codes, xv);
                 }
             }
@@ -179,16 +185,11 @@ unsafe fn trit_rows<const N: usize>(
     let tail_mask: __mmask64 = (1u64 << tail) - 1;
     for (r, row) in data.chunks_exact(row_bytes).enumerate() {
         let mut acc = [[_mm512_setzero_si512(); 5]; N];
-        // whole blocks, then the short one through masked loads (byte 0 decodes to five zeros)
-        for b in 0..full + usize::from(tail > 0) {
-            let (block, width) =
-                (row.as_ptr().add(b * BLOCK_BYTES), if b < full { BLOCK_BYTES } else { tail });
-            prefetch_ahead(block);
-            let bytes = if b < full {
-                _mm512_loadu_si512(block as *const _)
-            } else {
-                _mm512_maskz_loadu_epi8(tail_mask, block as *const i8)
-            };
+        // Whole blocks, then the short one through masked loads (a zero byte decodes to five
+        // zero trits); two loops with one body, as in `rows`.
+        for (b, block) in row[..full * BLOCK_BYTES].chunks_exact(BLOCK_BYTES).enumerate() {
+            prefetch_ahead(block.as_ptr());
+            let bytes = _mm512_loadu_si512(block.as_ptr() as *const _);
             // `vpermb` reads the low six bits of each index byte: the bits the 16-bit shift
             // brings in from the neighbouring byte are ignored.
             let top = _mm512_srli_epi16::<2>(bytes);
@@ -196,13 +197,23 @@ unsafe fn trit_rows<const N: usize>(
             for (k, t) in trit_tables.iter().enumerate() {
                 let trits = _mm512_permutexvar_epi8(if k < 2 { top } else { rest }, *t);
                 for (i, a) in acc.iter_mut().enumerate() {
-                    let at = x.as_ptr().add(i * stride + b * per_block + k * width);
-                    let xv = if b < full {
-                        _mm512_loadu_si512(at as *const _)
-                    } else {
-                        _mm512_maskz_loadu_epi8(tail_mask, at)
-                    };
+                    let xv = _mm512_loadu_si512(
+                        x.as_ptr().add(i * stride + b * per_block + k * BLOCK_BYTES) as *const _
+                    );
                     a[k % chains] = _mm512_dpbusd_epi32(a[k % chains], trits, xv);
+                }
+            }
+        }
+        if tail > 0 {
+            let bytes = _mm512_maskz_loadu_epi8(tail_mask, row.as_ptr().add(full * BLOCK_BYTES) as *const i8);
+            let top = _mm512_srli_epi16::<2>(bytes);
+            let rest = _mm512_sub_epi8(bytes, _mm512_permutexvar_epi8(top, offset));
+            for (k, t) in trit_tables.iter().enumerate() {
+                let trits = _mm512_permutexvar_epi8(if k < 2 { top } else { rest }, *t);
+                for (i, a) in acc.iter_mut().enumerate() {
+                    let at = x.as_ptr().add(i * stride + full * per_block + k * tail);
+                    a[k % chains] =
+                        _mm512_dpbusd_epi32(a[k % chains], trits, _mm512_maskz_loadu_epi8(tail_mask, at));
                 }
             }
         }
