@@ -507,19 +507,9 @@ impl ModelFile {
                     spec.bytes
                 )));
             }
-            if spec.offset != next_offset {
-                return Err(at(format!(
-                    "starts at payload byte {}, but the layers before it end at {next_offset} (layers are stored back to back)",
-                    spec.offset
-                )));
-            }
             next_offset =
-                next_offset.checked_add(spec.bytes).filter(|&end| end <= payload_len).ok_or_else(|| {
-                    at(format!(
-                        "bytes {}..+{} lie outside the {payload_len}-byte payload",
-                        spec.offset, spec.bytes
-                    ))
-                })?;
+                stored_after(spec.offset, spec.bytes, next_offset, payload_len, "the layers before it")
+                    .map_err(at)?;
             if spec.levels.is_empty() || spec.levels.len() > spec.packing.max_levels() {
                 return Err(at(format!("{} levels do not fit {:?}", spec.levels.len(), spec.packing)));
             }
@@ -551,19 +541,9 @@ impl ModelFile {
                     spec.bytes
                 )));
             }
-            if spec.offset != next_offset {
-                return Err(at(format!(
-                    "starts at payload byte {}, but what comes before it ends at {next_offset} (stored back to back)",
-                    spec.offset
-                )));
-            }
             next_offset =
-                next_offset.checked_add(spec.bytes).filter(|&end| end <= payload_len).ok_or_else(|| {
-                    at(format!(
-                        "bytes {}..+{} lie outside the {payload_len}-byte payload",
-                        spec.offset, spec.bytes
-                    ))
-                })?;
+                stored_after(spec.offset, spec.bytes, next_offset, payload_len, "the parts before it")
+                    .map_err(at)?;
             if h.tensors.iter().filter(|t| t.name == spec.name).count() > 1 {
                 return Err(at("the name is used twice".into()));
             }
@@ -621,6 +601,25 @@ impl ModelFile {
         let spec = &self.header.tensors[i];
         Some((&self.tensors[i], spec.rows, spec.cols))
     }
+}
+
+/// The end of a part of the payload stored at `offset` for `bytes`: it must start where the
+/// parts before it end (`next`; layers, then tensors, back to back) and lie inside the payload.
+fn stored_after(
+    offset: usize,
+    bytes: usize,
+    next: usize,
+    payload_len: usize,
+    before: &str,
+) -> std::result::Result<usize, String> {
+    if offset != next {
+        return Err(format!(
+            "starts at payload byte {offset}, but {before} end at {next} (stored back to back)"
+        ));
+    }
+    next.checked_add(bytes)
+        .filter(|&end| end <= payload_len)
+        .ok_or_else(|| format!("bytes {offset}..+{bytes} lie outside the {payload_len}-byte payload"))
 }
 
 /// An image input can be preprocessed.
