@@ -99,32 +99,48 @@ impl TextSpec {
 
     /// Token ids of `text`; characters outside the vocabulary are an error that lists them.
     pub fn encode(&self, text: &str) -> Result<Vec<u8>> {
-        if self.tokenizer == TokenizerKind::Byte {
-            return Ok(text.as_bytes().to_vec());
-        }
         let vocab: Vec<char> = self.vocab.chars().collect();
-        let id = |c: char| vocab.iter().position(|&v| v == c);
-        let mut unknown: Vec<char> = text.chars().filter(|&c| id(c).is_none()).collect();
-        if !unknown.is_empty() {
-            unknown.sort_unstable();
-            unknown.dedup();
-            return Err(DeployError::Unsupported(format!(
-                "characters outside the model's vocabulary: {unknown:?}; the vocabulary is {:?}",
-                self.vocab
-            )));
-        }
-        Ok(text.chars().map(|c| id(c).expect("checked") as u8).collect())
+        encode_text(self.tokenizer, &vocab, text).map_err(DeployError::Unsupported)
     }
 
     /// Text of token ids (bytes that are not UTF-8 show as U+FFFD).
     pub fn decode(&self, tokens: &[u8]) -> String {
-        match self.tokenizer {
-            TokenizerKind::Char => {
-                let vocab: Vec<char> = self.vocab.chars().collect();
-                tokens.iter().map(|&t| vocab.get(t as usize).copied().unwrap_or('\u{fffd}')).collect()
-            }
-            TokenizerKind::Byte => String::from_utf8_lossy(tokens).into_owned(),
+        let vocab: Vec<char> = self.vocab.chars().collect();
+        decode_tokens(self.tokenizer, &vocab, tokens)
+    }
+}
+
+/// Token ids of `text` under `tokenizer` (`vocab`: the char tokenizer's characters in id order,
+/// ascending); characters outside the vocabulary are an error that lists them. Training's text
+/// data and the runtime share it.
+pub fn encode_text(
+    tokenizer: TokenizerKind,
+    vocab: &[char],
+    text: &str,
+) -> std::result::Result<Vec<u8>, String> {
+    if tokenizer == TokenizerKind::Byte {
+        return Ok(text.as_bytes().to_vec());
+    }
+    let mut unknown: Vec<char> = text.chars().filter(|c| vocab.binary_search(c).is_err()).collect();
+    if !unknown.is_empty() {
+        unknown.sort_unstable();
+        unknown.dedup();
+        return Err(format!(
+            "characters outside the model's vocabulary: {unknown:?}; the vocabulary is {:?}",
+            vocab.iter().collect::<String>()
+        ));
+    }
+    Ok(text.chars().map(|c| vocab.binary_search(&c).expect("checked") as u8).collect())
+}
+
+/// Text of token ids under `tokenizer` (bytes that are not UTF-8, and ids past the vocabulary,
+/// show as U+FFFD).
+pub fn decode_tokens(tokenizer: TokenizerKind, vocab: &[char], tokens: &[u8]) -> String {
+    match tokenizer {
+        TokenizerKind::Char => {
+            tokens.iter().map(|&t| vocab.get(t as usize).copied().unwrap_or('\u{fffd}')).collect()
         }
+        TokenizerKind::Byte => String::from_utf8_lossy(tokens).into_owned(),
     }
 }
 

@@ -14,6 +14,7 @@
 use std::path::Path;
 
 use qatlab_core::config::{DataConfig, Dataset, Tokenizer};
+use qatlab_deploy::format::{decode_tokens, encode_text, TokenizerKind};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -176,26 +177,19 @@ impl Text {
 
     /// Token ids of `text`; characters outside the vocabulary are an error naming them.
     pub fn encode(&self, text: &str) -> Result<Vec<u8>> {
-        if self.tokenizer == Tokenizer::Byte {
-            return Ok(text.as_bytes().to_vec());
-        }
-        let mut unknown: Vec<char> = text.chars().filter(|c| self.vocab.binary_search(c).is_err()).collect();
-        if !unknown.is_empty() {
-            unknown.sort_unstable();
-            unknown.dedup();
-            return Err(Error::Config(format!(
-                "characters outside the model's vocabulary: {unknown:?}; the vocabulary is {:?}",
-                self.vocab.iter().collect::<String>()
-            )));
-        }
-        Ok(text.chars().map(|c| self.vocab.binary_search(&c).expect("checked") as u8).collect())
+        encode_text(self.tokenizer_kind(), &self.vocab, text).map_err(Error::Config)
     }
 
     /// Decode token ids to text (bytes that are not UTF-8 show as U+FFFD).
     pub fn decode(&self, tokens: &[u8]) -> String {
+        decode_tokens(self.tokenizer_kind(), &self.vocab, tokens)
+    }
+
+    /// The tokenizer as the model file names it.
+    pub fn tokenizer_kind(&self) -> TokenizerKind {
         match self.tokenizer {
-            Tokenizer::Char => tokens.iter().map(|&t| self.vocab[t as usize]).collect(),
-            Tokenizer::Byte => String::from_utf8_lossy(tokens).into_owned(),
+            Tokenizer::Char => TokenizerKind::Char,
+            Tokenizer::Byte => TokenizerKind::Byte,
         }
     }
 }

@@ -7,11 +7,11 @@ pub mod text;
 use std::path::Path;
 use std::time::Instant;
 
-use qatlab_core::config::{Dataset, RunConfig, Tokenizer};
+use qatlab_core::config::{Dataset, RunConfig};
 use qatlab_core::Registry;
 use qatlab_deploy::format::{
     ActivationKind, InputSpec, LayerData, LayerSpec, ModelFile, ModelHeader, NormKind, TextEvaluation,
-    TextSpec, TokenizerKind,
+    TextSpec,
 };
 use qatlab_deploy::graph::Op;
 use qatlab_deploy::kernel::Path as KernelPath;
@@ -144,10 +144,7 @@ fn text_spec(config: &RunConfig) -> Result<TextSpec> {
     let text = RunData::load(&config.data)?.text.expect("a text dataset loads text");
     let context = config.model.transformer.as_ref().map_or(0, |t| t.context);
     Ok(TextSpec {
-        tokenizer: match text.tokenizer {
-            Tokenizer::Char => TokenizerKind::Char,
-            Tokenizer::Byte => TokenizerKind::Byte,
-        },
+        tokenizer: text.tokenizer_kind(),
         vocab: text.vocab.iter().collect(),
         context,
         evaluation: TextEvaluation {
