@@ -339,6 +339,9 @@ pub struct ListArgs {
     /// The same overrides as `qat run --set` (the run ids depend on them).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    /// Root of the results tree (where a search's ledger is read).
+    #[arg(long, default_value = "results")]
+    pub results: PathBuf,
 }
 
 /// Arguments of `qat table`.

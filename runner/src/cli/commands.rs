@@ -192,7 +192,6 @@ fn plugins(
 
 fn run(args: &RunArgs, registry: &qatlab_core::Registry) -> Result<ExitCode, Error> {
     let plan = experiment::load_with(&args.file, registry, &args.set)?;
-    let selected = plan.selection(&args.only)?;
     if args.jobs == Some(0) {
         return Err(Error::Config("--jobs: must be at least 1".into()));
     }
@@ -211,6 +210,10 @@ fn run(args: &RunArgs, registry: &qatlab_core::Registry) -> Result<ExitCode, Err
         }
         eprintln!("qat: stopping after the current step; run the same command again to resume");
     });
+    if plan.search.is_some() {
+        return run_search(&plan, args, registry, &options);
+    }
+    let selected = plan.selection(&args.only)?;
     let outcomes = execute(&plan, &selected, registry, &options)?;
     print!("{}", report::summary(&outcomes, plan.language_models()));
     match crate::report::plots::write_plots(&plan, &options.results) {
@@ -224,6 +227,38 @@ fn run(args: &RunArgs, registry: &qatlab_core::Registry) -> Result<ExitCode, Err
         outcomes.len() == selected.len() && outcomes.iter().all(|o| o.record.status == Status::Success);
     println!("results: {}", display_path(&experiment_dir(&options.results, &plan)));
     Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// `qat run` of a search: run or resume it, print the ranked trials and where the best is.
+fn run_search(
+    plan: &experiment::RunPlan,
+    args: &RunArgs,
+    registry: &qatlab_core::Registry,
+    options: &ExecOptions,
+) -> Result<ExitCode, Error> {
+    let spec = &plan.search.as_ref().expect("a search plan").spec;
+    let ledger = crate::launch::search::execute_search(plan, &args.only, registry, options)?;
+    print!("{}", crate::report::search::ledger_table(&ledger, spec));
+    let compute = crate::launch::search::compute(plan, &ledger, registry, &options.results)?;
+    println!(
+        "compute: {:.0} {} trained, {:.2} whole runs of {:.0} {}",
+        compute.trained,
+        compute.unit,
+        compute.trained / compute.whole_run,
+        compute.whole_run,
+        compute.unit
+    );
+    let root = experiment_dir(&options.results, plan);
+    if let Some(best) = crate::launch::search::best_trial(&ledger, &|v| spec.loss(v)) {
+        println!(
+            "best: trial {best}, config in {}",
+            display_path(&root.join(crate::launch::search::BEST_FILE))
+        );
+    }
+    println!("results: {}", display_path(&root));
+    let failed =
+        ledger.trials.iter().any(|t| t.state == crate::experiment::search::ledger::TrialState::Failed);
+    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
 fn submit(
@@ -331,7 +366,14 @@ fn status(args: &StatusArgs) -> Result<ExitCode, Error> {
 
 fn list(args: &ListArgs, registry: &qatlab_core::Registry) -> Result<ExitCode, Error> {
     let plan = experiment::load_with(&args.file, registry, &args.set)?;
-    print!("{}", report::run_list(&plan));
+    match &plan.search {
+        Some(search) => {
+            let root = experiment_dir(&args.results, &plan);
+            let ledger = crate::experiment::search::ledger::Ledger::read(&root)?.unwrap_or_default();
+            print!("{}", crate::report::search::ledger_table(&ledger, &search.spec))
+        }
+        None => print!("{}", report::run_list(&plan)),
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -342,7 +384,7 @@ fn table(args: &TableArgs) -> Result<ExitCode, Error> {
 
 fn bench(args: &BenchTrainArgs, registry: &qatlab_core::Registry) -> Result<ExitCode, Error> {
     let config: RunConfig = match &args.file {
-        Some(file) => experiment::load(file, registry)?.runs.remove(0).config,
+        Some(file) => experiment::load(file, registry)?.first_config(),
         None => experiment::parse(crate::bench::train::QUICKSTART_BENCH_YAML, "built-in quickstart recipe")?,
     };
     let data = RunData::load(&config.data)?;

@@ -3,6 +3,7 @@
 //! and every run's config range-checked and its plugins checked against the registry, all
 //! before anything runs.
 
+pub mod search;
 pub mod sweep;
 
 use std::path::{Path, PathBuf};
@@ -42,12 +43,76 @@ pub struct RunPlan {
     pub runs: Vec<PlannedRun>,
     /// Named distillation teachers (`teachers:`), trained before the runs.
     pub teachers: Vec<(String, PlannedRun)>,
+    /// A `sweep.search`: its runs are proposed as it goes (`runs` then holds those of the
+    /// ledger's trials, each with its trial index).
+    pub search: Option<SearchPlan>,
+}
+
+/// A search's settings and how to turn a trial's values into runs.
+#[derive(Clone, Debug)]
+pub struct SearchPlan {
+    /// The `sweep.search` section.
+    pub spec: search::SearchSpec,
+    /// Its parsed space.
+    pub space: search::Space,
+    /// The seeds each trial runs (None: the base config's seed, not swept).
+    pub seeds: Option<Vec<u64>>,
+    /// The resolved base config (with `--set`).
+    base: Value,
+    /// Whether the runs are language models.
+    language_model: bool,
+    /// Named teachers, for the runs' checks.
+    teachers: Vec<String>,
+}
+
+impl SearchPlan {
+    /// The runs of trial `trial` with `values` (one per seed), checked like a grid's runs.
+    pub fn runs(
+        &self,
+        file: &Path,
+        trial: usize,
+        values: &[(String, Value)],
+        registry: &Registry,
+    ) -> Result<Vec<PlannedRun>> {
+        let seeds: Vec<Option<u64>> = match &self.seeds {
+            Some(seeds) => seeds.iter().copied().map(Some).collect(),
+            None => vec![None],
+        };
+        let mut text_files = TextFiles::default();
+        seeds
+            .into_iter()
+            .map(|seed| {
+                let mut overrides = values.to_vec();
+                overrides.extend(seed.map(|s| ("train.seed".to_string(), Value::from(s))));
+                plan_run(&self.base, overrides, trial, file, registry, &self.teachers, &mut text_files)
+            })
+            .collect()
+    }
+
+    /// The seeds the search's ledger identity covers.
+    pub fn seed_list(&self) -> Vec<u64> {
+        self.seeds.clone().unwrap_or_default()
+    }
 }
 
 impl RunPlan {
     /// Whether the runs are language models (a text dataset), scored by validation loss.
     pub fn language_models(&self) -> bool {
-        self.runs.first().is_some_and(|r| r.config.data.dataset.is_text())
+        match &self.search {
+            Some(search) => search.language_model,
+            None => self.runs.first().is_some_and(|r| r.config.data.dataset.is_text()),
+        }
+    }
+
+    /// The first run's config; a search's base config (before any searched value).
+    pub fn first_config(&self) -> RunConfig {
+        match (&self.search, self.runs.first()) {
+            (_, Some(run)) => run.config.clone(),
+            (Some(search), None) => {
+                serde_yaml::from_value(search.base.clone()).expect("the base config parsed at planning")
+            }
+            (None, None) => unreachable!("a plan without a search has at least one run"),
+        }
     }
 
     /// Indices of the runs named by `only` (indices or run ids, comma-separated or repeated);
@@ -146,11 +211,38 @@ pub fn load_with(file: &Path, registry: &Registry, sets: &[String]) -> Result<Ru
             resolved = serde_yaml::to_value(&config).expect("a config serialises");
         }
     }
-    let (points, swept) = match sweep_value {
-        None | Some(Value::Null) => (vec![sweep::Point { overrides: Vec::new() }], Vec::new()),
+    let spec: Option<SweepSpec> = match sweep_value {
+        None | Some(Value::Null) => None,
         Some(v) => {
-            let spec: SweepSpec =
-                serde_yaml::from_value(v).map_err(|e| Error::Config(format!("{shown}: sweep: {e}")))?;
+            Some(serde_yaml::from_value(v).map_err(|e| Error::Config(format!("{shown}: sweep: {e}")))?)
+        }
+    };
+    let mut text_files = TextFiles::default();
+    let teachers = teacher_runs(teachers_value, &resolved, &config.name, file, registry, &mut text_files)?;
+    let names: Vec<String> = teachers.iter().map(|(n, _)| n.clone()).collect();
+    if let Some(search) = spec.as_ref().and_then(|s| s.search.clone()) {
+        let spec = spec.unwrap_or_default();
+        if !(spec.grid.is_empty() && spec.zip.is_empty() && spec.exclude.is_empty()) {
+            sweep::expand(&spec, 0).map_err(|e| Error::Config(format!("{shown}: {e}")))?;
+        }
+        let seeds =
+            sweep::seeds(&spec, config.train.seed).map_err(|e| Error::Config(format!("{shown}: {e}")))?;
+        let plan = plan_search(search, seeds, resolved, &config, file, registry, names, &sets)?;
+        let mut swept: Vec<String> = plan.space.dims.iter().map(|d| d.path.clone()).collect();
+        swept.extend(plan.seeds.is_some().then(|| "train.seed".to_string()));
+        let experiment = config.name.clone();
+        return Ok(RunPlan {
+            file: file.to_path_buf(),
+            experiment,
+            swept,
+            runs: Vec::new(),
+            teachers,
+            search: Some(plan),
+        });
+    }
+    let (points, swept) = match spec {
+        None => (vec![sweep::Point { overrides: Vec::new() }], Vec::new()),
+        Some(spec) => {
             let points = sweep::expand(&spec, config.train.seed)
                 .map_err(|e| Error::Config(format!("{shown}: {e}")))?;
             let mut swept: Vec<String> = Vec::new();
@@ -169,24 +261,115 @@ pub fn load_with(file: &Path, registry: &Registry, sets: &[String]) -> Result<Ru
             (points, swept)
         }
     };
-    let mut text_files = TextFiles::default();
-    let teachers = teacher_runs(teachers_value, &resolved, &config.name, file, registry, &mut text_files)?;
-    let names: Vec<String> = teachers.iter().map(|(n, _)| n.clone()).collect();
     let mut runs = Vec::new();
     for (index, point) in points.into_iter().enumerate() {
-        let mut value = resolved.clone();
-        for (path, v) in &point.overrides {
-            set_path(&mut value, path, v.clone());
-        }
-        let describe = || describe(&point.overrides);
-        let mut config = from_value(&value, &format!("{shown}: run {index} ({})", describe()))?;
-        check_with_teachers(&config, registry, &names)
-            .and_then(|()| resolve_text(&mut config, file, &mut text_files))
-            .map_err(|e| Error::Config(format!("{shown}: run {index} ({}): {e}", describe())))?;
-        runs.push(PlannedRun { index, config, overrides: point.overrides });
+        runs.push(plan_run(&resolved, point.overrides, index, file, registry, &names, &mut text_files)?);
     }
     let experiment = runs[0].config.name.clone();
-    Ok(RunPlan { file: file.to_path_buf(), experiment, swept, runs, teachers })
+    Ok(RunPlan { file: file.to_path_buf(), experiment, swept, runs, teachers, search: None })
+}
+
+/// One run: the resolved base config with `overrides` set, parsed and checked; errors name the
+/// run and its overrides.
+fn plan_run(
+    resolved: &Value,
+    overrides: Vec<(String, Value)>,
+    index: usize,
+    file: &Path,
+    registry: &Registry,
+    teachers: &[String],
+    text_files: &mut TextFiles,
+) -> Result<PlannedRun> {
+    let shown = file.display().to_string();
+    let mut value = resolved.clone();
+    for (path, v) in &overrides {
+        set_path(&mut value, path, v.clone());
+    }
+    let mut config = from_value(&value, &format!("{shown}: run {index} ({})", describe(&overrides)))?;
+    check_with_teachers(&config, registry, teachers)
+        .and_then(|()| resolve_text(&mut config, file, text_files))
+        .map_err(|e| Error::Config(format!("{shown}: run {index} ({}): {e}", describe(&overrides))))?;
+    Ok(PlannedRun { index, config, overrides })
+}
+
+/// Check a `sweep.search` before anything runs: its settings and space (errors at the key's
+/// line in the file), every searched path a config key not also given by `--set`, and a run at
+/// each end of every dimension (each choice) a valid config.
+#[allow(clippy::too_many_arguments)]
+fn plan_search(
+    spec: search::SearchSpec,
+    seeds: Option<Vec<u64>>,
+    resolved: Value,
+    config: &RunConfig,
+    file: &Path,
+    registry: &Registry,
+    teachers: Vec<String>,
+    sets: &[(String, Value)],
+) -> Result<SearchPlan> {
+    let shown = file.display().to_string();
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let at = |message: String| {
+        let key = message.split(": ").next().unwrap_or_default();
+        let segments: Vec<&str> = match key.strip_prefix("space.") {
+            Some(path) => vec!["search", "space", path],
+            None => std::iter::once("search").chain(key.split('.')).collect(),
+        };
+        let location = locate_segments(&text, &segments).map_or(String::new(), |(l, c)| format!(":{l}:{c}"));
+        Error::Config(format!("{shown}{location}: sweep.search.{message}"))
+    };
+    let language_model = config.data.dataset.is_text();
+    let space = spec.space(language_model).map_err(at)?;
+    let plan = SearchPlan { spec, space, seeds, base: resolved, language_model, teachers };
+    for dim in &plan.space.dims {
+        let extremes = dim.distribution.extremes();
+        check_path(&plan.base, &dim.path, &extremes[0])
+            .map_err(|e| at(format!("space.{}: {e}", dim.path)))?;
+        if sets.iter().any(|(set, _)| *set == dim.path) {
+            return Err(Error::Config(format!(
+                "--set {}: {shown} searches this key; remove it from the search space or from --set",
+                dim.path
+            )));
+        }
+    }
+    let corner: Vec<(String, Value)> =
+        plan.space.dims.iter().map(|d| (d.path.clone(), d.distribution.extremes()[0].clone())).collect();
+    for (i, dim) in plan.space.dims.iter().enumerate() {
+        for value in dim.distribution.extremes() {
+            let mut values = corner.clone();
+            values[i].1 = value.clone();
+            let mut probe = plan.clone();
+            probe.seeds = None;
+            probe.runs(file, 0, &values, registry).map_err(|e| {
+                let reason = e.to_string();
+                let reason = reason.rsplit_once("): ").map_or(reason.as_str(), |(_, r)| r).to_string();
+                at(format!("space.{}: the value {} gives an invalid run: {reason}", dim.path, inline(&value)))
+            })?;
+        }
+    }
+    Ok(plan)
+}
+
+/// Line and column of the last of `segments` (each a key found after the one before), where a
+/// segment may hold dots (`train.optimizer.lr` under `space:`).
+fn locate_segments(text: &str, segments: &[&str]) -> Option<(usize, usize)> {
+    let mut from = 0;
+    let mut at = None;
+    for segment in segments {
+        let found = [format!("{segment}:"), format!("\"{segment}\":"), format!("'{segment}':")]
+            .iter()
+            .filter_map(|pattern| {
+                text[from..].match_indices(pattern.as_str()).map(|(i, _)| from + i).find(|&i| {
+                    i == 0 || text[..i].ends_with(|c: char| c.is_whitespace() || c == '{' || c == ',')
+                })
+            })
+            .min()?;
+        at = Some(found);
+        from = found + segment.len() + 1;
+    }
+    let at = at?;
+    let line = text[..at].matches('\n').count() + 1;
+    let column = at - text[..at].rfind('\n').map_or(0, |i| i + 1) + 1;
+    Some((line, column))
 }
 
 /// Check a text dataset against the model before any run starts: a `dataset: text` file is
@@ -326,11 +509,22 @@ fn check_path(resolved: &Value, path: &str, sample: &Value) -> Result<(), String
         Err(e) if e.to_string().contains("unknown field") => {}
         _ => return Ok(()),
     }
-    let last = path.rsplit('.').next().unwrap_or(path);
-    let siblings: Vec<String> = match parent.map(|p| get_path(resolved, p)) {
-        Some(Some(Value::Mapping(m))) => m.keys().filter_map(|k| k.as_str().map(String::from)).collect(),
-        None => TOP_KEYS.iter().map(|s| s.to_string()).collect(),
-        _ => Vec::new(),
+    // suggest at the first segment that is not there (`train.optimiser.lr` → `optimizer`)
+    let segments = sweep::path_segments(path);
+    let mut node = resolved;
+    let mut depth = 0;
+    while let Some(child) = node.as_mapping().and_then(|m| m.get(segments[depth].as_str())) {
+        node = child;
+        depth += 1;
+        if depth == segments.len() {
+            break;
+        }
+    }
+    let last = &segments[depth.min(segments.len() - 1)];
+    let siblings: Vec<String> = match node.as_mapping() {
+        _ if depth == 0 => TOP_KEYS.iter().map(|s| s.to_string()).collect(),
+        Some(m) => m.keys().filter_map(|k| k.as_str().map(String::from)).collect(),
+        None => Vec::new(),
     };
     let names: Vec<&str> = siblings.iter().map(String::as_str).collect();
     Err(format!("`{path}` is not a config key{}", did_you_mean(last, &names)))
@@ -367,21 +561,7 @@ pub fn parse(text: &str, origin: &str) -> Result<RunConfig> {
 /// Line and column (1-based) of the dotted key `path` (`model.width`) in YAML `text`, block or
 /// flow style: each segment is searched for as `segment:` after the previous one.
 fn locate_key(text: &str, path: &str) -> Option<(usize, usize)> {
-    let mut from = 0;
-    let mut at = None;
-    for segment in path.split('.') {
-        let pattern = format!("{segment}:");
-        let found = text[from..]
-            .match_indices(&pattern)
-            .map(|(i, _)| from + i)
-            .find(|&i| i == 0 || text[..i].ends_with(|c: char| c.is_whitespace() || c == '{' || c == ','))?;
-        at = Some(found);
-        from = found + pattern.len();
-    }
-    let at = at?;
-    let line = text[..at].matches('\n').count() + 1;
-    let column = at - text[..at].rfind('\n').map_or(0, |i| i + 1) + 1;
-    Some((line, column))
+    locate_segments(text, &path.split('.').collect::<Vec<_>>())
 }
 
 /// For serde's "unknown field `x`, expected one of `a`, `b`" add a did-you-mean.

@@ -28,6 +28,21 @@ pub struct SweepSpec {
     /// Combinations to drop: each entry maps paths to the value it excludes.
     #[serde(default)]
     pub exclude: Vec<Mapping>,
+    /// A search instead of a grid (see `experiment::search`); seeds still apply.
+    #[serde(default)]
+    pub search: Option<super::search::SearchSpec>,
+}
+
+/// The seeds of `spec` (`seeds`, or `repeats` counted from `base_seed`); None when it sets none.
+pub fn seeds(spec: &SweepSpec, base_seed: u64) -> Result<Option<Vec<u64>>, String> {
+    match (&spec.seeds, spec.repeats) {
+        (Some(_), Some(_)) => Err("sweep: give `seeds` or `repeats`, not both".into()),
+        (Some(s), None) if s.is_empty() => Err("sweep.seeds: empty list".into()),
+        (Some(s), None) => Ok(Some(s.clone())),
+        (None, Some(0)) => Err("sweep.repeats: must be at least 1".into()),
+        (None, Some(n)) => Ok(Some((0..n as u64).map(|i| base_seed + i).collect())),
+        (None, None) => Ok(None),
+    }
 }
 
 /// One expanded run: the overrides applied to the base config, in order.
@@ -45,6 +60,9 @@ struct Axis {
 
 /// Expand `spec` over a base whose seed is `base_seed`. Errors say which key is wrong and why.
 pub fn expand(spec: &SweepSpec, base_seed: u64) -> Result<Vec<Point>, String> {
+    if spec.search.is_some() && !(spec.grid.is_empty() && spec.zip.is_empty() && spec.exclude.is_empty()) {
+        return Err("sweep: `search` replaces `grid`, `zip` and `exclude`; a search cannot be combined with them (put fixed values in the base config)".into());
+    }
     let mut axes = Vec::new();
     for (path, values) in &spec.grid {
         let path = key_string(path)?;
@@ -73,15 +91,7 @@ pub fn expand(spec: &SweepSpec, base_seed: u64) -> Result<Vec<Point>, String> {
             rows: (0..len).map(|i| columns.iter().map(|c| c[i].clone()).collect()).collect(),
         });
     }
-    let seeds = match (&spec.seeds, spec.repeats) {
-        (Some(_), Some(_)) => return Err("sweep: give `seeds` or `repeats`, not both".into()),
-        (Some(s), None) if s.is_empty() => return Err("sweep.seeds: empty list".into()),
-        (Some(s), None) => Some(s.clone()),
-        (None, Some(0)) => return Err("sweep.repeats: must be at least 1".into()),
-        (None, Some(n)) => Some((0..n as u64).map(|i| base_seed + i).collect()),
-        (None, None) => None,
-    };
-    if let Some(seeds) = seeds {
+    if let Some(seeds) = seeds(spec, base_seed)? {
         axes.push(Axis {
             paths: vec!["train.seed".into()],
             rows: seeds.into_iter().map(|s| vec![Value::from(s)]).collect(),

@@ -95,7 +95,7 @@ pub fn execute(
                 let run = &resolved[i];
                 let data = &datasets[&data_key(&run.config)];
                 let dir = RunDir::new(&options.results, &run.config);
-                match run_isolated(run, &plan.swept, registry, data, &dir, &progress) {
+                match run_isolated(run, &plan.swept, registry, data, &dir, &progress, None) {
                     Ok(record) => {
                         progress.finished(&record);
                         done.lock().expect("no panics hold this lock")[i] =
@@ -121,7 +121,7 @@ pub fn execute(
 }
 
 /// Train the plan's named teachers (resuming like any sweep) and return where each lives.
-fn train_teachers(
+pub(crate) fn train_teachers(
     plan: &RunPlan,
     registry: &Registry,
     options: &ExecOptions,
@@ -136,6 +136,7 @@ fn train_teachers(
         swept: vec!["teacher".into()],
         runs,
         teachers: Vec::new(),
+        search: None,
     };
     let all: Vec<usize> = (0..teacher_plan.runs.len()).collect();
     let outcomes = execute(&teacher_plan, &all, registry, options)?;
@@ -156,7 +157,7 @@ fn train_teachers(
 
 /// `run` with its named teacher pointed at the directory it was trained in (the config's
 /// identity, and so its run id, keeps the name).
-fn with_teacher_dir(run: &PlannedRun, teacher_dirs: &HashMap<String, String>) -> PlannedRun {
+pub(crate) fn with_teacher_dir(run: &PlannedRun, teacher_dirs: &HashMap<String, String>) -> PlannedRun {
     let mut run = run.clone();
     if let Some(distill) = run.config.train.distill.as_mut() {
         distill.resolved_dir = teacher_dirs.get(&distill.teacher).cloned();
@@ -168,7 +169,7 @@ fn previous_failed(dir: &RunDir) -> bool {
     dir.read_record().is_some_and(|r| matches!(r.status, Status::Failed | Status::Diverged))
 }
 
-fn data_key(config: &RunConfig) -> String {
+pub(crate) fn data_key(config: &RunConfig) -> String {
     serde_yaml::to_string(&config.data).unwrap_or_default()
 }
 
@@ -185,18 +186,21 @@ fn load_datasets(plan: &RunPlan, todo: &[usize]) -> Result<HashMap<String, Arc<R
     Ok(map)
 }
 
-/// Run one planned run; a panic inside it becomes a failed run.
-fn run_isolated(
+/// Run one planned run; a panic inside it becomes a failed run. With a `budget`, the run stops
+/// (status `pruned`, resumable) once it has that many evaluations.
+pub(crate) fn run_isolated(
     run: &PlannedRun,
     swept: &[String],
     registry: &Registry,
     data: &RunData,
     dir: &RunDir,
     progress: &SweepProgress,
+    budget: Option<usize>,
 ) -> Result<RunRecord> {
     dir.write_config(&run.config)?;
     let mut log = RunLog::start(&dir.path, run, swept);
-    let result = catch_unwind(AssertUnwindSafe(|| run_one(run, registry, data, dir, progress, &mut log)));
+    let result =
+        catch_unwind(AssertUnwindSafe(|| run_one(run, registry, data, dir, progress, &mut log, budget)));
     match result {
         Ok(r) => r,
         Err(panic) => {
@@ -241,7 +245,8 @@ fn new_record(config: &RunConfig) -> RunRecord {
 }
 
 /// Train one run (resuming from its checkpoint when there is one) and keep its directory
-/// current; a training error ends up in `run.json`. Ctrl-C leaves it `running` and resumable.
+/// current; a training error ends up in `run.json`. Ctrl-C leaves it `running` and resumable;
+/// reaching `budget` evaluations leaves it `pruned` and resumable.
 pub fn run_one(
     run: &PlannedRun,
     registry: &Registry,
@@ -249,6 +254,7 @@ pub fn run_one(
     dir: &RunDir,
     progress: &SweepProgress,
     log: &mut RunLog,
+    budget: Option<usize>,
 ) -> Result<RunRecord> {
     let config = &run.config;
     let resume = dir.read_checkpoint(config)?;
@@ -257,6 +263,7 @@ pub fn run_one(
     dir.write_record(&record)?;
     let started = Instant::now();
     let mut observer = RunObserver::new(config, data, dir, progress, log);
+    observer.stop_after = budget;
     let result = single_threaded(|| train(config, registry, data, &mut observer, resume.as_ref()));
     observer.finish();
     if let Some(e) = observer.write_error.take() {
@@ -294,6 +301,9 @@ pub fn run_one(
             record.total_bits = finished.total_bits;
             record.weights = finished.trainer.net.weight_count();
             record.post_quantized = finished.post_quantized.into_iter().collect();
+        }
+        Err(Error::Interrupted) if !INTERRUPTED.load(Ordering::SeqCst) && observer.budget_reached() => {
+            record.status = Status::Pruned;
         }
         Err(Error::Interrupted) => {
             dir.write_record(&record)?;
@@ -367,7 +377,8 @@ impl SweepProgress {
         Some(bar)
     }
 
-    fn finished(&self, record: &RunRecord) {
+    /// Count a finished run and show the best score so far.
+    pub(crate) fn finished(&self, record: &RunRecord) {
         let scores = record.final_scores.as_ref();
         let (score, better): (f64, fn(f64, f64) -> bool) = if self.language_models {
             (scores.map_or(f64::NAN, |s| s.test_loss), |new, old| new < old)
@@ -398,7 +409,8 @@ impl SweepProgress {
         }
     }
 
-    fn clear(&self) {
+    /// Remove the bars.
+    pub(crate) fn clear(&self) {
         if let Some(bar) = &self.overall {
             bar.finish_and_clear();
         }
@@ -417,6 +429,8 @@ struct RunObserver<'a> {
     epochs: usize,
     /// Steps per evaluation and total steps of a language model (None: a classifier's epochs).
     steps_per_eval: Option<(usize, usize)>,
+    /// Stop once this many evaluations are done (a search's rung).
+    stop_after: Option<usize>,
 }
 
 impl<'a> RunObserver<'a> {
@@ -446,7 +460,13 @@ impl<'a> RunObserver<'a> {
             log,
             epochs,
             steps_per_eval,
+            stop_after: None,
         }
+    }
+
+    /// Whether the run has the evaluations its budget allows.
+    fn budget_reached(&self) -> bool {
+        self.stop_after.is_some_and(|n| self.history.len() >= n)
     }
 
     fn finish(&mut self) {
@@ -510,7 +530,7 @@ impl Observer for RunObserver<'_> {
     }
 
     fn interrupted(&self) -> bool {
-        INTERRUPTED.load(Ordering::Relaxed)
+        INTERRUPTED.load(Ordering::Relaxed) || self.budget_reached()
     }
 }
 

@@ -96,6 +96,7 @@ impl Manifest {
                 })
                 .collect(),
             teachers: Vec::new(),
+            search: None,
         }
     }
 
@@ -344,6 +345,7 @@ pub fn status(experiment_dir: &Path) -> Result<String> {
             Some(Status::Success) => "success",
             Some(Status::Failed) => "failed",
             Some(Status::Diverged) => "diverged",
+            Some(Status::Pruned) => "pruned",
             Some(Status::Running)
                 if queued.get(index).is_some_and(|s| s == "RUNNING") || manifest.is_none() =>
             {
@@ -367,7 +369,8 @@ pub fn status(experiment_dir: &Path) -> Result<String> {
     let left = runs.len()
         - counts.get("success").copied().unwrap_or(0)
         - counts.get("failed").copied().unwrap_or(0)
-        - counts.get("diverged").copied().unwrap_or(0);
+        - counts.get("diverged").copied().unwrap_or(0)
+        - counts.get("pruned").copied().unwrap_or(0);
     if left > 0 && !walls.is_empty() {
         let mean = walls.iter().sum::<f64>() / walls.len() as f64;
         let parallel = counts.get("running").copied().unwrap_or(1).max(1);

@@ -184,6 +184,18 @@ pub fn table(dir: &Path, by: &[String], metrics: &[String], format: TableFormat)
     }
     let mut rows: Vec<(Vec<String>, Group)> = groups.into_iter().collect();
     rows.sort_by_key(|(_, (order, _))| *order);
+    if dir.join(crate::experiment::search::ledger::LEDGER_FILE).is_file() {
+        // a search's trials, ranked by the first metric (best first; trials without a finished
+        // run last, in trial order)
+        let descending = !lower_is_better(&metrics[0]);
+        let key = |values: &[Vec<f64>]| stats(&values[0]).0.map(|m| if descending { -m } else { m });
+        rows.sort_by(|a, b| match (key(&a.1 .1), key(&b.1 .1)) {
+            (Some(x), Some(y)) => x.total_cmp(&y),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => std::cmp::Ordering::Equal,
+        });
+    }
     let mut out = String::new();
     let mut head = by.clone();
     head.extend(metrics.iter().cloned());
@@ -250,10 +262,15 @@ pub fn mean_std_to(v: &[f64], decimals: usize) -> String {
     }
 }
 
+/// Whether a smaller value of a results.csv column is better (losses, bits per character).
+fn lower_is_better(metric: &str) -> bool {
+    metric.contains("loss") || metric.contains("bpc")
+}
+
 /// Decimals a metric column is shown with: losses and bits per character differ in the
 /// third decimal, accuracies in % in the second.
 fn decimals_of(metric: &str) -> usize {
-    if metric.contains("loss") || metric.contains("bpc") {
+    if lower_is_better(metric) {
         4
     } else {
         2

@@ -214,10 +214,12 @@ impl RunLog {
     /// Write the session end with the run's status.
     pub fn end(&mut self, status: Status) {
         let mut end = SessionEndInfo::new();
-        end.set_status(if status == Status::Success {
-            PbStatus::STATUS_SUCCESS
-        } else {
-            PbStatus::STATUS_FAILURE
+        // TensorBoard's session states have no "stopped early": a pruned trial ends `unknown`,
+        // apart from both the finished and the failed ones
+        end.set_status(match status {
+            Status::Success => PbStatus::STATUS_SUCCESS,
+            Status::Pruned => PbStatus::STATUS_UNKNOWN,
+            _ => PbStatus::STATUS_FAILURE,
         });
         end.set_end_time_secs(seconds_now());
         let mut data = HParamsPluginData::new();

@@ -19,6 +19,8 @@ pub enum Status {
     Failed,
     /// The loss became NaN or infinite.
     Diverged,
+    /// Stopped at a rung by a search's pruning (its checkpoint kept: resumed if promoted).
+    Pruned,
 }
 
 /// Final or best accuracy and loss figures.

@@ -11,6 +11,7 @@ mod lm;
 mod lm_deploy;
 mod plugins;
 mod runs;
+mod search;
 mod slurm;
 mod sweep;
 

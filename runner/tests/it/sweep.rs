@@ -10,7 +10,7 @@ use crate::cli::{qat, text, workdir};
 
 const GRID: &str = "name: grid\nmodel: {hidden: [16]}\ntrain: {epochs: 3}\nsweep:\n  grid:\n    quantizer: [ternary, {name: int, bits: 2}]\n    model.hidden: [[16], [24]]\n  seeds: [0, 1]\n";
 
-fn csv_rows(path: &Path) -> Vec<Vec<String>> {
+pub fn csv_rows(path: &Path) -> Vec<Vec<String>> {
     let mut reader = csv::Reader::from_path(path).unwrap();
     let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
     let timing: Vec<usize> = header
@@ -40,7 +40,7 @@ pub fn metrics_without_timing(path: &Path) -> Vec<String> {
         .collect()
 }
 
-fn run_dirs(root: &Path) -> Vec<std::path::PathBuf> {
+pub fn run_dirs(root: &Path) -> Vec<std::path::PathBuf> {
     let mut dirs: Vec<_> = std::fs::read_dir(root)
         .unwrap()
         .map(|e| e.unwrap().path())
