@@ -237,9 +237,8 @@ fn run_search(
     options: &ExecOptions,
 ) -> Result<ExitCode, Error> {
     let spec = &plan.search.as_ref().expect("a search plan").spec;
-    let ledger = crate::launch::search::execute_search(plan, &args.only, registry, options)?;
+    let (ledger, compute) = crate::launch::search::execute_search(plan, &args.only, registry, options)?;
     print!("{}", crate::report::search::ledger_table(&ledger, spec));
-    let compute = crate::launch::search::compute(plan, &ledger, registry, &options.results)?;
     println!(
         "compute: {:.0} {} trained, {:.2} whole runs of {:.0} {}",
         compute.trained,

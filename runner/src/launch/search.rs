@@ -19,11 +19,12 @@ use super::local::{
 };
 use crate::data::RunData;
 use crate::error::{Error, Result};
-use crate::experiment::search::ledger::{Ledger, Trial, TrialState};
+use crate::experiment::search::ledger::{Ledger, Report, Trial, TrialState};
 use crate::experiment::search::schedule::{self, Next};
 use crate::experiment::search::tpe::Observation;
 use crate::experiment::search::{propose, Use};
 use crate::experiment::{PlannedRun, RunPlan, SearchPlan};
+use crate::report::search_plots::{write_search_plots, SearchPoints};
 use crate::run::{config_yaml, run_id, write_atomic, RunDir, Status};
 
 /// The best trial's resolved config, beside the ledger.
@@ -50,13 +51,13 @@ struct State {
 }
 
 /// Run (or resume) the search of `plan`; `only` restricts it to trials already in the ledger.
-/// Returns the ledger as it ends.
+/// Returns the ledger as it ends and the compute its trials spent; writes the search's plots.
 pub fn execute_search(
     plan: &RunPlan,
     only: &[String],
     registry: &Registry,
     options: &ExecOptions,
-) -> Result<Ledger> {
+) -> Result<(Ledger, Compute)> {
     let search = plan.search.as_ref().expect("execute_search is given a search plan");
     let root = experiment_dir(&options.results, plan);
     let ledger = open_ledger(plan, search, registry, options, &root)?;
@@ -110,7 +111,12 @@ pub fn execute_search(
     }
     let materialised = materialise(plan, &st.runs);
     crate::report::tensorboard::write_experiment(&root, &materialised).map_err(|e| Error::io(&root, e))?;
-    Ok(st.ledger)
+    let (compute, spent) = compute(plan, &st.ledger, &st.runs);
+    let points = SearchPoints::new(search, &st.ledger, &spent, &compute);
+    if let Err(e) = write_search_plots(&root.join("plots"), &points, &plan.experiment) {
+        eprintln!("qat: warning: no search plots: {e}");
+    }
+    Ok((st.ledger, compute))
 }
 
 /// The ledger to continue: the one on disk if it describes this search (its trials' runs
@@ -123,7 +129,7 @@ fn open_ledger(
     root: &Path,
 ) -> Result<Ledger> {
     let identity = search.spec.identity(&search.seed_list());
-    let fresh = Ledger { search: identity.clone(), trials: Vec::new() };
+    let fresh = Ledger { search: identity.clone(), ..Ledger::default() };
     let path = Ledger::path(root);
     let Some(mut ledger) = Ledger::read(root)? else { return Ok(fresh) };
     if options.force {
@@ -332,21 +338,26 @@ pub struct Compute {
     pub unit: &'static str,
 }
 
-/// The compute the ledger's trials spent: each run's evaluations done, in tokens (steps ×
-/// batch × accumulation × context) or epochs.
-pub fn compute(plan: &RunPlan, ledger: &Ledger, registry: &Registry, results: &Path) -> Result<Compute> {
-    let search = plan.search.as_ref().expect("a search plan");
+/// The compute the ledger's trials spent (each run's evaluations, in tokens: steps × batch ×
+/// accumulation × context, or epochs), and what each of its reports added, in order.
+pub fn compute(plan: &RunPlan, ledger: &Ledger, runs: &[Vec<PlannedRun>]) -> (Compute, Vec<f64>) {
     let base = plan.first_config();
     let (whole_run, unit) = trained(&base, total_evaluations(&base));
-    let mut spent = 0.0;
-    for t in &ledger.trials {
-        for run in search.runs(&plan.file, t.trial, &t.pairs(), registry)? {
-            let dir = RunDir::new(results, &run.config);
-            let done = read_metric(&dir.path, "epoch").map_or(0, |h| h.len());
-            spent += trained(&run.config, done).0;
-        }
-    }
-    Ok(Compute { trained: spent, whole_run, unit })
+    let of = |trial: usize, evaluations: usize| -> f64 {
+        runs[trial].iter().map(|r| trained(&r.config, evaluations).0).sum()
+    };
+    let mut before = vec![0usize; ledger.trials.len()];
+    let spent: Vec<f64> = ledger
+        .reports
+        .iter()
+        .map(|r| {
+            let added = of(r.trial, r.evaluations) - of(r.trial, before[r.trial]);
+            before[r.trial] = r.evaluations;
+            added
+        })
+        .collect();
+    let trained = ledger.trials.iter().map(|t| of(t.trial, t.evaluations)).sum();
+    (Compute { trained, whole_run, unit }, spent)
 }
 
 /// What a run of `config` trains in its first `evaluations` evaluations, and the unit.
@@ -452,9 +463,21 @@ fn read_metric(dir: &Path, column: &str) -> Result<Vec<f64>> {
         .collect()
 }
 
-/// Enter what a job reached into the ledger: the rungs it passed, its value, and what becomes
-/// of it (finished, failed, stopped at a rung, or on to the next rung).
+/// Enter what a job reached into the ledger (see [`update`]) and report the job's end; a job
+/// that changed nothing (`--only` of a finished trial) reports nothing.
 fn record(search: &SearchPlan, ledger: &mut Ledger, trial: usize, reached: Reached) {
+    let before = ledger.trials[trial].evaluations;
+    update(search, ledger, trial, reached);
+    let t = &ledger.trials[trial];
+    let last = ledger.reports.iter().rev().find(|r| r.trial == trial).map(|r| (r.evaluations, r.state));
+    if t.evaluations != before || last != Some((t.evaluations, t.state)) {
+        ledger.reports.push(Report { trial, evaluations: t.evaluations, state: t.state });
+    }
+}
+
+/// The rungs a trial passed, its value, and what becomes of it (finished, failed, stopped at a
+/// rung, or on to the next rung).
+fn update(search: &SearchPlan, ledger: &mut Ledger, trial: usize, reached: Reached) {
     let spec = &search.spec;
     let loss = |v: f64| spec.loss(v);
     let (histories, finished, total) = match reached {

@@ -20,7 +20,7 @@ const FONT_PATHS: [&str; 2] =
     ["/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/TTF/DejaVuSans.ttf"];
 
 /// Register a TrueType font for plot text once; plotters needs one to lay out labels.
-fn font() -> std::result::Result<(), String> {
+pub(crate) fn font() -> std::result::Result<(), String> {
     static REGISTERED: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     REGISTERED
         .get_or_init(|| {
@@ -185,8 +185,10 @@ impl Plot {
     }
 }
 
-type Area<'a, DB> = DrawingArea<DB, plotters::coord::Shift>;
-type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
+/// A whole figure on some backend.
+pub(crate) type Area<'a, DB> = DrawingArea<DB, plotters::coord::Shift>;
+/// What drawing returns.
+pub(crate) type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
 
 fn draw(path: &Path, plot: Plot, measure: Measure, points: &[RunPoint], title: &str) -> Result<()> {
     let size = (900, 600);

@@ -100,6 +100,12 @@ fn a_killed_search_replays_to_the_same_ledger_and_results() {
         std::fs::read_to_string(root.join("best.yaml")).unwrap(),
         std::fs::read_to_string(clean_root.join("best.yaml")).unwrap()
     );
+    for plot in ["search_progress.svg", "search_progress.png", "search_space.svg", "search_space.png"] {
+        let bytes = std::fs::read(root.join("plots").join(plot)).unwrap();
+        assert!(bytes.len() > 1000, "{plot}: {} bytes", bytes.len());
+    }
+    let printed = text(&again);
+    assert!(printed.contains("compute: ") && printed.contains(" tokens trained, "), "{printed}");
 }
 
 #[test]

@@ -61,6 +61,17 @@ impl Trial {
     }
 }
 
+/// A job's end: which trial, how many evaluations it then had, and its state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// The trial.
+    pub trial: usize,
+    /// Its evaluations after the job.
+    pub evaluations: usize,
+    /// Its state after the job.
+    pub state: TrialState,
+}
+
 /// The whole ledger.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Ledger {
@@ -68,6 +79,9 @@ pub struct Ledger {
     pub search: String,
     /// Trials in index order.
     pub trials: Vec<Trial>,
+    /// Jobs in the order they ended (so the compute spent can be replayed in order).
+    #[serde(default)]
+    pub reports: Vec<Report>,
 }
 
 impl Ledger {

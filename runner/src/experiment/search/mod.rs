@@ -189,7 +189,8 @@ impl SearchSpec {
     /// What identifies a search in its ledger: everything but `trials` (raising it continues the
     /// search), as one line of YAML.
     pub fn identity(&self, seeds: &[u64]) -> String {
-        let mut v = serde_yaml::to_value(self).expect("a search spec serialises");
+        let resolved = Self { goal: Some(self.goal()), ..self.clone() };
+        let mut v = serde_yaml::to_value(resolved).expect("a search spec serialises");
         if let Some(m) = v.as_mapping_mut() {
             m.remove("trials");
             m.insert(Value::from("seeds"), serde_yaml::to_value(seeds).expect("seeds serialise"));
