@@ -148,6 +148,15 @@ impl Dataset {
     pub fn is_text(self) -> bool {
         matches!(self, Dataset::Tinyshakespeare | Dataset::Text)
     }
+
+    /// The published training set's size (None for text).
+    pub fn train_images(self) -> Option<usize> {
+        match self {
+            Dataset::Mnist | Dataset::FashionMnist => Some(60_000),
+            Dataset::Cifar10 => Some(50_000),
+            Dataset::Tinyshakespeare | Dataset::Text => None,
+        }
+    }
 }
 
 /// Dataset and preprocessing.
@@ -184,6 +193,11 @@ pub struct DataConfig {
     /// `dataset: text`: the vocabulary size, filled in by planning (it depends on the file).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vocab: Option<usize>,
+    /// Image datasets: hold out this many training images as a validation set (the same images
+    /// for every run: drawn from a fixed split seed, not the training seed). Searches, pruning,
+    /// early stopping and the best epoch then use it; the test set is only reported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validation: Option<usize>,
 }
 
 impl Default for DataConfig {
@@ -197,6 +211,7 @@ impl Default for DataConfig {
             path: None,
             tokenizer: None,
             val_fraction: None,
+            validation: None,
             sha256: None,
             vocab: None,
         }
@@ -1264,6 +1279,11 @@ impl RunConfig {
                 }
             }
             Dataset::Tinyshakespeare | Dataset::Text => {
+                if d.validation.is_some() {
+                    problems.push(
+                        "data.validation: an image key; text validates on its last share (data.val_fraction, tinyshakespeare's last 10 %)".into(),
+                    );
+                }
                 if d.augment || d.elastic || d.crop_flip {
                     problems
                         .push("data.augment, data.elastic, data.crop_flip: image keys; text has none".into());
@@ -1274,6 +1294,15 @@ impl RunConfig {
                         d.dataset.dir_name()
                     ));
                 }
+            }
+        }
+        if let (Some(n), Some(train)) = (d.validation, d.dataset.train_images()) {
+            if n == 0 || n >= train {
+                problems.push(format!(
+                    "data.validation: {n} images; {} has {train} training images, so hold out between 1 and {}",
+                    d.dataset.dir_name(),
+                    train - 1
+                ));
             }
         }
         let text_keys = [

@@ -47,6 +47,12 @@ pub struct Images {
 }
 
 impl Images {
+    /// The images whose `mask` entry equals `keep`, in order.
+    pub fn subset(&self, mask: &[bool], keep: bool) -> Self {
+        let (pixels, labels) = super::pick_images(&self.pixels, &self.labels, mask, keep);
+        Self { pixels, labels }
+    }
+
     /// Number of images.
     pub fn len(&self) -> usize {
         self.labels.len()

@@ -44,6 +44,12 @@ pub struct Split {
 }
 
 impl Split {
+    /// The images whose `mask` entry equals `keep`, in order.
+    pub fn subset(&self, mask: &[bool], keep: bool) -> Self {
+        let (images, labels) = pick_images(&self.images, &self.labels, mask, keep);
+        Self { images, labels, rows: self.rows, cols: self.cols }
+    }
+
     /// Number of images.
     pub fn len(&self) -> usize {
         self.labels.len()
@@ -251,6 +257,42 @@ pub enum RawImages {
     None,
 }
 
+/// The images (equal-sized rows of `pixels`, one label each) whose `mask` entry is `keep`.
+pub(crate) fn pick_images(pixels: &[u8], labels: &[u8], mask: &[bool], keep: bool) -> (Vec<u8>, Vec<u8>) {
+    let size = pixels.len() / labels.len().max(1);
+    let chosen = || mask.iter().enumerate().filter(move |(_, &m)| m == keep).map(|(i, _)| i);
+    (
+        chosen().flat_map(|i| pixels[i * size..(i + 1) * size].iter().copied()).collect(),
+        chosen().map(|i| labels[i]).collect(),
+    )
+}
+
+/// The seed of the validation split: fixed, so every run of a sweep (every seed) validates on
+/// the same images.
+const VALIDATION_SPLIT_SEED: u64 = 0x5A11_DA7E;
+
+/// Which of `total` training images are held out: `n` of them, drawn without replacement from
+/// [`VALIDATION_SPLIT_SEED`] (a seeded partial Fisher–Yates shuffle); true = validation.
+fn held_out(total: usize, n: usize, config: &DataConfig) -> Result<Vec<bool>> {
+    use rand::{Rng, SeedableRng};
+    if n == 0 || n >= total {
+        return Err(Error::Data(format!(
+            "data.validation: {n} images; {} has {total} training images here, so hold out between 1 and {}",
+            config.dataset.dir_name(),
+            total.saturating_sub(1)
+        )));
+    }
+    let mut order: Vec<usize> = (0..total).collect();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(VALIDATION_SPLIT_SEED);
+    for i in 0..n {
+        let j = rng.gen_range(i..total);
+        order.swap(i, j);
+    }
+    let mut mask = vec![false; total];
+    order[..n].iter().for_each(|&i| mask[i] = true);
+    Ok(mask)
+}
+
 /// Everything a run needs: clean train and test samples, and the raw training images for
 /// per-epoch augmentation.
 pub struct RunData {
@@ -266,6 +308,8 @@ pub struct RunData {
     pub config: DataConfig,
     /// The token streams of a text dataset (then `train` and `test` are empty).
     pub text: Option<text::Text>,
+    /// Training images held out to validate (`data.validation`), preprocessed.
+    pub validation: Option<Samples>,
 }
 
 /// What a dataset asks of a model: the shape of its inputs and the number of classes. Models,
@@ -325,28 +369,46 @@ impl RunData {
                 raw_train: RawImages::None,
                 config: config.clone(),
                 text: Some(text),
+                validation: None,
             });
         }
         let root = find_dir(config.dataset)?;
         if config.dataset == Dataset::Cifar10 {
             let files = cifar::load(&root.join(config.dataset.dir_name()))?;
+            let (train, held) = match config.validation {
+                Some(n) => {
+                    let mask = held_out(files.train.len(), n, config)?;
+                    let pick = |keep: bool| files.train.subset(&mask, keep);
+                    (pick(false), Some(pick(true)))
+                }
+                None => (files.train, None),
+            };
             return Ok(Self {
                 task,
-                train: cifar::preprocess(&files.train),
+                train: cifar::preprocess(&train),
                 test: cifar::preprocess(&files.test),
-                raw_train: RawImages::Colour(files.train),
+                raw_train: RawImages::Colour(train),
                 config: config.clone(),
                 text: None,
+                validation: held.as_ref().map(cifar::preprocess),
             });
         }
         let files = load(config.dataset, &root)?;
+        let (train, held) = match config.validation {
+            Some(n) => {
+                let mask = held_out(files.train.len(), n, config)?;
+                (files.train.subset(&mask, false), Some(files.train.subset(&mask, true)))
+            }
+            None => (files.train, None),
+        };
         Ok(Self {
             task,
-            train: preprocess(&files.train, config.image_size),
+            train: preprocess(&train, config.image_size),
             test: preprocess(&files.test, config.image_size),
-            raw_train: RawImages::Grey(files.train),
+            raw_train: RawImages::Grey(train),
             config: config.clone(),
             text: None,
+            validation: held.as_ref().map(|h| preprocess(h, config.image_size)),
         })
     }
 
@@ -364,5 +426,37 @@ impl RunData {
         let mut all = self.train.clone();
         all.extend(augment::augmented_copy(raw, self.config.image_size, seed, epoch, self.config.elastic));
         std::borrow::Cow::Owned(all)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_validation_split_is_fixed_disjoint_and_complete() {
+        let config = DataConfig::default();
+        let mask = held_out(100, 10, &config).unwrap();
+        assert_eq!(mask.iter().filter(|&&m| m).count(), 10);
+        assert_eq!(mask, held_out(100, 10, &config).unwrap(), "the same images every time");
+        assert_ne!(mask[..10], [true; 10], "drawn, not the first ones");
+        // images follow their labels into either part, each exactly once
+        let split = Split {
+            images: (0..100u8).flat_map(|i| [i, i]).collect(),
+            labels: (0..100u8).collect(),
+            rows: 1,
+            cols: 2,
+        };
+        let (val, train) = (split.subset(&mask, true), split.subset(&mask, false));
+        assert_eq!((val.len(), train.len()), (10, 90));
+        let mut all: Vec<u8> = val.labels.iter().chain(&train.labels).copied().collect();
+        all.sort();
+        assert_eq!(all, (0..100u8).collect::<Vec<_>>());
+        for part in [&val, &train] {
+            for (i, &label) in part.labels.iter().enumerate() {
+                assert_eq!(part.images[2 * i..2 * i + 2], [label, label]);
+            }
+        }
+        assert!(held_out(100, 100, &config).unwrap_err().to_string().contains("hold out between 1 and 99"));
     }
 }

@@ -318,7 +318,7 @@ fn plan_search(
         Error::Config(format!("{shown}{location}: sweep.search.{message}"))
     };
     let language_model = config.data.dataset.is_text();
-    let space = spec.space(language_model).map_err(at)?;
+    let space = spec.space(language_model || config.data.validation.is_some()).map_err(at)?;
     let plan = SearchPlan { spec, space, seeds, base: resolved, language_model, teachers };
     for dim in &plan.space.dims {
         let extremes = dim.distribution.extremes();

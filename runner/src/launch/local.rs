@@ -272,11 +272,13 @@ pub fn run_one(
     record.wall_s = earlier_wall + started.elapsed().as_secs_f64();
     let history = &observer.history;
     record.final_scores = history.last().map(Scores::of);
-    // the best evaluation: the highest test accuracy, or a language model's lowest validation loss
+    // the best evaluation: the highest validation accuracy (test accuracy without a validation
+    // split), or a language model's lowest validation loss
     record.best = if data.text.is_some() {
         history.iter().min_by(|a, b| a.test_loss.total_cmp(&b.test_loss)).map(Scores::of)
     } else {
-        history.iter().max_by(|a, b| a.test_acc.total_cmp(&b.test_acc)).map(Scores::of)
+        let selected = |m: &EpochMetrics| m.val_acc.unwrap_or(m.test_acc);
+        history.iter().max_by(|a, b| selected(a).total_cmp(&selected(b))).map(Scores::of)
     };
     if let (Some(last), Some(best), true) = (&record.final_scores, &record.best, data.text.is_some()) {
         record.language_model = Some(crate::run::LmScores::of(last, best));
@@ -499,10 +501,11 @@ impl Observer for RunObserver<'_> {
                 m.samples_per_s
             ),
             None => format!(
-                "epoch {:>3}  loss {:.4}  train {:.2}%  test {:.2}%  {:.0} samples/s",
+                "epoch {:>3}  loss {:.4}  train {:.2}%  {}test {:.2}%  {:.0} samples/s",
                 m.epoch,
                 m.train_loss,
                 100.0 * m.train_acc,
+                m.val_acc.map_or(String::new(), |v| format!("val {:.2}%  ", 100.0 * v)),
                 100.0 * m.test_acc,
                 m.samples_per_s
             ),

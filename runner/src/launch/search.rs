@@ -391,7 +391,8 @@ fn run_trial(
     forced: &Mutex<HashSet<String>>,
     progress: &SweepProgress,
 ) -> Result<Reached> {
-    let column = metric_column(&plan.search.as_ref().expect("a search plan").spec.metric);
+    let column =
+        metric_column(&plan.search.as_ref().expect("a search plan").spec.metric, plan.language_models());
     let mut histories = Vec::new();
     let mut finished = true;
     for run in runs {
@@ -434,13 +435,13 @@ fn dataset(datasets: &Mutex<HashMap<String, Arc<RunData>>>, config: &RunConfig) 
     Ok(data)
 }
 
-/// The `metrics.csv` column of a search metric (a language model's validation is its test
-/// columns).
-fn metric_column(metric: &str) -> &str {
-    match metric {
-        "val_loss" => "test_loss",
-        "val_acc" => "test_acc",
-        other => other,
+/// The `metrics.csv` column of a search metric (a language model's validation windows are its
+/// test columns; held-out images have their own).
+fn metric_column(metric: &str, language_model: bool) -> &str {
+    match (metric, language_model) {
+        ("val_loss", true) => "test_loss",
+        ("val_acc", true) => "test_acc",
+        (other, _) => other,
     }
 }
 

@@ -58,6 +58,12 @@ pub fn write_results_csv(plan: &RunPlan, results: &Path) -> Result<()> {
     header.extend(if text { LM_METRIC_COLUMNS } else { METRIC_COLUMNS }.map(String::from));
     let records: Vec<_> =
         plan.runs.iter().map(|run| RunDir::new(results, &run.config).read_record()).collect();
+    // classifiers with a validation split: its accuracies beside the test set's
+    let validated = !text
+        && records.iter().flatten().any(|r| r.final_scores.as_ref().is_some_and(|s| s.val_acc.is_some()));
+    if validated {
+        header.extend(["final_val_acc", "best_val_acc"].map(String::from));
+    }
     let mut ptq: Vec<String> =
         records.iter().flatten().flat_map(|r| r.post_quantized.keys().cloned()).collect();
     ptq.sort();
@@ -115,6 +121,11 @@ pub fn write_results_csv(plan: &RunPlan, results: &Path) -> Result<()> {
                     cell.clear();
                 }
             }
+        }
+        if validated {
+            let percent = |v: Option<f64>| v.map_or(String::new(), |a| format!("{:.4}", 100.0 * a));
+            row.push(percent(r.final_scores.as_ref().and_then(|s| s.val_acc)));
+            row.push(percent(r.best.as_ref().and_then(|s| s.val_acc)));
         }
         row.extend(
             ptq.iter().map(|label| {

@@ -167,7 +167,7 @@ impl RunLog {
     /// Scalars of one epoch, and weight histograms of `layers` (parameter path, latent weights)
     /// when given, tagged by path.
     pub fn epoch(&mut self, m: &EpochMetrics, layers: &[(String, &[f32])]) {
-        let (step, scalars) = match self.steps {
+        let (step, mut scalars) = match self.steps {
             // a language model: per evaluation, at its optimizer step
             Some((every, steps)) => (
                 (m.epoch * every).min(steps),
@@ -193,6 +193,9 @@ impl RunLog {
                 ],
             ),
         };
+        if let (Some(loss), Some(acc)) = (m.val_loss, m.val_acc) {
+            scalars.extend([("val/loss", loss), ("val/accuracy", acc)]);
+        }
         for (tag, v) in scalars {
             self.writer.add_summary(scalar(tag, v as f32), step);
         }

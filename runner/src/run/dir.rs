@@ -102,6 +102,12 @@ pub fn metrics_csv(epochs: &[EpochMetrics]) -> Vec<u8> {
     ]
     .map(String::from)
     .to_vec();
+    // the validation columns only where there is a validation split, so other runs' files keep
+    // their columns
+    let validated = epochs.first().is_some_and(|m| m.val_acc.is_some());
+    if validated {
+        header.extend(["val_loss", "val_acc"].map(String::from));
+    }
     if let Some(first) = epochs.first() {
         for layer in &first.layers {
             header.extend(["scale", "sparsity", "entropy", "pruned"].map(|k| format!("{}.{k}", layer.name)));
@@ -119,6 +125,10 @@ pub fn metrics_csv(epochs: &[EpochMetrics]) -> Vec<u8> {
             format!("{:.6}", m.positive_fraction),
             format!("{:.0}", m.samples_per_s),
         ];
+        if validated {
+            row.push(format!("{:.6}", m.val_loss.unwrap_or(f64::NAN)));
+            row.push(format!("{:.6}", m.val_acc.unwrap_or(f64::NAN)));
+        }
         for l in &m.layers {
             row.extend([
                 format!("{:.6}", l.scale),

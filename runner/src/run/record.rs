@@ -36,6 +36,12 @@ pub struct Scores {
     pub train_acc: f64,
     /// Mean training loss over that epoch.
     pub train_loss: f64,
+    /// Accuracy on the held-out validation images, when the run has them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_acc: Option<f64>,
+    /// Loss on the held-out validation images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_loss: Option<f64>,
 }
 
 impl Scores {
@@ -47,6 +53,8 @@ impl Scores {
             test_loss: m.test_loss,
             train_acc: m.train_acc,
             train_loss: m.train_loss,
+            val_acc: m.val_acc,
+            val_loss: m.val_loss,
         }
     }
 }

@@ -95,12 +95,18 @@ pub fn train(
             trainer.add_to_swa();
         }
         let (test_loss, test_acc, positive_fraction) = trainer.evaluate(&data.test)?;
+        let (val_loss, val_acc) = match &data.validation {
+            Some(v) => trainer.evaluate(v).map(|(loss, acc, _)| (Some(loss), Some(acc)))?,
+            None => (None, None),
+        };
         let metrics = EpochMetrics {
             epoch: epoch + 1,
             train_loss: loss_sum / batches.max(1) as f64,
             train_acc: correct as f64 / samples.len().max(1) as f64,
             test_loss,
             test_acc,
+            val_loss,
+            val_acc,
             lr,
             positive_fraction,
             samples_per_s,
@@ -148,6 +154,10 @@ const MIX_SALT: u64 = 0x6d69_7875_7000;
 /// Whether early stopping ends training after the epochs in `history`.
 fn stops_early(config: &RunConfig, history: &[EpochMetrics]) -> bool {
     let Some(stopping) = &config.train.early_stopping else { return false };
-    let metrics: Vec<(f64, f64)> = history.iter().map(|m| (m.test_acc, m.test_loss)).collect();
+    // on the validation images when there are some: the test set is only reported
+    let metrics: Vec<(f64, f64)> = history
+        .iter()
+        .map(|m| (m.val_acc.unwrap_or(m.test_acc), m.val_loss.unwrap_or(m.test_loss)))
+        .collect();
     stopping.should_stop(&metrics)
 }

@@ -35,6 +35,12 @@ pub struct EpochMetrics {
     pub test_loss: f64,
     /// Test accuracy on the whole test set.
     pub test_acc: f64,
+    /// Mean loss on the held-out validation images (`data.validation`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_loss: Option<f64>,
+    /// Accuracy on the held-out validation images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_acc: Option<f64>,
     /// Learning rate used in this epoch.
     pub lr: f64,
     /// Share of positive hidden activations on the test set.

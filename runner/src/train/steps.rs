@@ -72,6 +72,8 @@ pub fn train_steps(
             train_acc: correct as f64 / tokens.max(1) as f64,
             test_loss: val_loss,
             test_acc: val_acc,
+            val_loss: None,
+            val_acc: None,
             lr,
             positive_fraction: 0.0,
             samples_per_s: tokens_per_s,

@@ -235,7 +235,7 @@ fn search_errors_stop_before_anything_runs() {
          "b.yaml:10:7: sweep.search.space.train.optimizer.lrr: the value 0.0001 gives an invalid run: unknown field `lrr`"),
         (base.replace("train.optimizer.lr:", "train.optimiser.lr:"),
          "sweep.search.space.train.optimiser.lr: `train.optimiser.lr` is not a config key (did you mean `optimizer`?)"),
-        (base.replace("metric: test_acc", "metric: val_loss"), "b.yaml:8:5: sweep.search.metric: val_loss: image datasets have no validation split"),
+        (base.replace("metric: test_acc", "metric: val_loss"), "b.yaml:8:5: sweep.search.metric: val_loss: this image dataset has no validation split; hold out training images with data.validation"),
         (base.replace("{log_uniform: [1.0e-4, 1.0e-1]}", "{uniform: [-1.0, 1.0e-1]}"),
          "sweep.search.space.train.optimizer.lr: the value -1.0 gives an invalid run"),
         (format!("{base}  grid: {{model.hidden: [[8]]}}\n"), "a search cannot be combined with them"),
@@ -257,4 +257,51 @@ fn search_errors_stop_before_anything_runs() {
     let out = qat(&["run", "b.yaml", "-q", "--set", "train.optimizer.lr=0.01"], dir.path());
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("--set train.optimizer.lr: b.yaml searches this key"), "{}", text(&out));
+}
+
+#[test]
+fn a_validation_split_holds_out_training_images_and_a_search_tunes_on_it() {
+    let dir = workdir();
+    let yaml = "name: val\ndata: {validation: 5000}\nmodel: {hidden: [16]}\ntrain: {epochs: 2}\nsweep:\n  search:\n    method: random\n    trials: 3\n    metric: val_acc\n    space:\n      train.optimizer.lr: {log_uniform: [1.0e-4, 1.0e-1]}\n";
+    std::fs::write(dir.path().join("v.yaml"), yaml).unwrap();
+    let out = qat(&["run", "v.yaml", "-q", "--jobs", "2"], dir.path());
+    assert!(out.status.success(), "{}", text(&out));
+    let root = dir.path().join("results/val");
+    // validation and test side by side, per epoch and per run
+    for run in run_dirs(&root) {
+        let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+        let header: Vec<&str> = metrics.lines().next().unwrap().split(',').collect();
+        let (val, test) = (
+            header.iter().position(|h| *h == "val_acc").unwrap(),
+            header.iter().position(|h| *h == "test_acc").unwrap(),
+        );
+        for line in metrics.lines().skip(1) {
+            let cells: Vec<f64> = line.split(',').map(|c| c.parse().unwrap()).collect();
+            assert!(cells[val] > 0.1 && cells[test] > 0.1 && cells[val] != cells[test], "{line}");
+        }
+    }
+    let mut reader = csv::Reader::from_path(root.join("results.csv")).unwrap();
+    let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
+    let rows: Vec<Vec<String>> = std::iter::once(header.clone())
+        .chain(reader.records().map(|r| r.unwrap().iter().map(String::from).collect()))
+        .collect();
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let (final_val, final_test) = (col("final_val_acc"), col("final_test_acc"));
+    let l = ledger(&root);
+    for (row, trial) in rows[1..].iter().zip(l["trials"].as_array().unwrap()) {
+        // the search's value is the validation accuracy, not the test accuracy
+        let val: f64 = row[final_val].parse().unwrap();
+        assert!((trial["value"].as_f64().unwrap() * 100.0 - val).abs() < 1e-2, "{row:?} {trial}");
+        assert_ne!(row[final_val], row[final_test]);
+    }
+    // errors: on text, or more than the training set
+    for (yaml, expected) in [
+        ("name: e\ndata: {validation: 60000}\nmodel: {hidden: [16]}\n", "data.validation: 60000 images; mnist has 60000 training images, so hold out between 1 and 59999"),
+        ("name: e\ndata: {dataset: tinyshakespeare, validation: 100}\nmodel: {kind: transformer, depth: 1, heads: 2, width: 32, context: 32}\ntrain: {steps: 10}\n", "data.validation: an image key"),
+    ] {
+        std::fs::write(dir.path().join("e.yaml"), yaml).unwrap();
+        let out = qat(&["run", "e.yaml", "-q"], dir.path());
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        assert!(text(&out).contains(expected), "{}", text(&out));
+    }
 }

@@ -28,8 +28,9 @@ pub struct SearchSpec {
     /// Seed of the proposals (not of training: that is `train.seed` / `sweep.seeds`).
     #[serde(default)]
     pub seed: u64,
-    /// A per-evaluation metric of `metrics.csv`: `val_loss`, `val_acc` (language models'
-    /// validation), `test_loss`, `test_acc`, `train_loss`, `train_acc`.
+    /// A per-evaluation metric of `metrics.csv`: `val_loss`, `val_acc` (a language model's
+    /// validation windows, or the images `data.validation` holds out), `test_loss`, `test_acc`,
+    /// `train_loss`, `train_acc`.
     pub metric: String,
     /// Which evaluation of a trial counts.
     #[serde(default, rename = "use")]
@@ -126,8 +127,9 @@ const METRICS: [(&str, Goal); 6] = [
 ];
 
 impl SearchSpec {
-    /// Check the settings and parse the space; errors start with the key.
-    pub fn space(&self, language_model: bool) -> Result<Space, String> {
+    /// Check the settings and parse the space; errors start with the key. `validated`: the runs
+    /// have a validation set (a language model's, or `data.validation` images).
+    pub fn space(&self, validated: bool) -> Result<Space, String> {
         let space = Space::parse(&self.space)?;
         if self.trials == 0 {
             return Err("trials: must be at least 1".into());
@@ -141,9 +143,9 @@ impl SearchSpec {
                 qatlab_core::registry::did_you_mean(&self.metric, &names)
             ));
         }
-        if self.metric.starts_with("val_") && !language_model {
+        if self.metric.starts_with("val_") && !validated {
             return Err(format!(
-                "metric: {}: image datasets have no validation split yet; use test_acc or test_loss (this tunes on the test set: report it so)",
+                "metric: {}: this image dataset has no validation split; hold out training images with data.validation: 5000 (or search on test_acc / test_loss, which tunes on the test set)",
                 self.metric
             ));
         }
