@@ -282,6 +282,10 @@ pub struct RunArgs {
     /// With `--launcher slurm`: write the manifest and script, do not submit.
     #[arg(long)]
     pub dry_run: bool,
+    /// With `--launcher slurm`, for a search: propose this many trials per job array; each
+    /// later `qat run --launcher slurm` enters what finished and submits the next batch.
+    #[arg(long)]
+    pub trials_per_submit: Option<usize>,
 }
 
 /// Where `qat run` executes runs.

@@ -266,7 +266,6 @@ fn submit(
     libraries: &[std::path::PathBuf],
 ) -> Result<ExitCode, Error> {
     let plan = experiment::load_with(&args.file, registry, &args.set)?;
-    let selected = plan.selection(&args.only)?;
     // Array tasks would all train an unfinished teacher at once, in one directory.
     for (name, teacher) in &plan.teachers {
         let dir = crate::run::RunDir::new(&args.results, &teacher.config);
@@ -290,6 +289,10 @@ fn submit(
         plugins: libraries.to_vec(),
         sets: args.set.clone(),
     };
+    if plan.search.is_some() {
+        return submit_search(&plan, args, registry, &options);
+    }
+    let selected = plan.selection(&args.only)?;
     let submitted = crate::launch::slurm::submit(&plan, &selected, &args.results, args.force, &options)?;
     for w in &submitted.warnings {
         eprintln!("qat: warning: {w}");
@@ -312,6 +315,60 @@ fn submit(
             "dry run: wrote {} for {} runs; submit it with sbatch",
             display_path(&submitted.script),
             submitted.indices.len()
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `qat run --launcher slurm` of a search: the next batch of trials as one job array.
+fn submit_search(
+    plan: &experiment::RunPlan,
+    args: &RunArgs,
+    registry: &qatlab_core::Registry,
+    slurm: &crate::launch::slurm::SlurmOptions,
+) -> Result<ExitCode, Error> {
+    let Some(per_submit) = args.trials_per_submit.filter(|&n| n > 0) else {
+        return Err(Error::Config(format!(
+            "{}: a search on Slurm proposes trials in batches; give --trials-per-submit N (N ≥ 1)",
+            args.file.display()
+        )));
+    };
+    if !args.only.is_empty() {
+        return Err(Error::Config("--only with --launcher slurm: a search submits the trials it proposes; run a ledger trial here with `qat run FILE --only K`".into()));
+    }
+    let options = ExecOptions {
+        results: args.results.clone(),
+        force: args.force,
+        retry_failed: args.retry_failed,
+        quiet: true,
+        jobs: 1,
+    };
+    let done = crate::launch::search::submit_search(plan, registry, &options, per_submit, slurm)?;
+    let spec = &plan.search.as_ref().expect("a search plan").spec;
+    print!("{}", crate::report::search::ledger_table(&done.ledger, spec));
+    for w in &done.submitted.warnings {
+        eprintln!("qat: warning: {w}");
+    }
+    let dir = display_path(&experiment_dir(&args.results, plan));
+    let trials: Vec<String> = done.trials.iter().map(usize::to_string).collect();
+    match (&done.submitted.job_id, done.trials.is_empty()) {
+        (_, true) if done.in_flight > 0 => println!(
+            "nothing to submit: {} trials are queued or training; run this again when some have finished",
+            done.in_flight
+        ),
+        (_, true) => println!("nothing to submit: the search is over ({} trials)", done.ledger.trials.len()),
+        (Some(id), false) => {
+            println!(
+                "submitted job array {id}: trials {} ({})",
+                trials.join(","),
+                display_path(&done.submitted.script)
+            );
+            println!("follow it with: qat status {dir}; when some have finished, run this command again for the next batch");
+        }
+        (None, false) => println!(
+            "dry run: wrote {} for trials {}; submit it with sbatch",
+            display_path(&done.submitted.script),
+            trials.join(",")
         ),
     }
     Ok(ExitCode::SUCCESS)

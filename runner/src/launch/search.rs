@@ -90,7 +90,14 @@ pub fn execute_search(
                 }
             }
         }
-        if let Err(e) = write_outputs(plan, &st, &options.results, &root) {
+        // a trial run alone (`--only`, as a Slurm array task) leaves the ledger to whoever runs
+        // the search: several such tasks end at once, and the next `qat run` reads their runs
+        let outputs = if st.only.is_some() {
+            crate::report::results::write_results_csv(&materialise(plan, &st.runs), &options.results)
+        } else {
+            write_outputs(plan, &st, &options.results, &root)
+        };
+        if let Err(e) = outputs {
             st.error.get_or_insert(e);
             st.stop = true;
         }
@@ -180,6 +187,89 @@ fn open_ledger(
             .for_each(|t| t.state = TrialState::Running);
     }
     Ok(ledger)
+}
+
+/// What [`submit_search`] did.
+pub struct SearchSubmission {
+    /// The trials the array runs (empty: nothing to submit now).
+    pub trials: Vec<usize>,
+    /// Trials still queued or training from earlier arrays.
+    pub in_flight: usize,
+    /// The array.
+    pub submitted: super::slurm::Submitted,
+    /// The ledger after this call.
+    pub ledger: Ledger,
+}
+
+/// `qat run --launcher slurm` of a search: enter what the trials of earlier arrays reached (read
+/// from their run directories), then propose or promote up to `per_submit` trials, write them
+/// to the ledger and submit them as one job array (task = trial index, `qat run --only`). Each
+/// later call proposes the next batch from what has finished; nothing watches the queue.
+pub fn submit_search(
+    plan: &RunPlan,
+    registry: &Registry,
+    options: &ExecOptions,
+    per_submit: usize,
+    slurm: &super::slurm::SlurmOptions,
+) -> Result<SearchSubmission> {
+    let search = plan.search.as_ref().expect("submit_search is given a search plan");
+    let spec = &search.spec;
+    let root = experiment_dir(&options.results, plan);
+    let ledger = open_ledger(plan, search, registry, options, &root)?;
+    let runs = ledger
+        .trials
+        .iter()
+        .map(|t| search.runs(&plan.file, t.trial, &t.pairs(), registry))
+        .collect::<Result<Vec<_>>>()?;
+    let mut st = State { ledger, runs, in_flight: Vec::new(), only: None, stop: false, error: None };
+    for trial in 0..st.ledger.trials.len() {
+        if st.ledger.trials[trial].state != TrialState::Running {
+            continue;
+        }
+        let budget = st.ledger.trials[trial].budget;
+        match observe(plan, &st.runs[trial], budget, &options.results)? {
+            Some(reached) => record(search, &mut st.ledger, trial, reached),
+            None => st.in_flight.push(trial),
+        }
+    }
+    let in_flight = st.in_flight.len();
+    let loss = |v: f64| spec.loss(v);
+    let mut batch = Vec::new();
+    while batch.len() < per_submit {
+        let total = st.runs.first().map_or(1, |r| total_evaluations(&r[0].config));
+        let rungs = schedule::rungs(spec.prune.as_ref(), total);
+        let trial = match schedule::next(
+            &st.ledger.trials,
+            &st.in_flight,
+            spec.trials,
+            &rungs,
+            spec.prune.as_ref(),
+            &loss,
+        ) {
+            Next::Resume { trial, budget } => {
+                let t = &mut st.ledger.trials[trial];
+                t.state = TrialState::Running;
+                t.budget = budget;
+                trial
+            }
+            Next::Propose => propose_trial(plan, search, registry, &mut st)?,
+            Next::Wait | Next::Done => break,
+        };
+        st.in_flight.push(trial);
+        batch.push(trial);
+    }
+    if options.force {
+        // --force trains the submitted trials afresh (the tasks themselves keep the ledger)
+        for run in batch.iter().flat_map(|&t| &st.runs[t]) {
+            let dir = RunDir::new(&options.results, &run.config);
+            dir.remove_checkpoint();
+            let _ = std::fs::remove_file(dir.path.join("run.json"));
+        }
+    }
+    write_outputs(plan, &st, &options.results, &root)?;
+    let submitted =
+        super::slurm::submit_array(&materialise(plan, &st.runs), &batch, &options.results, false, slurm)?;
+    Ok(SearchSubmission { trials: batch, in_flight, submitted, ledger: st.ledger })
 }
 
 /// `--only` for a search: trial indices (or run ids) of trials already in the ledger.
@@ -273,6 +363,9 @@ fn take_job(
             }
         };
         st.in_flight.push(trial);
+        if st.only.is_some() {
+            return Some((trial, st.ledger.trials[trial].budget, st.runs[trial].clone()));
+        }
         if let Err(e) = st.ledger.write(root) {
             st.error.get_or_insert(e);
             st.stop = true;
@@ -391,10 +484,6 @@ fn run_trial(
     forced: &Mutex<HashSet<String>>,
     progress: &SweepProgress,
 ) -> Result<Reached> {
-    let column =
-        metric_column(&plan.search.as_ref().expect("a search plan").spec.metric, plan.language_models());
-    let mut histories = Vec::new();
-    let mut finished = true;
     for run in runs {
         let dir = RunDir::new(&options.results, &run.config);
         let fresh =
@@ -403,25 +492,55 @@ fn run_trial(
             dir.remove_checkpoint();
         }
         let previous = dir.read_record().filter(|_| !fresh);
-        let record = match previous {
-            Some(r) if r.status == Status::Success => r,
-            previous => {
-                if previous.is_some_and(|r| matches!(r.status, Status::Failed | Status::Diverged)) {
-                    dir.remove_checkpoint();
-                }
-                let data = dataset(datasets, &run.config)?;
-                let record = run_isolated(run, &plan.swept, registry, &data, &dir, progress, budget)?;
-                progress.finished(&record);
-                record
-            }
-        };
-        if matches!(record.status, Status::Failed | Status::Diverged) {
-            return Ok(Reached::Failed(record.error.unwrap_or_else(|| format!("{:?}", record.status))));
+        if previous.as_ref().is_some_and(|r| r.status == Status::Success) {
+            continue;
         }
-        finished &= record.status == Status::Success;
-        histories.push(read_metric(&dir.path, column)?);
+        if previous.is_some_and(|r| matches!(r.status, Status::Failed | Status::Diverged)) {
+            dir.remove_checkpoint();
+        }
+        let data = dataset(datasets, &run.config)?;
+        let record = run_isolated(run, &plan.swept, registry, &data, &dir, progress, budget)?;
+        progress.finished(&record);
+        if matches!(record.status, Status::Failed | Status::Diverged) {
+            break;
+        }
     }
-    Ok(Reached::Evaluations { histories, finished, total: total_evaluations(&runs[0].config) })
+    observe(plan, runs, budget, &options.results)?
+        .ok_or_else(|| Error::Config("a trial's runs stopped short of their budget".into()))
+}
+
+/// What a trial's runs have reached on disk; None while one of them has still to train to
+/// `budget` (not started, training, or stopped at an earlier rung).
+fn observe(
+    plan: &RunPlan,
+    runs: &[PlannedRun],
+    budget: Option<usize>,
+    results: &Path,
+) -> Result<Option<Reached>> {
+    let column =
+        metric_column(&plan.search.as_ref().expect("a search plan").spec.metric, plan.language_models());
+    let mut histories = Vec::new();
+    let mut finished = true;
+    for run in runs {
+        let dir = RunDir::new(results, &run.config);
+        let Some(record) = dir.read_record() else { return Ok(None) };
+        match record.status {
+            Status::Failed | Status::Diverged => {
+                return Ok(Some(Reached::Failed(
+                    record.error.unwrap_or_else(|| format!("{:?}", record.status)),
+                )))
+            }
+            Status::Running => return Ok(None),
+            Status::Success => {}
+            Status::Pruned => finished = false,
+        }
+        let history = read_metric(&dir.path, column)?;
+        if record.status == Status::Pruned && history.len() < budget.unwrap_or(usize::MAX) {
+            return Ok(None);
+        }
+        histories.push(history);
+    }
+    Ok(Some(Reached::Evaluations { histories, finished, total: total_evaluations(&runs[0].config) }))
 }
 
 /// The dataset a run needs, loaded once per distinct data config.

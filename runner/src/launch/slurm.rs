@@ -146,9 +146,33 @@ pub fn submit(
     force: bool,
     options: &SlurmOptions,
 ) -> Result<Submitted> {
+    let absolute_results = absolute(results)?;
+    let indices: Vec<usize> = selected
+        .iter()
+        .copied()
+        .filter(|&i| {
+            force
+                || RunDir::new(&absolute_results, &plan.runs[i].config)
+                    .read_record()
+                    .is_none_or(|r| r.status != Status::Success)
+        })
+        .collect();
+    submit_array(plan, &indices, results, force, options)
+}
+
+/// Write the manifest (every run of `plan`) and an sbatch script whose array tasks are `indices`
+/// (each runs `qat run <file> --only <index>`: a run index, or a search's trial index), and
+/// submit it unless `dry_run` or there is nothing to run.
+pub fn submit_array(
+    plan: &RunPlan,
+    indices: &[usize],
+    results: &Path,
+    force: bool,
+    options: &SlurmOptions,
+) -> Result<Submitted> {
     // Fetch missing datasets here, once, never inside array tasks.
-    for &i in selected {
-        let dataset = plan.runs[i].config.data.dataset;
+    for run in plan.runs.iter().filter(|r| indices.contains(&r.index)) {
+        let dataset = run.config.data.dataset;
         // a `dataset: text` file was read when the experiment was planned
         if dataset != qatlab_core::config::Dataset::Text {
             crate::data::find_dir(dataset)?;
@@ -182,16 +206,7 @@ pub fn submit(
             .collect(),
         submissions: previous,
     };
-    let indices: Vec<usize> = selected
-        .iter()
-        .copied()
-        .filter(|&i| {
-            force
-                || RunDir::new(&results, &plan.runs[i].config)
-                    .read_record()
-                    .is_none_or(|r| r.status != Status::Success)
-        })
-        .collect();
+    let indices = indices.to_vec();
     let stamp = now().replace([':', '-'], "");
     let script = slurm_dir.join(format!("submit-{stamp}.sh"));
     write_atomic(&script, script_text(plan, &indices, &results, &manifest.file, force, options)?.as_bytes())?;

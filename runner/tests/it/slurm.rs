@@ -131,3 +131,51 @@ fn sbatch_missing_is_a_clear_error() {
     let script = std::fs::read_to_string(script).unwrap();
     assert!(script.contains(" --set train.optimizer.lr=0.002"), "{script}");
 }
+
+#[test]
+fn a_search_submits_batches_of_trials_each_from_what_has_finished() {
+    if !cluster_up() {
+        return;
+    }
+    let dir = workdir();
+    let yaml = "name: slurmsearch\nmodel: {hidden: [16]}\ntrain: {epochs: 3}\nsweep:\n  search:\n    method: random\n    trials: 4\n    metric: test_acc\n    space:\n      train.optimizer.lr: {log_uniform: [1.0e-4, 1.0e-1]}\n    prune: {method: asha, min_resource: 1, reduction: 3}\n";
+    std::fs::write(dir.path().join("s.yaml"), yaml).unwrap();
+    let root = dir.path().join("results/slurmsearch");
+    let missing = qat(&["run", "s.yaml", "--launcher", "slurm"], dir.path());
+    assert_eq!(missing.status.code(), Some(2), "{}", text(&missing));
+    assert!(text(&missing).contains("give --trials-per-submit N"), "{}", text(&missing));
+    let states = || -> Vec<String> {
+        let l: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(root.join("ledger.json")).unwrap()).unwrap();
+        l["trials"].as_array().unwrap().iter().map(|t| t["state"].as_str().unwrap().to_string()).collect()
+    };
+    // each call enters what the last array reached and submits the next batch: trials 0-1 to
+    // rung 1 (1 epoch), then 2-3, then ASHA's one promotion (the top ⌊4/3⌋ at rung 1), then nothing
+    let mut submitted = Vec::new();
+    for _ in 0..4 {
+        let out = qat(&["run", "s.yaml", "--launcher", "slurm", "--trials-per-submit", "2"], dir.path());
+        assert!(out.status.success(), "{}", text(&out));
+        let t = text(&out);
+        if t.contains("nothing to submit") {
+            assert!(t.contains("the search is over (4 trials)"), "{t}");
+            break;
+        }
+        let trials = t.split(": trials ").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+        submitted.push(trials);
+        let job = job_of(&out);
+        wait_until("the array to end", 300, || queue_empty(&job));
+    }
+    assert_eq!(
+        submitted.len(),
+        3,
+        "{submitted:?}\n{}",
+        std::fs::read_to_string(root.join("ledger.json")).unwrap()
+    );
+    assert_eq!(submitted[..2], ["0,1".to_string(), "2,3".to_string()]);
+    let states = states();
+    assert_eq!(states.iter().filter(|s| *s == "finished").count(), 1, "{states:?}");
+    assert_eq!(states.iter().filter(|s| *s == "pruned").count(), 3, "{states:?}");
+    let status = text(&qat(&["status", "results/slurmsearch"], dir.path()));
+    assert!(status.contains("4 runs: 3 pruned, 1 success"), "{status}");
+    assert!(root.join("best.yaml").is_file());
+}
