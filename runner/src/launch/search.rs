@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::experiment::search::ledger::{Ledger, Report, Trial, TrialState};
 use crate::experiment::search::schedule::{self, Next};
 use crate::experiment::search::tpe::Observation;
-use crate::experiment::search::{propose, Use};
+use crate::experiment::search::{propose, SearchSpec, Use};
 use crate::experiment::{PlannedRun, RunPlan, SearchPlan};
 use crate::report::search_plots::{write_search_plots, SearchPoints};
 use crate::run::{config_yaml, run_id, write_atomic, RunDir, Status};
@@ -60,15 +60,10 @@ pub fn execute_search(
 ) -> Result<(Ledger, Compute)> {
     let search = plan.search.as_ref().expect("execute_search is given a search plan");
     let root = experiment_dir(&options.results, plan);
-    let ledger = open_ledger(plan, search, registry, options, &root)?;
-    let runs = ledger
-        .trials
-        .iter()
-        .map(|t| search.runs(&plan.file, t.trial, &t.pairs(), registry))
-        .collect::<Result<Vec<_>>>()?;
-    let only = selection(only, &ledger)?;
+    let mut state = open_state(plan, registry, options, &root)?;
+    state.only = selection(only, &state.ledger)?;
     let teacher_dirs = train_teachers(plan, registry, options)?;
-    let state = Mutex::new(State { ledger, runs, in_flight: Vec::new(), only, stop: false, error: None });
+    let state = Mutex::new(state);
     let wake = Condvar::new();
     let datasets: Mutex<HashMap<String, Arc<RunData>>> = Mutex::new(HashMap::new());
     let forced: Mutex<HashSet<String>> = Mutex::new(HashSet::new());
@@ -126,26 +121,43 @@ pub fn execute_search(
     Ok((st.ledger, compute))
 }
 
-/// The ledger to continue: the one on disk if it describes this search (its trials' runs
-/// unchanged), a new one otherwise; `--force` discards it (and says so).
+impl State {
+    /// The schedule's next job for this state (the rungs of the first trial's runs).
+    fn next(&self, spec: &SearchSpec) -> Next {
+        let total = self.runs.first().map_or(1, |r| total_evaluations(&r[0].config));
+        let rungs = schedule::rungs(spec.prune.as_ref(), total);
+        let loss = |v: f64| spec.loss(v);
+        schedule::next(&self.ledger.trials, &self.in_flight, spec.trials, &rungs, spec.prune.as_ref(), &loss)
+    }
+}
+
+/// The search's state as a command starts: its ledger ([`open_ledger`]) and each trial's runs.
+fn open_state(plan: &RunPlan, registry: &Registry, options: &ExecOptions, root: &Path) -> Result<State> {
+    let search = plan.search.as_ref().expect("a search plan");
+    let (ledger, runs) = open_ledger(plan, search, registry, options, root)?;
+    Ok(State { ledger, runs, in_flight: Vec::new(), only: None, stop: false, error: None })
+}
+
+/// The ledger to continue, with each trial's runs: the one on disk if it describes this search
+/// (its trials' runs unchanged), a new one otherwise; `--force` discards it (and says so).
 fn open_ledger(
     plan: &RunPlan,
     search: &SearchPlan,
     registry: &Registry,
     options: &ExecOptions,
     root: &Path,
-) -> Result<Ledger> {
+) -> Result<(Ledger, Vec<Vec<PlannedRun>>)> {
     let identity = search.spec.identity(&search.seed_list());
     let fresh = Ledger { search: identity.clone(), ..Ledger::default() };
     let path = Ledger::path(root);
-    let Some(mut ledger) = Ledger::read(root)? else { return Ok(fresh) };
+    let Some(mut ledger) = Ledger::read(root)? else { return Ok((fresh, Vec::new())) };
     if options.force {
         eprintln!(
             "qat: --force: discarding the ledger {} ({} trials) and starting the search over",
             crate::launch::local::display_path(&path),
             ledger.trials.len()
         );
-        return Ok(fresh);
+        return Ok((fresh, Vec::new()));
     }
     if ledger.search != identity {
         return Err(Error::Config(format!(
@@ -156,6 +168,7 @@ fn open_ledger(
             identity
         )));
     }
+    let mut runs = Vec::new();
     for t in &ledger.trials {
         search.space.coordinates(&t.pairs()).map_err(|e| {
             Error::Config(format!(
@@ -164,11 +177,8 @@ fn open_ledger(
                 t.trial
             ))
         })?;
-        let ids: Vec<String> = search
-            .runs(&plan.file, t.trial, &t.pairs(), registry)?
-            .iter()
-            .map(|r| run_id(&r.config))
-            .collect();
+        let trial_runs = search.runs(&plan.file, t.trial, &t.pairs(), registry)?;
+        let ids: Vec<String> = trial_runs.iter().map(|r| run_id(&r.config)).collect();
         if ids != t.runs {
             return Err(Error::Config(format!(
                 "{}: trial {} now gives runs {} where the ledger has {}: the base config changed since the search began; restore it, rename the experiment, or rerun with --force to start over",
@@ -178,6 +188,7 @@ fn open_ledger(
                 t.runs.join(",")
             )));
         }
+        runs.push(trial_runs);
     }
     if options.retry_failed {
         ledger
@@ -186,7 +197,7 @@ fn open_ledger(
             .filter(|t| t.state == TrialState::Failed)
             .for_each(|t| t.state = TrialState::Running);
     }
-    Ok(ledger)
+    Ok((ledger, runs))
 }
 
 /// What [`submit_search`] did.
@@ -215,13 +226,7 @@ pub fn submit_search(
     let search = plan.search.as_ref().expect("submit_search is given a search plan");
     let spec = &search.spec;
     let root = experiment_dir(&options.results, plan);
-    let ledger = open_ledger(plan, search, registry, options, &root)?;
-    let runs = ledger
-        .trials
-        .iter()
-        .map(|t| search.runs(&plan.file, t.trial, &t.pairs(), registry))
-        .collect::<Result<Vec<_>>>()?;
-    let mut st = State { ledger, runs, in_flight: Vec::new(), only: None, stop: false, error: None };
+    let mut st = open_state(plan, registry, options, &root)?;
     for trial in 0..st.ledger.trials.len() {
         if st.ledger.trials[trial].state != TrialState::Running {
             continue;
@@ -233,19 +238,9 @@ pub fn submit_search(
         }
     }
     let in_flight = st.in_flight.len();
-    let loss = |v: f64| spec.loss(v);
     let mut batch = Vec::new();
     while batch.len() < per_submit {
-        let total = st.runs.first().map_or(1, |r| total_evaluations(&r[0].config));
-        let rungs = schedule::rungs(spec.prune.as_ref(), total);
-        let trial = match schedule::next(
-            &st.ledger.trials,
-            &st.in_flight,
-            spec.trials,
-            &rungs,
-            spec.prune.as_ref(),
-            &loss,
-        ) {
+        let trial = match st.next(spec) {
             Next::Resume { trial, budget } => {
                 let t = &mut st.ledger.trials[trial];
                 t.state = TrialState::Running;
@@ -308,7 +303,6 @@ fn take_job(
     root: &Path,
 ) -> Option<(usize, Option<usize>, Vec<PlannedRun>)> {
     let spec = &search.spec;
-    let loss = |v: f64| spec.loss(v);
     let mut st = state.lock().expect("no panics hold this lock");
     loop {
         if st.stop || INTERRUPTED.load(Ordering::SeqCst) {
@@ -320,19 +314,7 @@ fn take_job(
                 None if st.in_flight.is_empty() => Next::Done,
                 None => Next::Wait,
             },
-            None => {
-                let first = &st.runs.first().map(|r| r[0].config.clone());
-                let total = first.as_ref().map_or(1, total_evaluations);
-                let rungs = schedule::rungs(spec.prune.as_ref(), total);
-                schedule::next(
-                    &st.ledger.trials,
-                    &st.in_flight,
-                    spec.trials,
-                    &rungs,
-                    spec.prune.as_ref(),
-                    &loss,
-                )
-            }
+            None => st.next(spec),
         };
         let trial = match next {
             Next::Resume { trial, budget } => {

@@ -3,11 +3,9 @@
 //! that stop a search before anything runs.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use crate::cli::{qat, text, workdir};
-use crate::sweep::{csv_rows, metrics_without_timing, run_dirs};
+use crate::sweep::{assert_same_results, csv_rows, kill_when, mid_run, run_dirs};
 
 /// A small ternary language model searched over learning rate and weight decay with ASHA.
 fn lm_search(trials: usize, steps: usize) -> String {
@@ -60,42 +58,21 @@ fn a_killed_search_replays_to_the_same_ledger_and_results() {
     let killed = workdir();
     std::fs::write(killed.path().join("s.yaml"), &yaml).unwrap();
     let root = killed.path().join("results/lmsearch");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qat"))
-        .args(["run", "s.yaml", "--jobs", "1", "-q"])
-        .current_dir(killed.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut interrupted = false;
-    while Instant::now() < deadline && !interrupted {
-        std::thread::sleep(Duration::from_millis(5));
-        let proposed = std::fs::read(root.join("ledger.json"))
+    let proposed = |root: &Path| {
+        std::fs::read(root.join("ledger.json"))
             .ok()
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .map_or(0, |l| l["trials"].as_array().map_or(0, Vec::len));
-        interrupted = proposed >= 3
-            && run_dirs(&root).iter().any(|d| {
-                d.join("checkpoint.safetensors").is_file()
-                    && std::fs::read_to_string(d.join("run.json")).is_ok_and(|s| s.contains("\"running\""))
-            });
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+            .map_or(0, |l| l["trials"].as_array().map_or(0, Vec::len))
+    };
+    let interrupted = kill_when(killed.path(), &["run", "s.yaml", "--jobs", "1", "-q"], || {
+        proposed(&root) >= 3 && mid_run(&root)
+    });
     assert!(interrupted, "the search finished before it could be killed mid-run");
     assert_ne!(ledger(&root), ledger(&clean_root), "killed before the end");
     let again = qat(&["run", "s.yaml", "--jobs", "1", "-q"], killed.path());
     assert!(again.status.success(), "{}", text(&again));
     assert_eq!(ledger(&root), ledger(&clean_root));
-    assert_eq!(csv_rows(&root.join("results.csv")), csv_rows(&clean_root.join("results.csv")));
-    for (a, b) in run_dirs(&root).iter().zip(run_dirs(&clean_root)) {
-        assert_eq!(a.file_name(), b.file_name());
-        assert_eq!(
-            metrics_without_timing(&a.join("metrics.csv")),
-            metrics_without_timing(&b.join("metrics.csv"))
-        );
-    }
+    assert_same_results(&root, &clean_root);
     assert_eq!(
         std::fs::read_to_string(root.join("best.yaml")).unwrap(),
         std::fs::read_to_string(clean_root.join("best.yaml")).unwrap()

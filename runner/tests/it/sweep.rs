@@ -107,6 +107,36 @@ fn a_killed_language_model_sweep_resumes_to_the_same_results() {
     killed_and_resumed_matches_uninterrupted(yaml, "lmresume");
 }
 
+/// Run `qat args` in `dir` and SIGKILL it as soon as `ready` holds (polled every 5 ms, for at
+/// most two minutes); whether it was killed so.
+pub fn kill_when(dir: &Path, args: &[&str], mut ready: impl FnMut() -> bool) -> bool {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qat"))
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut interrupted = false;
+    while Instant::now() < deadline && !interrupted {
+        std::thread::sleep(Duration::from_millis(5));
+        interrupted = ready() && child.try_wait().unwrap().is_none();
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    interrupted
+}
+
+/// Whether some run under `root` has a checkpoint and is still running.
+pub fn mid_run(root: &Path) -> bool {
+    root.is_dir()
+        && run_dirs(root).iter().any(|d| {
+            d.join("checkpoint.safetensors").is_file()
+                && std::fs::read_to_string(d.join("run.json")).is_ok_and(|s| s.contains("\"running\""))
+        })
+}
+
 /// Run `yaml` (experiment `name`) once uninterrupted and once SIGKILLed mid-run and rerun;
 /// results.csv and every run's metrics (timing aside) must match.
 fn killed_and_resumed_matches_uninterrupted(yaml: &str, name: &str) {
@@ -117,35 +147,22 @@ fn killed_and_resumed_matches_uninterrupted(yaml: &str, name: &str) {
 
     let killed = workdir();
     std::fs::write(killed.path().join("r.yaml"), yaml).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qat"))
-        .args(["run", "r.yaml", "--jobs", "2", "-q"])
-        .current_dir(killed.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // wait until some run has checkpointed an epoch but not finished, then SIGKILL
+    // SIGKILL once some run has checkpointed an evaluation but not finished
     let root = killed.path().join("results").join(name);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut interrupted = false;
-    while Instant::now() < deadline && !interrupted {
-        std::thread::sleep(Duration::from_millis(20));
-        if root.is_dir() {
-            interrupted = run_dirs(&root).iter().any(|d| {
-                d.join("checkpoint.safetensors").is_file()
-                    && std::fs::read_to_string(d.join("run.json")).is_ok_and(|s| s.contains("\"running\""))
-            });
-        }
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let interrupted = kill_when(killed.path(), &["run", "r.yaml", "--jobs", "2", "-q"], || mid_run(&root));
     assert!(interrupted, "the sweep finished before it could be killed mid-run");
     let again = qat(&["run", "r.yaml", "--jobs", "2", "-q"], killed.path());
     assert!(again.status.success(), "{}", text(&again));
 
-    let clean_root = clean.path().join("results").join(name);
-    assert_eq!(csv_rows(&root.join("results.csv")), csv_rows(&clean_root.join("results.csv")));
-    for (a, b) in run_dirs(&root).iter().zip(run_dirs(&clean_root)) {
+    assert_same_results(&root, &clean.path().join("results").join(name));
+}
+
+/// The same results.csv and the same runs with the same metrics (timing aside) in both
+/// experiment directories.
+pub fn assert_same_results(root: &Path, other: &Path) {
+    assert_eq!(csv_rows(&root.join("results.csv")), csv_rows(&other.join("results.csv")));
+    assert_eq!(run_dirs(root).len(), run_dirs(other).len());
+    for (a, b) in run_dirs(root).iter().zip(run_dirs(other)) {
         assert_eq!(a.file_name(), b.file_name());
         assert_eq!(
             metrics_without_timing(&a.join("metrics.csv")),
