@@ -223,7 +223,10 @@ pub fn load_with(file: &Path, registry: &Registry, sets: &[String]) -> Result<Ru
     if let Some(search) = spec.as_ref().and_then(|s| s.search.clone()) {
         let spec = spec.unwrap_or_default();
         if !(spec.grid.is_empty() && spec.zip.is_empty() && spec.exclude.is_empty()) {
-            sweep::expand(&spec, 0).map_err(|e| Error::Config(format!("{shown}: {e}")))?;
+            let text = std::fs::read_to_string(file).unwrap_or_default();
+            let at = locate_segments(&text, &["sweep", "search"])
+                .map_or(String::new(), |(l, c)| format!(":{l}:{c}"));
+            sweep::expand(&spec, 0).map_err(|e| Error::Config(format!("{shown}{at}: {e}")))?;
         }
         let seeds =
             sweep::seeds(&spec, config.train.seed).map_err(|e| Error::Config(format!("{shown}: {e}")))?;

@@ -215,7 +215,7 @@ fn search_errors_stop_before_anything_runs() {
         (base.replace("metric: test_acc", "metric: val_loss"), "b.yaml:8:5: sweep.search.metric: val_loss: this image dataset has no validation split; hold out training images with data.validation"),
         (base.replace("{log_uniform: [1.0e-4, 1.0e-1]}", "{uniform: [-1.0, 1.0e-1]}"),
          "sweep.search.space.train.optimizer.lr: the value -1.0 gives an invalid run"),
-        (format!("{base}  grid: {{model.hidden: [[8]]}}\n"), "a search cannot be combined with them"),
+        (format!("{base}  grid: {{model.hidden: [[8]]}}\n"), "b.yaml:5:3: sweep: `search` replaces `grid`, `zip` and `exclude`; a search cannot be combined with them"),
         (base.replace("trials: 4", "trials: 3\n    space2: 1"), "unknown field `space2`"),
         (base.replace("{log_uniform: [1.0e-4, 1.0e-1]}", "{choice: [1.0e-3, 1.0e-2]}"), "sweep.search.trials: 4 trials in a space of only 2 distinct points"),
         (base.replace("{log_uniform: [1.0e-4, 1.0e-1]}", "{normal: [0, 1]}"), "b.yaml:10:7: sweep.search.space.train.optimizer.lr: unknown distribution `normal`"),
