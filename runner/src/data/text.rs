@@ -209,6 +209,12 @@ pub struct TextFiles {
     seen: std::collections::HashMap<String, std::result::Result<Facts, String>>,
 }
 
+impl std::fmt::Debug for TextFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextFiles").field("files", &self.seen.len()).finish()
+    }
+}
+
 impl TextFiles {
     /// Resolve `data` of a run planned from an experiment file in `base` for a model of
     /// `context` tokens: read the file (its path relative to `base`), fill in its full path,

@@ -63,6 +63,8 @@ pub struct SearchPlan {
     language_model: bool,
     /// Named teachers, for the runs' checks.
     teachers: Vec<String>,
+    /// The `dataset: text` files planning read, so each trial's runs do not read them again.
+    text_files: std::sync::Arc<std::sync::Mutex<TextFiles>>,
 }
 
 impl SearchPlan {
@@ -78,9 +80,21 @@ impl SearchPlan {
             Some(seeds) => seeds.iter().copied().map(Some).collect(),
             None => vec![None],
         };
-        let mut text_files = TextFiles::default();
+        self.runs_of_seeds(file, trial, values, registry, &seeds)
+    }
+
+    /// [`Self::runs`] for the given seeds (None: the base config's).
+    fn runs_of_seeds(
+        &self,
+        file: &Path,
+        trial: usize,
+        values: &[(String, Value)],
+        registry: &Registry,
+        seeds: &[Option<u64>],
+    ) -> Result<Vec<PlannedRun>> {
+        let mut text_files = self.text_files.lock().expect("no panics hold this lock");
         seeds
-            .into_iter()
+            .iter()
             .map(|seed| {
                 let mut overrides = values.to_vec();
                 overrides.extend(seed.map(|s| ("train.seed".to_string(), Value::from(s))));
@@ -230,7 +244,7 @@ pub fn load_with(file: &Path, registry: &Registry, sets: &[String]) -> Result<Ru
         }
         let seeds =
             sweep::seeds(&spec, config.train.seed).map_err(|e| Error::Config(format!("{shown}: {e}")))?;
-        let plan = plan_search(search, seeds, resolved, &config, file, registry, names, &sets)?;
+        let plan = plan_search(search, seeds, resolved, &config, file, registry, names, &sets, text_files)?;
         let mut swept: Vec<String> = plan.space.dims.iter().map(|d| d.path.clone()).collect();
         swept.extend(plan.seeds.is_some().then(|| "train.seed".to_string()));
         let experiment = config.name.clone();
@@ -308,6 +322,7 @@ fn plan_search(
     registry: &Registry,
     teachers: Vec<String>,
     sets: &[(String, Value)],
+    text_files: TextFiles,
 ) -> Result<SearchPlan> {
     let shown = file.display().to_string();
     let text = std::fs::read_to_string(file).unwrap_or_default();
@@ -322,7 +337,8 @@ fn plan_search(
     };
     let language_model = config.data.dataset.is_text();
     let space = spec.space(language_model || config.data.validation.is_some()).map_err(at)?;
-    let plan = SearchPlan { spec, space, seeds, base: resolved, language_model, teachers };
+    let text_files = std::sync::Arc::new(std::sync::Mutex::new(text_files));
+    let plan = SearchPlan { spec, space, seeds, base: resolved, language_model, teachers, text_files };
     for dim in &plan.space.dims {
         let extremes = dim.distribution.extremes();
         check_path(&plan.base, &dim.path, &extremes[0])
@@ -340,9 +356,7 @@ fn plan_search(
         for value in dim.distribution.extremes() {
             let mut values = corner.clone();
             values[i].1 = value.clone();
-            let mut probe = plan.clone();
-            probe.seeds = None;
-            probe.runs(file, 0, &values, registry).map_err(|e| {
+            plan.runs_of_seeds(file, 0, &values, registry, &[None]).map_err(|e| {
                 let reason = e.to_string();
                 let reason = reason.rsplit_once("): ").map_or(reason.as_str(), |(_, r)| r).to_string();
                 at(format!("space.{}: the value {} gives an invalid run: {reason}", dim.path, inline(&value)))

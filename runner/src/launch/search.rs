@@ -345,13 +345,13 @@ fn take_job(
             }
         };
         st.in_flight.push(trial);
-        if st.only.is_some() {
-            return Some((trial, st.ledger.trials[trial].budget, st.runs[trial].clone()));
-        }
-        if let Err(e) = st.ledger.write(root) {
-            st.error.get_or_insert(e);
-            st.stop = true;
-            return None;
+        // `--only` leaves the ledger to whoever runs the search (see `execute_search`)
+        if st.only.is_none() {
+            if let Err(e) = st.ledger.write(root) {
+                st.error.get_or_insert(e);
+                st.stop = true;
+                return None;
+            }
         }
         return Some((trial, st.ledger.trials[trial].budget, st.runs[trial].clone()));
     }
@@ -516,7 +516,7 @@ fn observe(
             Status::Success => {}
             Status::Pruned => finished = false,
         }
-        let history = read_metric(&dir.path, column)?;
+        let history = dir.read_metric(column)?;
         if record.status == Status::Pruned && history.len() < budget.unwrap_or(usize::MAX) {
             return Ok(None);
         }
@@ -544,25 +544,6 @@ fn metric_column(metric: &str, language_model: bool) -> &str {
         ("val_acc", true) => "test_acc",
         (other, _) => other,
     }
-}
-
-/// One column of a run's `metrics.csv`, one value per evaluation.
-fn read_metric(dir: &Path, column: &str) -> Result<Vec<f64>> {
-    let path = dir.join("metrics.csv");
-    let mut reader =
-        csv::Reader::from_path(&path).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-    let header = reader.headers().map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-    let c = header
-        .iter()
-        .position(|h| h == column)
-        .ok_or_else(|| Error::Config(format!("{}: no column `{column}`", path.display())))?;
-    reader
-        .records()
-        .map(|r| {
-            let r = r.map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-            r[c].parse::<f64>().map_err(|e| Error::Config(format!("{}: `{}`: {e}", path.display(), &r[c])))
-        })
-        .collect()
 }
 
 /// Enter what a job reached into the ledger (see [`update`]) and report the job's end; a job
@@ -617,6 +598,8 @@ fn update(search: &SearchPlan, ledger: &mut Ledger, trial: usize, reached: Reach
     let (Some(prune), Some(k), Some(value)) = (spec.prune.as_ref(), t.rungs.len().checked_sub(1), t.value)
     else {
         t.state = TrialState::Failed;
+        t.error =
+            Some(format!("its runs stopped after {evaluations} evaluations, before a rung or their end"));
         return;
     };
     let (state, budget) = schedule::at_rung(&ledger.trials, trial, k, value, &rungs, prune, &loss);

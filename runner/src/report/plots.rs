@@ -105,7 +105,7 @@ fn collect(plan: &RunPlan, results: &Path, measure: Measure) -> Vec<RunPoint> {
         .filter_map(|run| {
             let dir = RunDir::new(results, &run.config);
             let record = dir.read_record().filter(|r| r.status == Status::Success)?;
-            let curve = read_curve(&dir.path.join("metrics.csv"), measure);
+            let curve = read_curve(&dir, measure);
             let scores = record.final_scores?;
             Some(RunPoint {
                 series: qatlab_core::config::spec_label(&run.config.quantizer),
@@ -121,13 +121,9 @@ fn collect(plan: &RunPlan, results: &Path, measure: Measure) -> Vec<RunPoint> {
         .collect()
 }
 
-fn read_curve(path: &Path, measure: Measure) -> Vec<f64> {
+fn read_curve(dir: &RunDir, measure: Measure) -> Vec<f64> {
     let (column, factor) = measure.column();
-    let Ok(mut reader) = csv::Reader::from_path(path) else { return Vec::new() };
-    let Some(col) = reader.headers().ok().and_then(|h| h.iter().position(|c| c == column)) else {
-        return Vec::new();
-    };
-    reader.records().filter_map(|r| r.ok()?.get(col)?.parse::<f64>().ok()).map(|v| factor * v).collect()
+    dir.read_metric(column).unwrap_or_default().into_iter().map(|v| factor * v).collect()
 }
 
 /// Write `plots/accuracy_vs_bits` (language models: `plots/loss_vs_memory`) and `plots/curves`

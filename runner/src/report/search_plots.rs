@@ -10,6 +10,7 @@ use plotters::prelude::*;
 use super::plots::{font, Area, DrawResult};
 use crate::error::{Error, Result};
 use crate::experiment::search::ledger::{Ledger, TrialState};
+use crate::experiment::search::Goal;
 use crate::experiment::SearchPlan;
 use crate::launch::search::Compute;
 
@@ -57,7 +58,7 @@ impl SearchPoints {
         }
         let mut axes: Vec<String> = search.space.dims.iter().map(|d| d.path.clone()).collect();
         axes.push(spec.metric.clone());
-        Self { trials, progress, axes, unit: compute.unit, minimize: spec.loss(1.0) < spec.loss(2.0) }
+        Self { trials, progress, axes, unit: compute.unit, minimize: spec.goal() == Goal::Minimize }
     }
 }
 

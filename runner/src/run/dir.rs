@@ -81,6 +81,26 @@ impl RunDir {
         Checkpoint::remove_from(&self.path);
     }
 
+    /// One column of `metrics.csv` (`test_loss`, `val_acc`, …), one value per evaluation.
+    pub fn read_metric(&self, column: &str) -> Result<Vec<f64>> {
+        let path = self.path.join("metrics.csv");
+        let error = |e: &dyn std::fmt::Display| Error::Config(format!("{}: {e}", path.display()));
+        let mut reader = csv::Reader::from_path(&path).map_err(|e| error(&e))?;
+        let c = reader
+            .headers()
+            .map_err(|e| error(&e))?
+            .iter()
+            .position(|h| h == column)
+            .ok_or_else(|| error(&format!("no column `{column}`")))?;
+        reader
+            .records()
+            .map(|r| {
+                let r = r.map_err(|e| error(&e))?;
+                r[c].parse::<f64>().map_err(|e| error(&format!("`{}`: {e}", &r[c])))
+            })
+            .collect()
+    }
+
     /// Write `metrics.csv`, one row per epoch.
     pub fn write_metrics(&self, epochs: &[EpochMetrics]) -> Result<()> {
         write_atomic(&self.path.join("metrics.csv"), &metrics_csv(epochs))
