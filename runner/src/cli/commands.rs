@@ -239,8 +239,16 @@ fn run_search(
     let spec = &plan.search.as_ref().expect("a search plan").spec;
     let (ledger, compute) = crate::launch::search::execute_search(plan, &args.only, registry, options)?;
     print!("{}", crate::report::search::ledger_table(&ledger, spec));
+    let budget = spec.budget.map_or(String::new(), |b| {
+        let cut = if ledger.trials.len() < spec.trials {
+            format!("; the budget ended the search after {} of {} trials", ledger.trials.len(), spec.trials)
+        } else {
+            String::new()
+        };
+        format!(" (budget {b} whole runs{cut})")
+    });
     println!(
-        "compute: {:.0} {} trained, {:.2} whole runs of {:.0} {}",
+        "compute: {:.0} {} trained, {:.2} whole runs of {:.0} {}{budget}",
         compute.trained,
         compute.unit,
         compute.trained / compute.whole_run,

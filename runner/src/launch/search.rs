@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::experiment::search::ledger::{Ledger, Report, Trial, TrialState};
 use crate::experiment::search::schedule::{self, Next};
 use crate::experiment::search::tpe::Observation;
-use crate::experiment::search::{propose, SearchSpec, Use};
+use crate::experiment::search::{propose, Use};
 use crate::experiment::{PlannedRun, RunPlan, SearchPlan};
 use crate::report::search_plots::{write_search_plots, SearchPoints};
 use crate::run::{config_yaml, run_id, write_atomic, RunDir, Status};
@@ -122,12 +122,18 @@ pub fn execute_search(
 }
 
 impl State {
-    /// The schedule's next job for this state (the rungs of the first trial's runs).
-    fn next(&self, spec: &SearchSpec) -> Next {
-        let total = self.runs.first().map_or(1, |r| total_evaluations(&r[0].config));
+    /// The schedule's next job for this state (the rungs of the base config's runs).
+    fn next(&self, plan: &RunPlan) -> Next {
+        let search = plan.search.as_ref().expect("a search plan");
+        let spec = &search.spec;
+        let total = total_evaluations(&plan.first_config());
         let rungs = schedule::rungs(spec.prune.as_ref(), total);
         let loss = |v: f64| spec.loss(v);
-        schedule::next(&self.ledger.trials, &self.in_flight, spec.trials, &rungs, spec.prune.as_ref(), &loss)
+        // whole runs → evaluations of trials (each trial's evaluation trains one run per seed)
+        let seeds = search.seed_list().len().max(1) as f64;
+        let evaluations = spec.budget.map(|runs| (runs * total as f64 / seeds + 1e-9) as usize);
+        let limit = schedule::Limit { trials: spec.trials, evaluations };
+        schedule::next(&self.ledger.trials, &self.in_flight, limit, &rungs, spec.prune.as_ref(), &loss)
     }
 }
 
@@ -224,7 +230,6 @@ pub fn submit_search(
     slurm: &super::slurm::SlurmOptions,
 ) -> Result<SearchSubmission> {
     let search = plan.search.as_ref().expect("submit_search is given a search plan");
-    let spec = &search.spec;
     let root = experiment_dir(&options.results, plan);
     let mut st = open_state(plan, registry, options, &root)?;
     for trial in 0..st.ledger.trials.len() {
@@ -240,7 +245,7 @@ pub fn submit_search(
     let in_flight = st.in_flight.len();
     let mut batch = Vec::new();
     while batch.len() < per_submit {
-        let trial = match st.next(spec) {
+        let trial = match st.next(plan) {
             Next::Resume { trial, budget } => {
                 let t = &mut st.ledger.trials[trial];
                 t.state = TrialState::Running;
@@ -302,7 +307,6 @@ fn take_job(
     wake: &Condvar,
     root: &Path,
 ) -> Option<(usize, Option<usize>, Vec<PlannedRun>)> {
-    let spec = &search.spec;
     let mut st = state.lock().expect("no panics hold this lock");
     loop {
         if st.stop || INTERRUPTED.load(Ordering::SeqCst) {
@@ -314,7 +318,7 @@ fn take_job(
                 None if st.in_flight.is_empty() => Next::Done,
                 None => Next::Wait,
             },
-            None => st.next(spec),
+            None => st.next(plan),
         };
         let trial = match next {
             Next::Resume { trial, budget } => {

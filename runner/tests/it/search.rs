@@ -171,6 +171,44 @@ fn a_search_continues_when_trials_grow_and_lists_and_ranks_its_trials() {
 }
 
 #[test]
+fn a_compute_budget_ends_the_search_and_raising_it_continues() {
+    let dir = workdir();
+    let search = |budget: f64| {
+        format!(
+            "name: capped\nmodel: {{hidden: [16]}}\ntrain: {{epochs: 3}}\nsweep:\n  search:\n    method: random\n    trials: 6\n    budget: {budget}\n    metric: test_loss\n    space:\n      train.optimizer.lr: {{log_uniform: [1.0e-4, 1.0e-1]}}\n    prune: {{method: asha, min_resource: 1, reduction: 3}}\n"
+        )
+    };
+    std::fs::write(dir.path().join("m.yaml"), search(2.5)).unwrap();
+    let out = qat(&["run", "m.yaml", "-q", "--jobs", "1"], dir.path());
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    let root = dir.path().join("results/capped");
+    let first = ledger(&root);
+    let trials = first["trials"].as_array().unwrap();
+    // 2.5 whole runs of 3 epochs: 7 epochs in all; each trial's first rung is 1 epoch
+    let spent: u64 = trials.iter().map(|t| t["evaluations"].as_u64().unwrap()).sum();
+    assert!(spent <= 7 && trials.len() < 6, "{first}");
+    assert!(
+        t.contains(&format!(
+            "(budget 2.5 whole runs; the budget ended the search after {} of 6 trials)",
+            trials.len()
+        )),
+        "{t}"
+    );
+    let whole_runs: f64 = t.split("trained, ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!(whole_runs <= 2.5 && (whole_runs * 3.0 - spent as f64).abs() < 0.02, "{t}");
+
+    // a larger budget continues the same search: its trials replayed, then on to 6 trials
+    std::fs::write(dir.path().join("m.yaml"), search(100.0)).unwrap();
+    let out = qat(&["run", "m.yaml", "-q", "--jobs", "1"], dir.path());
+    assert!(out.status.success(), "{}", text(&out));
+    let second = ledger(&root);
+    assert_eq!(second["trials"].as_array().unwrap().len(), 6, "{second}");
+    assert_eq!(second["trials"][0]["values"], first["trials"][0]["values"]);
+    assert!(!text(&out).contains("the budget ended"), "{}", text(&out));
+}
+
+#[test]
 fn the_median_rule_prunes_trials_worse_than_the_median_for_good() {
     let dir = workdir();
     let yaml = "name: med\nmodel: {hidden: [16]}\ntrain: {epochs: 4}\nsweep:\n  search:\n    method: random\n    trials: 8\n    metric: test_loss\n    space:\n      train.optimizer.lr: {log_uniform: [1.0e-5, 1.0e-1]}\n    prune: {method: median, min_resource: 1, reduction: 2, startup: 2}\n";
@@ -222,6 +260,7 @@ fn search_errors_stop_before_anything_runs() {
         (base.replace("{log_uniform: [1.0e-4, 1.0e-1]}", "{uniform: [0.1, 0.01]}"), "b.yaml:10:7: sweep.search.space.train.optimizer.lr: uniform: needs low < high"),
         (base.replace("trials: 4", "trials: 0"), "b.yaml:7:5: sweep.search.trials: must be at least 1"),
         (base.replace("metric: test_acc", "metric: test_accuracy"), "b.yaml:8:5: sweep.search.metric: unknown metric `test_accuracy`; one of val_loss"),
+        (base.replace("trials: 4", "trials: 4\n    budget: -1"), "b.yaml:8:5: sweep.search.budget: -1 whole runs; give a positive number"),
     ];
     for (yaml, expected) in cases {
         std::fs::write(dir.path().join("b.yaml"), &yaml).unwrap();

@@ -43,6 +43,11 @@ pub struct SearchSpec {
     /// Stopping hopeless trials early.
     #[serde(default)]
     pub prune: Option<PruneSpec>,
+    /// A cap on the compute the search trains, in whole runs (one run of the base config from
+    /// start to end; a trial with three seeds trains three runs): the search ends before a job
+    /// that could take it past the cap. Like `trials`, raise it and rerun to continue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<f64>,
 }
 
 /// Search methods.
@@ -162,6 +167,11 @@ impl SearchSpec {
                 self.trials
             ));
         }
+        if let Some(b) = self.budget.filter(|b| !(b.is_finite() && *b > 0.0)) {
+            return Err(format!(
+                "budget: {b} whole runs; give a positive number (e.g. 10.8 for 40 % of 27 runs)"
+            ));
+        }
         if let Some(p) = &self.prune {
             if p.min_resource == 0 {
                 return Err("prune.min_resource: must be at least 1 evaluation".into());
@@ -188,13 +198,14 @@ impl SearchSpec {
         }
     }
 
-    /// What identifies a search in its ledger: everything but `trials` (raising it continues the
-    /// search), as one line of YAML.
+    /// What identifies a search in its ledger: everything but `trials` and `budget` (raising
+    /// them continues the search), as one line of YAML.
     pub fn identity(&self, seeds: &[u64]) -> String {
         let resolved = Self { goal: Some(self.goal()), ..self.clone() };
         let mut v = serde_yaml::to_value(resolved).expect("a search spec serialises");
         if let Some(m) = v.as_mapping_mut() {
             m.remove("trials");
+            m.remove("budget");
             m.insert(Value::from("seeds"), serde_yaml::to_value(seeds).expect("seeds serialise"));
         }
         crate::experiment::sweep::inline(&v)
@@ -373,7 +384,10 @@ mod tests {
         assert!(err("prune: {method: asha, reduction: 1}")
             .unwrap_err()
             .contains("prune.reduction: must be at least 2"));
-        assert!(err("budget: 3").unwrap_err().contains("unknown field `budget`"));
+        assert!(err("budget: 3").is_ok());
+        assert!(err("budget: 0").unwrap_err().contains("budget: 0 whole runs; give a positive number"));
+        assert!(err("budget: .nan").unwrap_err().contains("budget: NaN whole runs"));
+        assert!(err("budgets: 3").unwrap_err().contains("unknown field `budgets`"));
         let spec: SearchSpec =
             serde_yaml::from_str("method: random\ntrials: 9\nmetric: val_los\nspace: {a: {choice: [1, 2]}}")
                 .unwrap();

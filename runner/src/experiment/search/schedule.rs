@@ -38,13 +38,26 @@ pub enum Next {
     Done,
 }
 
-/// The next job, given the ledger's trials, those a worker is running now, the trials the
-/// search may hold, and the rungs. Order: a trial left running by an interrupted invocation,
-/// then ASHA's promotions (from the highest rung down), then a new proposal.
+/// How far a search may go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limit {
+    /// Trials it may hold.
+    pub trials: usize,
+    /// Evaluations its trials may train in all (counting a trial's once, whatever its seeds);
+    /// None: no cap.
+    pub evaluations: Option<usize>,
+}
+
+/// The next job, given the ledger's trials, those a worker is running now, the search's limit,
+/// and the rungs. Order: a trial left running by an interrupted invocation, then ASHA's
+/// promotions (from the highest rung down), then a new proposal. Under a compute cap the
+/// search ends when that job would train past the cap: a cap is a promise, so nothing starts
+/// that could break it, and the search does not fall back to cheaper jobs the schedule ranks
+/// lower (new trials that could never be promoted).
 pub fn next(
     trials: &[Trial],
     in_flight: &[usize],
-    limit: usize,
+    limit: Limit,
     rungs: &[usize],
     prune: Option<&PruneSpec>,
     loss: &dyn Fn(f64) -> f64,
@@ -52,21 +65,39 @@ pub fn next(
     if let Some(t) = trials.iter().find(|t| t.state == TrialState::Running && !in_flight.contains(&t.trial)) {
         return Next::Resume { trial: t.trial, budget: t.budget };
     }
+    let total = *rungs.last().expect("the whole run is a rung");
+    let fits = |cost: usize| limit.evaluations.is_none_or(|cap| committed(trials, total) + cost <= cap);
+    let end = if in_flight.is_empty() { Next::Done } else { Next::Wait };
     if prune.is_some_and(|p| p.method == PruneMethod::Asha) {
         let eta = prune.map_or(3, |p| p.reduction);
         for k in (0..rungs.len().saturating_sub(1)).rev() {
             if let Some(trial) = promotable(trials, k, eta, loss) {
-                return Next::Resume { trial, budget: budget_after(rungs, k) };
+                let budget = budget_after(rungs, k);
+                return if fits(budget.unwrap_or(total) - rungs[k]) {
+                    Next::Resume { trial, budget }
+                } else {
+                    end
+                };
             }
         }
     }
-    if trials.len() < limit {
+    if trials.len() < limit.trials && fits(rungs[0]) {
         Next::Propose
-    } else if in_flight.is_empty() {
-        Next::Done
     } else {
-        Next::Wait
+        end
     }
+}
+
+/// Evaluations the trials have trained or may train now: what each reached, or for a running
+/// trial its budget (the whole run when it has none).
+pub fn committed(trials: &[Trial], total: usize) -> usize {
+    trials
+        .iter()
+        .map(|t| match t.state {
+            TrialState::Running => t.budget.unwrap_or(total).max(t.evaluations),
+            _ => t.evaluations,
+        })
+        .sum()
 }
 
 /// The budget of a trial that goes on past rung `k`: the next rung, or the end.
@@ -151,14 +182,19 @@ mod tests {
     /// trial i's value is `values[i]` (lower is better).
     /// Also returns each promotion: the trial, its rung and the values at that rung then.
     #[allow(clippy::type_complexity)]
-    fn simulate(values: &[f64], total: usize) -> (Vec<Trial>, Vec<(usize, usize, Vec<f64>)>) {
+    fn simulate(
+        values: &[f64],
+        total: usize,
+        cap: Option<usize>,
+    ) -> (Vec<Trial>, Vec<(usize, usize, Vec<f64>)>) {
         let p = prune("asha");
         let rungs = rungs(Some(&p), total);
         let loss = |v: f64| v;
         let mut trials: Vec<Trial> = Vec::new();
         let mut promotions = Vec::new();
         loop {
-            let (index, budget) = match next(&trials, &[], values.len(), &rungs, Some(&p), &loss) {
+            let limit = Limit { trials: values.len(), evaluations: cap };
+            let (index, budget) = match next(&trials, &[], limit, &rungs, Some(&p), &loss) {
                 Next::Propose => {
                     let mut t = trial(trials.len());
                     t.budget = Some(rungs[0]);
@@ -182,6 +218,7 @@ mod tests {
             while trials[index].rungs.len() <= k {
                 trials[index].rungs.push(values[index]);
             }
+            trials[index].evaluations = reached;
             if budget.is_none() {
                 trials[index].state = TrialState::Finished;
             } else {
@@ -196,7 +233,7 @@ mod tests {
     fn asha_keeps_the_top_third_at_each_rung() {
         // 27 trials, values a shuffled 0..27: rungs 1, 3, 9, 27
         let values: Vec<f64> = (0..27).map(|i| ((i * 11) % 27) as f64).collect();
-        let (trials, promotions) = simulate(&values, 27);
+        let (trials, promotions) = simulate(&values, 27, None);
         let count = |k: usize| trials.iter().filter(|t| t.rungs.len() > k).count();
         // every trial reaches rung 0, fewer each later rung (asynchronous promotions can take more
         // than a third in all: a trial promoted early may later fall out of the top third)
@@ -241,19 +278,52 @@ mod tests {
         trials[2].rungs = vec![5.0];
         trials[0].state = TrialState::Finished;
         trials[1].state = TrialState::Finished;
-        assert_eq!(next(&trials, &[], 3, &rungs, Some(&p), &loss), Next::Done);
+        assert_eq!(
+            next(&trials, &[], Limit { trials: 3, evaluations: None }, &rungs, Some(&p), &loss),
+            Next::Done
+        );
     }
 
     #[test]
     fn an_interrupted_trial_resumes_first_and_the_search_waits_for_running_ones() {
         let rungs = rungs(None, 5);
         let loss = |v: f64| v;
+        let limit = |trials| Limit { trials, evaluations: None };
         let mut trials: Vec<Trial> = (0..2).map(trial).collect();
         trials[0].state = TrialState::Finished;
-        assert_eq!(next(&trials, &[], 4, &rungs, None, &loss), Next::Resume { trial: 1, budget: None });
-        assert_eq!(next(&trials, &[1], 4, &rungs, None, &loss), Next::Propose);
-        assert_eq!(next(&trials, &[1], 2, &rungs, None, &loss), Next::Wait);
+        assert_eq!(
+            next(&trials, &[], limit(4), &rungs, None, &loss),
+            Next::Resume { trial: 1, budget: None }
+        );
+        assert_eq!(next(&trials, &[1], limit(4), &rungs, None, &loss), Next::Propose);
+        assert_eq!(next(&trials, &[1], limit(2), &rungs, None, &loss), Next::Wait);
         trials[1].state = TrialState::Finished;
-        assert_eq!(next(&trials, &[], 2, &rungs, None, &loss), Next::Done);
+        assert_eq!(next(&trials, &[], limit(2), &rungs, None, &loss), Next::Done);
+        // a cap counts what running trials may still train: trial 1 (5 evaluations) fills it
+        trials[0].evaluations = 5;
+        trials[1].state = TrialState::Running;
+        let capped = Limit { trials: 4, evaluations: Some(12) };
+        assert_eq!(committed(&trials, 5), 10);
+        assert_eq!(next(&trials, &[1], capped, &rungs, None, &loss), Next::Wait);
+        trials[1].state = TrialState::Finished;
+        trials[1].evaluations = 5;
+        assert_eq!(next(&trials, &[], capped, &rungs, None, &loss), Next::Done);
+    }
+
+    #[test]
+    fn a_compute_cap_ends_the_search_where_its_next_job_would_pass_it() {
+        let values: Vec<f64> = (0..27).map(|i| ((i * 11) % 27) as f64).collect();
+        let (whole, order) = simulate(&values, 27, None);
+        let spent = |trials: &[Trial]| trials.iter().map(|t| t.evaluations).sum::<usize>();
+        for cap in [1, 20, 45, 80, spent(&whole) - 1] {
+            let (capped, promotions) = simulate(&values, 27, Some(cap));
+            assert!(spent(&capped) <= cap, "cap {cap}: spent {}", spent(&capped));
+            // the capped search is the uncapped one cut short: the same trials, the same promotions
+            assert_eq!(promotions[..], order[..promotions.len()], "cap {cap}");
+            assert!(capped.iter().zip(&whole).all(|(c, w)| w.rungs.starts_with(&c.rungs)), "cap {cap}");
+            assert!(capped.len() < whole.len() || promotions.len() < order.len(), "cap {cap} cuts");
+        }
+        let (uncut, _) = simulate(&values, 27, Some(spent(&whole)));
+        assert_eq!(spent(&uncut), spent(&whole), "a cap the search never reaches changes nothing");
     }
 }
