@@ -5,8 +5,9 @@
 //!        8   format version, u32 little-endian
 //!       12   header length H, u32 little-endian
 //!       16   header: UTF-8 JSON (ModelHeader)  H bytes
-//!   16 + H   payload: each layer's packed codes at its (offset, bytes), then each f32
-//!            tensor (embeddings, norm gains, float linears) little-endian, back to back
+//!   16 + H   payload: each layer's packed codes at its (offset, bytes), then each tensor
+//!            (embeddings, norm gains, float linears) back to back: f32 values little-endian,
+//!            or for an int8 tensor one f32 scale per row, then the i8 codes row-major
 //!  end − 4   CRC-32 of every byte before it, u32 little-endian
 //! ```
 //!
@@ -144,7 +145,8 @@ pub fn decode_tokens(tokenizer: TokenizerKind, vocab: &[char], tokens: &[u8]) ->
     }
 }
 
-/// A float tensor of the payload: `rows × cols` f32 values, row-major, little-endian.
+/// A tensor of the payload: `rows × cols` values, row-major, stored as [`TensorSpec::dtype`]
+/// says. Ops read its values as f32 whatever the storage.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TensorSpec {
@@ -154,13 +156,64 @@ pub struct TensorSpec {
     pub rows: usize,
     /// Columns.
     pub cols: usize,
+    /// How the values are stored (absent: f32).
+    #[serde(default, skip_serializing_if = "TensorType::is_f32")]
+    pub dtype: TensorType,
     /// Start in the payload (after the last layer's codes).
     pub offset: usize,
-    /// Length in bytes (4 per value).
+    /// Length in bytes ([`TensorType::bytes`]).
     pub bytes: usize,
 }
 
-/// One float tensor to write: its name and shape, and its values.
+/// How a tensor's values are stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TensorType {
+    /// f32 values, little-endian.
+    #[default]
+    F32,
+    /// One f32 scale per row, then one i8 code per value: value = code · its row's scale. A
+    /// quantized embedding table (its levels an integer grid within int8) stored exactly.
+    Int8,
+}
+
+impl TensorType {
+    fn is_f32(&self) -> bool {
+        *self == TensorType::F32
+    }
+
+    /// Bytes of a `rows × cols` tensor stored this way.
+    pub fn bytes(self, rows: usize, cols: usize) -> Option<usize> {
+        let count = rows.checked_mul(cols)?;
+        match self {
+            TensorType::F32 => count.checked_mul(4),
+            TensorType::Int8 => rows.checked_mul(4)?.checked_add(count),
+        }
+    }
+}
+
+/// An int8 tensor's contents: a scale per row and the codes, row-major.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Int8Rows {
+    /// One scale per row.
+    pub scales: Vec<f32>,
+    /// `rows × cols` codes.
+    pub codes: Vec<i8>,
+}
+
+impl Int8Rows {
+    /// The values the codes stand for (code · scale of its row).
+    pub fn values(&self) -> Vec<f32> {
+        let cols = self.codes.len() / self.scales.len().max(1);
+        self.codes
+            .chunks_exact(cols.max(1))
+            .zip(&self.scales)
+            .flat_map(|(row, &s)| row.iter().map(move |&c| c as f32 * s))
+            .collect()
+    }
+}
+
+/// One tensor to write: its name and shape, its values, and for an int8 tensor its codes.
 pub struct TensorData {
     /// The name ops read it by.
     pub name: String,
@@ -168,8 +221,23 @@ pub struct TensorData {
     pub rows: usize,
     /// Columns.
     pub cols: usize,
-    /// `rows × cols` values, row-major.
+    /// `rows × cols` values, row-major (for an int8 tensor, what its codes stand for).
     pub values: Vec<f32>,
+    /// The int8 storage (None: f32).
+    pub int8: Option<Int8Rows>,
+}
+
+impl TensorData {
+    /// An f32 tensor.
+    pub fn f32(name: &str, rows: usize, cols: usize, values: Vec<f32>) -> Self {
+        Self { name: name.to_string(), rows, cols, values, int8: None }
+    }
+
+    /// An int8 tensor of `rows` rows, stored as its codes and row scales.
+    pub fn int8(name: &str, rows: usize, int8: Int8Rows) -> Self {
+        let cols = int8.codes.len() / rows.max(1);
+        Self { name: name.to_string(), rows, cols, values: int8.values(), int8: Some(int8) }
+    }
 }
 
 /// Normalisation of each layer's input (before its activation quantization).
@@ -349,8 +417,10 @@ pub struct ModelFile {
     pub header: ModelHeader,
     /// Per layer, `rows × cols` codes into its level set.
     pub codes: Vec<Vec<u8>>,
-    /// Per float tensor of the header, its values.
+    /// Per tensor of the header, its values (an int8 tensor's dequantized).
     pub tensors: Vec<Vec<f32>>,
+    /// Per tensor of the header, its int8 storage (None for f32 tensors).
+    pub int8: Vec<Option<Int8Rows>>,
 }
 
 /// One layer to write: its description (offset and bytes are filled in) and codes.
@@ -385,20 +455,25 @@ impl ModelFile {
             header.layers.push(layer.spec);
             codes.push(layer.codes);
         }
-        let mut values = Vec::new();
+        let (mut values, mut int8) = (Vec::new(), Vec::new());
         for tensor in tensors {
-            let bytes = 4 * tensor.values.len();
+            let dtype = if tensor.int8.is_some() { TensorType::Int8 } else { TensorType::F32 };
+            let bytes = dtype
+                .bytes(tensor.rows, tensor.cols)
+                .ok_or_else(|| invalid(format!("tensor {}: overflowing shape", tensor.name)))?;
             header.tensors.push(TensorSpec {
                 name: tensor.name,
                 rows: tensor.rows,
                 cols: tensor.cols,
+                dtype,
                 offset,
                 bytes,
             });
             offset += bytes;
             values.push(tensor.values);
+            int8.push(tensor.int8);
         }
-        let model = Self { header, codes, tensors: values };
+        let model = Self { header, codes, tensors: values, int8 };
         model.validate_header(offset)?;
         model.validate_codes()?;
         Ok(model)
@@ -415,8 +490,14 @@ impl ModelFile {
         for (spec, codes) in self.header.layers.iter().zip(&self.codes) {
             out.extend_from_slice(&spec.packing.pack(codes)?);
         }
-        for values in &self.tensors {
-            values.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+        for (values, int8) in self.tensors.iter().zip(&self.int8) {
+            match int8 {
+                None => values.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+                Some(t) => {
+                    t.scales.iter().for_each(|s| out.extend_from_slice(&s.to_le_bytes()));
+                    out.extend(t.codes.iter().map(|&c| c as u8));
+                }
+            }
         }
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_le_bytes());
@@ -457,7 +538,7 @@ impl ModelFile {
             return Err(invalid(format!("an op list needs format version 3, the file says {version}")));
         }
         let payload = &body[PREAMBLE + header_len..];
-        let mut model = Self { header, codes: Vec::new(), tensors: Vec::new() };
+        let mut model = Self { header, codes: Vec::new(), tensors: Vec::new(), int8: Vec::new() };
         model.validate_header(payload.len())?;
         for spec in &model.header.layers {
             let packed = &payload[spec.offset..spec.offset + spec.bytes];
@@ -465,11 +546,24 @@ impl ModelFile {
                 spec.packing.unpack(packed, spec.rows * spec.cols).map_err(|e| in_layer(&spec.name, e))?;
             model.codes.push(codes);
         }
+        let f32s = |bytes: &[u8]| -> Vec<f32> {
+            bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+        };
         for spec in &model.header.tensors {
             let bytes = &payload[spec.offset..spec.offset + spec.bytes];
-            let values =
-                bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-            model.tensors.push(values);
+            match spec.dtype {
+                TensorType::F32 => {
+                    model.tensors.push(f32s(bytes));
+                    model.int8.push(None);
+                }
+                TensorType::Int8 => {
+                    let (scales, codes) = bytes.split_at(4 * spec.rows);
+                    let t =
+                        Int8Rows { scales: f32s(scales), codes: codes.iter().map(|&c| c as i8).collect() };
+                    model.tensors.push(t.values());
+                    model.int8.push(Some(t));
+                }
+            }
         }
         model.validate_codes()?;
         Ok(model)
@@ -543,18 +637,15 @@ impl ModelFile {
         }
         for spec in &h.tensors {
             let at = |what: String| invalid(format!("tensor {}: {what}", spec.name));
-            let count = spec
-                .rows
-                .checked_mul(spec.cols)
-                .filter(|&c| c > 0)
+            let need = spec
+                .dtype
+                .bytes(spec.rows, spec.cols)
+                .filter(|_| spec.rows * spec.cols > 0)
                 .ok_or_else(|| at("empty or overflowing shape".into()))?;
-            if count.checked_mul(4) != Some(spec.bytes) {
+            if need != spec.bytes {
                 return Err(at(format!(
-                    "{}×{} f32 values take {} bytes, the header says {}",
-                    spec.rows,
-                    spec.cols,
-                    4 * count,
-                    spec.bytes
+                    "{}×{} {:?} values take {need} bytes, the header says {}",
+                    spec.rows, spec.cols, spec.dtype, spec.bytes
                 )));
             }
             next_offset =
@@ -574,9 +665,24 @@ impl ModelFile {
     }
 
     fn validate_codes(&self) -> Result<()> {
-        for (spec, values) in self.header.tensors.iter().zip(&self.tensors) {
+        for ((spec, values), int8) in self.header.tensors.iter().zip(&self.tensors).zip(&self.int8) {
             if let Some(i) = values.iter().position(|v| !v.is_finite()) {
                 return Err(invalid(format!("tensor {}: value {i} is {}", spec.name, values[i])));
+            }
+            if let Some(t) = int8 {
+                if t.scales.len() != spec.rows || t.codes.len() != spec.rows * spec.cols {
+                    return Err(invalid(format!(
+                        "tensor {}: {} scales and {} codes for {}×{}",
+                        spec.name,
+                        t.scales.len(),
+                        t.codes.len(),
+                        spec.rows,
+                        spec.cols
+                    )));
+                }
+                if let Some(r) = t.scales.iter().position(|s| !(s.is_finite() && *s >= 0.0)) {
+                    return Err(invalid(format!("tensor {}: row {r} has scale {}", spec.name, t.scales[r])));
+                }
             }
         }
         for (spec, codes) in self.header.layers.iter().zip(&self.codes) {
@@ -606,7 +712,7 @@ impl ModelFile {
         self.header.layers.iter().map(|l| l.bytes + 4 * l.scales.len()).sum()
     }
 
-    /// Bytes of the float tensors.
+    /// Bytes of the tensors as stored (f32 or int8 with row scales).
     pub fn tensor_bytes(&self) -> usize {
         self.header.tensors.iter().map(|t| t.bytes).sum()
     }
@@ -988,14 +1094,16 @@ pub(crate) mod tests {
             layer("up", hidden, width, 16),
             layer("down", width, hidden, 3),
         ];
-        let mut tensor = |name: &str, rows: usize, cols: usize, scale: f32| TensorData {
-            name: name.into(),
-            rows,
-            cols,
-            values: values(rows * cols, scale),
+        // the embedding stored as int8 codes with a scale per row (a quantized table)
+        let embed = Int8Rows {
+            scales: values(vocab, 0.01).iter().map(|s| s.abs() + 0.002).collect(),
+            codes: values(vocab * width, 127.0).iter().map(|&v| v as i8).collect(),
+        };
+        let mut tensor = |name: &str, rows: usize, cols: usize, scale: f32| {
+            TensorData::f32(name, rows, cols, values(rows * cols, scale))
         };
         let tensors = vec![
-            tensor("embed", vocab, width, 1.0),
+            TensorData::int8("embed", vocab, embed),
             tensor("pos", context, width, 0.3),
             tensor("norm1.gain", 1, width, 1.0),
             tensor("side", width, width, 0.5),
@@ -1069,6 +1177,18 @@ pub(crate) mod tests {
         let read = ModelFile::read(&bytes).unwrap();
         assert_eq!(read, model);
         assert_eq!(read.tensor("pos").map(|(_, r, c)| (r, c)), Some((8, 8)));
+        // the int8 embedding: a scale per row and a byte per value, read back as code · scale
+        let embed = &read.header.tensors[0];
+        assert_eq!((embed.dtype, embed.bytes), (TensorType::Int8, 5 * 4 + 5 * 8));
+        let int8 = read.int8[0].as_ref().unwrap();
+        assert_eq!(read.tensors[0][9], int8.codes[9] as f32 * int8.scales[1]);
+        assert!(read.int8[1].is_none(), "positions stay f32");
+        let header = String::from_utf8_lossy(&bytes);
+        assert_eq!(header.matches("\"dtype\"").count(), 1, "f32 tensors omit their dtype");
+        let err = error_of(&with_header(&model, |h| h["tensors"][0]["dtype"] = "f32".into()));
+        assert!(err.contains("tensor embed: 5×8 F32 values take 160 bytes, the header says 60"), "{err}");
+        let err = error_of(&with_header(&model, |h| h["tensors"][0]["dtype"] = "int4".into()));
+        assert!(err.contains("unknown variant `int4`, expected `f32` or `int8`"), "{err}");
         let text = read.header.text.as_ref().unwrap();
         assert_eq!(text.encode("ab\n").unwrap(), vec![2, 3, 0]);
         assert_eq!(text.decode(&[4, 1, 0]), "c \n");

@@ -7,7 +7,8 @@
 use crate::decoder::Decoder;
 use crate::error::{invalid, Result};
 use crate::format::{
-    ActivationKind, LayerSpec, ModelHeader, NormKind, TensorSpec, TextEvaluation, TextSpec, TokenizerKind,
+    ActivationKind, LayerSpec, ModelHeader, NormKind, TensorSpec, TensorType, TextEvaluation, TextSpec,
+    TokenizerKind,
 };
 use crate::graph::{Function, Op, RowNorm, INPUT};
 use crate::kernel::{CodeMatrix, IntLinear, Layout, Path};
@@ -60,7 +61,14 @@ pub fn random_ternary(shape: Shape, layout: TernaryLayout, path: Path, parallel:
             .collect()
     };
     let mut add_tensor = |name: &str, rows: usize, cols: usize, v: Vec<f32>| {
-        tensor_specs.push(TensorSpec { name: name.into(), rows, cols, offset: 0, bytes: 4 * v.len() });
+        tensor_specs.push(TensorSpec {
+            name: name.into(),
+            rows,
+            cols,
+            dtype: TensorType::F32,
+            offset: 0,
+            bytes: 4 * v.len(),
+        });
         tensors.push((v, rows, cols));
         name.to_string()
     };

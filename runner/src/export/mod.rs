@@ -10,8 +10,8 @@ use std::time::Instant;
 use qatlab_core::config::{Dataset, RunConfig};
 use qatlab_core::Registry;
 use qatlab_deploy::format::{
-    ActivationKind, InputSpec, LayerData, LayerSpec, ModelFile, ModelHeader, NormKind, TextEvaluation,
-    TextSpec,
+    ActivationKind, InputSpec, LayerData, LayerSpec, ModelFile, ModelHeader, NormKind, TensorType,
+    TextEvaluation, TextSpec,
 };
 use qatlab_deploy::graph::Op;
 use qatlab_deploy::kernel::Path as KernelPath;
@@ -240,19 +240,29 @@ pub fn describe(model: &ModelFile, file_bytes: usize) -> String {
         model.weight_bytes() as f64 * 8.0 / weights.max(1) as f64
     );
     if !h.tensors.is_empty() {
-        out += "float tensors:\n";
+        out += "tensors (as stored; the runtime holds them as f32):\n";
         for t in &h.tensors {
-            out +=
-                &format!("  {:<24} {:>11} {:>9} bytes\n", t.name, format!("{}×{}", t.rows, t.cols), t.bytes);
+            let dtype = match t.dtype {
+                TensorType::F32 => "f32",
+                TensorType::Int8 => "int8, a scale per row",
+            };
+            out += &format!(
+                "  {:<24} {:>11} {:<21} {:>9} bytes\n",
+                t.name,
+                format!("{}×{}", t.rows, t.cols),
+                dtype,
+                t.bytes
+            );
         }
     }
     if let Some(text) = &h.text {
         let cache: usize = ops.iter().filter_map(|op| attention_width(h, &ops, op)).map(|w| 2 * 4 * w).sum();
+        let tensors: usize = h.tensors.iter().map(|t| 4 * t.rows * t.cols).sum();
         out += &format!(
             "resident: {} bytes of weights ({} packed codes and scales, {} f32 tensors); KV cache {} bytes per position ({} for the context of {})\n",
-            model.weight_bytes() + model.tensor_bytes(),
+            model.weight_bytes() + tensors,
             model.weight_bytes(),
-            model.tensor_bytes(),
+            tensors,
             cache,
             cache * text.context,
             text.context

@@ -101,11 +101,16 @@ impl<'a> Deployment<'a> {
 
     /// A float tensor the ops read by `name` (`rows × cols`), stored once however many read it.
     pub fn tensor(&mut self, name: &str, rows: usize, cols: usize, values: &[f32]) -> String {
+        self.stored(TensorData::f32(name, rows, cols, values.to_vec()))
+    }
+
+    /// A tensor the ops read by its name, stored once however many read it (f32 or int8).
+    pub fn stored(&mut self, tensor: TensorData) -> String {
+        let name = tensor.name.clone();
         if !self.tensors.iter().any(|t| t.name == name) {
-            let values = values.to_vec();
-            self.tensors.push(TensorData { name: name.to_string(), rows, cols, values });
+            self.tensors.push(tensor);
         }
-        name.to_string()
+        name
     }
 
     /// Refuse a token op outside a language model.

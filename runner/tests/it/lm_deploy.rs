@@ -87,13 +87,18 @@ fn assert_parity(dir: &Path, run: &Path, file: &Path) {
 #[test]
 fn a_ternary_language_model_deploys_with_the_training_evaluation_and_sample_text() {
     let dir = workdir();
-    let (run, file) = trained_and_exported(dir.path(), "lmd", "", "bits");
+    // the tied embedding quantized to 8 bits: stored as int8 with a scale per row, read by the
+    // lookup and the head
+    let embed = ", layers: {embed: {quantizer: {name: int, bits: 8, symmetric: false}}}";
+    let (run, file) = trained_and_exported(dir.path(), "lmd", embed, "bits");
     assert_parity(dir.path(), &run, &file);
     let inspect = text(&qat(&["inspect", file.to_str().unwrap()], dir.path()));
     for line in [
         "language model: Char tokenizer, 65 tokens, context 32",
         "blocks.1.mlp.proj",
         "head = norm · embedᵀ (f32)",
+        "embed                          65×32 int8, a scale per row      2340 bytes",
+        "pos                            32×32 f32                        4096 bytes",
         "KV cache 512 bytes per position (16384 for the context of 32)",
     ] {
         assert!(inspect.contains(line), "{line} in {inspect}");
@@ -164,13 +169,20 @@ fn a_ternary_language_model_deploys_with_the_training_evaluation_and_sample_text
 #[test]
 fn rope_gated_subln_untied_models_deploy_in_the_trit_packing_too() {
     let dir = workdir();
-    let extra = ", position: rope, mlp: {gated: true, activation: silu}, subln: true, tie_embeddings: false";
+    let extra =
+        ", position: rope, mlp: {gated: true, activation: silu}, subln: true, tie_embeddings: false, \
+                 layers: {embed: {quantizer: {name: int, bits: 4}}}";
     let (run, file) = trained_and_exported(dir.path(), "lmr", extra, "base3");
     assert_parity(dir.path(), &run, &file);
     let inspect = text(&qat(&["inspect", file.to_str().unwrap()], dir.path()));
-    for line in
-        ["rope(blocks.0.attn.qkv, 2 heads)", "Silu(blocks.0.mlp.gate)", "base3 5/byte", "head = norm · headᵀ"]
-    {
+    for line in [
+        "rope(blocks.0.attn.qkv, 2 heads)",
+        "Silu(blocks.0.mlp.gate)",
+        "base3 5/byte",
+        "head = norm · headᵀ",
+        "embed                          65×32 int8, a scale per row",
+        "head                           65×32 f32",
+    ] {
         assert!(inspect.contains(line), "{line} in {inspect}");
     }
 }

@@ -9,6 +9,27 @@ use dfdx::prelude::*;
 use crate::nn::deploy::{Deployment, Node};
 use crate::nn::model::Layer;
 use crate::nn::op::{Back, Cx, Forward, Host, Mat, Mode, Op, Value};
+use qatlab_core::quantizer::Quantized;
+use qatlab_deploy::format::{Int8Rows, TensorData};
+use qatlab_deploy::runtime::IntGrid;
+
+/// A quantized table as int8 codes with a scale per row, when its levels are an integer grid
+/// within int8 (`levels[k] · m = offset + step·k`): code = offset + step·k, row scale = its
+/// scale / m, so code · row scale is the trained value (to the last bit of the f32 product or
+/// one rounding off). None for a float table, or levels int8 cannot hold that way (NF4's, or
+/// symmetric 8-bit's 256 half-integer levels), which deploy as their f32 values.
+fn int8_rows(q: &Quantized, rows: usize) -> Option<Int8Rows> {
+    if q.codes.is_empty() {
+        return None;
+    }
+    let grid = IntGrid::of(&q.levels)?;
+    let code = |k: u8| grid.offset + grid.step * k as i32;
+    if (0..q.levels.len() as u8).any(|k| i8::try_from(code(k)).is_err()) {
+        return None;
+    }
+    let scales = (0..rows).map(|r| q.scale_of_row(r) / grid.multiplier as f32).collect();
+    Some(Int8Rows { scales, codes: q.codes.iter().map(|&k| code(k) as i8).collect() })
+}
 
 /// A table op; its values are its layer's (quantized, by default float) weights.
 pub struct Table {
@@ -37,7 +58,10 @@ impl Op for Table {
     fn deploy<'a>(&'a self, node: &Node, out: &mut Deployment<'a>) -> Result<(), String> {
         out.text_only("an embedding table")?;
         let s = self.layer.shape;
-        out.tensor(node.name, s.rows, s.cols, &self.layer.quantized.values);
+        match int8_rows(&self.layer.quantized, s.rows) {
+            Some(int8) => out.stored(TensorData::int8(node.name, s.rows, int8)),
+            None => out.tensor(node.name, s.rows, s.cols, &self.layer.quantized.values),
+        };
         Ok(())
     }
 
