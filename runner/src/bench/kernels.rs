@@ -29,6 +29,9 @@ struct Row {
     cold: bool,
     seconds: f64,
     weight_bytes: usize,
+    /// A cold row's bound: the best rate of the probe's fastest methods read in turn with the
+    /// kernel's calls (GB/s).
+    read_beside: Option<f64>,
 }
 
 /// A weight format under test.
@@ -56,14 +59,19 @@ pub fn parse_shapes(specs: &[String]) -> crate::error::Result<Vec<(usize, usize)
 /// LLM-sized shapes unless `quick`, or exactly `only` when given.
 pub fn run(seconds: f64, quick: bool, only: &[(usize, usize)]) -> String {
     let mut out = String::new();
-    let (probe, bandwidth) = bandwidth_probe(seconds.min(0.3));
-    out += &probe;
+    let (table, probe) = bandwidth_probe(seconds.min(0.3));
+    out += &table;
+    let bandwidth = probe.rates();
     out += &format!(
         "\nkernel paths on this CPU: {:?}\n\n",
         Path::available().iter().map(|p| p.name()).collect::<Vec<_>>()
     );
-    out += "| shape (rows×cols) | n | weights | threads | cache | µs/call | GOP/s | weight GB/s | % of best read |\n";
-    out += "|---|---|---|---|---|---|---|---|---|\n";
+    out += "A cold row's read rate is measured beside it: the probe's fastest methods for its \
+            thread count read their own rotating buffers in turn with the kernel's calls, and the \
+            row is a share of the best of them, so both rates come from the same seconds. A hot \
+            row is a share of the table's best.\n\n";
+    out += "| shape (rows×cols) | n | weights | threads | cache | µs/call | GOP/s | weight GB/s | read GB/s | % of read |\n";
+    out += "|---|---|---|---|---|---|---|---|---|---|\n";
     let mut shapes = vec![(64, 256), (64, 64), (10, 64)];
     if !quick {
         shapes.splice(0..0, [(4096, 4096), (4096, 11008)]);
@@ -78,15 +86,17 @@ pub fn run(seconds: f64, quick: bool, only: &[(usize, usize)]) -> String {
             for subject in subjects(rows, cols, big, quick) {
                 for threads in if big { vec![1, 2] } else { vec![1] } {
                     for cold in if big { vec![true, false] } else { vec![false] } {
-                        rows_out.push(measure(&subject, rows, cols, n, threads, cold, seconds));
+                        let beside = (cold && big).then_some(&probe);
+                        rows_out.push(measure(&subject, (rows, cols, n), threads, cold, seconds, beside));
                     }
                 }
             }
             for r in rows_out {
-                let bw = bandwidth.iter().find(|(t, _)| *t == r.threads).map_or(f64::NAN, |b| b.1);
+                let best = bandwidth.iter().find(|(t, _)| *t == r.threads).map_or(f64::NAN, |b| b.1);
+                let bw = r.read_beside.unwrap_or(best);
                 let gbs = r.weight_bytes as f64 / r.seconds / 1e9;
                 out += &format!(
-                    "| {}×{} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.0}% |\n",
+                    "| {}×{} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0}% |\n",
                     r.shape.0,
                     r.shape.1,
                     r.n,
@@ -96,6 +106,7 @@ pub fn run(seconds: f64, quick: bool, only: &[(usize, usize)]) -> String {
                     r.seconds * 1e6,
                     2.0 * (r.shape.0 * r.shape.1 * r.n) as f64 / r.seconds / 1e9,
                     gbs,
+                    bw,
                     100.0 * gbs / bw
                 );
             }
@@ -141,14 +152,15 @@ fn subjects(rows: usize, cols: usize, big: bool, quick: bool) -> Vec<Subject> {
     out
 }
 
+/// Time `subject` on `(rows, cols, n)`; with `beside`, the probe's fastest methods read in
+/// turn with its calls.
 fn measure(
     subject: &Subject,
-    rows: usize,
-    cols: usize,
-    n: usize,
+    (rows, cols, n): (usize, usize, usize),
     threads: usize,
     cold: bool,
     seconds: f64,
+    beside: Option<&Probe>,
 ) -> Row {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("a rayon pool");
     let mut rng = ChaCha8Rng::seed_from_u64(11);
@@ -157,39 +169,71 @@ fn measure(
         Subject::F32(w) => ("f32".to_string(), w[0].len() * 4, w.len()),
     };
     let pick = |i: usize| if cold { i % copies } else { 0 };
-    let seconds = pool.install(|| match subject {
+    let methods = beside.map_or(Vec::new(), |p| p.fastest(threads));
+    // each probe call reads a buffer of its own, never one a call before it left in the cache
+    let probe_reads = |i: usize, k: usize| {
+        if let Some(p) = beside {
+            p.read(i * methods.len() + k, threads, methods[k]);
+        }
+    };
+    let times = pool.install(|| match subject {
         Subject::Int(m, path, _) => {
             let stride = m[0].codes.padded_cols();
             let x: Vec<i8> = (0..n * stride).map(|k| if k % stride < cols { rng.gen() } else { 0 }).collect();
             let mut out = vec![0i32; rows * n];
-            median_call(seconds, |i| {
-                m[pick(i)].forward(&x, n, &mut out, *path, threads > 1);
-                black_box(&out);
+            median_calls(seconds, 1 + methods.len(), |i, k| {
+                if k == 0 {
+                    m[pick(i)].forward(&x, n, &mut out, *path, threads > 1);
+                    black_box(&out);
+                } else {
+                    probe_reads(i, k - 1);
+                }
             })
         }
         Subject::F32(w) => {
             let x: Vec<f32> = (0..n * cols).map(|_| rng.gen_range(-1.0..1.0)).collect();
             let mut out = vec![0f32; rows * n];
-            median_call(seconds, |i| {
-                f32_gemm(&w[pick(i)], cols, &x, n, &mut out, threads > 1);
-                black_box(&out);
+            median_calls(seconds, 1 + methods.len(), |i, k| {
+                if k == 0 {
+                    f32_gemm(&w[pick(i)], cols, &x, n, &mut out, threads > 1);
+                    black_box(&out);
+                } else {
+                    probe_reads(i, k - 1);
+                }
             })
         }
     });
-    Row { shape: (rows, cols), n, kind, threads, cold, seconds, weight_bytes: bytes }
+    let read_beside = (!methods.is_empty())
+        .then(|| times[1..].iter().map(|&t| PROBE_CHUNK as f64 / t / 1e9).fold(0.0, f64::max));
+    Row { shape: (rows, cols), n, kind, threads, cold, seconds: times[0], weight_bytes: bytes, read_beside }
 }
 
 /// Median wall time of `call(i)` for i = 0, 1, ..., repeated for `seconds` (at least 5 calls).
 fn median_call(seconds: f64, mut call: impl FnMut(usize)) -> f64 {
+    median_calls(seconds, 1, |i, _| call(i))[0]
+}
+
+/// Median wall time of each of `kinds` calls made in turn, `call(i, k)` for round i = 0, 1, ...
+/// and kind k, for `seconds` per kind (at least 5 rounds): rates of the same moments.
+fn median_calls(seconds: f64, kinds: usize, mut call: impl FnMut(usize, usize)) -> Vec<f64> {
     let started = Instant::now();
-    let mut times = Vec::new();
-    while started.elapsed().as_secs_f64() < seconds || times.len() < 5 {
-        let t = Instant::now();
-        call(times.len());
-        times.push(t.elapsed().as_secs_f64());
+    let mut times = vec![Vec::new(); kinds];
+    let mut round = 0;
+    while started.elapsed().as_secs_f64() < seconds * kinds as f64 || round < 5 {
+        for (k, times) in times.iter_mut().enumerate() {
+            let t = Instant::now();
+            call(round, k);
+            times.push(t.elapsed().as_secs_f64());
+        }
+        round += 1;
     }
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
+    times
+        .into_iter()
+        .map(|mut t| {
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 2]
+        })
+        .collect()
 }
 
 /// The f32 baseline: `out[r·n + i] = Σ w[r][c]·x[i][c]`, sixteen accumulators per dot so the
@@ -219,46 +263,72 @@ fn f32_gemm(w: &[f32], cols: usize, x: &[f32], n: usize, out: &mut [f32], parall
     }
 }
 
+/// Bytes of one probe call: a cold kernel row reads about as much per call (a 4096² int8 matrix).
+const PROBE_CHUNK: usize = 16 << 20;
+
+/// The bandwidth probe's buffers (16 MiB each, rotating over [`COLD_BYTES`] as the cold rows do)
+/// and what its table found: per thread count, every method's rate.
+pub struct Probe {
+    chunks: Vec<Vec<u64>>,
+    rates: Vec<(usize, Vec<(ReadMethod, f64)>)>,
+}
+
+impl Probe {
+    /// The best rate per thread count (GB/s): the bound the kernels are judged against.
+    pub fn rates(&self) -> Vec<(usize, f64)> {
+        self.rates.iter().map(|(t, r)| (*t, r.iter().map(|m| m.1).fold(0.0, f64::max))).collect()
+    }
+
+    /// The three fastest methods on `threads` threads, read again beside a cold kernel row.
+    fn fastest(&self, threads: usize) -> Vec<ReadMethod> {
+        let Some((_, rates)) = self.rates.iter().find(|(t, _)| *t == threads) else { return Vec::new() };
+        let mut sorted = rates.clone();
+        sorted.sort_by(|a, b| b.1.total_cmp(&a.1));
+        sorted.into_iter().take(3).map(|m| m.0).collect()
+    }
+
+    /// Read buffer `i` (rotating) with `method`, split over `threads` threads of the current pool.
+    fn read(&self, i: usize, threads: usize, method: ReadMethod) {
+        use rayon::prelude::*;
+        let chunk = &self.chunks[i % self.chunks.len()];
+        let sum: u64 = chunk
+            .par_chunks(chunk.len() / threads.max(1))
+            .map(|c| read_sum(c, method))
+            .reduce(|| 0, u64::wrapping_add);
+        black_box(sum);
+    }
+}
+
 /// The memory read rate, tried every way [`ReadMethod::all`] knows (streams per thread, load
 /// width, prefetch distances, non-temporal hints), with 1 and 2 threads, measured as the cold
 /// kernel rows are: one 16 MiB buffer per call, rotating over [`COLD_BYTES`] of them, median
-/// call. Returns the table and, per thread count, the best rate in GB/s: the bound the kernels
-/// are judged against.
-pub fn bandwidth_probe(seconds: f64) -> (String, Vec<(usize, f64)>) {
-    use rayon::prelude::*;
-    const CHUNK: usize = 16 << 20;
-    let chunks: Vec<Vec<u64>> =
-        (0..COLD_BYTES / CHUNK).map(|c| (0..(CHUNK / 8) as u64).map(|w| w ^ c as u64).collect()).collect();
+/// call. Returns the table and the probe, whose best rates the kernels are judged against.
+pub fn bandwidth_probe(seconds: f64) -> (String, Probe) {
+    let chunks: Vec<Vec<u64>> = (0..COLD_BYTES / PROBE_CHUNK)
+        .map(|c| (0..(PROBE_CHUNK / 8) as u64).map(|w| w ^ c as u64).collect())
+        .collect();
+    let mut probe = Probe { chunks, rates: Vec::new() };
     let threads = [1usize, 2];
     let mut out = String::from(
         "memory read bandwidth, 16 MiB per call rotating over 768 MiB as the cold rows read \
          (GB/s, median call):\n\n",
     );
     out += "| read method | 1 thread | 2 threads |\n|---|---|---|\n";
-    let mut best = vec![0f64; threads.len()];
-    for method in ReadMethod::all() {
-        let rates: Vec<f64> = threads
-            .iter()
-            .map(|&t| {
-                let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().expect("a rayon pool");
-                let median = pool.install(|| {
-                    median_call(seconds, |i| {
-                        let chunk = &chunks[i % chunks.len()];
-                        let sum: u64 = chunk
-                            .par_chunks(chunk.len() / t)
-                            .map(|c| read_sum(c, method))
-                            .reduce(|| 0, u64::wrapping_add);
-                        black_box(sum);
-                    })
-                });
-                CHUNK as f64 / median / 1e9
-            })
-            .collect();
-        best.iter_mut().zip(&rates).for_each(|(b, r)| *b = b.max(*r));
-        out += &format!("| {} | {:.1} | {:.1} |\n", method.label(), rates[0], rates[1]);
+    let methods = ReadMethod::all();
+    let mut rates = vec![Vec::new(); threads.len()];
+    for &method in &methods {
+        for (k, &t) in threads.iter().enumerate() {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().expect("a rayon pool");
+            let median = pool.install(|| median_call(seconds, |i| probe.read(i, t, method)));
+            rates[k].push((method, PROBE_CHUNK as f64 / median / 1e9));
+        }
+        let [one, two] = [&rates[0], &rates[1]].map(|r| r.last().expect("just measured").1);
+        out += &format!("| {} | {one:.1} | {two:.1} |\n", method.label());
     }
-    out += &format!("| **best** | **{:.1}** | **{:.1}** |\n", best[0], best[1]);
-    (out, threads.into_iter().zip(best).collect())
+    probe.rates = threads.into_iter().zip(rates).collect();
+    let best = probe.rates();
+    out += &format!("| **best** | **{:.1}** | **{:.1}** |\n", best[0].1, best[1].1);
+    (out, probe)
 }
 
 /// `qat bench infer`: samples/s of the model on one thread at batch 1 and 64, per kernel path.
@@ -279,4 +349,24 @@ pub fn infer_table(model: &ModelFile, samples: &Samples) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_beside_each_other_alternate_and_give_a_median_each() {
+        let mut order = Vec::new();
+        let medians = median_calls(0.0, 3, |round, kind| {
+            order.push((round, kind));
+            std::thread::sleep(std::time::Duration::from_micros(200 * (kind as u64 + 1)));
+        });
+        // at least five rounds, each calling every kind in turn
+        assert!(order.len() >= 15 && order.len() % 3 == 0, "{order:?}");
+        assert!(order.iter().enumerate().all(|(i, &(round, kind))| round == i / 3 && kind == i % 3));
+        assert_eq!(medians.len(), 3);
+        assert!(medians[0] < medians[1] && medians[1] < medians[2], "{medians:?}");
+        assert!(medians[0] >= 200e-6, "{medians:?}");
+    }
 }

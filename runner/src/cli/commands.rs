@@ -581,9 +581,9 @@ fn bench_generate(args: &BenchGenerateArgs) -> Result<ExitCode, Error> {
             );
             all.extend(rows(&format!("random {spec}"), layout, &decoder, &args.threads, plan)?);
         }
-        let (probe, best) = crate::bench::kernels::bandwidth_probe(0.3);
-        println!("\n{probe}");
-        bandwidth = Some(best);
+        let (table, probe) = crate::bench::kernels::bandwidth_probe(0.3);
+        println!("\n{table}");
+        bandwidth = Some(probe.rates());
     }
     println!("{}", table(&all, bandwidth.as_deref()));
     Ok(ExitCode::SUCCESS)

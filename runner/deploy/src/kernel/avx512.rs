@@ -258,7 +258,9 @@ pub(super) unsafe fn stream_sum(streams: &[&[u64]], prefetch: bool) -> u64 {
         for (k, part) in streams.iter().enumerate() {
             let p = part[b..b + 16].as_ptr();
             if prefetch {
+                // both lines, as the kernels prefetch every 64-byte block they read
                 prefetch_ahead(p as *const u8);
+                prefetch_ahead(p.wrapping_add(8) as *const u8);
             }
             // SAFETY: p .. p + 16 words lies inside `part` (len is a multiple of 16); unaligned
             // loads accept any address.

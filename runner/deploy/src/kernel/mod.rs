@@ -392,13 +392,16 @@ impl IntLinear {
     }
 }
 
-/// Software prefetch for a stream being read at `at` (called once per 64-byte block, or per
-/// 128 bytes by the bandwidth probe): the line 1 KiB ahead into L1, and the line 8 KiB ahead
-/// into L2. Streaming from DRAM, the hardware prefetchers alone left
+/// Software prefetch for a stream being read at `at` (called once per 64-byte line, by the
+/// kernels and by the bandwidth probe's "kernels' prefetch"): the line 1 KiB ahead into L1, and
+/// the line 8 KiB ahead into L2. Streaming from DRAM, the hardware prefetchers alone left
 /// half the bandwidth unused, and the L1 prefetch alone a fifth: a core has few L1 miss buffers
 /// but more L2 ones, so the far L2 requests keep more lines in flight. Measured with
 /// `qat bench kernels` (4096² ternary 2-bit, cold, one thread: 678 µs without prefetch, 335–416
-/// with the L1 one, 270–289 with both).
+/// with the L1 one, 270–289 with both). Tried again against reads measured beside each row:
+/// L1 at +2 KiB with or without L2 at +8 KiB, L1 at +3 KiB, L2 alone at +4 or +8 KiB; no
+/// setting beat this one in repeated runs, whose cold ternary rows range over ±25 % from one
+/// run to the next while the reads beside them vary by ±5 %.
 #[inline(always)]
 pub(crate) fn prefetch_ahead(at: *const u8) {
     #[cfg(target_arch = "x86_64")]

@@ -10,6 +10,8 @@ pub enum Prefetch {
     None,
     /// The kernels' own: 1 KiB ahead into L1 and 8 KiB ahead into L2.
     Kernels,
+    /// Into L1 only, this many bytes ahead.
+    L1(usize),
     /// Into L2 only, this many bytes ahead.
     L2(usize),
     /// Non-temporal (`prefetchnta`), this many bytes ahead: lines that bypass most of the cache
@@ -36,7 +38,9 @@ impl ReadMethod {
         let prefetches = [
             Prefetch::None,
             Prefetch::Kernels,
+            Prefetch::L1(2048),
             Prefetch::L2(4096),
+            Prefetch::L2(8192),
             Prefetch::L2(16384),
             Prefetch::NonTemporal(1024),
             Prefetch::NonTemporal(4096),
@@ -61,6 +65,7 @@ impl ReadMethod {
         let prefetch = match self.prefetch {
             Prefetch::None => "no prefetch".to_string(),
             Prefetch::Kernels => "kernels' prefetch (L1 +1 KiB, L2 +8 KiB)".to_string(),
+            Prefetch::L1(d) => format!("L1 prefetch +{} KiB", d / 1024),
             Prefetch::L2(d) => format!("L2 prefetch +{} KiB", d / 1024),
             Prefetch::NonTemporal(d) => format!("NTA prefetch +{} KiB", d / 1024),
         };
@@ -87,7 +92,9 @@ pub fn read_sum(words: &[u64], method: ReadMethod) -> u64 {
     for b in (0..per).step_by(BLOCK) {
         for part in &parts {
             let block = &part[b..b + BLOCK];
+            // both 64-byte lines of the block, as the kernels prefetch every line they read
             prefetch(block.as_ptr() as *const u8, method.prefetch);
+            prefetch(block[8..].as_ptr() as *const u8, method.prefetch);
             let block: &[u64; BLOCK] = block.try_into().expect("a block of 16");
             for k in 0..BLOCK {
                 lanes[k] = lanes[k].wrapping_add(block[k]);
@@ -102,10 +109,11 @@ fn prefetch(at: *const u8, how: Prefetch) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch never faults, whatever the address; SSE is part of x86-64.
     unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_NTA, _MM_HINT_T1};
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_NTA, _MM_HINT_T0, _MM_HINT_T1};
         match how {
             Prefetch::None => {}
             Prefetch::Kernels => super::prefetch_ahead(at),
+            Prefetch::L1(d) => _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(d) as *const i8),
             Prefetch::L2(d) => _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(d) as *const i8),
             Prefetch::NonTemporal(d) => _mm_prefetch::<_MM_HINT_NTA>(at.wrapping_add(d) as *const i8),
         }
