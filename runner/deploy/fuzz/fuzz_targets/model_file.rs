@@ -1,6 +1,6 @@
 //! Any bytes given to the model reader give a model or an error, never a panic; a model that
-//! reads runs on every kernel path without panicking (a language model: a window of tokens on
-//! the decoder, then one more token on its cache).
+//! reads writes back as the same model and runs on every kernel path without panicking (a
+//! language model: a window of tokens on the decoder, then one more token on its cache).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -14,6 +14,7 @@ fuzz_target!(|data: &[u8]| {
     // the header and payload validation behind it is exercised.
     for bytes in [data.to_vec(), with_valid_checksum(data)] {
         if let Ok(model) = ModelFile::read(&bytes) {
+            assert_eq!(ModelFile::read(&model.to_bytes().unwrap()).unwrap(), model, "a model read back writes the same model");
             if let Some(text) = &model.header.text {
                 let tokens: Vec<u8> = (0..text.context.min(16)).map(|i| (i % model.header.classes) as u8).collect();
                 for path in Path::available() {
@@ -33,7 +34,6 @@ fuzz_target!(|data: &[u8]| {
                 let x: Vec<f32> = (0..inputs).map(|i| (i % 7) as f32 - 3.0).collect();
                 let _ = runtime.predict(&x, 1);
             }
-            assert_eq!(ModelFile::read(&model.to_bytes().unwrap()).unwrap(), model, "a model read back writes the same model");
         }
     }
 });
