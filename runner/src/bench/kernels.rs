@@ -16,9 +16,12 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::data::Samples;
 
-/// Bytes the cold cases rotate over: three times the 256 MiB last-level cache of this project's
-/// machine class, so no copy is still cached when it comes round again.
-const COLD_BYTES: usize = 768 << 20;
+/// Bytes the cold cases rotate over: three times the last-level cache the OS reports, at least
+/// 768 MiB (three times the 256 MiB of this project's first machines), so that no copy is still
+/// cached when it comes round again. (A fixed 768 MiB was 1.6 times this machine's 480 MiB.)
+fn cold_bytes() -> usize {
+    super::generate::last_level_cache_bytes().map_or(768 << 20, |llc| (3 * llc).max(768 << 20))
+}
 
 /// One measured case.
 struct Row {
@@ -83,7 +86,8 @@ pub fn run(seconds: f64, quick: bool, only: &[(usize, usize)]) -> String {
         let big = rows * cols >= 1 << 20;
         for n in [1, 8] {
             let mut rows_out = Vec::new();
-            for subject in subjects(rows, cols, big, quick) {
+            for format in formats(big, quick) {
+                let subject = subject(format, rows, cols, big, probe.cold_bytes());
                 for threads in if big { vec![1, 2] } else { vec![1] } {
                     for cold in if big { vec![true, false] } else { vec![false] } {
                         let beside = (cold && big).then_some(&probe);
@@ -96,7 +100,7 @@ pub fn run(seconds: f64, quick: bool, only: &[(usize, usize)]) -> String {
                 let bw = r.read_beside.unwrap_or(best);
                 let gbs = r.weight_bytes as f64 / r.seconds / 1e9;
                 out += &format!(
-                    "| {}×{} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0}% |\n",
+                    "| {}×{} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1}% |\n",
                     r.shape.0,
                     r.shape.1,
                     r.n,
@@ -115,20 +119,23 @@ pub fn run(seconds: f64, quick: bool, only: &[(usize, usize)]) -> String {
     out
 }
 
+/// A weight format to build at one shape.
+#[derive(Clone, Copy)]
+enum Format {
+    /// Ternary 2-bit codes on this path.
+    Ternary(Path, &'static str),
+    /// Ternary 1.6-bit (five trits per byte) on the fastest path.
+    Trits,
+    /// k-bit codes on the fastest path (levels `offset + step·code`).
+    Int(u32, i32, i32, &'static str),
+    /// Dense f32.
+    F32,
+}
+
 /// The formats compared at one shape: ternary 2-bit on each available path, ternary 1.6-bit
 /// (five trits per byte), 4-bit and 8-bit on the fastest, and f32.
-fn subjects(rows: usize, cols: usize, big: bool, quick: bool) -> Vec<Subject> {
-    let mut rng = ChaCha8Rng::seed_from_u64(7);
-    let best = Path::best();
+fn formats(big: bool, quick: bool) -> Vec<Format> {
     let mut out = Vec::new();
-    let int = |bits: u32, offset: i32, step: i32, rng: &mut ChaCha8Rng| {
-        let levels = if bits == 2 { 3 } else { 1u16 << bits };
-        let codes: Vec<u8> = (0..rows * cols).map(|_| rng.gen_range(0..levels) as u8).collect();
-        IntLinear { codes: CodeMatrix::from_codes(&codes, rows, cols, bits), offset, step }
-    };
-    let copies = |bytes: usize| if big { (COLD_BYTES / bytes.max(1)).max(2) } else { 1 };
-    let ternary = int(2, -1, 1, &mut rng);
-    let n = copies(ternary.codes.bytes());
     for path in Path::available() {
         if path == Path::Scalar && (big && !quick) {
             continue; // minutes per case at 4096²; the property tests cover its correctness
@@ -138,18 +145,41 @@ fn subjects(rows: usize, cols: usize, big: bool, quick: bool) -> Vec<Subject> {
             Path::Avx2 => "ternary 2-bit avx2",
             Path::Avx512Vnni => "ternary 2-bit avx512",
         };
-        out.push(Subject::Int(vec![ternary.clone(); n], path, name));
+        out.push(Format::Ternary(path, name));
     }
-    let trit_codes: Vec<u8> = (0..rows * cols).map(|_| rng.gen_range(0..3u8)).collect();
-    let trits = IntLinear { codes: CodeMatrix::from_trits(&trit_codes, rows, cols), offset: -1, step: 1 };
-    out.push(Subject::Int(vec![trits.clone(); copies(trits.codes.bytes())], best, "ternary 1.6-bit"));
-    let int4 = int(4, -15, 2, &mut rng);
-    out.push(Subject::Int(vec![int4.clone(); copies(int4.codes.bytes())], best, "int4"));
-    let int8 = int(8, -128, 1, &mut rng);
-    out.push(Subject::Int(vec![int8.clone(); copies(int8.codes.bytes())], best, "int8"));
-    let w: Vec<f32> = (0..rows * cols).map(|_| rng.gen_range(-1.0..1.0)).collect();
-    out.push(Subject::F32(vec![w; copies(rows * cols * 4)]));
+    out.extend([Format::Trits, Format::Int(4, -15, 2, "int4"), Format::Int(8, -128, 1, "int8"), Format::F32]);
     out
+}
+
+/// `format` at `rows × cols` with random weights, in enough copies to rotate over `cold_bytes`
+/// when `big` (built one format at a time: the copies of every format at once would not fit).
+fn subject(format: Format, rows: usize, cols: usize, big: bool, cold_bytes: usize) -> Subject {
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let copies = |bytes: usize| if big { (cold_bytes / bytes.max(1)).max(2) } else { 1 };
+    let int = |bits: u32, offset: i32, step: i32, rng: &mut ChaCha8Rng| {
+        let levels = if bits == 2 { 3 } else { 1u16 << bits };
+        let codes: Vec<u8> = (0..rows * cols).map(|_| rng.gen_range(0..levels) as u8).collect();
+        IntLinear { codes: CodeMatrix::from_codes(&codes, rows, cols, bits), offset, step }
+    };
+    match format {
+        Format::Ternary(path, name) => {
+            let m = int(2, -1, 1, &mut rng);
+            Subject::Int(vec![m.clone(); copies(m.codes.bytes())], path, name)
+        }
+        Format::Trits => {
+            let codes: Vec<u8> = (0..rows * cols).map(|_| rng.gen_range(0..3u8)).collect();
+            let m = IntLinear { codes: CodeMatrix::from_trits(&codes, rows, cols), offset: -1, step: 1 };
+            Subject::Int(vec![m.clone(); copies(m.codes.bytes())], Path::best(), "ternary 1.6-bit")
+        }
+        Format::Int(bits, offset, step, name) => {
+            let m = int(bits, offset, step, &mut rng);
+            Subject::Int(vec![m.clone(); copies(m.codes.bytes())], Path::best(), name)
+        }
+        Format::F32 => {
+            let w: Vec<f32> = (0..rows * cols).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            Subject::F32(vec![w; copies(rows * cols * 4)])
+        }
+    }
 }
 
 /// Time `subject` on `(rows, cols, n)`; with `beside`, the probe's fastest methods read in
@@ -266,7 +296,7 @@ fn f32_gemm(w: &[f32], cols: usize, x: &[f32], n: usize, out: &mut [f32], parall
 /// Bytes of one probe call: a cold kernel row reads about as much per call (a 4096² int8 matrix).
 const PROBE_CHUNK: usize = 16 << 20;
 
-/// The bandwidth probe's buffers (16 MiB each, rotating over [`COLD_BYTES`] as the cold rows do)
+/// The bandwidth probe's buffers (16 MiB each, rotating over [`cold_bytes`] as the cold rows do)
 /// and what its table found: per thread count, every method's rate.
 pub struct Probe {
     chunks: Vec<Vec<u64>>,
@@ -274,6 +304,11 @@ pub struct Probe {
 }
 
 impl Probe {
+    /// Bytes its buffers (and the cold kernel rows) rotate over.
+    pub fn cold_bytes(&self) -> usize {
+        self.chunks.len() * PROBE_CHUNK
+    }
+
     /// The best rate per thread count (GB/s): the bound the kernels are judged against.
     pub fn rates(&self) -> Vec<(usize, f64)> {
         self.rates.iter().map(|(t, r)| (*t, r.iter().map(|m| m.1).fold(0.0, f64::max))).collect()
@@ -301,17 +336,18 @@ impl Probe {
 
 /// The memory read rate, tried every way [`ReadMethod::all`] knows (streams per thread, load
 /// width, prefetch distances, non-temporal hints), with 1 and 2 threads, measured as the cold
-/// kernel rows are: one 16 MiB buffer per call, rotating over [`COLD_BYTES`] of them, median
+/// kernel rows are: one 16 MiB buffer per call, rotating over [`cold_bytes`] of them, median
 /// call. Returns the table and the probe, whose best rates the kernels are judged against.
 pub fn bandwidth_probe(seconds: f64) -> (String, Probe) {
-    let chunks: Vec<Vec<u64>> = (0..COLD_BYTES / PROBE_CHUNK)
+    let chunks: Vec<Vec<u64>> = (0..cold_bytes() / PROBE_CHUNK)
         .map(|c| (0..(PROBE_CHUNK / 8) as u64).map(|w| w ^ c as u64).collect())
         .collect();
     let mut probe = Probe { chunks, rates: Vec::new() };
     let threads = [1usize, 2];
-    let mut out = String::from(
-        "memory read bandwidth, 16 MiB per call rotating over 768 MiB as the cold rows read \
-         (GB/s, median call):\n\n",
+    let mut out = format!(
+        "memory read bandwidth, 16 MiB per call rotating over {} MiB (three times the last-level \
+         cache) as the cold rows read (GB/s, median call):\n\n",
+        probe.cold_bytes() >> 20
     );
     out += "| read method | 1 thread | 2 threads |\n|---|---|---|\n";
     let methods = ReadMethod::all();

@@ -393,22 +393,22 @@ impl IntLinear {
 }
 
 /// Software prefetch for a stream being read at `at` (called once per 64-byte line, by the
-/// kernels and by the bandwidth probe's "kernels' prefetch"): the line 1 KiB ahead into L1, and
+/// kernels and by the bandwidth probe's "kernels' prefetch"): the line 2 KiB ahead into L1, and
 /// the line 8 KiB ahead into L2. Streaming from DRAM, the hardware prefetchers alone left
-/// half the bandwidth unused, and the L1 prefetch alone a fifth: a core has few L1 miss buffers
+/// half the bandwidth unused, and an L1 prefetch alone a fifth: a core has few L1 miss buffers
 /// but more L2 ones, so the far L2 requests keep more lines in flight. Measured with
 /// `qat bench kernels` (4096² ternary 2-bit, cold, one thread: 678 µs without prefetch, 335–416
-/// with the L1 one, 270–289 with both). Tried again against reads measured beside each row:
-/// L1 at +2 KiB with or without L2 at +8 KiB, L1 at +3 KiB, L2 alone at +4 or +8 KiB; no
-/// setting beat this one in repeated runs, whose cold ternary rows range over ±25 % from one
-/// run to the next while the reads beside them vary by ±5 %.
+/// with an L1 one at 1 KiB, 270–289 with both). Against reads measured beside each row, over a
+/// rotation of three times the last-level cache: L1 at 2 KiB instead of 1 KiB took the same
+/// row from 267–271 µs (five runs) to 248–268 (three), 89–90 % → 92–94 % of the read beside
+/// it; L2 alone at 4 KiB and L1 alone at 2 or 3 KiB were slower for ternary codes.
 #[inline(always)]
 pub(crate) fn prefetch_ahead(at: *const u8) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch never faults, whatever the address; SSE is part of x86-64.
     unsafe {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
-        _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(1024) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(2048) as *const i8);
         _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(8192) as *const i8);
     }
     #[cfg(not(target_arch = "x86_64"))]

@@ -8,7 +8,7 @@
 pub enum Prefetch {
     /// None: the hardware prefetchers alone.
     None,
-    /// The kernels' own: 1 KiB ahead into L1 and 8 KiB ahead into L2.
+    /// The kernels' own: 2 KiB ahead into L1 and 8 KiB ahead into L2.
     Kernels,
     /// Into L1 only, this many bytes ahead.
     L1(usize),
@@ -38,6 +38,7 @@ impl ReadMethod {
         let prefetches = [
             Prefetch::None,
             Prefetch::Kernels,
+            Prefetch::L1(1024),
             Prefetch::L1(2048),
             Prefetch::L2(4096),
             Prefetch::L2(8192),
@@ -64,7 +65,7 @@ impl ReadMethod {
     pub fn label(&self) -> String {
         let prefetch = match self.prefetch {
             Prefetch::None => "no prefetch".to_string(),
-            Prefetch::Kernels => "kernels' prefetch (L1 +1 KiB, L2 +8 KiB)".to_string(),
+            Prefetch::Kernels => "kernels' prefetch (L1 +2 KiB, L2 +8 KiB)".to_string(),
             Prefetch::L1(d) => format!("L1 prefetch +{} KiB", d / 1024),
             Prefetch::L2(d) => format!("L2 prefetch +{} KiB", d / 1024),
             Prefetch::NonTemporal(d) => format!("NTA prefetch +{} KiB", d / 1024),
