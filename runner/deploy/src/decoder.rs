@@ -56,7 +56,8 @@ pub struct Decoder {
 /// (cos, sin) of RoPE's angle per position and pair, for one head width.
 type AngleTable = Vec<Vec<(f32, f32)>>;
 
-/// The keys and values of one attention op for `batch` sequences, `context` positions each.
+/// The keys and values of one attention op for `batch` sequences, `context` positions each,
+/// head-major (sequence, head, position, then the head's d values).
 struct Cache {
     keys: Vec<f32>,
     values: Vec<f32>,
@@ -363,12 +364,17 @@ impl Decoder {
         let width = qkv.len() / (batch * n) / 3;
         let (context, d) = (self.text.context, width / heads);
         let scale = 1.0 / (d as f32).sqrt();
+        // head-major: head `h` of sequence `b` keeps its positions' keys (and values) back to
+        // back, so a head reads one contiguous run rather than d of every `width` floats
+        let at = |b: usize, h: usize, p: usize| ((b * heads + h) * context + p) * d;
         for b in 0..batch {
             for t in 0..n {
                 let row = &qkv[(b * n + t) * 3 * width..(b * n + t + 1) * 3 * width];
-                let at = (b * context + len + t) * width;
-                cache.keys[at..at + width].copy_from_slice(&row[width..2 * width]);
-                cache.values[at..at + width].copy_from_slice(&row[2 * width..]);
+                for h in 0..heads {
+                    let i = at(b, h, len + t);
+                    cache.keys[i..i + d].copy_from_slice(&row[width + h * d..][..d]);
+                    cache.values[i..i + d].copy_from_slice(&row[2 * width + h * d..][..d]);
+                }
             }
         }
         let cache = &*cache;
@@ -377,12 +383,11 @@ impl Decoder {
             let (row, h) = (i / heads, i % heads);
             let (b, t) = (row / n, row % n);
             let q = &qkv[row * 3 * width + h * d..][..d];
-            let mut scores: Vec<f32> = (0..len + t + 1)
-                .map(|p| dot(q, &cache.keys[(b * context + p) * width + h * d..][..d]) * scale)
-                .collect();
+            let mut scores: Vec<f32> =
+                (0..len + t + 1).map(|p| dot(q, &cache.keys[at(b, h, p)..][..d]) * scale).collect();
             softmax_row(&mut scores);
             for (p, &w) in scores.iter().enumerate() {
-                let v = &cache.values[(b * context + p) * width + h * d..][..d];
+                let v = &cache.values[at(b, h, p)..][..d];
                 out.iter_mut().zip(v).for_each(|(o, v)| *o += w * v);
             }
         };
