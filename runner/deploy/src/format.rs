@@ -712,11 +712,6 @@ impl ModelFile {
         self.header.layers.iter().map(|l| l.bytes + 4 * l.scales.len()).sum()
     }
 
-    /// Bytes of the tensors as stored (f32 or int8 with row scales).
-    pub fn tensor_bytes(&self) -> usize {
-        self.header.tensors.iter().map(|t| t.bytes).sum()
-    }
-
     /// The values of float tensor `name`, with its (rows, cols).
     pub fn tensor(&self, name: &str) -> Option<(&[f32], usize, usize)> {
         let i = self.header.tensors.iter().position(|t| t.name == name)?;

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::experiment::search::ledger::{Ledger, Report, Trial, TrialState};
 use crate::experiment::search::schedule::{self, Next};
 use crate::experiment::search::tpe::Observation;
-use crate::experiment::search::{propose, Use};
+use crate::experiment::search::{propose, SearchSpec, Use};
 use crate::experiment::{PlannedRun, RunPlan, SearchPlan};
 use crate::report::search_plots::{write_search_plots, SearchPoints};
 use crate::run::{config_yaml, run_id, write_atomic, RunDir, Status};
@@ -48,6 +48,10 @@ struct State {
     only: Option<Vec<usize>>,
     stop: bool,
     error: Option<Error>,
+    /// The rungs of the base config's runs.
+    rungs: Vec<usize>,
+    /// Trials and evaluations the search may spend.
+    limit: schedule::Limit,
 }
 
 /// Run (or resume) the search of `plan`; `only` restricts it to trials already in the ledger.
@@ -122,26 +126,40 @@ pub fn execute_search(
 }
 
 impl State {
-    /// The schedule's next job for this state (the rungs of the base config's runs).
-    fn next(&self, plan: &RunPlan) -> Next {
-        let search = plan.search.as_ref().expect("a search plan");
-        let spec = &search.spec;
-        let total = total_evaluations(&plan.first_config());
-        let rungs = schedule::rungs(spec.prune.as_ref(), total);
+    /// The schedule's next job for this state.
+    fn next(&self, spec: &SearchSpec) -> Next {
         let loss = |v: f64| spec.loss(v);
-        // whole runs → evaluations of trials (each trial's evaluation trains one run per seed)
-        let seeds = search.seed_list().len().max(1) as f64;
-        let evaluations = spec.budget.map(|runs| (runs * total as f64 / seeds + 1e-9) as usize);
-        let limit = schedule::Limit { trials: spec.trials, evaluations };
-        schedule::next(&self.ledger.trials, &self.in_flight, limit, &rungs, spec.prune.as_ref(), &loss)
+        schedule::next(
+            &self.ledger.trials,
+            &self.in_flight,
+            self.limit,
+            &self.rungs,
+            spec.prune.as_ref(),
+            &loss,
+        )
     }
 }
 
-/// The search's state as a command starts: its ledger ([`open_ledger`]) and each trial's runs.
+/// The search's state as a command starts: its ledger ([`open_ledger`]), each trial's runs, and
+/// what the schedule needs of the plan (derived once, not per job).
 fn open_state(plan: &RunPlan, registry: &Registry, options: &ExecOptions, root: &Path) -> Result<State> {
     let search = plan.search.as_ref().expect("a search plan");
+    let spec = &search.spec;
     let (ledger, runs) = open_ledger(plan, search, registry, options, root)?;
-    Ok(State { ledger, runs, in_flight: Vec::new(), only: None, stop: false, error: None })
+    let total = total_evaluations(&plan.first_config());
+    // whole runs → evaluations of trials (each trial's evaluation trains one run per seed)
+    let seeds = search.seed_list().len().max(1) as f64;
+    let evaluations = spec.budget.map(|runs| (runs * total as f64 / seeds + 1e-9) as usize);
+    Ok(State {
+        ledger,
+        runs,
+        in_flight: Vec::new(),
+        only: None,
+        stop: false,
+        error: None,
+        rungs: schedule::rungs(spec.prune.as_ref(), total),
+        limit: schedule::Limit { trials: spec.trials, evaluations },
+    })
 }
 
 /// The ledger to continue, with each trial's runs: the one on disk if it describes this search
@@ -245,7 +263,7 @@ pub fn submit_search(
     let in_flight = st.in_flight.len();
     let mut batch = Vec::new();
     while batch.len() < per_submit {
-        let trial = match st.next(plan) {
+        let trial = match st.next(&search.spec) {
             Next::Resume { trial, budget } => {
                 let t = &mut st.ledger.trials[trial];
                 t.state = TrialState::Running;
@@ -318,7 +336,7 @@ fn take_job(
                 None if st.in_flight.is_empty() => Next::Done,
                 None => Next::Wait,
             },
-            None => st.next(plan),
+            None => st.next(&search.spec),
         };
         let trial = match next {
             Next::Resume { trial, budget } => {

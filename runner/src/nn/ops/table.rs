@@ -23,12 +23,12 @@ fn int8_rows(q: &Quantized, rows: usize) -> Option<Int8Rows> {
         return None;
     }
     let grid = IntGrid::of(&q.levels)?;
-    let code = |k: u8| grid.offset + grid.step * k as i32;
-    if (0..q.levels.len() as u8).any(|k| i8::try_from(code(k)).is_err()) {
+    let code = |k: usize| grid.offset + grid.step * k as i32;
+    if (0..q.levels.len()).any(|k| i8::try_from(code(k)).is_err()) {
         return None;
     }
     let scales = (0..rows).map(|r| q.scale_of_row(r) / grid.multiplier as f32).collect();
-    Some(Int8Rows { scales, codes: q.codes.iter().map(|&k| code(k) as i8).collect() })
+    Some(Int8Rows { scales, codes: q.codes.iter().map(|&k| code(k as usize) as i8).collect() })
 }
 
 /// A table op; its values are its layer's (quantized, by default float) weights.
