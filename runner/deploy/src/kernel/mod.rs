@@ -401,7 +401,8 @@ impl IntLinear {
 /// with an L1 one at 1 KiB, 270–289 with both). Against reads measured beside each row, over a
 /// rotation of three times the last-level cache: L1 at 2 KiB instead of 1 KiB took the same
 /// row from 267–271 µs (five runs) to 248–268 (three), 89–90 % → 92–94 % of the read beside
-/// it; L2 alone at 4 KiB and L1 alone at 2 or 3 KiB were slower for ternary codes.
+/// it; L2 alone at 4 KiB was slower for ternary codes, and so were L1 alone at 2 or 3 KiB over
+/// the earlier, too small rotation.
 #[inline(always)]
 pub(crate) fn prefetch_ahead(at: *const u8) {
     #[cfg(target_arch = "x86_64")]
