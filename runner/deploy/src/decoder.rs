@@ -18,6 +18,7 @@ use crate::kernel::Path;
 use crate::math::{gelu_with_slope, relu2, rope_angle, rope_rotate, silu, softmax_row};
 use crate::runtime::{Layer, TernaryLayout};
 use crate::sample::Sampler;
+use crate::team::{Team, Workers};
 
 /// An op resolved to value slots (slot 0 holds the token ids; op `i` writes slot `i + 1`),
 /// tensors and layers by index.
@@ -50,7 +51,8 @@ pub struct Decoder {
     /// RoPE's (cos, sin) per position and pair, per head width that a rope op uses.
     angles: Vec<(usize, AngleTable)>,
     path: Path,
-    parallel: bool,
+    /// The threads the products and attention heads split over.
+    team: Team,
 }
 
 /// (cos, sin) of RoPE's angle per position and pair, for one head width.
@@ -88,14 +90,14 @@ impl State {
 }
 
 impl Decoder {
-    /// Prepare `model` (a language model file) for `path`; `parallel` splits the rows of large
-    /// layers over the current rayon pool.
-    pub fn new(model: &ModelFile, path: Path, parallel: bool) -> Result<Self> {
-        Self::with_layout(model, path, parallel, TernaryLayout::Auto)
+    /// Prepare `model` (a language model file) for `path`, with large layers' rows and the
+    /// attention heads split over `threads` threads (a [`Team`] of its own).
+    pub fn new(model: &ModelFile, path: Path, threads: usize) -> Result<Self> {
+        Self::with_layout(model, path, threads, TernaryLayout::Auto)
     }
 
     /// [`Decoder::new`] with ternary layers in `layout`.
-    pub fn with_layout(model: &ModelFile, path: Path, parallel: bool, layout: TernaryLayout) -> Result<Self> {
+    pub fn with_layout(model: &ModelFile, path: Path, threads: usize, layout: TernaryLayout) -> Result<Self> {
         let header = &model.header;
         let layers: Vec<Layer> = header
             .layers
@@ -105,7 +107,7 @@ impl Decoder {
             .collect();
         let tensors: Vec<(Vec<f32>, usize, usize)> =
             header.tensors.iter().zip(&model.tensors).map(|(t, v)| (v.clone(), t.rows, t.cols)).collect();
-        Self::assemble(header, layers, tensors, path, parallel)
+        Self::assemble(header, layers, tensors, path, threads)
     }
 
     /// A decoder of `header`'s ops over prepared `layers` and `tensors` (values, rows, cols), in
@@ -115,7 +117,7 @@ impl Decoder {
         layers: Vec<Layer>,
         tensors: Vec<(Vec<f32>, usize, usize)>,
         path: Path,
-        parallel: bool,
+        threads: usize,
     ) -> Result<Self> {
         let text = header.text.clone().ok_or_else(|| {
             DeployError::Unsupported("an image classifier, not a language model: use qat infer".into())
@@ -187,8 +189,20 @@ impl Decoder {
             cache_widths,
             angles,
             path,
-            parallel,
+            team: Team::new(threads),
         })
+    }
+
+    /// Run on `threads` threads from now on.
+    pub fn set_threads(&mut self, threads: usize) {
+        if threads.max(1) != self.team.threads() {
+            self.team = Team::new(threads);
+        }
+    }
+
+    /// Threads the decoder runs on.
+    pub fn threads(&self) -> usize {
+        self.team.threads()
     }
 
     /// The model's description.
@@ -272,7 +286,7 @@ impl Decoder {
                 Step::Layer { layer, input } => {
                     let mut x = slots[input].clone();
                     let norm = (self.header.norm == NormKind::Rms).then_some(Sums::Lanes);
-                    self.layers[layer].linear(&mut x, rows, norm, self.path, self.parallel)
+                    self.layers[layer].linear(&mut x, rows, norm, self.path, Workers::Team(&self.team))
                 }
                 Step::Embed { table } => {
                     let (t, _, cols) = &self.tensors[table];
@@ -349,8 +363,8 @@ impl Decoder {
 
     /// Causal attention of `n` new q|k|v rows per sequence at positions `len..len + n`: their
     /// keys and values go into the cache, then each query attends over positions 0 to its own,
-    /// head by head (the heads split over the rayon pool when the decoder is parallel: at batch
-    /// 1 the cache reads are a tenth of a large model's bytes per token).
+    /// head by head (the heads split over the team once the cache is long enough to pay for it:
+    /// at batch 1 the cache reads are a tenth of a large model's bytes per token).
     fn attend(
         &self,
         qkv: &[f32],
@@ -360,7 +374,6 @@ impl Decoder {
         batch: usize,
         heads: usize,
     ) -> Vec<f32> {
-        use rayon::prelude::*;
         let width = qkv.len() / (batch * n) / 3;
         let (context, d) = (self.text.context, width / heads);
         let scale = 1.0 / (d as f32).sqrt();
@@ -379,7 +392,7 @@ impl Decoder {
         }
         let cache = &*cache;
         // output head `h` of token `t` of sequence `b` is chunk (b·n + t)·heads + h of y
-        let head = |(i, out): (usize, &mut [f32])| {
+        let head = |i: usize, out: &mut [f32]| {
             let (row, h) = (i / heads, i % heads);
             let (b, t) = (row / n, row % n);
             let q = &qkv[row * 3 * width + h * d..][..d];
@@ -392,11 +405,8 @@ impl Decoder {
             }
         };
         let mut y = vec![0.0f32; batch * n * width];
-        if self.parallel && rayon::current_num_threads() > 1 && (len + n) * width >= 1 << 16 {
-            y.par_chunks_mut(d).enumerate().for_each(head);
-        } else {
-            y.chunks_mut(d).enumerate().for_each(head);
-        }
+        let workers = if (len + n) * width >= 1 << 16 { Workers::Team(&self.team) } else { Workers::One };
+        workers.for_chunks(&mut y, d, head);
         y
     }
 
@@ -450,7 +460,7 @@ mod tests {
         let model = tiny_language_model();
         let tokens = [1u8, 4, 2, 2, 0, 3, 1, 4];
         for path in Path::available() {
-            let decoder = Decoder::new(&model, path, false).unwrap();
+            let decoder = Decoder::new(&model, path, 1).unwrap();
             let whole = decoder.window_logits(&tokens, 1).unwrap();
             let mut state = decoder.state(1);
             let mut stepped = decoder.forward(&mut state, &tokens[..3]).unwrap();
@@ -471,7 +481,7 @@ mod tests {
 
     #[test]
     fn later_tokens_do_not_change_earlier_logits_and_bad_input_is_refused() {
-        let decoder = Decoder::new(&tiny_language_model(), Path::Scalar, false).unwrap();
+        let decoder = Decoder::new(&tiny_language_model(), Path::Scalar, 1).unwrap();
         let a = decoder.window_logits(&[1, 2, 3, 0], 1).unwrap();
         let b = decoder.window_logits(&[1, 2, 4, 4], 1).unwrap();
         let v = decoder.vocab();
@@ -486,7 +496,7 @@ mod tests {
 
     #[test]
     fn generation_past_the_context_crops_and_recomputes() {
-        let decoder = Decoder::new(&tiny_language_model(), Path::best(), false).unwrap();
+        let decoder = Decoder::new(&tiny_language_model(), Path::best(), 1).unwrap();
         let context = decoder.text().context;
         let ids = decoder.generate(&[1, 2], 3 * context, &mut Sampler::new(0.0, None, 1), |_| ()).unwrap();
         assert_eq!(ids.len(), 2 + 3 * context);

@@ -14,5 +14,6 @@ pub mod pack;
 pub mod runtime;
 pub mod sample;
 pub mod synthetic;
+pub mod team;
 
 pub use error::{DeployError, Result};

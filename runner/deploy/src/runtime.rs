@@ -16,7 +16,7 @@ use crate::conv;
 use crate::error::{DeployError, Result};
 use crate::format::{LayerSpec, ModelFile, ModelHeader, NormKind};
 use crate::graph::{Op, INPUT};
-use crate::kernel::{prefers_trits, transpose, CodeMatrix, IntLinear, Path};
+use crate::kernel::{prefers_trits, transpose, CodeMatrix, IntLinear, Path, Workers};
 
 /// Index of the largest value (the first of ties).
 pub fn argmax(row: &[f32]) -> usize {
@@ -161,13 +161,14 @@ impl Layer {
     }
 
     /// A fully connected layer's products, `n × rows`, of `n` rows of input codes at its stride.
-    fn fully_connected(&self, q: &[i8], n: usize, path: Path, parallel: bool) -> Sums {
+    fn fully_connected(&self, q: &[i8], n: usize, path: Path, workers: Workers) -> Sums {
         let rows = self.spec.rows;
         match &self.weights {
             Weights::Int(linear, _) => {
                 let mut out = vec![0i32; rows * n];
-                linear.forward(q, n, &mut out, path, parallel);
-                Sums::Int(transpose(&out, rows, n))
+                linear.forward(q, n, &mut out, path, workers);
+                // one activation row: the sums are already in order
+                Sums::Int(if n == 1 { out } else { transpose(&out, rows, n) })
             }
             Weights::Float(w) => Sums::Float(float_products(w, self.spec.cols, q, self.stride(), n)),
             Weights::IntTaps(..) => unreachable!("only convolutions have taps"),
@@ -199,7 +200,7 @@ impl Layer {
         n: usize,
         norm: Option<ActSums>,
         path: Path,
-        parallel: bool,
+        workers: Workers,
     ) -> Vec<f32> {
         let (cols, stride) = (self.spec.cols, self.stride());
         let mut q = vec![0i8; n * stride];
@@ -213,7 +214,7 @@ impl Layer {
                 quantize_row(row, self.spec.activation_bits, &mut out[..cols])
             })
             .collect();
-        let sums = self.fully_connected(&q, n, path, parallel);
+        let sums = self.fully_connected(&q, n, path, workers);
         self.real_outputs(&sums, &scales, n)
     }
 
@@ -362,6 +363,16 @@ pub(crate) enum Sums {
 }
 
 impl Runtime {
+    /// Where the kernels run: batches split their rows over the current rayon pool when the
+    /// runtime is parallel (long products, so waking its threads costs little).
+    fn workers(&self) -> Workers<'static> {
+        if self.parallel {
+            Workers::Rayon
+        } else {
+            Workers::One
+        }
+    }
+
     /// Repack `model` for `path` (see [`Path::best`]); `parallel` splits large layers' rows
     /// over the current rayon pool.
     pub fn new(model: &ModelFile, path: Path, parallel: bool) -> Result<Self> {
@@ -481,7 +492,7 @@ impl Runtime {
         match &layer.weights {
             Weights::Int(linear, _) => {
                 let mut out = vec![0i32; rows * n * pixels];
-                linear.forward(&patches, n * pixels, &mut out, self.path, self.parallel);
+                linear.forward(&patches, n * pixels, &mut out, self.path, self.workers());
                 Sums::Int(transpose(&out, rows, n * pixels))
             }
             Weights::IntTaps(taps, _) => Sums::Int(conv::depthwise(&patches, patch_stride, rows, taps)),
@@ -496,7 +507,7 @@ impl Runtime {
 
     /// A fully connected layer's products, `n × rows`.
     fn fully_connected(&self, layer: &Layer, q: &[i8], n: usize) -> Sums {
-        layer.fully_connected(q, n, self.path, self.parallel)
+        layer.fully_connected(q, n, self.path, self.workers())
     }
 
     /// Real-valued outputs (`n × map features`): sums × scale / (multiplier × input scale).

@@ -37,8 +37,9 @@ impl Shape {
     }
 }
 
-/// A decoder of `shape` with random ternary codes in `layout` (2-bit or trits) on `path`.
-pub fn random_ternary(shape: Shape, layout: TernaryLayout, path: Path, parallel: bool) -> Result<Decoder> {
+/// A decoder of `shape` with random ternary codes in `layout` (2-bit or trits) on `path`, on
+/// `threads` threads.
+pub fn random_ternary(shape: Shape, layout: TernaryLayout, path: Path, threads: usize) -> Result<Decoder> {
     let Shape { depth, width, heads, context, vocab } = shape;
     if depth == 0 || heads == 0 || width % (2 * heads) != 0 || context == 0 || vocab == 0 || vocab > 256 {
         return Err(invalid(format!(
@@ -162,7 +163,7 @@ pub fn random_ternary(shape: Shape, layout: TernaryLayout, path: Path, parallel:
         writer: env!("CARGO_PKG_VERSION").into(),
         tensors: tensor_specs,
     };
-    Decoder::assemble(&header, layers, tensors, path, parallel)
+    Decoder::assemble(&header, layers, tensors, path, threads)
 }
 
 #[cfg(test)]
@@ -172,8 +173,8 @@ mod tests {
     #[test]
     fn a_random_model_runs_and_both_layouts_read_what_they_should() {
         let shape = Shape { depth: 2, width: 64, heads: 2, context: 16, vocab: 256 };
-        let two_bit = random_ternary(shape, TernaryLayout::TwoBit, Path::best(), false).unwrap();
-        let trits = random_ternary(shape, TernaryLayout::Trits, Path::best(), false).unwrap();
+        let two_bit = random_ternary(shape, TernaryLayout::TwoBit, Path::best(), 1).unwrap();
+        let trits = random_ternary(shape, TernaryLayout::Trits, Path::best(), 1).unwrap();
         for decoder in [&two_bit, &trits] {
             let logits = decoder.window_logits(&[1, 2, 3, 250], 1).unwrap();
             assert_eq!(logits.len(), 4 * 256);
@@ -185,8 +186,29 @@ mod tests {
         assert_eq!(two_bit.weight_bytes_per_token(), 2 * 12 * 64 * 64 / 4 + 4 * 8 + tables);
         let trit_bytes = 2 * ((3 * 64 + 64 + 256) * 16 + 64 * 56);
         assert_eq!(trits.weight_bytes_per_token(), trit_bytes + 4 * 8 + tables);
-        assert!(
-            random_ternary(Shape { width: 63, ..shape }, TernaryLayout::Auto, Path::Scalar, false).is_err()
-        );
+        assert!(random_ternary(Shape { width: 63, ..shape }, TernaryLayout::Auto, Path::Scalar, 1).is_err());
+    }
+
+    #[test]
+    fn two_threads_give_the_logits_of_one_bit_for_bit() {
+        // width 256: the MLP's 1024×256 layers reach the split threshold, and a full window of 256
+        // the attention heads' one
+        let shape = Shape { depth: 1, width: 256, heads: 4, context: 256, vocab: 256 };
+        for layout in [TernaryLayout::TwoBit, TernaryLayout::Trits] {
+            let mut decoder = random_ternary(shape, layout, Path::best(), 1).unwrap();
+            let tokens: Vec<u8> = (0..256).map(|i| (i * 37 % 251) as u8).collect();
+            let run = |decoder: &Decoder| {
+                let mut state = decoder.state(1);
+                let mut logits = decoder.forward(&mut state, &tokens[..250]).unwrap();
+                for &t in &tokens[250..] {
+                    logits.extend(decoder.forward(&mut state, &[t]).unwrap());
+                }
+                logits
+            };
+            let one = run(&decoder);
+            decoder.set_threads(2);
+            assert_eq!(decoder.threads(), 2);
+            assert_eq!(run(&decoder), one, "{layout:?}");
+        }
     }
 }

@@ -108,21 +108,18 @@ pub fn layout_name(layout: TernaryLayout) -> &'static str {
     }
 }
 
-/// Measure `decoder` (built with `parallel` on) in a pool of each of `threads` threads.
+/// Measure `decoder` on each of `threads` thread counts.
 pub fn rows(
     model: &str,
     layout: TernaryLayout,
-    decoder: &Decoder,
+    decoder: &mut Decoder,
     threads: &[usize],
     plan: Plan,
 ) -> Result<Vec<Row>> {
     let mut out = Vec::new();
     for &n in threads {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build()
-            .map_err(|e| Error::Config(format!("--threads {n}: {e}")))?;
-        let rates = pool.install(|| measure(decoder, plan))?;
+        decoder.set_threads(n);
+        let rates = measure(decoder, plan)?;
         out.push(Row {
             model: model.to_string(),
             layout: layout_name(layout),

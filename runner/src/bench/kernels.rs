@@ -5,12 +5,14 @@
 //! model's layers would stream from DRAM); "hot" repeats one matrix.
 
 use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use qatlab_deploy::format::ModelFile;
 use qatlab_deploy::kernel::probe::{read_sum, ReadMethod};
 use qatlab_deploy::kernel::{CodeMatrix, IntLinear, Path};
 use qatlab_deploy::runtime::Runtime;
+use qatlab_deploy::team::{Team, Workers};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -192,7 +194,8 @@ fn measure(
     seconds: f64,
     beside: Option<&Probe>,
 ) -> Row {
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("a rayon pool");
+    let team = Team::new(threads);
+    let workers = Workers::Team(&team);
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     let (kind, bytes, copies) = match subject {
         Subject::Int(m, path, name) => (format!("{name} ({})", path.name()), m[0].codes.bytes(), m.len()),
@@ -203,17 +206,17 @@ fn measure(
     // each probe call reads a buffer of its own, never one a call before it left in the cache
     let probe_reads = |i: usize, k: usize| {
         if let Some(p) = beside {
-            p.read(i * methods.len() + k, threads, methods[k]);
+            p.read(i * methods.len() + k, &team, methods[k]);
         }
     };
-    let times = pool.install(|| match subject {
+    let times = match subject {
         Subject::Int(m, path, _) => {
             let stride = m[0].codes.padded_cols();
             let x: Vec<i8> = (0..n * stride).map(|k| if k % stride < cols { rng.gen() } else { 0 }).collect();
             let mut out = vec![0i32; rows * n];
             median_calls(seconds, 1 + methods.len(), |i, k| {
                 if k == 0 {
-                    m[pick(i)].forward(&x, n, &mut out, *path, threads > 1);
+                    m[pick(i)].forward(&x, n, &mut out, *path, workers);
                     black_box(&out);
                 } else {
                     probe_reads(i, k - 1);
@@ -225,14 +228,14 @@ fn measure(
             let mut out = vec![0f32; rows * n];
             median_calls(seconds, 1 + methods.len(), |i, k| {
                 if k == 0 {
-                    f32_gemm(&w[pick(i)], cols, &x, n, &mut out, threads > 1);
+                    f32_gemm(&w[pick(i)], cols, &x, n, &mut out, workers);
                     black_box(&out);
                 } else {
                     probe_reads(i, k - 1);
                 }
             })
         }
-    });
+    };
     let read_beside = (!methods.is_empty())
         .then(|| times[1..].iter().map(|&t| PROBE_CHUNK as f64 / t / 1e9).fold(0.0, f64::max));
     Row { shape: (rows, cols), n, kind, threads, cold, seconds: times[0], weight_bytes: bytes, read_beside }
@@ -268,9 +271,8 @@ fn median_calls(seconds: f64, kinds: usize, mut call: impl FnMut(usize, usize)) 
 
 /// The f32 baseline: `out[r·n + i] = Σ w[r][c]·x[i][c]`, sixteen accumulators per dot so the
 /// compiler vectorises it (AVX2 under this workspace's target CPU; `f32::mul_add` would not).
-fn f32_gemm(w: &[f32], cols: usize, x: &[f32], n: usize, out: &mut [f32], parallel: bool) {
-    use rayon::prelude::*;
-    let dot = |(r, o): (usize, &mut [f32])| {
+fn f32_gemm(w: &[f32], cols: usize, x: &[f32], n: usize, out: &mut [f32], workers: Workers) {
+    workers.for_chunks(out, n, |r, o| {
         let wr = &w[r * cols..(r + 1) * cols];
         for (i, o) in o.iter_mut().enumerate() {
             let xi = &x[i * cols..(i + 1) * cols];
@@ -285,12 +287,7 @@ fn f32_gemm(w: &[f32], cols: usize, x: &[f32], n: usize, out: &mut [f32], parall
             }
             *o = acc.iter().sum::<f32>() + tail;
         }
-    };
-    if parallel {
-        out.par_chunks_mut(n).enumerate().for_each(dot);
-    } else {
-        out.chunks_mut(n).enumerate().for_each(dot);
-    }
+    });
 }
 
 /// Bytes of one probe call: a cold kernel row reads about as much per call (a 4096² int8 matrix).
@@ -322,15 +319,13 @@ impl Probe {
         sorted.into_iter().take(3).map(|m| m.0).collect()
     }
 
-    /// Read buffer `i` (rotating) with `method`, split over `threads` threads of the current pool.
-    fn read(&self, i: usize, threads: usize, method: ReadMethod) {
-        use rayon::prelude::*;
+    /// Read buffer `i` (rotating) with `method`, split over `team` as the kernels split rows.
+    fn read(&self, i: usize, team: &Team, method: ReadMethod) {
         let chunk = &self.chunks[i % self.chunks.len()];
-        let sum: u64 = chunk
-            .par_chunks(chunk.len() / threads.max(1))
-            .map(|c| read_sum(c, method))
-            .reduce(|| 0, u64::wrapping_add);
-        black_box(sum);
+        let per = chunk.len() / team.threads();
+        let sums: Vec<AtomicU64> = (0..team.threads()).map(|_| AtomicU64::new(0)).collect();
+        team.run(&|t| sums[t].store(read_sum(&chunk[t * per..(t + 1) * per], method), Ordering::Relaxed));
+        black_box(sums.iter().fold(0u64, |a, s| a.wrapping_add(s.load(Ordering::Relaxed))));
     }
 }
 
@@ -354,8 +349,8 @@ pub fn bandwidth_probe(seconds: f64) -> (String, Probe) {
     let mut rates = vec![Vec::new(); threads.len()];
     for &method in &methods {
         for (k, &t) in threads.iter().enumerate() {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().expect("a rayon pool");
-            let median = pool.install(|| median_call(seconds, |i| probe.read(i, t, method)));
+            let team = Team::new(t);
+            let median = median_call(seconds, |i| probe.read(i, &team, method));
             rates[k].push((method, PROBE_CHUNK as f64 / median / 1e9));
         }
         let [one, two] = [&rates[0], &rates[1]].map(|r| r.last().expect("just measured").1);

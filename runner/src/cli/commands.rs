@@ -557,9 +557,9 @@ fn bench_generate(args: &BenchGenerateArgs) -> Result<ExitCode, Error> {
         let ternary = model.header.layers.iter().any(|l| l.levels.len() == 3);
         for layout in if ternary { &layouts[..] } else { &[TernaryLayout::Auto][..] } {
             let layout = *layout;
-            let decoder = Decoder::with_layout(&model, path, true, layout)
+            let mut decoder = Decoder::with_layout(&model, path, 1, layout)
                 .map_err(|e| Error::Config(format!("{}: {e}", file.display())))?;
-            all.extend(rows(&model.header.name, layout, &decoder, &args.threads, plan)?);
+            all.extend(rows(&model.header.name, layout, &mut decoder, &args.threads, plan)?);
         }
     }
     let mut bandwidth = None;
@@ -568,7 +568,7 @@ fn bench_generate(args: &BenchGenerateArgs) -> Result<ExitCode, Error> {
         let llc = last_level_cache_bytes();
         for layout in layouts {
             let start = std::time::Instant::now();
-            let decoder = qatlab_deploy::synthetic::random_ternary(shape, layout, path, true)
+            let mut decoder = qatlab_deploy::synthetic::random_ternary(shape, layout, path, 1)
                 .map_err(|e| Error::Config(format!("--shape {spec}: {e}")))?;
             let bytes = decoder.weight_bytes_per_token();
             println!(
@@ -579,7 +579,7 @@ fn bench_generate(args: &BenchGenerateArgs) -> Result<ExitCode, Error> {
                 start.elapsed().as_secs_f64(),
                 llc.map_or("unknown".into(), |b| format!("{:.0} MiB ({:.1}× in this layout)", b as f64 / (1 << 20) as f64, bytes as f64 / b as f64))
             );
-            all.extend(rows(&format!("random {spec}"), layout, &decoder, &args.threads, plan)?);
+            all.extend(rows(&format!("random {spec}"), layout, &mut decoder, &args.threads, plan)?);
         }
         let (table, probe) = crate::bench::kernels::bandwidth_probe(0.3);
         println!("\n{table}");
@@ -629,17 +629,11 @@ fn generate(args: &GenerateArgs, registry: &qatlab_core::Registry) -> Result<Exi
     let path = export::kernel_path(&args.kernel)?;
     let (prompt, mut sampler) = sampling(&args.sampling)?;
     let ids = export::text::prompt_ids(&spec, &prompt)?;
-    let threads = args.threads.max(1);
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .map_err(|e| Error::Config(format!("--threads {threads}: {e}")))?;
-    let decoder = qatlab_deploy::decoder::Decoder::new(&model, path, threads > 1)
+    let decoder = qatlab_deploy::decoder::Decoder::new(&model, path, args.threads.max(1))
         .map_err(|e| Error::Config(format!("{}: {e}", args.file.display())))?;
     let fresh = sampler.clone();
     let mut out = std::io::stdout();
-    let generated = pool
-        .install(|| export::text::generate(&decoder, &ids, args.sampling.tokens, &mut sampler, &mut out))?;
+    let generated = export::text::generate(&decoder, &ids, args.sampling.tokens, &mut sampler, &mut out)?;
     let _ = writeln!(out);
     if let Some(run) = &args.compare {
         let spec = decoder.text();
@@ -673,7 +667,7 @@ fn infer_text(
 ) -> Result<ExitCode, Error> {
     let spec = export::text::text_of(model)?;
     let path = export::kernel_path(&args.kernel)?;
-    let decoder = qatlab_deploy::decoder::Decoder::new(model, path, false)
+    let decoder = qatlab_deploy::decoder::Decoder::new(model, path, 1)
         .map_err(|e| Error::Config(format!("{}: {e}", args.file.display())))?;
     let text = export::text::evaluation_text(spec, args.data.as_deref())?;
     let windows = export::text::evaluation_windows(spec, &text)?;

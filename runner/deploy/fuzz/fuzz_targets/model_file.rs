@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
             if let Some(text) = &model.header.text {
                 let tokens: Vec<u8> = (0..text.context.min(16)).map(|i| (i % model.header.classes) as u8).collect();
                 for path in Path::available() {
-                    let decoder = Decoder::new(&model, path, false).expect("available paths load");
+                    let decoder = Decoder::new(&model, path, 1).expect("available paths load");
                     let mut state = decoder.state(1);
                     let _ = decoder.forward(&mut state, &tokens[..tokens.len().saturating_sub(1).max(1)]);
                     let _ = decoder.forward(&mut state, &tokens[..1]);

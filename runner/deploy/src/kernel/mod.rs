@@ -24,7 +24,7 @@ pub mod probe;
 pub mod ran;
 mod scalar;
 
-use rayon::prelude::*;
+pub use crate::team::Workers;
 
 /// Matrices smaller than this run on one thread even when asked to split their rows.
 pub const PARALLEL_MIN_WEIGHTS: usize = 1 << 18;
@@ -232,60 +232,57 @@ impl CodeMatrix {
     }
 
     /// `out[r·n + i] = Σ_c code[r][c] · x[i·padded_cols + c]` for `n` activation rows, on `path`,
-    /// with the rows split over the current rayon pool when `parallel`.
+    /// with the rows split over `workers`.
     ///
     /// # Panics
     /// If the buffers are too short, or `path` is not available on this CPU.
-    pub fn code_dots(&self, x: &[i8], n: usize, out: &mut [i32], path: Path, parallel: bool) {
+    pub fn code_dots(&self, x: &[i8], n: usize, out: &mut [i32], path: Path, workers: Workers) {
         let stride = self.padded_cols();
         assert!(x.len() >= n * stride && out.len() >= n * self.rows, "buffer sizes");
         assert!(Path::available().contains(&path), "{path:?} is not available on this CPU");
-        // below a quarter million weights a split costs more than it saves (a width-128 layer:
-        // `qat bench generate` measured 10.5k tokens/s on two threads against 13.8k on one)
-        let parallel = parallel && self.rows * self.cols >= PARALLEL_MIN_WEIGHTS;
-        let rows_per_task =
-            if parallel { self.rows.div_ceil(rayon::current_num_threads()).max(1) } else { self.rows };
-        let (row_bytes, tail) = (self.row_bytes(), self.tail);
-        let run = |(chunk, out): (usize, &mut [i32])| {
-            let first = chunk * rows_per_task;
-            let rows = out.len() / n.max(1);
-            let data = &self.data[first * row_bytes..(first + rows) * row_bytes];
-            match (self.layout, path) {
-                (Layout::Bits(bits), Path::Scalar) => {
-                    ran::record(ran::Variant::Scalar);
-                    scalar::code_dots(data, bits, (row_bytes, tail), x, stride, n, out)
-                }
-                // SAFETY: `available()` confirmed the CPU features above.
-                (Layout::Bits(bits), Path::Avx2) => unsafe {
-                    ran::record(ran::Variant::Avx2);
-                    avx2::code_dots(data, bits, (row_bytes, tail), x, stride, n, out)
-                },
-                // SAFETY: as above.
-                (Layout::Bits(bits), Path::Avx512Vnni) => unsafe {
-                    ran::record(ran::Variant::Avx512Vnni);
-                    avx512::code_dots(data, bits, (row_bytes, tail), x, stride, n, out)
-                },
-                // SAFETY: as above, and `has_byte_permutes` confirmed VBMI.
-                (Layout::Trits, Path::Avx512Vnni) if has_byte_permutes() => unsafe {
-                    ran::record(ran::Variant::Avx512Trits);
-                    avx512::trit_dots(data, (row_bytes, tail), x, stride, n, out)
-                },
-                // The trit decoder's 256-entry lookups need AVX-512 VBMI byte permutes, which AVX2
-                // and some VNNI CPUs (Cascade Lake) lack: scalar there.
-                (Layout::Trits, _) => {
-                    ran::record(ran::Variant::Scalar);
-                    scalar::trit_dots(data, (row_bytes, tail), x, stride, n, out)
-                }
-            }
-        };
-        let out = &mut out[..n * self.rows];
         if n == 0 || self.rows == 0 {
             return;
         }
-        if parallel && rayon::current_num_threads() > 1 {
-            out.par_chunks_mut(rows_per_task * n).enumerate().for_each(run);
-        } else {
-            run((0, out));
+        // below a quarter million weights a split costs more than it saves (a width-128 layer:
+        // `qat bench generate` measured 10.5k tokens/s on two threads against 13.8k on one)
+        let workers = if self.rows * self.cols >= PARALLEL_MIN_WEIGHTS { workers } else { Workers::One };
+        let rows_per_part = self.rows.div_ceil(workers.count()).max(1);
+        workers.for_chunks(&mut out[..n * self.rows], rows_per_part * n, |part, out| {
+            self.rows_from(part * rows_per_part, x, n, out, path)
+        });
+    }
+
+    /// Code sums of the rows from `first` on (as many as `out` holds for `n` activation rows).
+    fn rows_from(&self, first: usize, x: &[i8], n: usize, out: &mut [i32], path: Path) {
+        let (stride, row_bytes, tail) = (self.padded_cols(), self.row_bytes(), self.tail);
+        let rows = out.len() / n;
+        let data = &self.data[first * row_bytes..(first + rows) * row_bytes];
+        match (self.layout, path) {
+            (Layout::Bits(bits), Path::Scalar) => {
+                ran::record(ran::Variant::Scalar);
+                scalar::code_dots(data, bits, (row_bytes, tail), x, stride, n, out)
+            }
+            // SAFETY: `code_dots` confirmed the CPU features.
+            (Layout::Bits(bits), Path::Avx2) => unsafe {
+                ran::record(ran::Variant::Avx2);
+                avx2::code_dots(data, bits, (row_bytes, tail), x, stride, n, out)
+            },
+            // SAFETY: as above.
+            (Layout::Bits(bits), Path::Avx512Vnni) => unsafe {
+                ran::record(ran::Variant::Avx512Vnni);
+                avx512::code_dots(data, bits, (row_bytes, tail), x, stride, n, out)
+            },
+            // SAFETY: as above, and `has_byte_permutes` confirmed VBMI.
+            (Layout::Trits, Path::Avx512Vnni) if has_byte_permutes() => unsafe {
+                ran::record(ran::Variant::Avx512Trits);
+                avx512::trit_dots(data, (row_bytes, tail), x, stride, n, out)
+            },
+            // The trit decoder's 256-entry lookups need AVX-512 VBMI byte permutes, which AVX2
+            // and some VNNI CPUs (Cascade Lake) lack: scalar there.
+            (Layout::Trits, _) => {
+                ran::record(ran::Variant::Scalar);
+                scalar::trit_dots(data, (row_bytes, tail), x, stride, n, out)
+            }
         }
     }
 }
@@ -372,8 +369,8 @@ pub struct IntLinear {
 
 impl IntLinear {
     /// `out[r·n + i] = Σ_c level[r][c] · x[i][c]` (int32, exact).
-    pub fn forward(&self, x: &[i8], n: usize, out: &mut [i32], path: Path, parallel: bool) {
-        self.codes.code_dots(x, n, out, path, parallel);
+    pub fn forward(&self, x: &[i8], n: usize, out: &mut [i32], path: Path, workers: Workers) {
+        self.codes.code_dots(x, n, out, path, workers);
         let stride = self.codes.padded_cols();
         let sums: Vec<i32> =
             (0..n).map(|i| x[i * stride..(i + 1) * stride].iter().map(|&v| v as i32).sum()).collect();
@@ -506,8 +503,40 @@ mod tests {
         let x = padded(&[10, 20, 30], 1, 3, stride);
         for path in Path::available() {
             let mut out = vec![0; 2];
-            layer.forward(&x, 1, &mut out, path, false);
+            layer.forward(&x, 1, &mut out, path, Workers::One);
             assert_eq!(out, vec![-10 + 30, 10 + 20 - 30], "{path:?}");
+        }
+    }
+
+    #[test]
+    fn split_rows_match_the_reference_on_every_kind_of_workers() {
+        // 600 × 512 = 307,200 weights: above the split threshold; 600 rows split unevenly
+        let (rows, cols) = (600, 512);
+        assert!(rows * cols >= PARALLEL_MIN_WEIGHTS);
+        let codes: Vec<u8> = (0..rows * cols).map(|i| (i * 7 % 13 % 3) as u8).collect();
+        let levels: Vec<i32> = codes.iter().map(|&c| c as i32).collect();
+        let team = crate::team::Team::new(2);
+        for n in [1, 3] {
+            let x: Vec<i8> = (0..n * cols).map(|i| (i * 31 % 255) as i8).collect();
+            let expected = reference_dots(&levels, rows, cols, &x, n);
+            for m in
+                [CodeMatrix::from_codes(&codes, rows, cols, 2), CodeMatrix::from_trits(&codes, rows, cols)]
+            {
+                let xp = padded(&x, n, cols, m.padded_cols());
+                for path in Path::available() {
+                    for workers in [Workers::One, Workers::Rayon, Workers::Team(&team)] {
+                        let mut out = vec![0; rows * n];
+                        m.code_dots(&xp, n, &mut out, path, workers);
+                        assert_eq!(
+                            out,
+                            expected,
+                            "{path:?} {:?} n {n} on {} threads",
+                            m.layout(),
+                            workers.count()
+                        );
+                    }
+                }
+            }
         }
     }
 
@@ -538,7 +567,7 @@ mod tests {
             let xp = padded(&x, n, cols, m.padded_cols());
             for path in Path::available() {
                 let mut out = vec![0; rows * n];
-                m.code_dots(&xp, n, &mut out, path, n % 2 == 0);
+                m.code_dots(&xp, n, &mut out, path, if n % 2 == 0 { Workers::Rayon } else { Workers::One });
                 prop_assert_eq!(&out, &expected, "{:?}", path);
             }
             let missing = ran::missing_required(&[ran::Variant::Avx512Trits]);
@@ -551,11 +580,12 @@ mod tests {
             let levels: Vec<i32> = codes.iter().map(|&c| c as i32).collect();
             let expected = reference_dots(&levels, rows, cols, &x, n);
             let xp = padded(&x, n, cols, m.padded_cols());
+            let team = crate::team::Team::new(2);
             for path in Path::available() {
-                for parallel in [false, true] {
+                for (name, workers) in [("one", Workers::One), ("rayon", Workers::Rayon), ("team", Workers::Team(&team))] {
                     let mut out = vec![0; rows * n];
-                    m.code_dots(&xp, n, &mut out, path, parallel);
-                    prop_assert_eq!(&out, &expected, "{:?} parallel {}", path, parallel);
+                    m.code_dots(&xp, n, &mut out, path, workers);
+                    prop_assert_eq!(&out, &expected, "{:?} on {}", path, name);
                 }
             }
             let missing = ran::missing_required(&[ran::Variant::Avx2, ran::Variant::Avx512Vnni]);
