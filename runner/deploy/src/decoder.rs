@@ -15,6 +15,7 @@ use crate::error::{DeployError, Result};
 use crate::format::{ModelFile, ModelHeader, NormKind, TextSpec};
 use crate::graph::{Function, Op, RowNorm, INPUT};
 use crate::kernel::Path;
+use crate::kv::{KvPrecision, Store};
 use crate::math::{gelu_with_slope, relu2, rope_angle, rope_rotate, silu, softmax_row};
 use crate::runtime::{Layer, TernaryLayout};
 use crate::sample::Sampler;
@@ -53,6 +54,8 @@ pub struct Decoder {
     path: Path,
     /// The threads the products and attention heads split over.
     team: Team,
+    /// How new states store their keys and values.
+    kv: KvPrecision,
 }
 
 /// (cos, sin) of RoPE's angle per position and pair, for one head width.
@@ -61,8 +64,8 @@ type AngleTable = Vec<Vec<(f32, f32)>>;
 /// The keys and values of one attention op for `batch` sequences, `context` positions each,
 /// head-major (sequence, head, position, then the head's d values).
 struct Cache {
-    keys: Vec<f32>,
-    values: Vec<f32>,
+    keys: Store,
+    values: Store,
 }
 
 /// Sequences being decoded: their length so far and their caches.
@@ -190,7 +193,18 @@ impl Decoder {
             angles,
             path,
             team: Team::new(threads),
+            kv: KvPrecision::F32,
         })
+    }
+
+    /// Store the keys and values of states made from now on in `precision` (f32 unless set).
+    pub fn set_kv_precision(&mut self, precision: KvPrecision) {
+        self.kv = precision;
+    }
+
+    /// How new states store their keys and values.
+    pub fn kv_precision(&self) -> KvPrecision {
+        self.kv
     }
 
     /// Run on `threads` threads from now on.
@@ -226,7 +240,10 @@ impl Decoder {
         let caches = self
             .cache_widths
             .iter()
-            .map(|&w| Cache { keys: vec![0.0; batch * context * w], values: vec![0.0; batch * context * w] })
+            .map(|&w| Cache {
+                keys: Store::zeros(self.kv, batch * context * w),
+                values: Store::zeros(self.kv, batch * context * w),
+            })
             .collect();
         State { batch, len: 0, caches }
     }
@@ -248,9 +265,9 @@ impl Decoder {
         layers + tensors
     }
 
-    /// Bytes of key/value cache per position of one sequence.
+    /// Bytes of key/value cache per position of one sequence, in the states' precision.
     pub fn cache_bytes_per_position(&self) -> usize {
-        self.cache_widths.iter().map(|w| 2 * 4 * w).sum()
+        self.cache_widths.iter().map(|w| 2 * self.kv.bytes() * w).sum()
     }
 
     /// Append `tokens` (`batch × n`, row-major: n tokens for each sequence of `state`) and give
@@ -385,8 +402,8 @@ impl Decoder {
                 let row = &qkv[(b * n + t) * 3 * width..(b * n + t + 1) * 3 * width];
                 for h in 0..heads {
                     let i = at(b, h, len + t);
-                    cache.keys[i..i + d].copy_from_slice(&row[width + h * d..][..d]);
-                    cache.values[i..i + d].copy_from_slice(&row[2 * width + h * d..][..d]);
+                    cache.keys.write(i, &row[width + h * d..][..d]);
+                    cache.values.write(i, &row[2 * width + h * d..][..d]);
                 }
             }
         }
@@ -396,11 +413,14 @@ impl Decoder {
             let (row, h) = (i / heads, i % heads);
             let (b, t) = (row / n, row % n);
             let q = &qkv[row * 3 * width + h * d..][..d];
-            let mut scores: Vec<f32> =
-                (0..len + t + 1).map(|p| dot(q, &cache.keys[at(b, h, p)..][..d]) * scale).collect();
+            // positions 0 ..= len + t of this head, back to back
+            let (first, count) = (at(b, h, 0), (len + t + 1) * d);
+            let mut buffer = Vec::new();
+            let keys = cache.keys.read(first, count, &mut buffer);
+            let mut scores: Vec<f32> = keys.chunks_exact(d).map(|k| dot(q, k) * scale).collect();
             softmax_row(&mut scores);
-            for (p, &w) in scores.iter().enumerate() {
-                let v = &cache.values[at(b, h, p)..][..d];
+            let values = cache.values.read(first, count, &mut buffer);
+            for (&w, v) in scores.iter().zip(values.chunks_exact(d)) {
                 out.iter_mut().zip(v).for_each(|(o, v)| *o += w * v);
             }
         };
@@ -492,6 +512,22 @@ mod tests {
         let err = decoder.window_logits(&[1, 2, 3], 2).unwrap_err().to_string();
         assert!(err.contains("same positive number"), "{err}");
         assert!(decoder.generate(&[], 3, &mut Sampler::new(0.0, None, 1), |_| ()).is_err());
+    }
+
+    #[test]
+    fn a_half_precision_cache_halves_its_bytes_and_moves_logits_by_its_rounding_only() {
+        let model = tiny_language_model();
+        let tokens = [1u8, 4, 2, 2, 0, 3, 1, 4];
+        let mut decoder = Decoder::new(&model, Path::Scalar, 1).unwrap();
+        let (exact, bytes) = (decoder.window_logits(&tokens, 1).unwrap(), decoder.cache_bytes_per_position());
+        decoder.set_kv_precision(KvPrecision::F16);
+        assert_eq!(decoder.kv_precision(), KvPrecision::F16);
+        assert_eq!(2 * decoder.cache_bytes_per_position(), bytes);
+        let half = decoder.window_logits(&tokens, 1).unwrap();
+        // the first position attends to itself only: softmax weight 1 on its own value, which
+        // rounds to f16; later positions mix rounded keys and values
+        let largest = exact.iter().zip(&half).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(largest > 0.0 && largest < 1e-2, "largest difference {largest}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod error;
 pub mod format;
 pub mod graph;
 pub mod kernel;
+pub mod kv;
 pub mod math;
 pub mod pack;
 pub mod runtime;

@@ -150,6 +150,10 @@ pub struct GenerateArgs {
     /// Threads for the matrix products (1: none spawned).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// How the KV cache stores keys and values: f32 (as training computes them) or f16 (half
+    /// the bytes each token reads back; logits move by the rounding of the stored values).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub kv_cache: KvCache,
     /// Also generate with the training engine of this run directory (`qat sample`, same
     /// settings) and say whether the texts agree, or where they part and the two tokens'
     /// logits there.
@@ -192,6 +196,25 @@ pub struct ExportArgs {
     /// How to store ternary and pentary codes.
     #[arg(long, value_enum, default_value = "bits")]
     pub packing: crate::export::PackingChoice,
+}
+
+/// `--kv-cache` of `qat generate` and `qat bench generate`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum KvCache {
+    /// Single precision.
+    F32,
+    /// IEEE half precision.
+    F16,
+}
+
+impl KvCache {
+    /// The decoder's setting.
+    pub fn precision(self) -> qatlab_deploy::kv::KvPrecision {
+        match self {
+            KvCache::F32 => qatlab_deploy::kv::KvPrecision::F32,
+            KvCache::F16 => qatlab_deploy::kv::KvPrecision::F16,
+        }
+    }
 }
 
 /// Output of `qat export`.
@@ -419,6 +442,9 @@ pub struct BenchGenerateArgs {
     /// Tokens generated after the prompt (default: up to the context).
     #[arg(long)]
     pub generate: Option<usize>,
+    /// How the KV cache stores keys and values (as `qat generate --kv-cache`).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub kv_cache: KvCache,
 }
 
 /// Arguments of `qat bench infer`.

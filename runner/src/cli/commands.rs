@@ -549,7 +549,13 @@ fn bench_generate(args: &BenchGenerateArgs) -> Result<ExitCode, Error> {
     let layouts = [TernaryLayout::TwoBit, TernaryLayout::Trits];
     let mut all = Vec::new();
     let plan = Plan { repeat: args.repeat, prompt: args.prompt, generate: args.generate, past: args.past };
-    println!("kernels: {}; threads {:?}; {} repetitions, medians\n", path.name(), args.threads, args.repeat);
+    println!(
+        "kernels: {}; threads {:?}; KV cache {}; {} repetitions, medians\n",
+        path.name(),
+        args.threads,
+        args.kv_cache.precision().name(),
+        args.repeat
+    );
     for file in &args.files {
         let model = export::read_model(file)?;
         export::text::text_of(&model)?;
@@ -559,6 +565,7 @@ fn bench_generate(args: &BenchGenerateArgs) -> Result<ExitCode, Error> {
             let layout = *layout;
             let mut decoder = Decoder::with_layout(&model, path, 1, layout)
                 .map_err(|e| Error::Config(format!("{}: {e}", file.display())))?;
+            decoder.set_kv_precision(args.kv_cache.precision());
             all.extend(rows(&model.header.name, layout, &mut decoder, &args.threads, plan)?);
         }
     }
@@ -570,6 +577,7 @@ fn bench_generate(args: &BenchGenerateArgs) -> Result<ExitCode, Error> {
             let start = std::time::Instant::now();
             let mut decoder = qatlab_deploy::synthetic::random_ternary(shape, layout, path, 1)
                 .map_err(|e| Error::Config(format!("--shape {spec}: {e}")))?;
+            decoder.set_kv_precision(args.kv_cache.precision());
             let bytes = decoder.weight_bytes_per_token();
             println!(
                 "random ternary {spec}: {} ternary weights, {:.1} MB read per token in {}, built in {:.1} s; last-level cache {}",
@@ -629,8 +637,9 @@ fn generate(args: &GenerateArgs, registry: &qatlab_core::Registry) -> Result<Exi
     let path = export::kernel_path(&args.kernel)?;
     let (prompt, mut sampler) = sampling(&args.sampling)?;
     let ids = export::text::prompt_ids(&spec, &prompt)?;
-    let decoder = qatlab_deploy::decoder::Decoder::new(&model, path, args.threads.max(1))
+    let mut decoder = qatlab_deploy::decoder::Decoder::new(&model, path, args.threads.max(1))
         .map_err(|e| Error::Config(format!("{}: {e}", args.file.display())))?;
+    decoder.set_kv_precision(args.kv_cache.precision());
     let fresh = sampler.clone();
     let mut out = std::io::stdout();
     let generated = export::text::generate(&decoder, &ids, args.sampling.tokens, &mut sampler, &mut out)?;

@@ -106,6 +106,18 @@ fn a_ternary_language_model_deploys_with_the_training_evaluation_and_sample_text
 
     let generate =
         |args: &[&str]| qat(&[&["generate", file.to_str().unwrap()][..], args].concat(), dir.path());
+    // a half-precision KV cache and two threads generate the same amount of text; f32 on two
+    // threads is the one-thread text exactly
+    let greedy = ["--prompt", "ROMEO:", "--tokens", "100", "--temperature", "0"];
+    let one = generate(&greedy);
+    let two = generate(&[&greedy[..], &["--threads", "2"]].concat());
+    assert_eq!(String::from_utf8_lossy(&two.stdout), String::from_utf8_lossy(&one.stdout));
+    let half = generate(&[&greedy[..], &["--kv-cache", "f16", "--threads", "2"]].concat());
+    assert!(half.status.success(), "{}", text(&half));
+    assert_eq!(String::from_utf8_lossy(&half.stdout).chars().count(), "ROMEO:".len() + 100 + 1);
+    let out = generate(&[&greedy[..], &["--kv-cache", "f8"]].concat());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("f8") && text(&out).contains("f16"), "{}", text(&out));
     let out = generate(&["--prompt", "ROMEO: é€"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("characters outside the model's vocabulary: ['é', '€']"), "{}", text(&out));

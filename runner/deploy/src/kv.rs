@@ -1,0 +1,101 @@
+//! Storage of the decoder's key/value cache: f32 as the attention computes them, or f16 (IEEE
+//! half precision, as llama.cpp keeps its cache by default), which halves what every token reads
+//! back. Scores, softmax and the weighted sum stay in f32 either way; only the stored keys and
+//! values round (a relative error below 2⁻¹¹).
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+
+/// How a key/value cache stores its values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KvPrecision {
+    /// As computed: the runtime's logits follow training's evaluation to its rounding.
+    #[default]
+    F32,
+    /// Half precision: half the cache bytes per token.
+    F16,
+}
+
+impl KvPrecision {
+    /// Bytes per stored value.
+    pub fn bytes(self) -> usize {
+        match self {
+            KvPrecision::F32 => 4,
+            KvPrecision::F16 => 2,
+        }
+    }
+
+    /// Lower-case name for messages and tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            KvPrecision::F32 => "f32",
+            KvPrecision::F16 => "f16",
+        }
+    }
+}
+
+/// Values of a cache, in its precision.
+pub(crate) enum Store {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+}
+
+impl Store {
+    /// `len` zeros.
+    pub(crate) fn zeros(precision: KvPrecision, len: usize) -> Self {
+        match precision {
+            KvPrecision::F32 => Store::F32(vec![0.0; len]),
+            KvPrecision::F16 => Store::F16(vec![f16::ZERO; len]),
+        }
+    }
+
+    /// Store `values` from index `at` on.
+    pub(crate) fn write(&mut self, at: usize, values: &[f32]) {
+        match self {
+            Store::F32(v) => v[at..at + values.len()].copy_from_slice(values),
+            Store::F16(v) => v[at..at + values.len()].convert_from_f32_slice(values),
+        }
+    }
+
+    /// The `len` values from index `at` as f32: borrowed where stored so, else converted into
+    /// `buffer` (F16C instructions where the CPU has them).
+    pub(crate) fn read<'a>(&'a self, at: usize, len: usize, buffer: &'a mut Vec<f32>) -> &'a [f32] {
+        match self {
+            Store::F32(v) => &v[at..at + len],
+            Store::F16(v) => {
+                buffer.resize(len, 0.0);
+                v[at..at + len].convert_to_f32_slice(buffer);
+                buffer
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_read_back_as_written_or_to_half_precision() {
+        let values = [1.0f32, -0.5, 3.140625, 1e-3, 65504.0, 1.0 + 1.0 / 4096.0];
+        for precision in [KvPrecision::F32, KvPrecision::F16] {
+            let mut store = Store::zeros(precision, 10);
+            store.write(3, &values);
+            let mut buffer = Vec::new();
+            let read = store.read(2, 8, &mut buffer).to_vec();
+            assert_eq!((read[0], read[7]), (0.0, 0.0), "{precision:?}: untouched values stay zero");
+            for (got, want) in read[1..7].iter().zip(values) {
+                match precision {
+                    KvPrecision::F32 => assert_eq!(*got, want),
+                    KvPrecision::F16 => assert!((got - want).abs() <= want.abs() / 2048.0, "{got} vs {want}"),
+                }
+            }
+        }
+        // exact in f16: small integers and halves; 1 + 2⁻¹² rounds to 1 (ties to even)
+        let mut store = Store::zeros(KvPrecision::F16, 6);
+        store.write(0, &values);
+        let mut buffer = Vec::new();
+        assert_eq!(store.read(0, 6, &mut buffer), &[1.0, -0.5, 3.140625, 0.0010004044, 65504.0, 1.0]);
+        assert_eq!((KvPrecision::F32.bytes(), KvPrecision::F16.bytes()), (4, 2));
+    }
+}
