@@ -79,18 +79,9 @@ pub unsafe fn code_dots(
     });
 }
 
-/// Rows of at most this many bytes may keep each field in place (see [`rows`]): a lane of field
-/// k's accumulator then stays below 2³¹ (at 2 bits, 4 bytes × 192 × 128 per 256 columns: five
-/// million columns; at 4 bits, 4 × 240 × 128 per 128 columns: two million).
-const IN_PLACE_MAX_ROW_BYTES: usize = 1 << 18;
-
 /// Code sums of every row against activation rows `first .. first + N`. `vpdpbusd` has a
-/// latency of several cycles, so with few activation rows each row gets an accumulator per field
-/// to keep the unit busy; those fields are then masked in place rather than shifted down (field k
-/// is worth code·2^(BITS·k) as an unsigned byte, and its accumulator is shifted right by BITS·k
-/// once per row, exactly, since every product is a multiple of that power). One µop fewer per
-/// field: token generation on two threads (`qat bench generate`, 2-bit, 4096²) read 25.5 GB/s
-/// with the shifts and 27.7 without.
+/// latency of several cycles, so with few activation rows each row gets `CHAINS` independent
+/// accumulators (one per field) to keep the unit busy.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn rows<const BITS: u32, const N: usize>(
@@ -104,12 +95,7 @@ unsafe fn rows<const BITS: u32, const N: usize>(
 ) {
     let fields = 8 / BITS as usize;
     let chains = if N >= 4 { 1 } else { fields };
-    let in_place = chains == fields && row_bytes <= IN_PLACE_MAX_ROW_BYTES;
-    let low = (1u16 << BITS) - 1;
-    let mask = _mm512_set1_epi8(low as i8);
-    // field k's bits where they lie (k < fields; the rest unused)
-    let place = |k: usize| (low << (BITS as usize * k).min(8 - BITS as usize)) as u8 as i8;
-    let masks = [0, 1, 2, 3].map(|k| _mm512_set1_epi8(place(k)));
+    let mask = _mm512_set1_epi8(((1u16 << BITS) - 1) as i8);
     let per_block = block_cols(BITS);
     let full = (row_bytes - tail) / BLOCK_BYTES;
     let tail_mask: __mmask64 = (1u64 << tail) - 1;
@@ -124,11 +110,8 @@ unsafe fn rows<const BITS: u32, const N: usize>(
             let packed = _mm512_loadu_si512(block.as_ptr() as *const _);
             let base = b * per_block;
             for k in 0..fields {
-                let codes = if in_place {
-                    _mm512_and_si512(packed, masks[k])
-                } else {
-                    field::<BITS>(packed, k, mask)
-                };
+                let shifted = if k == 0 { packed } else { shift_right::<BITS>(packed, k) };
+                let codes = _mm512_and_si512(shifted, mask);
                 for (i, a) in acc.iter_mut().enumerate() {
                     let xv =
                         _mm512_loadu_si512(x.as_ptr().add(i * stride + base + k * BLOCK_BYTES) as *const _);
@@ -141,11 +124,8 @@ unsafe fn rows<const BITS: u32, const N: usize>(
                 _mm512_maskz_loadu_epi8(tail_mask, row.as_ptr().add(full * BLOCK_BYTES) as *const i8);
             let base = full * per_block;
             for k in 0..fields {
-                let codes = if in_place {
-                    _mm512_and_si512(packed, masks[k])
-                } else {
-                    field::<BITS>(packed, k, mask)
-                };
+                let shifted = if k == 0 { packed } else { shift_right::<BITS>(packed, k) };
+                let codes = _mm512_and_si512(shifted, mask);
                 for (i, a) in acc.iter_mut().enumerate() {
                     let xv = _mm512_maskz_loadu_epi8(tail_mask, x.as_ptr().add(i * stride + base + k * tail));
                     a[k % chains] = _mm512_dpbusd_epi32(a[k % chains], codes, xv);
@@ -153,30 +133,10 @@ unsafe fn rows<const BITS: u32, const N: usize>(
             }
         }
         for (i, a) in acc.iter().enumerate() {
-            let sum = (1..chains).fold(a[0], |s, k| {
-                let v = if in_place { shift_right_32(a[k], BITS as usize * k) } else { a[k] };
-                _mm512_add_epi32(s, v)
-            });
+            let sum = a[1..chains].iter().fold(a[0], |s, v| _mm512_add_epi32(s, *v));
             out[r * n + first + i] = _mm512_reduce_add_epi32(sum);
         }
     }
-}
-
-/// Field `k` of each byte of `packed`, shifted down to the low bits.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw")]
-#[inline]
-unsafe fn field<const BITS: u32>(packed: __m512i, k: usize, mask: __m512i) -> __m512i {
-    let shifted = if k == 0 { packed } else { shift_right::<BITS>(packed, k) };
-    _mm512_and_si512(shifted, mask)
-}
-
-/// The 32-bit lanes of `v` shifted right arithmetically by `bits`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn shift_right_32(v: __m512i, bits: usize) -> __m512i {
-    _mm512_sra_epi32(v, _mm_cvtsi32_si128(bits as i32))
 }
 
 /// Trit sums over the base-3 layout ([`super::Layout::Trits`]), up to eight activation rows
