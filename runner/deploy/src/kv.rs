@@ -91,7 +91,8 @@ mod tests {
                 }
             }
         }
-        // exact in f16: small integers and halves; 1 + 2⁻¹² rounds to 1 (ties to even)
+        // what f16 keeps: 1, −0.5, 3.140625 and 65504 (its largest finite value) exactly, 10⁻³ as
+        // the nearest half, and 1 + 2⁻¹² (half a step above 1) rounds to 1 (ties to even)
         let mut store = Store::zeros(KvPrecision::F16, 6);
         store.write(0, &values);
         let mut buffer = Vec::new();
