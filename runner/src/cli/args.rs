@@ -147,8 +147,8 @@ pub struct GenerateArgs {
     /// Kernel path: auto, scalar, avx2 or avx512.
     #[arg(long, default_value = "auto")]
     pub kernel: String,
-    /// Threads for the matrix products (1: none spawned).
-    #[arg(long, default_value_t = 1)]
+    /// Threads for the matrix products and attention heads (1: none spawned).
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
     pub threads: usize,
     /// How the KV cache stores keys and values: f32 (as training computes them) or f16 (half
     /// the bytes each token reads back; logits move by the rounding of the stored values).
@@ -196,6 +196,14 @@ pub struct ExportArgs {
     /// How to store ternary and pentary codes.
     #[arg(long, value_enum, default_value = "bits")]
     pub packing: crate::export::PackingChoice,
+}
+
+/// A thread count: a whole number, at least 1.
+fn at_least_one(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("`{value}` is not a thread count: give a whole number, at least 1")),
+    }
 }
 
 /// `--kv-cache` of `qat generate` and `qat bench generate`.
@@ -428,7 +436,7 @@ pub struct BenchGenerateArgs {
     #[arg(long)]
     pub shape: Option<String>,
     /// Thread counts to run with.
-    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    #[arg(long, value_delimiter = ',', default_value = "1,2", value_parser = at_least_one)]
     pub threads: Vec<usize>,
     /// Repetitions per case (medians are reported).
     #[arg(long, default_value_t = 5)]

@@ -637,7 +637,7 @@ fn generate(args: &GenerateArgs, registry: &qatlab_core::Registry) -> Result<Exi
     let path = export::kernel_path(&args.kernel)?;
     let (prompt, mut sampler) = sampling(&args.sampling)?;
     let ids = export::text::prompt_ids(&spec, &prompt)?;
-    let mut decoder = qatlab_deploy::decoder::Decoder::new(&model, path, args.threads.max(1))
+    let mut decoder = qatlab_deploy::decoder::Decoder::new(&model, path, args.threads)
         .map_err(|e| Error::Config(format!("{}: {e}", args.file.display())))?;
     decoder.set_kv_precision(args.kv_cache.precision());
     let fresh = sampler.clone();

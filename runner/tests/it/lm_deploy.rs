@@ -136,6 +136,9 @@ fn a_ternary_language_model_deploys_with_the_training_evaluation_and_sample_text
     let out = generate(&["--prompt", ""]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("empty"), "{}", text(&out));
+    let out = generate(&["--threads", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("`0` is not a thread count"), "{}", text(&out));
 
     // the benchmark runs the file in both ternary layouts; a bad shape is named
     let out =
@@ -149,6 +152,9 @@ fn a_ternary_language_model_deploys_with_the_training_evaluation_and_sample_text
     assert!(text(&out).contains("width a multiple of 2·heads"), "{}", text(&out));
     let out = qat(&["bench", "generate", "--shape", "depth=2,size=64"], dir.path());
     assert!(text(&out).contains("unknown key `size`"), "{}", text(&out));
+    let out = qat(&["bench", "generate", file.to_str().unwrap(), "--threads", "1,0"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("`0` is not a thread count"), "{}", text(&out));
 
     // the C runtime has no token ops, and says which
     let out = qat(&["export", run.to_str().unwrap(), "--format", "c-header", "-o", "m.h"], dir.path());
