@@ -11,12 +11,13 @@
 //! runtime rounds as training's evaluation did wherever the arithmetic is the same.
 
 use crate::act::{dot, layer_norm_row, rms_norm_row, Sums};
+use crate::attention;
 use crate::error::{DeployError, Result};
 use crate::format::{ModelFile, ModelHeader, NormKind, TextSpec};
 use crate::graph::{Function, Op, RowNorm, INPUT};
 use crate::kernel::Path;
 use crate::kv::{KvPrecision, Store};
-use crate::math::{gelu_with_slope, relu2, rope_angle, rope_rotate, silu, softmax_row};
+use crate::math::{gelu_with_slope, relu2, rope_angle, rope_rotate, silu};
 use crate::runtime::{Layer, TernaryLayout};
 use crate::sample::Sampler;
 use crate::team::{Team, Workers};
@@ -415,14 +416,8 @@ impl Decoder {
             let q = &qkv[row * 3 * width + h * d..][..d];
             // positions 0 ..= len + t of this head, back to back
             let (first, count) = (at(b, h, 0), (len + t + 1) * d);
-            let mut buffer = Vec::new();
-            let keys = cache.keys.read(first, count, &mut buffer);
-            let mut scores: Vec<f32> = keys.chunks_exact(d).map(|k| dot(q, k) * scale).collect();
-            softmax_row(&mut scores);
-            let values = cache.values.read(first, count, &mut buffer);
-            for (&w, v) in scores.iter().zip(values.chunks_exact(d)) {
-                out.iter_mut().zip(v).for_each(|(o, v)| *o += w * v);
-            }
+            let (keys, values) = (cache.keys.rows(first, count), cache.values.rows(first, count));
+            attention::head(q, keys, values, scale, &mut Vec::new(), out, self.path);
         };
         let mut y = vec![0.0f32; batch * n * width];
         let workers = if (len + n) * width >= 1 << 16 { Workers::Team(&self.team) } else { Workers::One };

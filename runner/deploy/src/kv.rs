@@ -6,6 +6,8 @@
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
+use crate::attention::Rows;
+
 /// How a key/value cache stores its values.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum KvPrecision {
@@ -57,16 +59,11 @@ impl Store {
         }
     }
 
-    /// The `len` values from index `at` as f32: borrowed where stored so, else converted into
-    /// `buffer` (F16C instructions where the CPU has them).
-    pub(crate) fn read<'a>(&'a self, at: usize, len: usize, buffer: &'a mut Vec<f32>) -> &'a [f32] {
+    /// The `len` values from index `at`, as stored.
+    pub(crate) fn rows(&self, at: usize, len: usize) -> Rows<'_> {
         match self {
-            Store::F32(v) => &v[at..at + len],
-            Store::F16(v) => {
-                buffer.resize(len, 0.0);
-                v[at..at + len].convert_to_f32_slice(buffer);
-                buffer
-            }
+            Store::F32(v) => Rows::F32(&v[at..at + len]),
+            Store::F16(v) => Rows::F16(&v[at..at + len]),
         }
     }
 }
@@ -75,14 +72,20 @@ impl Store {
 mod tests {
     use super::*;
 
+    fn as_f32(rows: Rows) -> Vec<f32> {
+        match rows {
+            Rows::F32(v) => v.to_vec(),
+            Rows::F16(v) => v.iter().map(|h| h.to_f32()).collect(),
+        }
+    }
+
     #[test]
     fn values_read_back_as_written_or_to_half_precision() {
         let values = [1.0f32, -0.5, 3.140625, 1e-3, 65504.0, 1.0 + 1.0 / 4096.0];
         for precision in [KvPrecision::F32, KvPrecision::F16] {
             let mut store = Store::zeros(precision, 10);
             store.write(3, &values);
-            let mut buffer = Vec::new();
-            let read = store.read(2, 8, &mut buffer).to_vec();
+            let read = as_f32(store.rows(2, 8));
             assert_eq!((read[0], read[7]), (0.0, 0.0), "{precision:?}: untouched values stay zero");
             for (got, want) in read[1..7].iter().zip(values) {
                 match precision {
@@ -95,8 +98,7 @@ mod tests {
         // the nearest half, and 1 + 2⁻¹² (half a step above 1) rounds to 1 (ties to even)
         let mut store = Store::zeros(KvPrecision::F16, 6);
         store.write(0, &values);
-        let mut buffer = Vec::new();
-        assert_eq!(store.read(0, 6, &mut buffer), &[1.0, -0.5, 3.140625, 0.0010004044, 65504.0, 1.0]);
+        assert_eq!(as_f32(store.rows(0, 6)), &[1.0, -0.5, 3.140625, 0.0010004044, 65504.0, 1.0]);
         assert_eq!((KvPrecision::F32.bytes(), KvPrecision::F16.bytes()), (4, 2));
     }
 }

@@ -3,6 +3,7 @@
 //! evaluation. No training code: a deployment pulls in this crate alone.
 
 pub mod act;
+pub(crate) mod attention;
 pub mod conv;
 pub mod decoder;
 pub mod error;
