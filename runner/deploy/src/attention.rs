@@ -12,28 +12,12 @@
 
 #![allow(unsafe_code)]
 
-use half::f16;
 use half::slice::HalfFloatSliceExt;
 
 use crate::act::dot;
 use crate::kernel::Path;
+use crate::kv::Rows;
 use crate::math::softmax_row;
-
-/// A head's cached keys or values (positions × d, back to back), in their stored precision.
-#[derive(Clone, Copy)]
-pub(crate) enum Rows<'a> {
-    F32(&'a [f32]),
-    F16(&'a [f16]),
-}
-
-impl Rows<'_> {
-    fn len(self) -> usize {
-        match self {
-            Rows::F32(v) => v.len(),
-            Rows::F16(v) => v.len(),
-        }
-    }
-}
 
 /// `out = Σₚ softmax(scale · q·kₚ)ₚ · vₚ` over the positions of `keys` and `values` (each
 /// `positions × q.len()`); `scores` is scratch space.
@@ -98,7 +82,7 @@ fn portable(q: &[f32], keys: Rows, values: Rows, scale: f32, scores: &mut [f32],
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::Rows;
+    use crate::kv::Rows;
     use crate::math::softmax_row;
 
     /// Bytes ahead of each load that the next lines are prefetched into L1.
@@ -226,6 +210,8 @@ mod avx512 {
 
 #[cfg(test)]
 mod tests {
+    use half::f16;
+
     use super::*;
 
     /// The definition in f64.

@@ -6,8 +6,6 @@
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
-use crate::attention::Rows;
-
 /// How a key/value cache stores its values.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum KvPrecision {
@@ -32,6 +30,23 @@ impl KvPrecision {
         match self {
             KvPrecision::F32 => "f32",
             KvPrecision::F16 => "f16",
+        }
+    }
+}
+
+/// A head's cached keys or values (positions × d, back to back), in their stored precision.
+#[derive(Clone, Copy)]
+pub(crate) enum Rows<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+}
+
+impl Rows<'_> {
+    /// Values held.
+    pub(crate) fn len(self) -> usize {
+        match self {
+            Rows::F32(v) => v.len(),
+            Rows::F16(v) => v.len(),
         }
     }
 }
