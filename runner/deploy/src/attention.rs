@@ -12,69 +12,42 @@
 
 #![allow(unsafe_code)]
 
-use half::slice::HalfFloatSliceExt;
-
 use crate::act::dot;
 use crate::kernel::Path;
 use crate::kv::Rows;
 use crate::math::softmax_row;
 
 /// `out = Σₚ softmax(scale · q·kₚ)ₚ · vₚ` over the positions of `keys` and `values` (each
-/// `positions × q.len()`); `scores` is scratch space.
-pub(crate) fn head(
-    q: &[f32],
-    keys: Rows,
-    values: Rows,
-    scale: f32,
-    scores: &mut Vec<f32>,
-    out: &mut [f32],
-    path: Path,
-) {
+/// `positions × q.len()`).
+pub(crate) fn head(q: &[f32], keys: Rows, values: Rows, scale: f32, out: &mut [f32], path: Path) {
     let d = q.len();
     assert!(
         d > 0 && out.len() == d && keys.len() == values.len() && keys.len().is_multiple_of(d),
         "head shapes"
     );
-    let positions = keys.len() / d;
-    scores.clear();
-    scores.resize(positions, 0.0);
+    let mut scores = vec![0.0f32; keys.len() / d];
     #[cfg(target_arch = "x86_64")]
     if path == Path::Avx512Vnni && d.is_multiple_of(16) {
         // SAFETY: the AVX-512 VNNI path is offered only on CPUs with AVX-512 F (`Path::available`);
         // the shapes were checked above.
-        unsafe { avx512::head(q, keys, values, scale, scores, out) };
+        unsafe { avx512::head(q, keys, values, scale, &mut scores, out) };
         return;
     }
     let _ = path;
-    portable(q, keys, values, scale, scores, out);
+    portable(q, keys, values, scale, &mut scores, out);
 }
 
 /// The same on any CPU: f16 rows converted a position at a time, sums in [`dot`]'s lanes.
 fn portable(q: &[f32], keys: Rows, values: Rows, scale: f32, scores: &mut [f32], out: &mut [f32]) {
     let d = q.len();
     let mut buffer = vec![0.0f32; d];
-    // position `p` of `rows` as f32: borrowed, or converted into `buffer`
-    let position = |rows: Rows<'_>, p: usize, buffer: &mut Vec<f32>| -> *const f32 {
-        match rows {
-            Rows::F32(v) => v[p * d..].as_ptr(),
-            Rows::F16(v) => {
-                v[p * d..(p + 1) * d].convert_to_f32_slice(buffer);
-                buffer.as_ptr()
-            }
-        }
-    };
     for (p, s) in scores.iter_mut().enumerate() {
-        let row = position(keys, p, &mut buffer);
-        // SAFETY: `position` points at d values of `keys` or of `buffer`, both alive here
-        *s = dot(q, unsafe { std::slice::from_raw_parts(row, d) }) * scale;
+        *s = dot(q, keys.position(p, &mut buffer)) * scale;
     }
     softmax_row(scores);
     out.fill(0.0);
     for (p, &w) in scores.iter().enumerate() {
-        let row = position(values, p, &mut buffer);
-        // SAFETY: as above
-        let row = unsafe { std::slice::from_raw_parts(row, d) };
-        out.iter_mut().zip(row).for_each(|(o, v)| *o += w * v);
+        out.iter_mut().zip(values.position(p, &mut buffer)).for_each(|(o, v)| *o += w * v);
     }
 }
 
@@ -260,8 +233,8 @@ mod tests {
                         (Rows::F32(&keys), Rows::F32(&values), &exact),
                         (Rows::F16(&keys16), Rows::F16(&values16), &rounded),
                     ] {
-                        let (mut scores, mut out) = (Vec::new(), vec![f32::NAN; d]);
-                        head(&q, k, v, scale, &mut scores, &mut out, path);
+                        let mut out = vec![f32::NAN; d];
+                        head(&q, k, v, scale, &mut out, path);
                         for (i, (got, want)) in out.iter().zip(want.iter()).enumerate() {
                             assert!(
                                 (*got as f64 - want).abs() < 1e-5 * want.abs().max(1.0),

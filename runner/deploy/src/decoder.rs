@@ -417,7 +417,7 @@ impl Decoder {
             // positions 0 ..= len + t of this head, back to back
             let (first, count) = (at(b, h, 0), (len + t + 1) * d);
             let (keys, values) = (cache.keys.rows(first, count), cache.values.rows(first, count));
-            attention::head(q, keys, values, scale, &mut Vec::new(), out, self.path);
+            attention::head(q, keys, values, scale, out, self.path);
         };
         let mut y = vec![0.0f32; batch * n * width];
         let workers = if (len + n) * width >= 1 << 16 { Workers::Team(&self.team) } else { Workers::One };

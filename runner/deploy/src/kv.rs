@@ -41,12 +41,28 @@ pub(crate) enum Rows<'a> {
     F16(&'a [f16]),
 }
 
-impl Rows<'_> {
+impl<'a> Rows<'a> {
     /// Values held.
     pub(crate) fn len(self) -> usize {
         match self {
             Rows::F32(v) => v.len(),
             Rows::F16(v) => v.len(),
+        }
+    }
+
+    /// Position `p` (`buffer.len()` values from `p · buffer.len()`) as f32: borrowed where stored
+    /// so, else converted into `buffer` (F16C instructions where the CPU has them).
+    pub(crate) fn position<'b>(self, p: usize, buffer: &'b mut [f32]) -> &'b [f32]
+    where
+        'a: 'b,
+    {
+        let d = buffer.len();
+        match self {
+            Rows::F32(v) => &v[p * d..(p + 1) * d],
+            Rows::F16(v) => {
+                v[p * d..(p + 1) * d].convert_to_f32_slice(buffer);
+                buffer
+            }
         }
     }
 }
